@@ -1,0 +1,118 @@
+"""One frozen dataclass per study, built from flags or a TOML file in ``studies/``."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdnas.cost import Budget, parse_budget
+from kdnas.distill import TrainConfig
+from kdnas.errors import KdnasError
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything that defines a study. Stored with the study, so workers and reports agree."""
+
+    study: str = "kdnas"
+    teacher: str | None = None
+    data: str | None = None
+    budget: str = "50MFLOPs"
+    space: str = "resnet"
+    trials: int = 20
+    seed: int = 0
+    # brief training used to rank candidates
+    epochs: float = 1.0
+    train_fraction: float = 1.0
+    batch_size: int = 128
+    lr: float = 0.1
+    kd: str = "feature"
+    temperature: float = 4.0
+    kd_alpha: float = 0.9
+    hint_weight: float = 1.0
+    teacher_layers: tuple[str, ...] = ()
+    # data split: val is carved from train with this fixed seed, whatever --seed is
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    # cost
+    latency: bool = True
+    latency_threads: int = 1
+    latency_batch: int = 1
+    # where things go
+    workdir: str = "runs"
+    reports: str = "reports"
+    storage: str | None = None
+    max_proposals: int = 0  # 0: 20 x trials
+
+    def __post_init__(self) -> None:
+        if not self.study or any(c in self.study for c in "/\\:") or self.study.startswith("."):
+            raise KdnasError(f"study name {self.study!r} must be a plain folder name, "
+                             "e.g. cifar-50m")
+        if self.trials < 1:
+            raise KdnasError(f"--trials must be at least 1, got {self.trials}")
+        if not 0 < self.val_fraction < 1:
+            raise KdnasError(f"val fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.latency_threads < 1 or self.latency_batch < 1:
+            raise KdnasError("latency threads and batch must be at least 1")
+        self.budget_obj()  # validates the budget text
+        self.train_config()  # validates the training recipe
+
+    def budget_obj(self) -> Budget:
+        return parse_budget(self.budget)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                           train_fraction=self.train_fraction, kd=self.kd,
+                           temperature=self.temperature, kd_alpha=self.kd_alpha,
+                           hint_weight=self.hint_weight, seed=self.seed)
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.workdir) / self.study
+
+    @property
+    def report_dir(self) -> Path:
+        return Path(self.reports) / self.study
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.study_dir / 'study.db').as_posix()}"
+
+    @property
+    def proposal_cap(self) -> int:
+        return self.max_proposals or 20 * self.trials
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["teacher_layers"] = list(self.teacher_layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SearchConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise KdnasError(f"unknown study setting(s) {unknown}; known: {sorted(names)}")
+        d = dict(d)
+        if "teacher_layers" in d and d["teacher_layers"] is not None:
+            layers = d["teacher_layers"]
+            d["teacher_layers"] = tuple(layers.split(",") if isinstance(layers, str) else layers)
+        return cls(**d)
+
+
+def load_config(path: str | Path | None, overrides: dict) -> SearchConfig:
+    """Defaults, then the TOML file (if any), then explicit flags (``None`` means unset)."""
+    values: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise KdnasError(f"study config {str(p)!r} does not exist (see studies/ for examples)")
+        try:
+            values.update(tomllib.loads(p.read_text()))
+        except tomllib.TOMLDecodeError as e:
+            raise KdnasError(f"cannot parse {p}: {e}") from None
+        values = {k.replace("-", "_"): v for k, v in values.items()}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return SearchConfig.from_dict(values)

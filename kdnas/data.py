@@ -1,0 +1,306 @@
+"""Data sets, seeded splits, augmentation and normalisation.
+
+Images are held in memory as uint8 tensors (N, C, H, W); batches are augmented and normalised
+on the fly, in channels_last float32, which is what the trainer wants on a CPU.
+
+Supported specs (``--data``):
+
+* ``digits``: scikit-learn's bundled 8x8 digits (1,797 images), the embedded default.
+* ``cifar10:PATH``: torchvision's CIFAR-10 layout (``PATH/cifar-10-batches-py`` or that folder).
+* ``imagefolder:PATH``: ``PATH/train/<class>/*`` and ``PATH/test/<class>/*`` (or ``val/``).
+  Decoded arrays are cached (see :func:`cache_dir`) so that a folder is decoded once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdnas.errors import KdnasError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def cache_dir() -> Path:
+    """Where decoded data sets and the demo teacher are cached: ``$KDNAS_CACHE`` or
+    ``~/.cache/kdnas``."""
+    return Path(os.environ.get("KDNAS_CACHE", Path.home() / ".cache" / "kdnas"))
+
+
+@dataclass
+class DataBundle:
+    """Train / val / test splits as uint8 tensors, with what is needed to feed a model.
+
+    ``val`` is carved from the training data with ``seed``; search never touches ``test``.
+    """
+
+    spec: str
+    classes: list[str]
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    flip: bool = True
+    pad: int = 4
+    seed: int = 0
+    val_fraction: float = 0.1
+    _hash: str | None = field(default=None, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.train_x.shape[-1])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+
+    def digest(self) -> str:
+        """sha1 of all images and labels (train+val+test), for manifests and cache keys."""
+        if self._hash is None:
+            h = hashlib.sha1()
+            for t in (self.train_x, self.train_y, self.val_x, self.val_y, self.test_x,
+                      self.test_y):
+                h.update(t.numpy().tobytes())
+            self._hash = h.hexdigest()[:16]
+        return self._hash
+
+    def with_normalization(self, mean, std) -> DataBundle:
+        """The same data fed with another normalisation (a teacher's own)."""
+        mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        if len(mean) != self.in_channels or len(std) != self.in_channels:
+            raise KdnasError(f"normalisation has {len(mean)} means and {len(std)} stds but the "
+                             f"data has {self.in_channels} channels: give one value per channel")
+        if any(s <= 0 for s in std):
+            raise KdnasError(f"normalisation std must be positive, got {std}")
+        b = DataBundle(**{k: getattr(self, k) for k in self.__dataclass_fields__})
+        b.mean, b.std = mean, std
+        return b
+
+    def subset_indices(self, fraction: float, seed: int) -> torch.Tensor:
+        """A seeded subset of the training split, ``fraction`` of it (at least one batch)."""
+        n = len(self.train_y)
+        k = max(1, min(n, int(round(n * fraction))))
+        g = torch.Generator().manual_seed(seed)
+        return torch.randperm(n, generator=g)[:k].sort().values
+
+    def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        x = x_uint8.float().div_(255.0)
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        x = (x - mean) / std
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Random crop after zero padding by ``pad`` pixels, and random horizontal flip."""
+        n, _, h, w = x.shape
+        if self.pad:
+            p = self.pad
+            padded = torch.nn.functional.pad(x, (p, p, p, p))
+            dy = torch.randint(0, 2 * p + 1, (n,), generator=g)
+            dx = torch.randint(0, 2 * p + 1, (n,), generator=g)
+            rows = (dy.view(n, 1) + torch.arange(h).view(1, h))  # n, h
+            cols = (dx.view(n, 1) + torch.arange(w).view(1, w))  # n, w
+            idx_n = torch.arange(n).view(n, 1, 1)
+            x = padded.permute(0, 2, 3, 1)[idx_n, rows.view(n, h, 1), cols.view(n, 1, w)]
+            x = x.permute(0, 3, 1, 2)
+        if self.flip:
+            mask = torch.rand(n, generator=g) < 0.5
+            x = torch.where(mask.view(n, 1, 1, 1), x.flip(3), x)
+        return x
+
+    def batches(self, split: str, batch_size: int, *, indices: torch.Tensor | None = None,
+                shuffle: bool = False, augment: bool = False, seed: int = 0,
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield ``(x, y, idx)``: normalised float images, labels and their split indices."""
+        if split == "test":
+            log.info("reading the test split")
+        xs, ys = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+        idx = torch.arange(len(ys)) if indices is None else indices
+        g = torch.Generator().manual_seed(seed)
+        if shuffle:
+            idx = idx[torch.randperm(len(idx), generator=g)]
+        for start in range(0, len(idx), batch_size):
+            b = idx[start:start + batch_size]
+            x = xs[b]
+            if augment:
+                x = self.augment(x, g)
+            yield self.normalize(x), ys[b], b
+
+
+def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
+    if not 0 < val_fraction < 1:
+        raise KdnasError(f"val fraction must be between 0 and 1, got {val_fraction}")
+    n = len(y)
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * val_fraction)))
+    val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return x[train], y[train], x[val], y[val]
+
+
+def _bundle(spec, classes, x_train, y_train, x_test, y_test, *, val_fraction, seed, flip, pad):
+    if x_train.ndim != 4 or len(x_train) == 0:
+        raise KdnasError(f"data {spec!r} holds no training images")
+    tx, ty, vx, vy = _split(x_train, y_train, val_fraction, seed)
+    mean, std = [], []
+    for c in range(tx.shape[1]):
+        f = tx[:, c].astype(np.float32) / 255.0
+        mean.append(float(f.mean(dtype=np.float64)))
+        std.append(max(float(f.std(dtype=np.float64)), 1e-3))
+    t = torch.from_numpy
+    return DataBundle(spec=spec, classes=list(classes),
+                      train_x=t(np.ascontiguousarray(tx)), train_y=t(ty.astype(np.int64)),
+                      val_x=t(np.ascontiguousarray(vx)), val_y=t(vy.astype(np.int64)),
+                      test_x=t(np.ascontiguousarray(x_test)), test_y=t(y_test.astype(np.int64)),
+                      mean=tuple(mean), std=tuple(std), flip=flip, pad=pad, seed=seed,
+                      val_fraction=val_fraction)
+
+
+def load_data(spec: str, *, val_fraction: float = 0.1, seed: int = 0,
+              image_size: int | None = None) -> DataBundle:
+    """Load a data set from a spec string (see the module docstring)."""
+    kind, _, path = (spec or "").partition(":")
+    kind = kind.strip().lower()
+    if kind == "digits":
+        return _load_digits(val_fraction, seed)
+    if kind in ("cifar10", "imagefolder"):
+        if not path:
+            raise KdnasError(f"--data {spec!r} needs a path, e.g. {kind}:/data/{kind}")
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise KdnasError(f"data folder {str(p)!r} does not exist: check the path in "
+                             f"--data {spec}")
+        loader = _load_cifar10 if kind == "cifar10" else _load_imagefolder
+        x_train, y_train, x_test, y_test, classes, flip, pad = loader(p, image_size)
+        return _bundle(spec, classes, x_train, y_train, x_test, y_test,
+                       val_fraction=val_fraction, seed=seed, flip=flip, pad=pad)
+    raise KdnasError(f"cannot read data spec {spec!r}: use digits, cifar10:PATH or "
+                     "imagefolder:PATH")
+
+
+def _load_digits(val_fraction: float, seed: int) -> DataBundle:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # N,1,8,8
+    y = d.target.astype(np.int64)
+    # digits ships no test split: hold out a seeded 20% as test, then carve val from the rest
+    perm = np.random.default_rng(12345).permutation(len(y))
+    n_test = int(round(0.2 * len(y)))
+    test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    return _bundle("digits", [str(i) for i in range(10)], x[train], y[train], x[test], y[test],
+                   val_fraction=val_fraction, seed=seed, flip=False, pad=1)
+
+
+def _load_cifar10(path: Path, image_size: int | None):
+    root = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+    files = [root / f"data_batch_{i}" for i in range(1, 6)]
+    missing = [f.name for f in files + [root / "test_batch"] if not f.exists()]
+    if missing:
+        raise KdnasError(f"{root} is not torchvision's CIFAR-10 layout: missing {missing}. "
+                         "Point cifar10: at the folder holding cifar-10-batches-py, or use "
+                         "imagefolder:PATH for a folder of images")
+
+    def read(f: Path):
+        with open(f, "rb") as fh:
+            d = pickle.load(fh, encoding="latin1")
+        return (np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32),
+                np.asarray(d["labels"], dtype=np.int64))
+
+    parts = [read(f) for f in files]
+    x_train = np.concatenate([p[0] for p in parts])
+    y_train = np.concatenate([p[1] for p in parts])
+    x_test, y_test = read(root / "test_batch")
+    classes = [str(i) for i in range(10)]
+    meta = root / "batches.meta"
+    if meta.exists():
+        with open(meta, "rb") as fh:
+            classes = list(pickle.load(fh, encoding="latin1")["label_names"])
+    return x_train, y_train, x_test, y_test, classes, True, 4
+
+
+def _list_images(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    items = []
+    for label, cls in enumerate(classes):
+        d = split_dir / cls
+        if d.is_dir():
+            items += [(f, label) for f in sorted(d.iterdir())
+                      if f.suffix.lower() in IMAGE_EXTENSIONS]
+    return items
+
+
+def _load_imagefolder(path: Path, image_size: int | None):
+    train_dir = path / "train"
+    test_dir = next((path / s for s in ("test", "val") if (path / s).is_dir()), None)
+    if not train_dir.is_dir() or test_dir is None:
+        raise KdnasError(f"{path} is not an ImageFolder tree: expected {path}/train/<class>/… "
+                         f"and {path}/test/<class>/… (or val/)")
+    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
+    if not classes:
+        raise KdnasError(f"{train_dir} has no class folders: put images in train/<class>/")
+    train_items = _list_images(train_dir, classes)
+    test_items = _list_images(test_dir, classes)
+    if not train_items or not test_items:
+        raise KdnasError(f"no images found under {train_dir} or {test_dir} "
+                         f"(extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    key = hashlib.sha1(repr((str(path.resolve()), image_size, len(train_items),
+                             len(test_items), [(str(f), f.stat().st_size)
+                                               for f, _ in train_items[:: 97] + test_items[:: 97]]
+                             )).encode()).hexdigest()[:16]
+    cached = cache_dir() / "data" / f"imagefolder-{key}.npz"
+    if cached.exists():
+        z = np.load(cached)
+        arrays = [z[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+    else:
+        log.info("decoding %d images from %s (cached in %s afterwards)",
+                 len(train_items) + len(test_items), path, cached)
+        x_train, y_train = _decode(train_items, image_size)
+        size = image_size or x_train.shape[-1]
+        x_test, y_test = _decode(test_items, size)
+        arrays = [x_train, y_train, x_test, y_test]
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npz")
+        np.savez(tmp, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+        os.replace(tmp, cached)
+    return (*arrays, classes, True, max(1, arrays[0].shape[-1] // 8))
+
+
+def _decode(items: list[tuple[Path, int]], size: int | None):
+    from PIL import Image
+
+    with Image.open(items[0][0]) as im:
+        mode = "L" if im.mode in ("L", "1", "I;16", "I") else "RGB"
+        size = size or im.size[0]
+    channels = 1 if mode == "L" else 3
+    x = np.empty((len(items), channels, size, size), dtype=np.uint8)
+    y = np.empty(len(items), dtype=np.int64)
+    for i, (f, label) in enumerate(items):
+        with Image.open(f) as im:
+            im = im.convert(mode)
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8)
+        x[i] = a[None] if channels == 1 else a.transpose(2, 0, 1)
+        y[i] = label
+    return x, y

@@ -1,0 +1,195 @@
+"""Reports people read: trials.csv, pareto.csv/.md/.png and summary.json.
+
+Everything is read back from the study's storage; nothing is recomputed or retrained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from kdnas.config import SearchConfig
+from kdnas.cost import fmt_count
+from kdnas.front import hypervolume, knee_index, pareto_mask
+from search_spaces import describe
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["trial", "state", "spec_id", "arch", "macs", "flops", "params", "latency_ms",
+           "latency_p90_ms", "latency_setting", "val_accuracy", "within_budget",
+           "train_seconds", "kd", "spec"]
+
+
+def _state(t: optuna.trial.FrozenTrial) -> str:
+    if t.state == TrialState.COMPLETE:
+        return "trained" if t.user_attrs.get("trained") else "infeasible"
+    if t.state == TrialState.FAIL:
+        return "interrupted" if t.user_attrs.get("interrupted") else "failed"
+    return t.state.name.lower()
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        spec = t.user_attrs.get("spec")
+        cost = t.user_attrs.get("cost", {})
+        budget = t.constraints.get("budget")
+        rows.append({
+            "trial": t.number, "state": _state(t), "spec_id": t.user_attrs.get("spec_id"),
+            "arch": describe(spec) if spec else None,
+            "macs": cost.get("macs"), "flops": cost.get("flops"), "params": cost.get("params"),
+            "latency_ms": cost.get("latency_ms"), "latency_p90_ms": cost.get("latency_p90_ms"),
+            "latency_setting": cost.get("latency_setting"),
+            "val_accuracy": t.user_attrs.get("val_accuracy"),
+            "within_budget": None if budget is None else bool(budget <= 0),
+            "train_seconds": t.user_attrs.get("train_seconds"), "kd": t.user_attrs.get("kd"),
+            "spec": json.dumps(spec, sort_keys=True) if spec else None,
+        })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def front_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Trained, within-budget trials on the accuracy/MACs Pareto front, cheapest first,
+    with a ``knee`` flag."""
+    ok = df[(df.state == "trained") & (df.within_budget == True)].copy()  # noqa: E712
+    if ok.empty:
+        ok["knee"] = []
+        return ok
+    ok = ok[pareto_mask(ok.val_accuracy.to_numpy(), ok.macs.to_numpy())]
+    ok = ok.sort_values(["macs", "val_accuracy"], ascending=[True, False]).reset_index(drop=True)
+    k = knee_index(ok.val_accuracy.to_numpy(), ok.macs.to_numpy())
+    ok["knee"] = [i == k for i in range(len(ok))]
+    return ok
+
+
+def pick_trial(study: optuna.Study, pick: str) -> int:
+    """Trial number for ``knee`` or ``best`` (most accurate within budget)."""
+    front = front_frame(trials_frame(study))
+    if front.empty:
+        from kdnas.errors import KdnasError
+
+        raise KdnasError(f"study {study.study_name!r} has no trained trial within budget yet")
+    if pick == "best":
+        return int(front.loc[front.val_accuracy.idxmax(), "trial"])
+    return int(front.loc[front.knee.idxmax(), "trial"])
+
+
+def summary(study: optuna.Study, cfg: SearchConfig) -> dict:
+    df = trials_frame(study)
+    front = front_frame(df)
+    budget = cfg.budget_obj()
+    ref_cost = budget.limit if budget.metric == "macs" else float(df.macs.max() or 1) * 1.1
+    hv = hypervolume(front.val_accuracy.to_numpy(), front.macs.to_numpy(), ref_acc=0.0,
+                     ref_cost=ref_cost) if not front.empty else 0.0
+    counts = df.state.value_counts().to_dict()
+    return {
+        "study": cfg.study, "budget": cfg.budget, "budget_described": budget.describe(),
+        "teacher": cfg.teacher, "data": cfg.data,
+        "teacher_val_accuracy": study.user_attrs.get("teacher_val_accuracy"),
+        "trials_by_state": {k: int(v) for k, v in counts.items()},
+        "trained_over_budget": int(((df.state == "trained") &
+                                    (df.within_budget == False)).sum()),  # noqa: E712
+        "front_size": int(len(front)),
+        "best_val_accuracy": None if front.empty else float(front.val_accuracy.max()),
+        "knee_trial": None if front.empty else int(front.loc[front.knee.idxmax(), "trial"]),
+        "hypervolume": hv, "hypervolume_reference": {"val_accuracy": 0.0, "macs": ref_cost},
+        "search_seconds": float(df.train_seconds.fillna(0).sum()),
+    }
+
+
+def write_report(study: optuna.Study, cfg: SearchConfig, out_dir: Path | None = None) -> Path:
+    out = Path(out_dir or cfg.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    df = trials_frame(study)
+    front = front_frame(df)
+    df.to_csv(out / "trials.csv", index=False)
+    front.to_csv(out / "pareto.csv", index=False)
+    info = summary(study, cfg)
+    (out / "summary.json").write_text(json.dumps(info, indent=2))
+    (out / "pareto.md").write_text(_markdown(front, info, cfg))
+    _plot(df, front, info, cfg, out / "pareto.png")
+    return out
+
+
+def _fmt(v, spec: str = ".3g") -> str:
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
+
+
+def _markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
+    lines = [f"# Study {cfg.study}: accuracy versus MACs", "",
+             f"Budget: {info['budget']} = {info['budget_described']}. MACs are "
+             "multiply-accumulates at batch 1 (fvcore); FLOPs = 2 x MACs.", ""]
+    t = info.get("teacher_val_accuracy")
+    if t is not None:
+        lines += [f"Teacher validation accuracy: {100 * t:.2f}%", ""]
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(info["trials_by_state"].items()))
+    lines += [f"Trials: {counts}. Pareto front: {info['front_size']} students; hypervolume "
+              f"{info['hypervolume']:.4f} (area dominated in accuracy x MACs, MACs in units of the "
+              f"reference {fmt_count(info['hypervolume_reference']['macs'])}, accuracy from 0; "
+              "1.0 would be 100% at no cost).", ""]
+    if front.empty:
+        return "\n".join(lines + ["No trained student within budget yet.", ""])
+    lines += ["| rank | trial | architecture | val acc | MACs | FLOPs | params | latency ms "
+              "(p50/p90) | train s | export |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    order = front.sort_values("val_accuracy", ascending=False)
+    for rank, (_, r) in enumerate(order.iterrows(), 1):
+        knee = " (knee)" if r.knee else ""
+        lines.append(
+            f"| {rank} | {int(r.trial)}{knee} | {r.arch} | {100 * r.val_accuracy:.2f}% | "
+            f"{fmt_count(r.macs)} | {fmt_count(r.flops)} | {fmt_count(r.params)} | "
+            f"{_fmt(r.latency_ms)}/{_fmt(r.latency_p90_ms)} | {_fmt(r.train_seconds, '.0f')} | "
+            f"`kdnas export --study {cfg.study} --trial {int(r.trial)}` |")
+    setting = front.latency_setting.dropna()
+    if len(setting):
+        lines += ["", f"Latency measured on this machine: {setting.iloc[0]}."]
+    return "\n".join(lines + [""])
+
+
+def _plot(df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg: SearchConfig,
+          path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    trained = df[df.state == "trained"]
+    infeasible = df[df.state == "infeasible"]
+    ax.scatter(trained.macs / 1e6, 100 * trained.val_accuracy, s=22, c="#b0b0b0",
+               label="trained (dominated)", zorder=2)
+    if not front.empty:
+        ax.plot(front.macs / 1e6, 100 * front.val_accuracy, "-o", c="#1f77b4", ms=6,
+                label="Pareto front", zorder=3)
+        k = front[front.knee]
+        if not k.empty:
+            r = k.iloc[0]
+            ax.scatter([r.macs / 1e6], [100 * r.val_accuracy], s=160, facecolors="none",
+                       edgecolors="#d62728", linewidths=2, zorder=4,
+                       label=f"knee: trial {int(r.trial)}")
+    if not infeasible.empty:
+        lo = 100 * float(trained.val_accuracy.min()) if len(trained) else 0.0
+        ax.scatter(infeasible.macs / 1e6, np.full(len(infeasible), lo), marker="x",
+                   c="#ff7f0e", s=24, label="over budget (not trained)", zorder=2)
+    budget = cfg.budget_obj()
+    if budget.metric == "macs":
+        ax.axvline(budget.limit / 1e6, ls="--", c="#d62728", lw=1,
+                   label=f"budget {fmt_count(budget.limit)} MACs")
+    t = info.get("teacher_val_accuracy")
+    if t is not None:
+        ax.axhline(100 * t, ls=":", c="#2ca02c", lw=1, label=f"teacher {100 * t:.1f}%")
+    ax.set_xscale("log")
+    ax.set_xlabel("MACs (millions, batch 1; FLOPs = 2 x MACs)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{cfg.study}: accuracy vs MACs")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,281 @@
+"""The search loop: an Optuna multi-objective study over student specs.
+
+Objectives: maximise validation accuracy, minimise MACs. The budget is an Optuna constraint
+(``trial.set_constraint("budget", cost / limit - 1)``): a candidate over budget is recorded as
+infeasible and never trained. ``--trials N`` counts *trained* candidates; running the same
+command again resumes the study in its storage (SQLite in the study folder by default), and
+several workers may share one storage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from kdnas.config import SearchConfig
+from kdnas.cost import Cost, fmt_count, measure_cost
+from kdnas.distill import fit
+from kdnas.errors import KdnasError
+from search_spaces import get_space, spec_id
+
+log = logging.getLogger(__name__)
+
+Event = Callable[[str, dict], None]
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def open_study(cfg: SearchConfig, *, create: bool) -> optuna.Study:
+    """Create or load the study named ``cfg.study`` in its storage."""
+    if cfg.storage is None:
+        if not create and not (cfg.study_dir / "study.db").exists():
+            raise KdnasError(f"no study {cfg.study!r} in {cfg.workdir}/: run `kdnas search "
+                             f"--study {cfg.study} …` first, or pass --workdir/--storage")
+        cfg.study_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True,
+                                         n_startup_trials=min(10, max(3, cfg.trials // 3)))
+    try:
+        if create:
+            return optuna.create_study(storage=cfg.storage_url, study_name=cfg.study,
+                                       directions=["maximize", "minimize"], sampler=sampler,
+                                       load_if_exists=True)
+        return optuna.load_study(study_name=cfg.study, storage=cfg.storage_url,
+                                 sampler=sampler)
+    except KeyError:
+        raise KdnasError(f"storage {cfg.storage_url} holds no study named {cfg.study!r}") from None
+
+
+def stored_config(study: optuna.Study) -> SearchConfig | None:
+    d = study.user_attrs.get("config")
+    return SearchConfig.from_dict(d) if d else None
+
+
+# settings that change what a trial means: a resumed study must keep them
+_FIXED = ("budget", "space", "epochs", "train_fraction", "batch_size", "lr", "kd",
+          "temperature", "kd_alpha", "hint_weight", "val_fraction", "split_seed", "seed",
+          "teacher_layers")
+
+
+def _check_resume(study: optuna.Study, cfg: SearchConfig, fingerprint: dict) -> None:
+    old = stored_config(study)
+    if old is None:
+        return
+    changed = [k for k in _FIXED if getattr(old, k) != getattr(cfg, k)]
+    old_fp = study.user_attrs.get("fingerprint", {})
+    changed += [k for k in ("teacher_digest", "data_digest")
+                if k in old_fp and old_fp[k] != fingerprint[k]]
+    if changed:
+        detail = ", ".join(f"{k}: {getattr(old, k, old_fp.get(k))!r} -> "
+                           f"{getattr(cfg, k, fingerprint.get(k))!r}" for k in changed)
+        raise KdnasError(f"study {cfg.study!r} already exists with other settings ({detail}). "
+                         "Resume it with the same settings, or start a new one with "
+                         "another --study name")
+
+
+def manifest(cfg: SearchConfig, teacher, data) -> dict:
+    import fvcore
+    import numpy
+    import torchvision
+
+    from kdnas import __version__
+
+    return {
+        "kdnas": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "torchvision": torchvision.__version__, "optuna": optuna.__version__,
+        "fvcore": getattr(fvcore, "__version__", "?"), "numpy": numpy.__version__,
+        "platform": platform.platform(), "seed": cfg.seed, "split_seed": cfg.split_seed,
+        "data": data.spec, "data_digest": data.digest(), "teacher": teacher.source,
+        "teacher_digest": teacher.digest, "command": " ".join(sys.argv),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": cfg.to_dict(),
+    }
+
+
+def _write_manifest(cfg: SearchConfig, info: dict) -> None:
+    path = cfg.study_dir / "manifest.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        old = json.loads(path.read_text())
+        old.setdefault("resumed", []).append({"command": info["command"],
+                                              "at": info["created"]})
+        info = old
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(path)
+
+
+def fail_stale_trials(study: optuna.Study) -> int:
+    """Mark RUNNING trials of dead processes on this host as FAIL (after a kill or crash)."""
+    host = socket.gethostname()
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        w = t.user_attrs.get("worker", "")
+        h, _, pid = w.rpartition(":")
+        if h == host and pid.isdigit() and not _alive(int(pid)):
+            study.tell(t.number, state=TrialState.FAIL)
+            n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def trained_count(study: optuna.Study) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+               if t.user_attrs.get("trained"))
+
+
+def smallest_cost(cfg: SearchConfig, data) -> tuple[dict, Cost]:
+    space = get_space(cfg.space)
+    spec = space.smallest(in_channels=data.in_channels, num_classes=data.num_classes,
+                          input_size=data.input_size)
+    model = space.build(spec)
+    cost = measure_cost(model, data.input_shape, latency=cfg.budget_obj().metric == "latency_ms",
+                        latency_threads=cfg.latency_threads, latency_batch=cfg.latency_batch)
+    return spec, cost
+
+
+@dataclass
+class SearchOutcome:
+    study: optuna.Study
+    trained: int
+    infeasible: int
+    interrupted: bool = False
+
+
+def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = None
+               ) -> SearchOutcome:
+    """Run (or resume) the study until ``cfg.trials`` candidates have been trained.
+
+    ``data`` must already carry the teacher's normalisation. ``on_event(kind, info)`` receives
+    ``study_start``, ``trial_start``, ``step``, ``trial_end`` and ``infeasible`` events.
+    """
+    emit = on_event or (lambda kind, info: None)
+    budget = cfg.budget_obj()
+
+    spec0, cost0 = smallest_cost(cfg, data)
+    if not budget.fits(cost0):
+        value = cost0.value(budget.metric)
+        shown = {"macs": f"{fmt_count(value)} MACs ({fmt_count(2 * value)} FLOPs)",
+                 "params": f"{fmt_count(value)} params",
+                 "latency_ms": f"{value:.3g} ms"}[budget.metric]
+        raise KdnasError(f"budget {cfg.budget} is below the cheapest candidate of the "
+                         f"{cfg.space!r} space for {tuple(data.input_shape)} inputs, which "
+                         f"costs {shown}: raise --budget to at least that")
+
+    info = manifest(cfg, teacher, data)
+    study = open_study(cfg, create=True)
+    fingerprint = {"teacher_digest": teacher.digest, "data_digest": data.digest()}
+    _check_resume(study, cfg, fingerprint)
+    if stored_config(study) is None:
+        study.set_user_attr("config", cfg.to_dict())
+        study.set_user_attr("fingerprint", fingerprint)
+        study.set_user_attr("normalization", {"mean": list(data.mean), "std": list(data.std)})
+        study.set_user_attr("teacher_val_accuracy", teacher.meta.get("val_accuracy_measured"))
+    if cfg.storage is None or cfg.study_dir.exists():
+        _write_manifest(cfg, info)
+    stale = fail_stale_trials(study)
+    if stale:
+        log.info("marked %d interrupted trial(s) of a dead process as failed", stale)
+
+    done = trained_count(study)
+    emit("study_start", {"trained": done, "target": cfg.trials, "stale": stale})
+    proposals = infeasible = failures = 0
+    interrupted = False
+    while done < cfg.trials:
+        if proposals >= cfg.proposal_cap:
+            log.warning("stopped after %d proposals: the sampler keeps proposing candidates "
+                        "over budget", proposals)
+            break
+        proposals += 1
+        trial = study.ask()
+        try:
+            trained = _run_trial(study, trial, cfg, teacher, data, index=done + 1, emit=emit)
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            study.tell(trial, state=TrialState.FAIL)
+            interrupted = True
+            break
+        except Exception as e:  # a failed candidate must not lose the study
+            failures += 1
+            log.exception("trial %d failed", trial.number)
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+            study.tell(trial, state=TrialState.FAIL)
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                raise
+            continue
+        failures = 0
+        if trained:
+            done += 1
+        else:
+            infeasible += 1
+    return SearchOutcome(study, trained_count(study), infeasible, interrupted)
+
+
+def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teacher, data, *,
+               index: int, emit: Event) -> bool:
+    """Sample, cost, gate and (if feasible) train one candidate; tell the study. True if
+    trained."""
+    budget = cfg.budget_obj()
+    space = get_space(cfg.space)
+    tcfg = cfg.train_config()
+    trial.set_user_attr("worker", worker_id())
+    spec = space.sample(trial, in_channels=data.in_channels, num_classes=data.num_classes,
+                        input_size=data.input_size)
+    torch.manual_seed(cfg.seed * 100003 + trial.number)
+    model = space.build(spec)
+    cost = measure_cost(model, data.input_shape,
+                        latency=cfg.latency or budget.metric == "latency_ms",
+                        latency_threads=cfg.latency_threads, latency_batch=cfg.latency_batch)
+    excess = budget.excess(cost)
+    trial.set_user_attr("spec", spec)
+    trial.set_user_attr("spec_id", spec_id(spec))
+    trial.set_user_attr("cost", cost.to_dict())
+    trial.set_constraint("budget", float(excess))
+    if excess > 0:  # over budget: recorded, never trained
+        trial.set_user_attr("trained", False)
+        study.tell(trial, [0.0, float(cost.macs)])
+        emit("infeasible", {"trial": trial.number, "cost": cost, "spec": spec})
+        return False
+
+    emit("trial_start", {"trial": trial.number, "index": index, "target": cfg.trials,
+                         "cost": cost, "spec": spec})
+    result = fit(model, data, tcfg, teacher=teacher, student_taps=space.taps(spec),
+                 progress=lambda s, n, loss: emit("step", {"step": s, "total": n, "loss": loss}))
+    path = cfg.study_dir / "trials" / str(trial.number) / "student.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"spec": spec, "state_dict": {k: v.contiguous()
+                                             for k, v in model.state_dict().items()}}, path)
+    trial.set_user_attr("trained", True)
+    trial.set_user_attr("val_accuracy", result.val_accuracy)
+    trial.set_user_attr("train_seconds", result.seconds)
+    trial.set_user_attr("curve", result.curve)
+    trial.set_user_attr("kd", tcfg.kd)
+    trial.set_user_attr("weights", str(path))
+    study.tell(trial, [result.val_accuracy, float(cost.macs)])
+    emit("trial_end", {"trial": trial.number, "index": index, "target": cfg.trials,
+                       "accuracy": result.val_accuracy, "seconds": result.seconds,
+                       "cost": cost, "study": study})
+    return True
