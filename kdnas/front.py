@@ -25,9 +25,9 @@ def hypervolume(acc: np.ndarray, cost: np.ndarray, *, ref_acc: float, ref_cost: 
     nothing."""
     pts = sorted((c, a) for a, c in zip(acc, cost, strict=True) if a > ref_acc and c < ref_cost)
     area, best = 0.0, ref_acc
-    # sweep from high cost to low: each point adds a rectangle above the best so far
-    for i in range(len(pts) - 1, -1, -1):
-        c, a = pts[i]
+    # sweep from cheap to costly: a point adds the strip between the best accuracy of the
+    # cheaper points and its own, from its cost up to the reference cost
+    for c, a in pts:
         if a > best:
             area += (1.0 - c / ref_cost) * (a - best)
             best = a

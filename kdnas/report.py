@@ -185,6 +185,11 @@ def _plot(df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg: SearchConfig,
     if t is not None:
         ax.axhline(100 * t, ls=":", c="#2ca02c", lw=1, label=f"teacher {100 * t:.1f}%")
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("MACs (millions, batch 1; FLOPs = 2 x MACs)")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(f"{cfg.study}: accuracy vs MACs")

@@ -28,6 +28,7 @@ from kdnas.config import SearchConfig
 from kdnas.cost import Cost, fmt_count, measure_cost
 from kdnas.distill import fit
 from kdnas.errors import KdnasError
+from kdnas.sampler import FeasibleSampler
 from search_spaces import get_space, spec_id
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def open_study(cfg: SearchConfig, *, create: bool) -> optuna.Study:
+def open_study(cfg: SearchConfig, *, create: bool,
+               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
     """Create or load the study named ``cfg.study`` in its storage."""
     if cfg.storage is None:
         if not create and not (cfg.study_dir / "study.db").exists():
@@ -48,8 +50,6 @@ def open_study(cfg: SearchConfig, *, create: bool) -> optuna.Study:
                              f"--study {cfg.study} …` first, or pass --workdir/--storage")
         cfg.study_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True,
-                                         n_startup_trials=min(10, max(3, cfg.trials // 3)))
     try:
         if create:
             return optuna.create_study(storage=cfg.storage_url, study_name=cfg.study,
@@ -59,6 +59,33 @@ def open_study(cfg: SearchConfig, *, create: bool) -> optuna.Study:
                                  sampler=sampler)
     except KeyError:
         raise KdnasError(f"storage {cfg.storage_url} holds no study named {cfg.study!r}") from None
+
+
+def make_sampler(cfg: SearchConfig, data) -> optuna.samplers.BaseSampler:
+    """Seeded multi-objective TPE; budget-aware when the space declares its distributions."""
+    n_startup = min(10, max(3, cfg.trials // 3))
+    tpe = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True,
+                                     n_startup_trials=n_startup)
+    space = get_space(cfg.space)
+    if not hasattr(space, "distributions"):
+        return tpe
+    budget = cfg.budget_obj()
+    cache: dict[str, bool] = {}
+
+    def fits(params: dict) -> bool:
+        spec = space.sample(optuna.trial.FixedTrial(params), in_channels=data.in_channels,
+                            num_classes=data.num_classes, input_size=data.input_size)
+        key = spec_id(spec)
+        if key not in cache:
+            cost = measure_cost(space.build(spec), data.input_shape,
+                                latency=budget.metric == "latency_ms",
+                                latency_threads=cfg.latency_threads,
+                                latency_batch=cfg.latency_batch)
+            cache[key] = budget.fits(cost)
+        return cache[key]
+
+    return FeasibleSampler(tpe, space.distributions(), fits, n_startup_trials=n_startup,
+                           seed=cfg.seed)
 
 
 def stored_config(study: optuna.Study) -> SearchConfig | None:
@@ -186,7 +213,7 @@ def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = Non
                          f"costs {shown}: raise --budget to at least that")
 
     info = manifest(cfg, teacher, data)
-    study = open_study(cfg, create=True)
+    study = open_study(cfg, create=True, sampler=make_sampler(cfg, data))
     fingerprint = {"teacher_digest": teacher.digest, "data_digest": data.digest()}
     _check_resume(study, cfg, fingerprint)
     if stored_config(study) is None:

@@ -114,6 +114,16 @@ class ResNetSpace:
                 "num_classes": int(num_classes),
                 "stem": "imagenet" if input_size >= 64 else "cifar"}
 
+    def distributions(self) -> dict:
+        """Every parameter :meth:`sample` suggests, for joint (budget-aware) sampling."""
+        from optuna.distributions import CategoricalDistribution
+
+        out = {}
+        for i, widths in enumerate(WIDTHS):
+            out[f"depth{i}"] = CategoricalDistribution(DEPTHS)
+            out[f"width{i}"] = CategoricalDistribution(widths)
+        return out
+
     def sample(self, trial: Any, *, in_channels: int, num_classes: int, input_size: int) -> dict:
         spec = self._base(in_channels, num_classes, input_size)
         stages = []

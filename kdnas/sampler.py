@@ -1,0 +1,121 @@
+"""Budget-aware sampling: propose only candidates that fit, before a trial is created.
+
+:class:`FeasibleSampler` wraps Optuna's TPE sampler. For spaces that declare their
+distributions, it samples all parameters jointly (TPE after its start-up trials, seeded random
+before), builds the spec, counts its cost, and rejects and resamples until the candidate fits
+the budget. Over-budget proposals therefore rarely reach the study; the ones that do (when no
+fitting sample is found in ``max_tries``) are still recorded as infeasible and never trained.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+log = logging.getLogger(__name__)
+
+
+def random_params(distributions: dict[str, BaseDistribution], rng: np.random.RandomState
+                  ) -> dict[str, Any]:
+    out = {}
+    for name, d in distributions.items():
+        if isinstance(d, CategoricalDistribution):
+            out[name] = d.choices[rng.randint(len(d.choices))]
+        elif isinstance(d, optuna.distributions.IntDistribution):
+            out[name] = int(rng.randint(d.low, d.high + 1))
+        elif isinstance(d, optuna.distributions.FloatDistribution):
+            out[name] = float(rng.uniform(d.low, d.high))
+        else:  # pragma: no cover - all Optuna distributions are handled above
+            raise TypeError(f"unsupported distribution {d!r}")
+    return out
+
+
+class FeasibleSampler(optuna.samplers.BaseSampler):
+    """TPE that proposes only parameter sets for which ``fits(params)`` is true.
+
+    ``distributions`` is the space's full parameter space; ``fits`` builds and costs the
+    candidate. After ``max_tries`` rejected samples, the last one is *repaired*: numeric
+    parameters are stepped down at random until it fits.
+    """
+
+    def __init__(self, inner: optuna.samplers.TPESampler,
+                 distributions: dict[str, BaseDistribution], fits: Callable[[dict], bool], *,
+                 n_startup_trials: int, seed: int | None = None, max_tries: int = 8) -> None:
+        self.inner = inner
+        self.distributions = distributions
+        self.fits = fits
+        self.n_startup_trials = n_startup_trials
+        self.max_tries = max_tries
+        self._rng = np.random.RandomState(seed)
+        self.rejected = 0
+        self.proposed = 0
+
+    def reseed_rng(self) -> None:
+        self._rng.seed()
+        self.inner.reseed_rng()
+
+    def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
+        return dict(self.distributions)
+
+    def sample_relative(self, study, trial, search_space) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        done = len(study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,),
+                                     use_cache=True))
+        params: dict[str, Any] = {}
+        for _ in range(self.max_tries):
+            params = {}
+            if done >= self.n_startup_trials:
+                params = self.inner.sample_relative(study, trial, search_space)
+            missing = {k: v for k, v in search_space.items() if k not in params}
+            params.update(random_params(missing, self._rng))
+            self.proposed += 1
+            if self.fits(params):
+                return params
+            self.rejected += 1
+        return self.repair(params, search_space)
+
+    def repair(self, params: dict[str, Any], search_space) -> dict[str, Any]:
+        """Step random numeric parameters down one choice at a time until the candidate fits
+        (numeric choices of a space grow its cost: depth, width, expansion, kernel)."""
+        p = dict(params)
+        while not self.fits(p):
+            movable = []
+            for k, d in search_space.items():
+                lower = _lower(d, p[k])
+                if lower is not None:
+                    movable.append((k, lower))
+            if not movable:
+                log.info("no candidate within budget found; proposing the smallest tried")
+                break
+            k, lower = movable[self._rng.randint(len(movable))]
+            p[k] = lower
+        return p
+    def sample_independent(self, study, trial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial: FrozenTrial) -> None:
+        self.inner.before_trial(study, trial)
+
+    def after_trial(self, study, trial: FrozenTrial, state: TrialState, values) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+
+def _lower(d: BaseDistribution, value: Any) -> Any:
+    """The next smaller value of a numeric parameter, or None."""
+    if isinstance(d, CategoricalDistribution):
+        nums = [c for c in d.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+        if len(nums) != len(d.choices) or not isinstance(value, (int, float)):
+            return None
+        below = [c for c in nums if c < value]
+        return max(below) if below else None
+    if isinstance(d, optuna.distributions.IntDistribution):
+        return value - d.step if value - d.step >= d.low else None
+    return None

@@ -1,0 +1,73 @@
+"""Shared fixtures: real small data (digits, a seeded CIFAR-10 subset) and tiny teachers."""
+
+from __future__ import annotations
+
+import os
+import random
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CIFAR_ARCHIVE = Path(os.environ.get(
+    "KDNAS_CIFAR10_JPG", ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep kdnas' cache (decoded data, demo teacher) inside the test's temporary folder."""
+    old = os.environ.get("KDNAS_CACHE")
+    os.environ["KDNAS_CACHE"] = str(tmp_path_factory.mktemp("kdnas-cache"))
+    yield
+    if old is None:
+        os.environ.pop("KDNAS_CACHE", None)
+    else:
+        os.environ["KDNAS_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from kdnas.data import load_data
+
+    return load_data("digits", val_fraction=0.2)
+
+
+@pytest.fixture(scope="session")
+def cifar_subset(tmp_path_factory) -> Path:
+    """An ImageFolder tree of real CIFAR-10 JPEGs: 200 train and 50 test images a class,
+    chosen with a fixed seed (the archive lists files class by class)."""
+    if not CIFAR_ARCHIVE.exists():
+        pytest.skip(f"CIFAR-10 archive not found at {CIFAR_ARCHIVE} (set KDNAS_CIFAR10_JPG)")
+    out = tmp_path_factory.mktemp("cifar-subset")
+    per_split = {"train": 200, "test": 50}
+    with tarfile.open(CIFAR_ARCHIVE) as tar:  # first pass: names only
+        names = [m.name for m in tar if m.isfile() and m.name.endswith(".jpg")]
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name in names:
+        split, cls = Path(name).parts[-3:-1]
+        groups.setdefault((split, cls), []).append(name)
+    rng = random.Random(0)
+    chosen = set()
+    for (split, _cls), ms in sorted(groups.items()):
+        if split in per_split:
+            chosen.update(rng.sample(sorted(ms), per_split[split]))
+    with tarfile.open(CIFAR_ARCHIVE) as tar:  # second pass: stream and keep the chosen
+        for m in tar:
+            if m.name in chosen:
+                split, cls, fname = Path(m.name).parts[-3:]
+                dest = out / split / cls / fname
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(tar.extractfile(m).read())
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_teacher(tmp_path_factory) -> Path:
+    """A resnet14 teacher trained on digits (about 10 s), as `kdnas teacher train` makes it."""
+    from kdnas.cli import train_teacher
+
+    path = tmp_path_factory.mktemp("teacher") / "digits-resnet14.pt"
+    _, acc = train_teacher("digits", "resnet14", epochs=15, out=path, val_fraction=0.2)
+    assert acc > 0.85, acc
+    return path

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from kdnas.cli import main
+from kdnas.teacher import save_checkpoint
+from search_spaces import get_space
+
+
+def test_help_lists_commands_and_explains_the_budget_units(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["search", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "50MMACs" in out and "multiply" in out and "--trials" in out
+    r = subprocess.run([sys.executable, "-m", "kdnas", "--help"], capture_output=True,
+                       text=True, check=True)
+    for cmd in ("search", "report", "export", "teacher", "demo"):
+        assert cmd in r.stdout
+
+
+def test_search_report_export_as_users_type_them(tmp_path, digits_teacher, capsys):
+    """`kdnas search --teacher model.pt --budget …` works without --data: the data set comes
+    from the teacher checkpoint."""
+    common = ["--workdir", str(tmp_path / "runs")]
+    code = main(["search", "--teacher", str(digits_teacher), "--budget", "0.5MFLOPs",
+                 "--trials", "3", "--epochs", "1", "--study", "cli",
+                 "--reports", str(tmp_path / "reports"), *common])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "recorded in the teacher checkpoint" in out
+    assert "teacher validation accuracy" in out and "stages.0" in out
+    rep = tmp_path / "reports" / "cli"
+    for f in ("trials.csv", "pareto.csv", "pareto.md", "pareto.png", "summary.json"):
+        assert (rep / f).stat().st_size > 0
+    trials = pd.read_csv(rep / "trials.csv")
+    front = pd.read_csv(rep / "pareto.csv")
+    assert (trials.state == "trained").sum() == 3
+    assert len(front) >= 1 and (front.macs <= 0.5e6).all()
+    assert (front.flops == 2 * front.macs).all()
+    assert (trials[trials.state == "trained"].macs <= 0.5e6).all()
+
+    (rep / "pareto.md").unlink()
+    assert main(["report", "--study", "cli", *common]) == 0
+    assert (rep / "pareto.md").exists()
+
+    out_dir = tmp_path / "exported"
+    assert main(["export", "--study", "cli", "--pick", "knee", "--out", str(out_dir),
+                 *common]) == 0
+    assert (out_dir / "student.pt2").exists() and (out_dir / "spec.json").exists()
+    assert "re-counted, match the study" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["search", "--budget", "50MFLOPs"], "--teacher is needed"),
+    (["search", "--teacher", "nope.pt"], "does not exist"),
+    (["search", "--teacher", "x.pt", "--budget", "fifty"], "cannot read budget"),
+    (["export", "--study", "never-made"], "no study 'never-made'"),
+])
+def test_user_errors_print_one_line_and_exit_2(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_teacher_without_recorded_data_needs_data(tmp_path, capsys):
+    space = get_space("resnet")
+    spec = space.preset("resnet8", in_channels=1, num_classes=10, input_size=8)
+    path = tmp_path / "t.pt"
+    save_checkpoint(path, space.build(spec), spec=spec, classes=[str(i) for i in range(10)],
+                    input_shape=(1, 8, 8), mean=[0.3], std=[0.37], data=None)
+    assert main(["search", "--teacher", str(path), "--workdir", str(tmp_path)]) == 2
+    assert "--data is needed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cifar10_imagefolder_end_to_end(tmp_path, cifar_subset, capsys):
+    """Real CIFAR-10 JPEGs: train a teacher, search under 5M MACs, report, export."""
+    teacher = tmp_path / "teacher.pt"
+    assert main(["teacher", "train", "--data", f"imagefolder:{cifar_subset}", "--arch",
+                 "resnet14", "--epochs", "4", "--out", str(teacher)]) == 0
+    common = ["--workdir", str(tmp_path / "runs")]
+    assert main(["search", "--teacher", str(teacher), "--budget", "5MFLOPs", "--trials", "3",
+                 "--epochs", "1", "--study", "c10", "--reports", str(tmp_path / "reports"),
+                 *common]) == 0
+    out = capsys.readouterr().out
+    assert "teacher validation accuracy" in out
+    front = pd.read_csv(tmp_path / "reports" / "c10" / "pareto.csv")
+    assert len(front) >= 1 and (front.macs <= 5e6).all()
+    assert (front.val_accuracy > 0.1).any()  # above chance on 10 classes after brief training
+    assert main(["export", "--study", "c10", "--pick", "best", "--out",
+                 str(tmp_path / "exp"), *common]) == 0
+    program = torch.export.load(str(tmp_path / "exp" / "student.pt2")).module()
+    assert program(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_demo_runs_from_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--trials", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "demo done" in out
+    assert (tmp_path / "exports" / "demo" / "knee" / "student.pt2").exists()
+    assert (tmp_path / "reports" / "demo" / "pareto.png").exists()
+    # running it again resumes: nothing new is trained
+    assert main(["demo", "--trials", "3"]) == 0
+    assert "3 of 3 candidates already trained" in capsys.readouterr().out

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kdnas.cost import Cost, count_macs, count_params, measure_latency, parse_budget
+from kdnas.errors import KdnasError
+from search_spaces import get_space
+
+
+@pytest.mark.parametrize("text,metric,limit", [
+    ("50MFLOPs", "macs", 50e6),
+    ("50MMACs", "macs", 50e6),
+    ("50mflops", "macs", 50e6),
+    ("1.5GFLOPs", "macs", 1.5e9),
+    ("300kMACs", "macs", 300e3),
+    ("0.5Mparams", "params", 0.5e6),
+    ("5ms", "latency_ms", 5.0),
+    ("2.5 ms", "latency_ms", 2.5),
+])
+def test_parse_budget(text, metric, limit):
+    b = parse_budget(text)
+    assert b.metric == metric
+    assert b.limit == pytest.approx(limit)
+
+
+def test_flops_and_macs_budgets_are_the_same():
+    assert parse_budget("50MFLOPs") == parse_budget("50MMACs").__class__(
+        "macs", 50e6, "50MFLOPs")
+
+
+@pytest.mark.parametrize("text", ["", "fifty", "50", "50Mbananas", "-5MFLOPs", "0MFLOPs",
+                                  "5kms"])
+def test_parse_budget_rejects_with_a_helpful_message(text):
+    with pytest.raises(KdnasError) as e:
+        parse_budget(text)
+    assert "50MFLOPs" in str(e.value) or "positive" in str(e.value)
+
+
+def test_budget_gate_sign():
+    b = parse_budget("10MMACs")
+    assert b.fits(Cost(macs=10_000_000, params=1))
+    assert not b.fits(Cost(macs=10_000_001, params=1))
+    assert b.excess(Cost(macs=20_000_000, params=1)) == pytest.approx(1.0)
+
+
+def test_macs_of_a_convolution_match_the_analytic_count():
+    conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+    # every output element: 3 input channels x 3 x 3 kernel multiply-accumulates
+    assert count_macs(conv, (3, 32, 32)) == 16 * 32 * 32 * 3 * 3 * 3
+
+
+def test_macs_of_a_strided_convolution():
+    conv = nn.Conv2d(8, 24, 5, stride=2, padding=2, bias=False)
+    assert count_macs(conv, (8, 20, 20)) == 24 * 10 * 10 * 8 * 5 * 5
+
+
+def test_macs_of_a_depthwise_convolution_match_the_analytic_count():
+    dw = nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False)
+    assert count_macs(dw, (32, 16, 16)) == 32 * 16 * 16 * 3 * 3
+
+
+def test_macs_of_a_linear_layer():
+    fc = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    assert count_macs(fc, (64,)) == 64 * 10
+
+
+def test_resnet20_matches_published_cost():
+    """He et al. 2016: ResNet-20 on CIFAR, about 41M MACs and 0.27M params."""
+    space = get_space("resnet")
+    model = space.build(space.preset("resnet20", in_channels=3, num_classes=10, input_size=32))
+    assert count_macs(model, (3, 32, 32)) == pytest.approx(41e6, rel=0.02)
+    assert count_params(model) == pytest.approx(0.27e6, rel=0.02)
+
+
+def test_fvcore_agrees_with_torch_flop_counter():
+    """Two counters, one answer: torch counts FLOPs = 2 x MACs of convs and linears only;
+    fvcore also counts batch norm and pooling, a fraction of a percent more here."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    space = get_space("resnet")
+    model = space.build(space.preset("resnet20", in_channels=3, num_classes=10,
+                                     input_size=32)).eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    torch_macs = fc.get_total_flops() / 2
+    fv = count_macs(model, (3, 32, 32))
+    assert torch_macs <= fv <= torch_macs * 1.01
+
+
+def test_latency_measurement_is_shaped_and_honours_threads():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+    before = torch.get_num_threads()
+    p50, p90, setting = measure_latency(model, (3, 16, 16), threads=1, repeats=11)
+    assert 0 < p50 <= p90
+    assert setting == "cpu, 1 threads, batch 1"
+    assert torch.get_num_threads() == before  # restored
+    _, _, setting2 = measure_latency(model, (3, 16, 16), threads=2, batch=4, repeats=5)
+    assert setting2 == "cpu, 2 threads, batch 4"

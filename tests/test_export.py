@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kdnas.config import SearchConfig
+from kdnas.errors import KdnasError
+from kdnas.export import export_trial
+from kdnas.report import pick_trial
+from kdnas.study import run_search
+from kdnas.teacher import load_teacher
+from search_spaces import build
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, digits, digits_teacher):
+    tmp = tmp_path_factory.mktemp("export")
+    teacher = load_teacher(digits_teacher)
+    data = digits.with_normalization(teacher.mean, teacher.std)
+    cfg = SearchConfig(study="e", teacher=str(digits_teacher), data="digits", budget="1MFLOPs",
+                       trials=2, epochs=2, val_fraction=0.2, workdir=str(tmp / "runs"),
+                       latency=False)
+    out = run_search(cfg, teacher, data)
+    return out.study, cfg, data, tmp
+
+
+def test_export_round_trips(searched):
+    study, cfg, data, tmp = searched
+    trial = pick_trial(study, "best")
+    r = export_trial(study, cfg, trial, data, tmp / "out")
+    meta = json.loads((tmp / "out" / "spec.json").read_text())
+    record = {t.number: t for t in study.get_trials()}[trial]
+    assert meta["macs"] == record.user_attrs["cost"]["macs"] == r.macs
+    assert r.val_accuracy == pytest.approx(record.user_attrs["val_accuracy"], abs=0.002)
+    # plain PyTorch, no kdnas: the exported program
+    program = torch.export.load(str(tmp / "out" / "student.pt2")).module()
+    # and the weights into a module rebuilt from the spec
+    model = build(meta["spec"])
+    model.load_state_dict(torch.load(tmp / "out" / "student_state_dict.pt", weights_only=True))
+    model.eval()
+    x = torch.cat([b[0] for b in data.batches("val", 100)]).contiguous()
+    with torch.no_grad():
+        a, b = program(x), model(x)
+    assert (a - b).abs().max() < 1e-4
+    acc = float((a.argmax(1) == data.val_y).float().mean())
+    assert acc == pytest.approx(r.val_accuracy, abs=0.002)
+    assert "MACs" in (tmp / "out" / "MODEL_CARD.md").read_text()
+
+
+def test_export_fails_loudly_when_weights_disagree_with_the_record(searched):
+    study, cfg, data, tmp = searched
+    trial = pick_trial(study, "knee")
+    path = {t.number: t for t in study.get_trials()}[trial].user_attrs["weights"]
+    saved = torch.load(path, weights_only=True)
+    original = {k: v.clone() for k, v in saved["state_dict"].items()}
+    saved["state_dict"]["fc.weight"].normal_(0, 10.0, generator=torch.Generator().manual_seed(0))
+    torch.save(saved, path)
+    try:
+        with pytest.raises(KdnasError, match="differs from the recorded"):
+            export_trial(study, cfg, trial, data, tmp / "bad")
+    finally:
+        saved["state_dict"] = original
+        torch.save(saved, path)
+
+
+def test_export_of_an_unknown_trial(searched):
+    study, cfg, data, tmp = searched
+    with pytest.raises(KdnasError, match="no trial 999"):
+        export_trial(study, cfg, 999, data, tmp / "none")

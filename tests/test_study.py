@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import dataclasses
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import kdnas.study as study_mod
+from kdnas.config import SearchConfig
+from kdnas.errors import KdnasError
+from kdnas.study import fail_stale_trials, open_study, run_search, trained_count
+from kdnas.teacher import load_teacher
+
+
+@pytest.fixture
+def setup(tmp_path, digits, digits_teacher):
+    teacher = load_teacher(digits_teacher)
+    data = digits.with_normalization(teacher.mean, teacher.std)
+    cfg = SearchConfig(study="t", teacher=str(digits_teacher), data="digits",
+                       budget="0.5MFLOPs", trials=3, epochs=1, val_fraction=0.2,
+                       workdir=str(tmp_path / "runs"), reports=str(tmp_path / "reports"),
+                       latency=False)
+    return cfg, teacher, data
+
+
+def test_no_candidate_over_budget_is_ever_trained(setup, monkeypatch):
+    """With a sampler blind to the budget, many proposals are over it: each is recorded as
+    infeasible through set_constraint, and the trainer never sees one."""
+    cfg, teacher, data = setup
+    cfg = dataclasses.replace(cfg, budget="2MFLOPs", trials=2, max_proposals=200)
+    monkeypatch.setattr(study_mod, "make_sampler",
+                        lambda cfg, data: optuna.samplers.RandomSampler(seed=0))
+    trained_macs = []
+    real_fit = study_mod.fit
+
+    def spy(model, *a, **k):
+        from kdnas.cost import count_macs
+
+        trained_macs.append(count_macs(model, data.input_shape))
+        return real_fit(model, *a, **k)
+
+    monkeypatch.setattr(study_mod, "fit", spy)
+    out = run_search(cfg, teacher, data)
+    trials = out.study.get_trials()
+    infeasible = [t for t in trials if not t.user_attrs.get("trained")]
+    assert len(trained_macs) == 2 and all(m <= 2e6 for m in trained_macs)
+    assert infeasible, "a random sampler should propose something over 2M MACs"
+    for t in infeasible:
+        assert t.constraints["budget"] > 0 and t.user_attrs["cost"]["macs"] > 2e6
+    for t in trials:
+        if t.user_attrs.get("trained"):
+            assert t.constraints["budget"] <= 0
+    front = out.study.best_trials  # Optuna's own front honours the constraint
+    assert front and all(t.user_attrs["trained"] for t in front)
+
+
+def test_budget_aware_sampler_rarely_proposes_over_budget(setup):
+    cfg, teacher, data = setup
+    out = run_search(dataclasses.replace(cfg, trials=4), teacher, data)
+    assert out.trained == 4
+    assert out.infeasible <= 1
+
+
+def test_resume_keeps_trials_and_continues_the_count(setup):
+    cfg, teacher, data = setup
+    first = run_search(dataclasses.replace(cfg, trials=2), teacher, data)
+    numbers = [t.number for t in first.study.get_trials()]
+    second = run_search(dataclasses.replace(cfg, trials=4), teacher, data)
+    trials = second.study.get_trials()
+    assert [t.number for t in trials][: len(numbers)] == numbers
+    assert trained_count(second.study) == 4
+    assert (cfg.study_dir / "manifest.json").exists()
+    assert "resumed" in (cfg.study_dir / "manifest.json").read_text()
+    # weights of every trained trial are kept in the study folder
+    for t in trials:
+        if t.user_attrs.get("trained"):
+            saved = torch.load(t.user_attrs["weights"], weights_only=True)
+            assert saved["spec"] == t.user_attrs["spec"]
+    third = run_search(dataclasses.replace(cfg, trials=4), teacher, data)
+    assert len(third.study.get_trials()) == len(trials)  # nothing left to do
+
+
+def test_resume_with_other_settings_is_refused(setup):
+    cfg, teacher, data = setup
+    run_search(dataclasses.replace(cfg, trials=1), teacher, data)
+    with pytest.raises(KdnasError, match="other settings.*budget"):
+        run_search(dataclasses.replace(cfg, trials=2, budget="1MFLOPs"), teacher, data)
+
+
+def test_budget_below_the_space_is_refused_before_training(setup):
+    cfg, teacher, data = setup
+    with pytest.raises(KdnasError, match=r"cheapest candidate.*costs .*MACs"):
+        run_search(dataclasses.replace(cfg, budget="10kFLOPs"), teacher, data)
+    assert not (cfg.study_dir / "study.db").exists()
+
+
+def test_trials_of_a_dead_worker_are_marked_failed(setup):
+    cfg, _, _ = setup
+    study = open_study(cfg, create=True)
+    t = study.ask()
+    t.set_user_attr("worker", f"{study_mod.socket.gethostname()}:999999999")
+    alive = study.ask()
+    alive.set_user_attr("worker", study_mod.worker_id())
+    assert fail_stale_trials(study) == 1
+    states = {tr.number: tr.state for tr in study.get_trials()}
+    assert states == {t.number: TrialState.FAIL, alive.number: TrialState.RUNNING}
