@@ -48,57 +48,98 @@ class Teacher:
 
 
 def find_stage_taps(model: nn.Module, input_shape: tuple[int, ...]) -> list[TapInfo]:
-    """The last module at each spatial resolution, found by one forward pass with hooks.
+    """The output of each stage: one tap per spatial resolution, found by one forward pass.
 
-    Forward hooks fire when a module *finishes*, so a container (a stage) fires after its
-    children; the last module to finish at a resolution is therefore the outermost module that
-    ends there. Outputs of 1x1 spatial size (global pooling) are not stages.
+    A stage ends where the network next halves the resolution. The outermost module that
+    makes exactly one such step (a ResNet stage, a max pool, a MobileNet stage) marks the end:
+    its *input* is the stage output, tapped at the module that produced it (a stage rather than
+    the expansion conv inside the next block). Where no module marks it (downsampling in
+    functional code), and for the last resolution, the last module to finish at that
+    resolution is tapped. Outputs of 1x1 spatial size (global pooling) are not stages.
     """
-    order: list[tuple[str, tuple[int, ...], int]] = []
+    named = [(n, m) for n, m in model.named_modules() if n]
+    outputs: list[tuple[str, torch.Tensor]] = []  # in the order modules finish
+    inputs: dict[str, torch.Tensor] = {}
+    keep: list[torch.Tensor] = []  # hold every tensor so that no address is reused
+
+    def pre(name):
+        def hook(_m, args):
+            if args and isinstance(args[0], torch.Tensor):
+                inputs.setdefault(name, args[0])
+                keep.append(args[0])
+        return hook
+
+    def post(name):
+        def hook(_m, _inp, out):
+            if isinstance(out, torch.Tensor) and out.dim() == 4:
+                outputs.append((name, out))
+                keep.append(out)
+        return hook
+
     handles = []
-    for name, mod in model.named_modules():
-        if not name:
-            continue
-
-        def hook(_m, _inp, out, name=name):
-            if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] > 1:
-                order.append((name, tuple(out.shape), out.data_ptr()))
-
-        handles.append(mod.register_forward_hook(hook))
+    for name, mod in named:
+        handles.append(mod.register_forward_pre_hook(pre(name)))
+        handles.append(mod.register_forward_hook(post(name)))
     was_training = model.training
     model.eval()
+    x = torch.zeros(1, *input_shape)
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            model(x)
     finally:
         model.train(was_training)
         for h in handles:
             h.remove()
-    taps: list[TapInfo] = []
+
     size = input_shape[-1]
-    for i, (name, shape, ptr) in enumerate(order):
-        nxt = order[i + 1][1][-2:] if i + 1 < len(order) else None
-        if nxt == shape[-2:]:
-            continue  # the resolution goes on after this module
-        # Modules that return the very same tensor (a stage and its last block, or the whole
-        # backbone and its last stage): name the outermost one that is not an ancestor of an
-        # earlier tap.
-        same = [name]
-        j = i - 1
-        while j >= 0 and order[j][2] == ptr and order[j][1] == shape:
-            same.append(order[j][0])
-            j -= 1
-        earlier = [t.module for t in taps]
-        fitting = [n for n in same if not any(e.startswith(n + ".") for e in earlier)]
-        name = min(fitting or same, key=lambda n: n.count("."))
-        stride = max(1, round(size / shape[-1]))
-        if taps and stride < taps[-1].stride:
-            continue  # upsampling (e.g. an adaptive pool to a fixed size) is not a stage
-        if taps and taps[-1].stride == stride:
-            taps[-1] = TapInfo(name, shape[1], stride)  # resolution came back: keep the last
-        else:
-            taps.append(TapInfo(name, shape[1], stride))
-    return taps
+
+    def stride_of(t: torch.Tensor) -> int:
+        return max(1, round(size / t.shape[-1]))
+
+    def producer(t: torch.Tensor, avoid: list[str] = ()) -> str | None:
+        """The outermost module that output this very tensor (ties: the later one), but not
+        an ancestor of a module in ``avoid`` (not the whole trunk for its last stage)."""
+        names = [n for n, o in outputs if o.data_ptr() == t.data_ptr() and o.shape == t.shape]
+        fitting = [n for n in names if not any(a.startswith(n + ".") for a in avoid)]
+        names = fitting or names
+        return min(reversed(names), key=lambda n: n.count(".")) if names else None
+
+    # fallback: the last module to finish at each resolution (never going back up)
+    by_stride: dict[int, TapInfo] = {}
+    for i, (name, out) in enumerate(outputs):
+        if out.shape[-1] <= 1:
+            continue
+        nxt = next((o for _, o in outputs[i + 1:] if o.shape[-1] > 1), None)
+        if nxt is None or nxt.shape[-2:] != out.shape[-2:]:
+            s = stride_of(out)
+            if not by_stride or s >= max(by_stride):
+                earlier = [t.module for k, t in by_stride.items() if k < s]
+                by_stride[s] = TapInfo(producer(out, earlier) or name, out.shape[1], s)
+
+    # stage ends marked by the outermost modules that downsample exactly once
+    res_of = {n: {o.shape[-1] for m, o in outputs
+                  if (m == n or m.startswith(n + ".")) and o.shape[-1] > 1}  # not SE pools
+              for n, _ in named}
+    single = {}
+    for n, _ in named:
+        t_in = inputs.get(n)
+        outs = [o for m, o in outputs if m == n]
+        if t_in is None or t_in.dim() != 4 or not outs:
+            continue
+        r_in, r_out = t_in.shape[-1], outs[-1].shape[-1]
+        single[n] = r_out < r_in and r_out > 1 and res_of[n] <= {r_in, r_out}
+    for n, is_single in single.items():
+        parent = n.rpartition(".")[0]
+        if not is_single or single.get(parent, False):
+            continue
+        t_in = inputs[n]
+        if t_in.data_ptr() == x.data_ptr():
+            continue  # the model's input is no stage
+        s = stride_of(t_in)
+        tap = producer(t_in, [t.module for k, t in by_stride.items() if k < s])
+        if tap is not None and s in by_stride:
+            by_stride[s] = TapInfo(tap, t_in.shape[1], s)
+    return [by_stride[s] for s in sorted(by_stride)]
 
 
 def select_taps(model: nn.Module, taps: list[TapInfo], names: list[str],

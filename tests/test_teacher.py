@@ -16,6 +16,18 @@ def test_stage_taps_of_torchvision_resnet18():
     assert [t.stride for t in taps] == [2, 4, 8, 16, 32]
 
 
+def test_stage_taps_of_inverted_residual_nets_are_block_outputs():
+    """Not the expansion conv that runs at the old resolution inside the next block."""
+    taps = find_stage_taps(torchvision.models.mobilenet_v2(num_classes=10), (3, 64, 64))
+    assert [(t.module, t.channels) for t in taps] == [
+        ("features.1", 16), ("features.3", 24), ("features.6", 32), ("features.13", 96),
+        ("features.18", 1280)]
+    taps = find_stage_taps(torchvision.models.efficientnet_b0(num_classes=10), (3, 64, 64))
+    # squeeze-excitation pools inside the blocks do not hide the stage boundaries
+    assert [t.module for t in taps] == ["features.1", "features.2", "features.3", "features.5",
+                                        "features.8"]
+
+
 def test_stage_taps_skip_upsampling_pools():
     taps = find_stage_taps(torchvision.models.vgg11(num_classes=10), (3, 32, 32))
     strides = [t.stride for t in taps]
