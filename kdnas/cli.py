@@ -62,7 +62,7 @@ class SearchProgress:
             lat = f", {c.latency_ms:.2f} ms" if c.latency_ms is not None else ""
             _say(f"trial {info['index']}/{info['target']} (#{info['trial']}) "
                  f"{describe(info['spec'])}: {fmt_count(c.macs)} MACs, "
-                 f"{fmt_count(c.params)} params{lat}")
+                 f"{fmt_count(c.params)} params{lat}, kd {info['kd']}")
             self.bar = tqdm(total=None, desc="  training", unit="step", leave=False,
                             disable=None, file=sys.stderr)
         elif kind == "step":
@@ -85,57 +85,40 @@ class SearchProgress:
 
 
 # ----------------------------------------------------------------------------- commands
-def _data_for(cfg, teacher):
-    """The study's data, checked against the teacher, carrying the teacher's normalisation."""
-    from kdnas.data import load_data
-    from kdnas.teacher import check_against_data
-
-    if cfg.data is None:
-        raise KdnasError("--data is needed: this teacher file records no data set (e.g. "
-                         "--data cifar10:/data/cifar10)")
-    data = load_data(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
-    check_against_data(teacher, data)
-    if teacher.mean is not None:
-        data = data.with_normalization(teacher.mean, teacher.std)
-    return data
-
-
 def cmd_search(args) -> int:
-    import dataclasses
 
     from kdnas.config import load_config
     from kdnas.cost import fmt_count
     from kdnas.distill import evaluate
     from kdnas.report import write_report
-    from kdnas.study import run_search
-    from kdnas.teacher import load_teacher
+    from kdnas.study import prepare, run_search
 
     overrides = {k: getattr(args, k) for k in (
         "study", "teacher", "data", "budget", "space", "trials", "seed", "epochs",
         "train_fraction", "batch_size", "lr", "kd", "val_fraction", "storage", "workdir",
-        "reports", "latency_threads", "teacher_layers")}
+        "reports", "latency_threads", "teacher_layers", "teacher_arch", "num_classes",
+        "normalize", "feature_weight")}
+    if args.no_teacher_cache:
+        overrides["teacher_cache"] = False
     if args.no_latency:
         overrides["latency"] = False
+    if args.trust_pickle:
+        overrides["trust_pickle"] = True
     cfg = load_config(args.config, overrides)
-    if cfg.teacher is None:
-        raise KdnasError("--teacher is needed: the path of a teacher checkpoint (make one "
-                         "with `kdnas teacher train`, or try `kdnas demo`)")
     budget = cfg.budget_obj()
     t0 = time.perf_counter()
-    teacher = load_teacher(cfg.teacher, layers=list(cfg.teacher_layers) or None)
-    if cfg.data is None and teacher.data:
-        cfg = dataclasses.replace(cfg, data=teacher.data)
-        _say(f"data: {cfg.data} (recorded in the teacher checkpoint)")
-    split = teacher.meta.get("split") or {}
-    if args.val_fraction is None and split.get("val_fraction"):
-        cfg = dataclasses.replace(cfg, val_fraction=split["val_fraction"])
-    data = _data_for(cfg, teacher)
+    cfg, teacher, data, notes = prepare(cfg)
+    for note in notes:
+        _say(note)
     _say(f"data: {data.spec}: {len(data.train_y)} train / {len(data.val_y)} val images "
          f"(val carved with seed {cfg.split_seed}), input {tuple(data.input_shape)}, "
          f"{data.num_classes} classes")
-    _say(f"teacher: {teacher.source} ({fmt_count(teacher.meta.get('macs') or 0)} MACs)")
-    _say("teacher stages tapped for hints: " + ", ".join(
-        f"{t.module} ({t.channels} ch, stride {t.stride})" for t in teacher.taps))
+    macs = teacher.meta.get("macs")
+    _say(f"teacher: {teacher.source} ({teacher.meta.get('format')}"
+         + (f", {fmt_count(macs)} MACs)" if macs else ")"))
+    if teacher.taps:
+        _say("teacher stages tapped for hints: " + ", ".join(
+            f"{t.module} ({t.channels} ch, stride {t.stride})" for t in teacher.taps))
     acc = evaluate(teacher.module, data, "val")
     teacher.meta["val_accuracy_measured"] = acc
     _say(f"teacher validation accuracy: {100 * acc:.2f}%")
@@ -226,19 +209,26 @@ def cmd_export(args) -> int:
 
 
 def _train_progress(desc: str):
+    """A bar on a terminal; elsewhere (logs, CI) a line at every tenth of the run."""
     from tqdm import tqdm
 
-    state = {"bar": None}
+    state = {"bar": None, "t0": time.perf_counter()}
+    tty = sys.stderr.isatty()
 
     def progress(step: int, total: int, loss: float) -> None:
-        if state["bar"] is None:
-            state["bar"] = tqdm(total=total, desc=desc, unit="step", disable=None,
-                                file=sys.stderr)
-        state["bar"].update(1)
-        if step % 10 == 0:
-            state["bar"].set_postfix(loss=f"{loss:.3f}")
-        if step >= total:
-            state["bar"].close()
+        if tty:
+            if state["bar"] is None:
+                state["bar"] = tqdm(total=total, desc=desc, unit="step", file=sys.stderr)
+            state["bar"].update(1)
+            if step % 10 == 0:
+                state["bar"].set_postfix(loss=f"{loss:.3f}")
+            if step >= total:
+                state["bar"].close()
+        elif step == total or step % max(1, total // 10) == 0:
+            spent = time.perf_counter() - state["t0"]
+            eta = spent / step * (total - step)
+            _say(f"  {desc}: step {step}/{total}, loss {loss:.3f}, {spent:.0f}s spent, "
+                 f"about {eta:.0f}s to go")
 
     return progress
 
@@ -330,7 +320,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Search student architectures for a teacher under a budget. "
                        "Running the same command again resumes the study.")
     s.add_argument("--config", help="study config TOML (see studies/); flags override it")
-    s.add_argument("--teacher", help="teacher checkpoint (from `kdnas teacher train`)")
+    s.add_argument("--teacher", help="the teacher: a kdnas checkpoint (from `kdnas teacher "
+                   "train`), a state_dict with --teacher-arch, torchvision:NAME:FILE, a "
+                   "torch.export program (.pt2), a TorchScript archive, or a pickled module "
+                   "with --trust-pickle")
+    s.add_argument("--teacher-arch", help="architecture of a state_dict teacher: a torchvision "
+                   "model name (resnet18) or your class as my_pkg.models:Net or file.py:Net")
+    s.add_argument("--num-classes", type=int, help="classes of that architecture's head "
+                   "(default: read from the weights)")
+    s.add_argument("--trust-pickle", action="store_true", help="allow loading a whole pickled "
+                   "module; unpickling runs code from the file, so only for files you trust")
+    s.add_argument("--normalize", help="input normalisation the teacher was trained with: "
+                   "imagenet, cifar10, none, MEAN,STD or M1,M2,M3:S1,S2,S3 (default: a kdnas "
+                   "checkpoint's own, else the data's statistics)")
     s.add_argument("--data", help=DATA_HELP + "; default: the data recorded in the teacher")
     s.add_argument("--budget", help=BUDGET_HELP + " (default 50MFLOPs)")
     s.add_argument("--trials", type=int, help="candidates to train in all, counting those of "
@@ -344,9 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the train split used per candidate (default 1.0)")
     s.add_argument("--batch-size", type=int, help="default 128")
     s.add_argument("--lr", type=float, help="peak SGD learning rate (default 0.1)")
-    s.add_argument("--kd", choices=["feature", "logit", "none"],
-                   help="distillation: feature = logit KD + FitNets hints at stage boundaries "
-                   "(default), logit = KD only, none = cross-entropy only")
+    s.add_argument("--kd", choices=["feature", "fitnets", "at", "sp", "pkt", "logit", "none",
+                                     "auto"],
+                   help="distillation, always with Hinton logit KD: feature (= fitnets, the "
+                   "default) adds FitNets hints at stage boundaries through 1x1-conv "
+                   "connectors; at adds attention transfer; sp (similarity preserving) and "
+                   "pkt add relational losses that need no connector; logit is KD alone; "
+                   "none is cross-entropy alone; auto searches the method and its weight")
+    s.add_argument("--feature-weight", type=float, help="weight of the feature loss "
+                   "(default per method: fitnets 1, at 5, sp 3000, pkt 30000)")
+    s.add_argument("--no-teacher-cache", action="store_true", help="run the teacher in every "
+                   "trial instead of computing its outputs once per study")
     s.add_argument("--teacher-layers", type=_float_list,
                    help="comma-separated teacher module names to tap instead of the detected "
                    "stages")

@@ -31,10 +31,15 @@ class SearchConfig:
     kd: str = "feature"
     temperature: float = 4.0
     kd_alpha: float = 0.9
-    hint_weight: float = 1.0
+    feature_weight: float | None = None  # None: the method's default
+    teacher_cache: bool = True  # compute the teacher's outputs once per study
     teacher_layers: tuple[str, ...] = ()
+    teacher_arch: str | None = None  # for a state_dict: torchvision name or module:Class
+    num_classes: int | None = None  # size of that architecture's head
+    trust_pickle: bool = False  # allow unpickling a whole module (runs code from the file)
+    normalize: str | None = None  # a foreign teacher's input normalisation
     # data split: val is carved from train with this fixed seed, whatever --seed is
-    val_fraction: float = 0.1
+    val_fraction: float | None = None  # None: the teacher's (kdnas checkpoint), else 0.1
     split_seed: int = 0
     # cost
     latency: bool = True
@@ -52,7 +57,7 @@ class SearchConfig:
                              "e.g. cifar-50m")
         if self.trials < 1:
             raise KdnasError(f"--trials must be at least 1, got {self.trials}")
-        if not 0 < self.val_fraction < 1:
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             raise KdnasError(f"val fraction must be between 0 and 1, got {self.val_fraction}")
         if self.latency_threads < 1 or self.latency_batch < 1:
             raise KdnasError("latency threads and batch must be at least 1")
@@ -63,10 +68,12 @@ class SearchConfig:
         return parse_budget(self.budget)
 
     def train_config(self) -> TrainConfig:
+        """The brief recipe; with ``kd = "auto"`` the study picks the method per trial."""
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           train_fraction=self.train_fraction, kd=self.kd,
+                           train_fraction=self.train_fraction,
+                           kd="logit" if self.kd == "auto" else self.kd,
                            temperature=self.temperature, kd_alpha=self.kd_alpha,
-                           hint_weight=self.hint_weight, seed=self.seed)
+                           feature_weight=self.feature_weight, seed=self.seed)
 
     @property
     def study_dir(self) -> Path:

@@ -149,6 +149,44 @@ class DataBundle:
             yield self.normalize(x), ys[b], b
 
 
+NAMED_NORMALIZATION = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+def parse_normalize(text: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``--normalize``: ``imagenet``, ``cifar10``, ``none`` (mean 0, std 1), ``M1,M2,M3:S1,S2,S3``
+    or ``MEAN,STD`` (one value each, for every channel)."""
+    t = text.strip().lower()
+    if t == "none":
+        return (0.0,) * channels, (1.0,) * channels
+    if t in NAMED_NORMALIZATION:
+        mean, std = NAMED_NORMALIZATION[t]
+        if len(mean) != channels:
+            raise KdnasError(f"--normalize {t} is for 3 channels but the data has {channels}")
+        return mean, std
+    try:
+        if ":" in t:
+            m, _, sd = t.partition(":")
+            mean = tuple(float(v) for v in m.split(","))
+            std = tuple(float(v) for v in sd.split(","))
+        else:
+            vals = [float(v) for v in t.split(",")]
+            if len(vals) != 2:
+                raise ValueError
+            mean, std = (vals[0],) * channels, (vals[1],) * channels
+    except ValueError:
+        raise KdnasError(f"cannot read --normalize {text!r}: write imagenet, cifar10, none, "
+                         "MEAN,STD or M1,M2,M3:S1,S2,S3 (pixels scaled to [0, 1])") from None
+    if len(mean) == 1:
+        mean, std = mean * channels, std * channels
+    if len(mean) != channels or len(std) != channels:
+        raise KdnasError(f"--normalize gives {len(mean)} means and {len(std)} stds but the data "
+                         f"has {channels} channels")
+    return mean, std
+
+
 def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
     if not 0 < val_fraction < 1:
         raise KdnasError(f"val fraction must be between 0 and 1, got {val_fraction}")

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +26,15 @@ from search_spaces import TapInfo
 
 log = logging.getLogger(__name__)
 
-KD_METHODS = ("feature", "logit", "none")
+# --kd: feature losses add to logit KD; "feature" is FitNets, the default
+KD_METHODS = ("feature", "fitnets", "at", "sp", "pkt", "logit", "none")
+FEATURE_METHODS = ("fitnets", "at", "sp", "pkt")
+# default weight of each feature loss, scaled so that it starts near the size of the KD term
+FEATURE_WEIGHTS = {"fitnets": 1.0, "at": 5.0, "sp": 3000.0, "pkt": 30000.0}
+
+
+def canonical_method(kd: str) -> str:
+    return "fitnets" if kd == "feature" else kd
 
 
 class KDLoss(nn.Module):
@@ -86,6 +97,103 @@ class HintLoss(nn.Module):
         return total / max(1, len(self.pairs))
 
 
+def _pool_to_smaller(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average-pool the larger of two feature maps to the other's spatial size."""
+    if s.shape[-2:] == t.shape[-2:]:
+        return s, t
+    if s.shape[-1] > t.shape[-1]:
+        return F.adaptive_avg_pool2d(s, t.shape[-2:]), t
+    return s, F.adaptive_avg_pool2d(t, s.shape[-2:])
+
+
+class ATLoss(nn.Module):
+    """Attention transfer (Zagoruyko & Komodakis 2017) at every matched stage pair::
+
+        a(f) = normalize_l2(mean_c f^2)  (one value per position)
+        L = 1/P * sum_p mean_b ||a(s_p) - a(t_p)||^2
+
+    No connector: channel counts may differ. The larger map is pooled to the smaller's size.
+    Summing over positions (rather than averaging, as the paper's code does with a weight of
+    1000 tuned for 32 px maps) keeps the loss in [0, 4] whatever the resolution.
+    """
+
+    def __init__(self, student: list[TapInfo], teacher: list[TapInfo]) -> None:
+        super().__init__()
+        self.pairs = match_taps(student, teacher)
+
+    @staticmethod
+    def attention(f: torch.Tensor) -> torch.Tensor:
+        return F.normalize(f.pow(2).mean(1).flatten(1), dim=1)
+
+    def forward(self, s_feats, t_feats):
+        total = s_feats[0].new_zeros(())
+        for i, j in self.pairs:
+            s, t = _pool_to_smaller(s_feats[i], t_feats[j])
+            total = total + (self.attention(s) - self.attention(t)).pow(2).sum(1).mean()
+        return total / max(1, len(self.pairs))
+
+
+class SPLoss(nn.Module):
+    """Similarity-preserving KD (Tung & Mori 2019) at every matched stage pair::
+
+        G(f) = normalize_rows(F F^T), F = f flattened per sample (b x d)
+        L = 1/P * sum_p ||G(s_p) - G(t_p)||_F^2 / b^2
+
+    Relational: compares which samples the two nets find alike, so no connector and no
+    spatial alignment are needed.
+    """
+
+    def __init__(self, student: list[TapInfo], teacher: list[TapInfo]) -> None:
+        super().__init__()
+        self.pairs = match_taps(student, teacher)
+
+    @staticmethod
+    def gram(f: torch.Tensor) -> torch.Tensor:
+        flat = f.flatten(1)
+        return F.normalize(flat @ flat.t(), dim=1)
+
+    def forward(self, s_feats, t_feats):
+        total = s_feats[0].new_zeros(())
+        for i, j in self.pairs:
+            b = s_feats[i].shape[0]
+            total = total + (self.gram(s_feats[i]) - self.gram(t_feats[j])).pow(2).sum() / b**2
+        return total / max(1, len(self.pairs))
+
+
+class PKTLoss(nn.Module):
+    """Probabilistic knowledge transfer (Passalis & Tefas 2018) on the last stage, pooled::
+
+        K(f) = (cos(f_i, f_j) + 1) / 2,  P(f) = K(f) / row sums
+        L = mean_ij P_t log(P_t / P_s)
+
+    Relational, on globally pooled embeddings, so any two families can be paired.
+    """
+
+    eps = 1e-7
+
+    def __init__(self, student: list[TapInfo], teacher: list[TapInfo]) -> None:
+        super().__init__()
+        self.pairs = match_taps(student, teacher)[-1:]
+
+    def _probs(self, f: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(f.mean((2, 3)) if f.dim() == 4 else f, dim=1)
+        k = (z @ z.t() + 1) / 2
+        return k / k.sum(1, keepdim=True)
+
+    def forward(self, s_feats, t_feats):
+        if not self.pairs:
+            return s_feats[0].new_zeros(())
+        i, j = self.pairs[0]
+        p_s, p_t = self._probs(s_feats[i]), self._probs(t_feats[j])
+        return (p_t * torch.log((p_t + self.eps) / (p_s + self.eps))).mean()
+
+
+def feature_loss(method: str, student: list[TapInfo], teacher: list[TapInfo]) -> nn.Module:
+    """The feature loss module of a ``--kd`` method (FitNets, AT, SP or PKT)."""
+    return {"fitnets": HintLoss, "at": ATLoss, "sp": SPLoss,
+            "pkt": PKTLoss}[canonical_method(method)](student, teacher)
+
+
 class FeatureTaps:
     """Forward hooks that keep the outputs of named modules for one step.
 
@@ -138,7 +246,7 @@ class TrainConfig:
     kd: str = "feature"
     temperature: float = 4.0
     kd_alpha: float = 0.9
-    hint_weight: float = 1.0
+    feature_weight: float | None = None  # None: the method's default (FEATURE_WEIGHTS)
     seed: int = 0
     channels_last: bool = True
 
@@ -154,6 +262,19 @@ class TrainConfig:
             raise KdnasError(f"kd_alpha must be in [0, 1], got {self.kd_alpha}")
         if self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
             raise KdnasError("batch size, learning rate and temperature must be positive")
+        if self.feature_weight is not None and self.feature_weight < 0:
+            raise KdnasError(f"feature weight must be >= 0, got {self.feature_weight}")
+
+    @property
+    def method(self) -> str:
+        return canonical_method(self.kd)
+
+    @property
+    def weight(self) -> float:
+        """Weight of the feature loss."""
+        if self.feature_weight is not None:
+            return self.feature_weight
+        return FEATURE_WEIGHTS.get(self.method, 0.0)
 
 
 @dataclass
@@ -191,38 +312,100 @@ def evaluate(model: nn.Module, data, split: str = "val", *, batch_size: int = 50
     return correct / max(1, total)
 
 
+class TeacherCache:
+    """Teacher logits and stage features for every step of the brief recipe, computed once.
+
+    Every trial of a study trains on the same batches in the same order (data order and
+    augmentation depend only on the seed and the epoch), so the teacher's outputs are computed
+    during the first trial and read back by every later one instead of running the teacher.
+    Each step is one file of fp16 tensors, loaded memory-mapped. A cache becomes usable only
+    when the trial that wrote it finished every step (an atomic rename), so an interrupted
+    trial leaves nothing half-written behind.
+    """
+
+    def __init__(self, root: str | Path, key: str) -> None:
+        self.dir = Path(root) / key
+        self._tmp: Path | None = None
+        self.hits = self.writes = 0
+
+    @property
+    def complete(self) -> bool:
+        return (self.dir / "COMPLETE").exists()
+
+    def get(self, step: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        d = torch.load(self.dir / f"{step:06d}.pt", mmap=True, weights_only=True)
+        self.hits += 1
+        return d["logits"].float(), [f.float() for f in d["feats"]]
+
+    def begin(self) -> None:
+        self._tmp = self.dir.with_name(f"{self.dir.name}.tmp-{os.getpid()}")
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp.mkdir(parents=True)
+
+    def put(self, step: int, logits: torch.Tensor, feats: list[torch.Tensor]) -> None:
+        if self._tmp is None:
+            return
+        torch.save({"logits": logits.detach().half().contiguous(),
+                    "feats": [f.detach().half().contiguous() for f in feats]},
+                   self._tmp / f"{step:06d}.pt")
+        self.writes += 1
+
+    def commit(self, steps: int) -> None:
+        if self._tmp is None:
+            return
+        (self._tmp / "COMPLETE").write_text(str(steps))
+        try:
+            self._tmp.rename(self.dir)  # atomic; fails if another worker got there first
+        except OSError:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp = None
+
+    def abort(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+
 def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
-        student_taps: list[TapInfo] | None = None,
+        student_taps: list[TapInfo] | None = None, cache: TeacherCache | None = None,
         progress: Callable[[int, int, float], None] | None = None) -> FitResult:
     """Train ``student`` on the training split; return its validation accuracy.
 
-    ``teacher`` is a :class:`kdnas.teacher.Teacher` or None (cross-entropy alone). With
-    ``cfg.kd == "feature"`` the loss is ``(1-a) CE + a KD + w hints``; with ``"logit"`` the
-    hints are dropped; with ``"none"`` or no teacher it is CE alone.
+    ``teacher`` is a :class:`kdnas.teacher.Teacher` or None (cross-entropy alone). The loss
+    is ``(1-a) CE + a T^2 KL`` (Hinton KD) plus ``w * feature loss`` for the feature methods
+    (FitNets hints, AT, SP, PKT) when both nets have stage taps; ``kd="none"`` is CE alone.
+    With a ``cache``, the teacher's outputs are read from it (or written to it on first use).
     """
     torch.manual_seed(cfg.seed)
-    kd_on = teacher is not None and cfg.kd != "none"
-    hints_on = kd_on and cfg.kd == "feature" and bool(student_taps) and bool(teacher.taps)
+    kd_on = teacher is not None and cfg.method != "none"
+    feats_on = (kd_on and cfg.method in FEATURE_METHODS and bool(student_taps)
+                and bool(teacher.taps))
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     student.to(memory_format=fmt).train()
-    hint = HintLoss(student_taps, teacher.taps).to(memory_format=fmt) if hints_on else None
+    extra = (feature_loss(cfg.method, student_taps, teacher.taps).to(memory_format=fmt)
+             if feats_on else None)
     kd_loss = KDLoss(cfg.temperature)
-    if kd_on:
+    reading = kd_on and cache is not None and cache.complete
+    writing = kd_on and cache is not None and not reading
+    tap_teacher = kd_on and bool(teacher.taps) and not reading and (feats_on or writing)
+    if kd_on and not reading:
         teacher.module.to(memory_format=fmt).eval()
 
-    params = list(student.parameters()) + (list(hint.parameters()) if hint else [])
+    params = list(student.parameters()) + (list(extra.parameters()) if extra else [])
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                           weight_decay=cfg.weight_decay)
     indices = data.subset_indices(cfg.train_fraction, cfg.seed)
     steps_per_epoch = math.ceil(len(indices) / cfg.batch_size)
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
 
-    s_taps = FeatureTaps(student, [t.module for t in student_taps]) if hint else None
-    t_taps = FeatureTaps(teacher.module, [t.module for t in teacher.taps]) if hint else None
+    s_taps = FeatureTaps(student, [t.module for t in student_taps]) if feats_on else None
+    t_taps = FeatureTaps(teacher.module, [t.module for t in teacher.taps]) if tap_teacher \
+        else None
+    if writing:
+        cache.begin()
     curve: list[dict] = []
-    step, t0 = 0, time.perf_counter()
+    step, epoch, t0 = 0, 0, time.perf_counter()
     try:
-        epoch = 0
         while step < total:
             running, seen = 0.0, 0
             for x, y, _ in data.batches("train", cfg.batch_size, indices=indices, shuffle=True,
@@ -234,28 +417,42 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
                 logits = student(x)
                 loss = F.cross_entropy(logits, y)
                 if kd_on:
-                    with torch.no_grad():
-                        t_logits = teacher.module(x)
+                    if reading:
+                        t_logits, t_feats = cache.get(step)
+                        t_feats = [f.contiguous(memory_format=fmt) for f in t_feats]
+                    else:
+                        with torch.no_grad():
+                            t_logits = teacher.module(x)
+                        t_feats = t_taps.features() if t_taps else []
+                        if writing:  # train on what later trials will read: fp16 values
+                            cache.put(step, t_logits, t_feats)
+                            t_logits = t_logits.half().float()
+                            t_feats = [f.half().float() for f in t_feats]
                     loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd_loss(logits, t_logits)
-                    if hint is not None:
-                        loss = loss + cfg.hint_weight * hint(s_taps.features(),
-                                                             t_taps.features())
-                        s_taps.clear()
-                        t_taps.clear()
+                    if extra is not None:
+                        loss = loss + cfg.weight * extra(s_taps.features(), t_feats)
+                    for taps in (s_taps, t_taps):
+                        if taps is not None:
+                            taps.clear()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                if not math.isfinite(loss.item()):
-                    log.warning("training diverged (loss %s) at step %d", loss.item(), step)
+                value = loss.item()
+                if not math.isfinite(value):
+                    log.warning("training diverged (loss %s) at step %d", value, step)
                     return FitResult(0.0, time.perf_counter() - t0, step, curve)
-                running += loss.item() * len(y)
+                running += value * len(y)
                 seen += len(y)
                 step += 1
                 if progress is not None:
-                    progress(step, total, loss.item())
+                    progress(step, total, value)
             curve.append({"epoch": epoch + 1, "step": step, "train_loss": running / max(1, seen)})
             epoch += 1
+        if writing:
+            cache.commit(step)
     finally:
+        if writing:
+            cache.abort()
         for taps in (s_taps, t_taps):
             if taps is not None:
                 taps.close()

@@ -110,8 +110,9 @@ def export_trial(study: optuna.Study, cfg: SearchConfig, trial_number: int, data
             "val_accuracy": acc, "study": cfg.study, "trial": trial_number,
             "budget": cfg.budget, "teacher": cfg.teacher, "data": cfg.data,
             "training": {"epochs": cfg.epochs, "train_fraction": cfg.train_fraction,
-                         "kd": cfg.kd, "temperature": cfg.temperature,
-                         "kd_alpha": cfg.kd_alpha, "hint_weight": cfg.hint_weight}}
+                         "kd": rec.get("kd", cfg.kd), "temperature": cfg.temperature,
+                         "kd_alpha": cfg.kd_alpha,
+                         "feature_weight": rec.get("feature_weight", cfg.feature_weight)}}
     (out / "spec.json").write_text(json.dumps(meta, indent=2))
     card = out / "MODEL_CARD.md"
     card.write_text(_card(meta, diff))
@@ -134,7 +135,7 @@ def _card(m: dict, diff: float) -> str:
 | data | {m['data']}, input {tuple(m['input_shape'])}, {len(m['classes'])} classes |
 | training | {tr['epochs']} epoch(s) on {100 * tr['train_fraction']:.0f}% of the training \
 split, distillation: {tr['kd']} (T={tr['temperature']}, alpha={tr['kd_alpha']}, \
-hint weight={tr['hint_weight']}) |
+feature weight={tr['feature_weight']}) |
 
 Inputs: {m['input_range']}; mean {m['normalization']['mean']}, std \
 {m['normalization']['std']}.

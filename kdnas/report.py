@@ -57,7 +57,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 def front_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Trained, within-budget trials on the accuracy/MACs Pareto front, cheapest first,
     with a ``knee`` flag."""
-    ok = df[(df.state == "trained") & (df.within_budget == True)].copy()  # noqa: E712
+    ok = df[(df.state == "trained") & df.within_budget.eq(True)].copy()
     if ok.empty:
         ok["knee"] = []
         return ok
@@ -94,8 +94,8 @@ def summary(study: optuna.Study, cfg: SearchConfig) -> dict:
         "teacher_val_accuracy": study.user_attrs.get("teacher_val_accuracy"),
         "trials_by_state": {k: int(v) for k, v in counts.items()},
         "trained_over_budget": int(((df.state == "trained") &
-                                    (df.within_budget == False)).sum()),  # noqa: E712
-        "front_size": int(len(front)),
+                                    df.within_budget.eq(False)).sum()),
+        "front_size": len(front),
         "best_val_accuracy": None if front.empty else float(front.val_accuracy.max()),
         "knee_trial": None if front.empty else int(front.loc[front.knee.idxmax(), "trial"]),
         "hypervolume": hv, "hypervolume_reference": {"val_accuracy": 0.0, "macs": ref_cost},

@@ -9,6 +9,8 @@ several workers may share one storage.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -18,7 +20,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 import torch
@@ -26,9 +27,10 @@ from optuna.trial import TrialState
 
 from kdnas.config import SearchConfig
 from kdnas.cost import Cost, fmt_count, measure_cost
-from kdnas.distill import fit
+from kdnas.distill import FEATURE_WEIGHTS, TeacherCache, fit
 from kdnas.errors import KdnasError
 from kdnas.sampler import FeasibleSampler
+from kdnas.teacher import find_stage_taps
 from search_spaces import get_space, spec_id
 
 log = logging.getLogger(__name__)
@@ -95,8 +97,8 @@ def stored_config(study: optuna.Study) -> SearchConfig | None:
 
 # settings that change what a trial means: a resumed study must keep them
 _FIXED = ("budget", "space", "epochs", "train_fraction", "batch_size", "lr", "kd",
-          "temperature", "kd_alpha", "hint_weight", "val_fraction", "split_seed", "seed",
-          "teacher_layers")
+          "temperature", "kd_alpha", "feature_weight", "val_fraction", "split_seed", "seed",
+          "teacher_layers", "normalize")
 
 
 def _check_resume(study: optuna.Study, cfg: SearchConfig, fingerprint: dict) -> None:
@@ -174,14 +176,55 @@ def trained_count(study: optuna.Study) -> int:
                if t.user_attrs.get("trained"))
 
 
-def smallest_cost(cfg: SearchConfig, data) -> tuple[dict, Cost]:
+def smallest_cost(cfg: SearchConfig, data) -> tuple[dict, Cost] | None:
+    """The cheapest candidate of the space and its cost (None if the space cannot say)."""
     space = get_space(cfg.space)
     spec = space.smallest(in_channels=data.in_channels, num_classes=data.num_classes,
                           input_size=data.input_size)
+    if spec is None:
+        return None
     model = space.build(spec)
     cost = measure_cost(model, data.input_shape, latency=cfg.budget_obj().metric == "latency_ms",
                         latency_threads=cfg.latency_threads, latency_batch=cfg.latency_batch)
     return spec, cost
+
+
+def prepare(cfg: SearchConfig) -> tuple[SearchConfig, object, object, list[str]]:
+    """Load the teacher and the data for a study, and check them against each other.
+
+    The data is fed with the teacher's normalisation (its checkpoint's, ``cfg.normalize``,
+    or else the data's own statistics), and ``cfg`` gains the data spec recorded in a kdnas
+    checkpoint and the validation fraction the teacher was trained without. Returns the
+    completed config, teacher, data and notices for the user.
+    """
+    from kdnas.data import load_data, parse_normalize
+    from kdnas.teacher import attach_to_data, load_teacher
+
+    if cfg.teacher is None:
+        raise KdnasError("--teacher is needed: the path of a teacher checkpoint (make one "
+                         "with `kdnas teacher train`, or try `kdnas demo`)")
+    notes: list[str] = []
+    teacher = load_teacher(cfg.teacher, arch=cfg.teacher_arch, num_classes=cfg.num_classes,
+                           trust_pickle=cfg.trust_pickle, layers=list(cfg.teacher_layers))
+    if cfg.data is None:
+        if not teacher.data:
+            raise KdnasError("--data is needed: this teacher file records no data set (e.g. "
+                             "--data cifar10:/data/cifar10)")
+        cfg = dataclasses.replace(cfg, data=teacher.data)
+        notes.append(f"data: {cfg.data} (recorded in the teacher checkpoint)")
+    if cfg.val_fraction is None:  # carve the split the teacher was trained without
+        split = teacher.meta.get("split") or {}
+        cfg = dataclasses.replace(cfg, val_fraction=split.get("val_fraction") or 0.1)
+    data = load_data(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+    if cfg.normalize:
+        data = data.with_normalization(*parse_normalize(cfg.normalize, data.in_channels))
+    elif teacher.mean is not None:
+        data = data.with_normalization(teacher.mean, teacher.std)
+    else:
+        notes.append("normalising inputs with the data's own mean and std; if the teacher was "
+                     "trained otherwise, say so with --normalize (e.g. imagenet)")
+    notes += attach_to_data(teacher, data)
+    return cfg, teacher, data, notes
 
 
 @dataclass
@@ -202,8 +245,9 @@ def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = Non
     emit = on_event or (lambda kind, info: None)
     budget = cfg.budget_obj()
 
-    spec0, cost0 = smallest_cost(cfg, data)
-    if not budget.fits(cost0):
+    cheapest = smallest_cost(cfg, data)
+    if cheapest is not None and not budget.fits(cheapest[1]):
+        cost0 = cheapest[1]
         value = cost0.value(budget.metric)
         shown = {"macs": f"{fmt_count(value)} MACs ({fmt_count(2 * value)} FLOPs)",
                  "params": f"{fmt_count(value)} params",
@@ -261,6 +305,20 @@ def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = Non
     return SearchOutcome(study, trained_count(study), infeasible, interrupted)
 
 
+AUTO_METHODS = ("logit", "fitnets", "at", "sp", "pkt")
+
+
+def teacher_cache(cfg: SearchConfig, teacher, data) -> TeacherCache | None:
+    """The study's cache of teacher outputs, keyed by everything that changes them."""
+    if not cfg.teacher_cache or cfg.kd == "none":
+        return None
+    key = json.dumps([teacher.digest, data.digest(), data.mean, data.std, data.pad, data.flip,
+                      cfg.train_fraction, cfg.seed, cfg.batch_size, cfg.epochs,
+                      [t.module for t in teacher.taps]])
+    return TeacherCache(cfg.study_dir / "teacher_cache",
+                        hashlib.sha1(key.encode()).hexdigest()[:16])
+
+
 def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teacher, data, *,
                index: int, emit: Event) -> bool:
     """Sample, cost, gate and (if feasible) train one candidate; tell the study. True if
@@ -287,9 +345,16 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
         emit("infeasible", {"trial": trial.number, "cost": cost, "spec": spec})
         return False
 
+    if cfg.kd == "auto":  # the distillation method and its weight are searched too
+        method = trial.suggest_categorical("kd", AUTO_METHODS)
+        scale = trial.suggest_float("kd_weight_scale", 0.1, 10.0, log=True)
+        tcfg = dataclasses.replace(tcfg, kd=method,
+                                   feature_weight=FEATURE_WEIGHTS.get(method, 0.0) * scale)
     emit("trial_start", {"trial": trial.number, "index": index, "target": cfg.trials,
-                         "cost": cost, "spec": spec})
-    result = fit(model, data, tcfg, teacher=teacher, student_taps=space.taps(spec),
+                         "cost": cost, "spec": spec, "kd": tcfg.method})
+    taps = space.taps(spec) or find_stage_taps(model, data.input_shape)
+    result = fit(model, data, tcfg, teacher=teacher, student_taps=taps,
+                 cache=teacher_cache(cfg, teacher, data),
                  progress=lambda s, n, loss: emit("step", {"step": s, "total": n, "loss": loss}))
     path = cfg.study_dir / "trials" / str(trial.number) / "student.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -299,7 +364,8 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
     trial.set_user_attr("val_accuracy", result.val_accuracy)
     trial.set_user_attr("train_seconds", result.seconds)
     trial.set_user_attr("curve", result.curve)
-    trial.set_user_attr("kd", tcfg.kd)
+    trial.set_user_attr("kd", tcfg.method)
+    trial.set_user_attr("feature_weight", tcfg.weight)
     trial.set_user_attr("weights", str(path))
     study.tell(trial, [result.val_accuracy, float(cost.macs)])
     emit("trial_end", {"trial": trial.number, "index": index, "target": cfg.trials,

@@ -36,8 +36,8 @@ class Teacher:
 
     module: nn.Module
     taps: list[TapInfo]
-    input_shape: tuple[int, int, int]
-    num_classes: int
+    input_shape: tuple[int, int, int] | None
+    num_classes: int | None
     source: str
     digest: str
     classes: list[str] | None = None
@@ -191,47 +191,283 @@ def save_checkpoint(path: Path, module: nn.Module, *, spec: dict, classes: list[
     tmp.replace(path)
 
 
-def load_teacher(path: str | Path, *, layers: list[str] | None = None) -> Teacher:
-    """Load a teacher file. Only kdnas teacher checkpoints are supported for now."""
-    p = Path(path).expanduser()
+def load_teacher(ref: str | Path, *, arch: str | None = None, num_classes: int | None = None,
+                 trust_pickle: bool = False, layers: list[str] | None = None) -> Teacher:
+    """Load a teacher in any supported format.
+
+    * a kdnas teacher checkpoint (``kdnas teacher train``);
+    * a state_dict with ``arch``: a torchvision model name (``resnet18``) or a user class
+      (``my_pkg.models:Net`` or ``path/to/file.py:Net``); ``torchvision:NAME:FILE`` says the
+      same in one string. ``num_classes`` sets the head where it differs from the default;
+    * a ``torch.export`` program (``.pt2``) or a TorchScript archive: no module structure to
+      hook, so distillation falls back to logits (taps are empty);
+    * a whole pickled ``nn.Module``, only with ``trust_pickle`` (unpickling runs code).
+
+    Input shape and class count are filled in where the file tells them; the rest is
+    inferred against the data by :func:`attach_to_data`.
+    """
+    text = str(ref)
+    if text.startswith("torchvision:"):
+        _, name, path = text.split(":", 2)
+        arch, text = name, path
+    p = Path(text).expanduser()
     if not p.is_file():
         raise KdnasError(f"teacher file {str(p)!r} does not exist: pass the path of a teacher "
                          "checkpoint, or make one with `kdnas teacher train`")
+    if arch:
+        t = _from_arch(p, arch, num_classes)
+    else:
+        kind = _archive_kind(p)
+        if kind == "export":
+            t = _from_export(p)
+        elif kind == "torchscript":
+            t = _from_torchscript(p)
+        else:
+            t = _from_torch_file(p, trust_pickle=trust_pickle)
+    t.meta["layers"] = list(layers or [])
+    return t
+
+
+def _archive_kind(p: Path) -> str:
+    import zipfile
+
+    if not zipfile.is_zipfile(p):
+        return "other"
+    with zipfile.ZipFile(p) as z:
+        names = z.namelist()
+    if any(n.endswith("models/model.json") for n in names) or p.suffix == ".pt2":
+        return "export"
+    if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
+        return "torchscript"
+    return "other"
+
+
+def _from_torch_file(p: Path, *, trust_pickle: bool) -> Teacher:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure means "not a weights-only checkpoint"
-        raise KdnasError(
-            f"cannot read {p} as a kdnas teacher checkpoint ({type(e).__name__}). Supported: "
-            "checkpoints written by `kdnas teacher train`. A pickled whole module is not "
-            "loaded, because unpickling runs code from the file") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise KdnasError(f"{p} is a torch file but not a kdnas teacher checkpoint (no "
-                         f"'format': '{FORMAT}' entry). Make one with `kdnas teacher train`")
+    except Exception as e:  # noqa: BLE001 - any failure means "not weights-only"
+        msg = str(e).lower()
+        if "unsupported global" not in msg and "can still be loaded" not in msg:
+            raise KdnasError(f"cannot read {p} as a teacher: not a torch file "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        if not trust_pickle:
+            raise KdnasError(
+                f"{p} is not a weights-only file ({type(e).__name__}); it may be a pickled "
+                "whole module. Unpickling runs code from the file, so kdnas does it only when "
+                "asked: pass --trust-pickle if you trust where the file came from, or save a "
+                "state_dict and pass --teacher-arch") from None
+        return _from_pickle(p)
+    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+        return _from_checkpoint(p, ckpt)
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor)
+                                                for v in ckpt.values()):
+        raise KdnasError(f"{p} is a state_dict: say which architecture it belongs to with "
+                         "--teacher-arch NAME (a torchvision model, e.g. resnet18) or "
+                         "--teacher-arch my_pkg.models:Net")
+    raise KdnasError(f"{p} is a torch file but not a kdnas teacher checkpoint (no "
+                     f"'format': '{FORMAT}' entry) nor a state_dict. Make one with "
+                     "`kdnas teacher train`")
+
+
+def _from_checkpoint(p: Path, ckpt: dict) -> Teacher:
     module = build_spec(ckpt["spec"])
     module.load_state_dict(ckpt["state_dict"])
     module.eval()
     input_shape = tuple(int(v) for v in ckpt["input_shape"])
-    taps = find_stage_taps(module, input_shape)
-    if layers:
-        taps = select_taps(module, taps, layers, input_shape)
-    return Teacher(module=module, taps=taps, input_shape=input_shape,
+    return Teacher(module=module, taps=[], input_shape=input_shape,
                    num_classes=len(ckpt["classes"]), source=str(p), digest=file_digest(p),
                    classes=list(ckpt["classes"]), mean=tuple(ckpt["mean"]),
                    std=tuple(ckpt["std"]), data=ckpt.get("data"),
-                   meta={"spec": ckpt["spec"], "val_accuracy": ckpt.get("val_accuracy"),
-                         "split": ckpt.get("split"), "macs": count_macs(module, input_shape)})
+                   meta={"format": "kdnas checkpoint", "spec": ckpt["spec"],
+                         "val_accuracy": ckpt.get("val_accuracy"), "split": ckpt.get("split")})
 
 
-def check_against_data(teacher: Teacher, data) -> None:
-    """Refuse a teacher whose input or classes do not match the data, naming both sides."""
-    if tuple(teacher.input_shape) != tuple(data.input_shape):
+def _from_pickle(p: Path) -> Teacher:
+    log.warning("unpickling %s as asked (--trust-pickle): this runs code from the file", p)
+    module = torch.load(p, map_location="cpu", weights_only=False)
+    if not isinstance(module, nn.Module):
+        raise KdnasError(f"{p} holds a {type(module).__name__}, not an nn.Module")
+    return Teacher(module=module.eval(), taps=[], input_shape=None, num_classes=None,
+                   source=str(p), digest=file_digest(p), meta={"format": "pickled module"})
+
+
+def _resolve_class(arch: str):
+    import importlib
+
+    mod_name, _, attr = arch.rpartition(":")
+    if mod_name.endswith(".py"):
+        from search_spaces.user import _import_file
+
+        path = Path(mod_name).expanduser()
+        if not path.is_file():
+            raise KdnasError(f"--teacher-arch file {mod_name!r} does not exist")
+        module = _import_file(path)
+    else:
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as e:
+            raise KdnasError(f"cannot import {mod_name!r} for --teacher-arch {arch}: {e}. "
+                             "Is the package installed or the folder on PYTHONPATH?") from None
+    if not hasattr(module, attr):
+        raise KdnasError(f"{mod_name} has no {attr!r} (from --teacher-arch {arch})")
+    return getattr(module, attr)
+
+
+def _from_arch(p: Path, arch: str, num_classes: int | None) -> Teacher:
+    import inspect
+
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise KdnasError(f"cannot read {p} as a state_dict ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"],
+                                                                        dict):
+        state = state["state_dict"]  # a training checkpoint that wraps its state_dict
+    if not isinstance(state, dict):
+        raise KdnasError(f"{p} does not hold a state_dict (found {type(state).__name__})")
+    if ":" in arch:
+        cls = _resolve_class(arch)
+        kwargs = {}
+        if num_classes is not None and "num_classes" in inspect.signature(cls).parameters:
+            kwargs["num_classes"] = num_classes
+        module = cls(**kwargs)
+        fmt = f"class {arch} + state_dict"
+    else:
+        import torchvision
+
+        if arch not in torchvision.models.list_models():
+            raise KdnasError(f"--teacher-arch {arch!r} is not a torchvision model; e.g. "
+                             "resnet18, mobilenet_v2, or give module:Class for your own")
+        if num_classes is None:  # read the head's size from the weights
+            num_classes = _head_size(state)
+        module = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        fmt = f"torchvision {arch} + state_dict"
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise KdnasError(f"the weights in {p} do not fit {arch}: missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]}. Check --teacher-arch and --num-classes")
+    return Teacher(module=module.eval(), taps=[], input_shape=None, num_classes=None,
+                   source=str(p), digest=file_digest(p), meta={"format": fmt})
+
+
+def _head_size(state: dict) -> int | None:
+    """Classes of the last linear layer in a state_dict (the last 2-d weight)."""
+    weights = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    return int(weights[-1].shape[0]) if weights else None
+
+
+class GraphTeacher(nn.Module):
+    """Wraps a teacher without module structure (exported program, TorchScript).
+
+    Train/eval switches are not passed on (an exported program refuses them, it is frozen in
+    eval mode anyway); inputs are made contiguous, and a program exported for a fixed batch
+    size is run in chunks of that size (the last one padded).
+    """
+
+    def __init__(self, inner: nn.Module, static_batch: int | None = None) -> None:
+        super().__init__()
+        self.inner = inner
+        self.static_batch = static_batch
+
+    def train(self, mode: bool = True) -> GraphTeacher:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        b = self.static_batch
+        if b is None or x.shape[0] == b:
+            return self.inner(x)
+        outs = []
+        for i in range(0, x.shape[0], b):
+            chunk = x[i:i + b]
+            n = chunk.shape[0]
+            if n < b:
+                chunk = torch.cat([chunk, chunk.new_zeros((b - n, *chunk.shape[1:]))])
+            outs.append(self.inner(chunk)[:n])
+        return torch.cat(outs)
+
+
+def _from_export(p: Path) -> Teacher:
+    try:
+        program = torch.export.load(str(p))
+    except Exception as e:  # noqa: BLE001
+        raise KdnasError(f"cannot load {p} as a torch.export program: {e}") from None
+    shape, batch = None, None
+    inputs = [n for n in program.graph.nodes if n.op == "placeholder"
+              and n.name in program.graph_signature.user_inputs]
+    if len(inputs) == 1 and hasattr(inputs[0].meta.get("val"), "shape"):
+        dims = inputs[0].meta["val"].shape
+        if all(isinstance(d, int) for d in dims[1:]):
+            shape = tuple(int(d) for d in dims[1:])
+        batch = dims[0] if isinstance(dims[0], int) else None
+    module = GraphTeacher(program.module(), static_batch=batch)
+    return Teacher(module=module, taps=[], input_shape=shape, num_classes=None,
+                   source=str(p), digest=file_digest(p),
+                   meta={"format": "torch.export program", "graph": True})
+
+
+def _from_torchscript(p: Path) -> Teacher:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream
+            module = torch.jit.load(str(p), map_location="cpu")
+    except Exception as e:  # noqa: BLE001
+        raise KdnasError(f"cannot load {p} as TorchScript: {e}") from None
+    return Teacher(module=GraphTeacher(module.eval()), taps=[], input_shape=None,
+                   num_classes=None, source=str(p), digest=file_digest(p),
+                   meta={"format": "TorchScript", "graph": True})
+
+
+def attach_to_data(teacher: Teacher, data) -> list[str]:
+    """Check the teacher against the data, fill in what the file did not say, find its stage
+    taps. Refuses a mismatch before any training, naming both sides. Returns notices."""
+    notes = []
+    if teacher.input_shape is not None and tuple(teacher.input_shape) != tuple(data.input_shape):
         raise KdnasError(
             f"teacher expects inputs of shape {tuple(teacher.input_shape)} (C, H, W) but data "
             f"{data.spec!r} has {tuple(data.input_shape)}: use the data the teacher was trained "
             "on, or a teacher trained for these images")
-    if teacher.num_classes != data.num_classes:
-        raise KdnasError(f"teacher predicts {teacher.num_classes} classes but data "
-                         f"{data.spec!r} has {data.num_classes}: use matching teacher and data")
+    x = next(data.batches("val", 2))[0].contiguous()
+    try:
+        with torch.no_grad():
+            out = teacher.module(x)
+    except Exception as e:  # noqa: BLE001 - the message names both sides
+        raise KdnasError(f"the teacher cannot take the data's images of shape "
+                         f"{tuple(data.input_shape)} (C, H, W): {type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise KdnasError("the teacher must return logits of shape (batch, classes); it returned "
+                         f"{type(out).__name__} {tuple(getattr(out, 'shape', ()))}")
+    classes = int(out.shape[1])
+    if teacher.num_classes is not None and teacher.num_classes != classes:
+        raise KdnasError(f"teacher predicts {classes} classes, not {teacher.num_classes}")
+    if classes != data.num_classes:
+        raise KdnasError(f"teacher predicts {classes} classes but data {data.spec!r} has "
+                         f"{data.num_classes}: use matching teacher and data, or --num-classes "
+                         "to size a torchvision head")
+    teacher.num_classes = classes
+    teacher.input_shape = tuple(data.input_shape)
     if teacher.classes and teacher.classes != data.classes:
         log.warning("teacher class names %s differ from the data's %s; assuming the same "
                     "order", teacher.classes[:5], data.classes[:5])
+    if teacher.meta.get("graph"):
+        if teacher.meta.get("layers"):
+            raise KdnasError(f"--teacher-layers needs module structure; a "
+                             f"{teacher.meta['format']} has none")
+        notes.append(f"the teacher is a {teacher.meta['format']}: it has no module structure "
+                     "to tap, so students learn from its logits only (logit KD)")
+        teacher.taps = []
+    else:
+        teacher.taps = find_stage_taps(teacher.module, teacher.input_shape)
+        if teacher.meta.get("layers"):
+            teacher.taps = select_taps(teacher.module, teacher.taps, teacher.meta["layers"],
+                                       teacher.input_shape)
+    if "macs" not in teacher.meta:
+        try:
+            teacher.meta["macs"] = count_macs(teacher.module, teacher.input_shape)
+        except Exception:  # noqa: BLE001 - fvcore cannot trace every format
+            teacher.meta["macs"] = None
+    return notes

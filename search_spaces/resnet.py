@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from search_spaces import TapInfo
+from search_spaces import BuiltinSpace, TapInfo
 
 DEPTHS = (1, 2, 3, 4, 5, 6, 7, 9)
 WIDTHS = (
@@ -104,10 +104,11 @@ class ResNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-class ResNetSpace:
+class ResNetSpace(BuiltinSpace):
     """Per-stage depth and width of a 3-stage basic-block ResNet."""
 
     name = "resnet"
+    presets = PRESETS
 
     def _base(self, in_channels: int, num_classes: int, input_size: int) -> dict:
         return {"space": self.name, "in_channels": int(in_channels),
@@ -133,17 +134,6 @@ class ResNetSpace:
             stages.append({"depth": depth, "width": width})
         spec["stem_width"] = stages[0]["width"]
         spec["stages"] = stages
-        return spec
-
-    def preset(self, name: str, *, in_channels: int, num_classes: int, input_size: int) -> dict:
-        spec = self._base(in_channels, num_classes, input_size)
-        spec.update(copy.deepcopy(PRESETS[name]))
-        return spec
-
-    def smallest(self, *, in_channels: int, num_classes: int, input_size: int) -> dict:
-        spec = self._base(in_channels, num_classes, input_size)
-        spec.update({"stem_width": WIDTHS[0][0],
-                     "stages": [{"depth": DEPTHS[0], "width": w[0]} for w in WIDTHS]})
         return spec
 
     def build(self, spec: dict) -> nn.Module:

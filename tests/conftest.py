@@ -71,3 +71,14 @@ def digits_teacher(tmp_path_factory) -> Path:
     _, acc = train_teacher("digits", "resnet14", epochs=15, out=path, val_fraction=0.2)
     assert acc > 0.85, acc
     return path
+
+
+@pytest.fixture
+def teacher_and_data(digits, digits_teacher):
+    """The digits teacher, attached to digits fed with its normalisation."""
+    from kdnas.teacher import attach_to_data, load_teacher
+
+    teacher = load_teacher(digits_teacher)
+    data = digits.with_normalization(teacher.mean, teacher.std)
+    attach_to_data(teacher, data)
+    return teacher, data

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from kdnas.distill import FeatureTaps, HintLoss, KDLoss, TrainConfig, evaluate, fit, match_taps
 from kdnas.errors import KdnasError
-from kdnas.teacher import load_teacher
 from search_spaces import TapInfo, get_space
 
 
@@ -70,9 +69,8 @@ def _student(digits, seed=0):
     return space.build(spec), space.taps(spec)
 
 
-def test_fit_learns_digits_with_feature_distillation(digits, digits_teacher):
-    teacher = load_teacher(digits_teacher)
-    data = digits.with_normalization(teacher.mean, teacher.std)
+def test_fit_learns_digits_with_feature_distillation(teacher_and_data):
+    teacher, data = teacher_and_data
     model, taps = _student(data)
     assert evaluate(model, data) < 0.3  # untrained: near chance
     steps = []
@@ -95,14 +93,120 @@ def test_fit_is_deterministic_for_a_seed(digits):
                                                  b.state_dict().values(), strict=True))
 
 
-def test_hints_change_the_gradient_of_the_student(digits, digits_teacher):
+def test_hints_change_the_gradient_of_the_student(teacher_and_data):
     """The feature loss really reaches the student: one step with and without hints gives
     different weights."""
-    teacher = load_teacher(digits_teacher)
-    data = digits.with_normalization(teacher.mean, teacher.std)
+    teacher, data = teacher_and_data
     out = {}
     for kd in ("feature", "logit"):
         model, taps = _student(data)
         fit(model, data, TrainConfig(epochs=0.05, kd=kd), teacher=teacher, student_taps=taps)
         out[kd] = model.stem[0].weight.detach().clone()
     assert not torch.allclose(out["feature"], out["logit"])
+
+
+def test_attention_transfer_matches_its_formula():
+    from kdnas.distill import ATLoss
+
+    torch.manual_seed(0)
+    s = [torch.randn(3, 4, 8, 8), torch.randn(3, 6, 2, 2)]
+    t = [torch.randn(3, 5, 8, 8), torch.randn(3, 7, 4, 4)]
+    loss = ATLoss([TapInfo("a", 4, 1), TapInfo("b", 6, 4)], [TapInfo("x", 5, 1),
+                                                              TapInfo("y", 7, 2)])
+
+    def at(f):
+        a = f.pow(2).mean(1).flatten(1)
+        return a / a.norm(dim=1, keepdim=True)
+
+    t1 = F.adaptive_avg_pool2d(t[1], (2, 2))  # the larger map is pooled to the smaller
+    expected = ((at(s[0]) - at(t[0])).pow(2).sum(1).mean()
+                + (at(s[1]) - at(t1)).pow(2).sum(1).mean()) / 2
+    assert float(loss(s, t)) == pytest.approx(float(expected), rel=1e-6)
+    # attention maps are scale-free: a scaled copy has nothing to learn
+    assert float(loss([3 * t[0], s[1]], [t[0], s[1]])) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_similarity_preserving_matches_its_formula_and_ignores_scale():
+    from kdnas.distill import SPLoss
+
+    torch.manual_seed(0)
+    s, t = torch.randn(5, 4, 3, 3), torch.randn(5, 8, 6, 6)
+    loss = SPLoss([TapInfo("a", 4, 2)], [TapInfo("x", 8, 2)])
+    gs = s.flatten(1) @ s.flatten(1).t()
+    gt = t.flatten(1) @ t.flatten(1).t()
+    gs, gt = gs / gs.norm(dim=1, keepdim=True), gt / gt.norm(dim=1, keepdim=True)
+    assert float(loss([s], [t])) == pytest.approx(float(((gs - gt) ** 2).sum() / 25), rel=1e-5)
+    # relational: a student whose features are a scaled teacher's has nothing to learn
+    assert float(loss([3 * t], [t])) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_pkt_matches_its_formula():
+    from kdnas.distill import PKTLoss
+
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 4, 2, 2), torch.randn(6, 9, 4, 4)
+    loss = PKTLoss([TapInfo("a", 4, 2)], [TapInfo("x", 9, 2)])
+
+    def probs(f):
+        z = f.mean((2, 3))
+        z = z / z.norm(dim=1, keepdim=True)
+        k = (z @ z.t() + 1) / 2
+        return k / k.sum(1, keepdim=True)
+
+    ps, pt = probs(s), probs(t)
+    expected = (pt * torch.log((pt + 1e-7) / (ps + 1e-7))).mean()
+    assert float(loss([s], [t])) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss([t], [t])) == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("method", ["fitnets", "at", "sp", "pkt"])
+def test_every_feature_method_trains(teacher_and_data, method):
+    teacher, data = teacher_and_data
+    model, taps = _student(data)
+    r = fit(model, data, TrainConfig(epochs=4, kd=method), teacher=teacher, student_taps=taps)
+    assert r.val_accuracy > 0.4  # learning (chance is 0.1), not diverging, at the default weight
+
+
+def test_teacher_cache_is_written_once_and_read_after(teacher_and_data, tmp_path):
+    from kdnas.distill import TeacherCache
+
+    teacher, data = teacher_and_data
+    cfg = TrainConfig(epochs=1.5, kd="fitnets")
+    cache = TeacherCache(tmp_path, "k")
+    first, taps = _student(data)
+    r1 = fit(first, data, cfg, teacher=teacher, student_taps=taps, cache=cache)
+    assert cache.complete and cache.writes == r1.steps and cache.hits == 0
+
+    class Refuses(torch.nn.Module):  # the teacher must not run again
+        def forward(self, x):
+            raise AssertionError("teacher ran although its outputs were cached")
+
+    real = teacher.module
+    teacher.module = Refuses()
+    try:
+        second, taps = _student(data)
+        r2 = fit(second, data, cfg, teacher=teacher, student_taps=taps, cache=cache)
+    finally:
+        teacher.module = real
+    assert cache.hits == r2.steps
+    # the same student trained from cached fp16 outputs ends exactly where the first did
+    assert r2.val_accuracy == r1.val_accuracy
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(),
+                                                 second.state_dict().values(), strict=True))
+
+
+def test_interrupted_cache_is_not_used(teacher_and_data, tmp_path):
+    from kdnas.distill import TeacherCache
+
+    teacher, data = teacher_and_data
+    cache = TeacherCache(tmp_path, "k")
+
+    def stop(step, total, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    model, taps = _student(data)
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, data, TrainConfig(epochs=1), teacher=teacher, student_taps=taps,
+            cache=cache, progress=stop)
+    assert not cache.complete and list(tmp_path.iterdir()) == []

@@ -10,7 +10,7 @@ from kdnas.errors import KdnasError
 from kdnas.export import export_trial
 from kdnas.report import pick_trial
 from kdnas.study import run_search
-from kdnas.teacher import load_teacher
+from kdnas.teacher import attach_to_data, load_teacher
 from search_spaces import build
 
 
@@ -19,6 +19,7 @@ def searched(tmp_path_factory, digits, digits_teacher):
     tmp = tmp_path_factory.mktemp("export")
     teacher = load_teacher(digits_teacher)
     data = digits.with_normalization(teacher.mean, teacher.std)
+    attach_to_data(teacher, data)
     cfg = SearchConfig(study="e", teacher=str(digits_teacher), data="digits", budget="1MFLOPs",
                        trials=2, epochs=2, val_fraction=0.2, workdir=str(tmp / "runs"),
                        latency=False)

@@ -47,7 +47,8 @@ def test_same_seed_proposes_the_same_candidates():
         out = []
         for _ in range(8):
             t = study.ask()
-            a, b = t.suggest_categorical("a", (1, 2, 4, 8)), t.suggest_categorical("b", (1, 2, 4, 8))
+            a = t.suggest_categorical("a", (1, 2, 4, 8))
+            b = t.suggest_categorical("b", (1, 2, 4, 8))
             out.append((a, b))
             study.tell(t, [a * 0.1 + b * 0.01, a + b])
         return out

@@ -112,3 +112,112 @@ def test_unknown_space_is_a_user_error():
 
     with pytest.raises(KdnasError, match="resnet"):
         get_space("transformer")
+
+
+# --------------------------------------------------------------------------- other families
+@pytest.mark.parametrize("space_name,preset,macs,params", [
+    # the CIFAR-100 students of the KD literature (CRD benchmark): MobileNetV2 x0.5 has
+    # about 0.81M params; ShuffleNetV2 1x about 1.36M
+    ("mobilenet", "mobilenetv2_half", 6.4e6, 0.81e6),
+    ("shufflenet", "shufflenetv2", 46e6, 1.36e6),
+])
+def test_family_presets_match_published_costs(space_name, preset, macs, params):
+    space = get_space(space_name)
+    model = space.build(space.preset(preset, in_channels=3, num_classes=100, input_size=32))
+    assert count_params(model) == pytest.approx(params, rel=0.02)
+    # fvcore also counts batch norm (one op per element), several percent on these thin nets
+    assert count_macs(model, (3, 32, 32)) == pytest.approx(macs, rel=0.10)
+
+
+@pytest.mark.parametrize("space_name", ["resnet", "mobilenet", "shufflenet"])
+def test_every_space_samples_builds_and_taps(space_name):
+    space = get_space(space_name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for size, ch in ((32, 3), (8, 1), (64, 3)):
+        trial = study.ask()
+        spec = space.sample(trial, in_channels=ch, num_classes=7, input_size=size)
+        assert set(trial.params) == set(space.distributions())
+        assert json.loads(json.dumps(spec)) == spec
+        model = space.build(spec).eval()
+        x = torch.randn(2, ch, size, size)
+        assert model(x).shape == (2, 7)
+        feats = {}
+        for t in space.taps(spec):
+            dict(model.named_modules())[t.module].register_forward_hook(
+                lambda _m, _i, o, t=t, feats=feats: feats.__setitem__(t, o))
+        with torch.no_grad():
+            model(x)
+        for t, f in feats.items():
+            assert f.shape[1] == t.channels and size // f.shape[-1] == t.stride, (spec, t)
+        strides = [t.stride for t in space.taps(spec)]
+        assert strides == sorted(set(strides))
+        # the taps are the stage ends: the detector finds the same ones before the head
+        # (1x1 maps are indistinguishable from global pooling, so not detected)
+        declared = [t.module for t in space.taps(spec) if size // t.stride > 1]
+        detected = [t.module for t in find_stage_taps(model, (ch, size, size))
+                    if t.stride in strides]
+        assert detected[:-1] == declared[: len(detected) - 1]
+        assert len(detected) == len(declared)
+
+
+def test_built_in_spaces_cover_1m_to_600m_macs():
+    small = [count_macs(get_space(n).build(get_space(n).smallest(
+        in_channels=3, num_classes=10, input_size=32)), (3, 32, 32))
+        for n in ("resnet", "mobilenet", "shufflenet")]
+    assert min(small) <= 1e6
+    space = get_space("resnet")
+    biggest = {k: max(d.choices) for k, d in space.distributions().items()}
+    spec = space.sample(optuna.trial.FixedTrial(biggest), in_channels=3, num_classes=10,
+                        input_size=32)
+    assert count_macs(space.build(spec), (3, 32, 32)) >= 600e6
+
+
+# --------------------------------------------------------------------------- user spaces
+EXAMPLES = __import__("pathlib").Path(__file__).resolve().parent.parent / "docs" / "examples"
+
+
+def test_user_space_from_a_file():
+    ref = f"{EXAMPLES / 'plain_cnn.py'}:PlainCNN"
+    space = get_space(ref)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    spec = space.sample(trial, in_channels=1, num_classes=10, input_size=8)
+    assert spec["space"] == ref and spec["in_channels"] == 1
+    model = build(spec)  # rebuilt through the spec alone, as export does
+    assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    assert find_stage_taps(model, (1, 8, 8)) == space.taps(spec)
+    assert describe(spec).startswith("PlainCNN ")
+
+
+def test_nni_space_is_sampled_through_optuna():
+    pytest.importorskip("nni")
+    space = get_space(f"{EXAMPLES / 'nni_cnn.py'}:NniCNN")
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    spec = space.sample(trial, in_channels=1, num_classes=10, input_size=8)
+    assert set(trial.params) == {"width", "depth", "dropout"}
+    assert spec["width"] in (8, 16, 32) and 0 <= spec["dropout"] <= 0.3
+    assert build(spec)(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert set(space.distributions()) == {"width", "depth", "dropout"}
+
+
+@pytest.mark.parametrize("ref,needle", [
+    ("nope.py:X", "does not exist"),
+    ("{ex}/plain_cnn.py:Missing", "defines no 'Missing'"),
+])
+def test_bad_user_space_references(ref, needle):
+    from kdnas.errors import KdnasError
+
+    with pytest.raises(KdnasError, match=needle):
+        get_space(ref.format(ex=EXAMPLES))
+
+
+def test_core_path_never_imports_nni():
+    import subprocess
+    import sys
+
+    code = ("import sys, kdnas.cli, kdnas.study, kdnas.report, kdnas.export, search_spaces;"
+            "from search_spaces import get_space;"
+            "[get_space(n) for n in ('resnet', 'mobilenet', 'shufflenet')];"
+            "print('nni' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"

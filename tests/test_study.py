@@ -11,13 +11,11 @@ import kdnas.study as study_mod
 from kdnas.config import SearchConfig
 from kdnas.errors import KdnasError
 from kdnas.study import fail_stale_trials, open_study, run_search, trained_count
-from kdnas.teacher import load_teacher
 
 
 @pytest.fixture
-def setup(tmp_path, digits, digits_teacher):
-    teacher = load_teacher(digits_teacher)
-    data = digits.with_normalization(teacher.mean, teacher.std)
+def setup(tmp_path, teacher_and_data, digits_teacher):
+    teacher, data = teacher_and_data
     cfg = SearchConfig(study="t", teacher=str(digits_teacher), data="digits",
                        budget="0.5MFLOPs", trials=3, epochs=1, val_fraction=0.2,
                        workdir=str(tmp_path / "runs"), reports=str(tmp_path / "reports"),
@@ -106,3 +104,44 @@ def test_trials_of_a_dead_worker_are_marked_failed(setup):
     assert fail_stale_trials(study) == 1
     states = {tr.number: tr.state for tr in study.get_trials()}
     assert states == {t.number: TrialState.FAIL, alive.number: TrialState.RUNNING}
+
+
+def test_search_with_a_user_space_and_export(setup, tmp_path):
+    from pathlib import Path
+
+    from kdnas.export import export_trial
+    from kdnas.report import pick_trial
+
+    cfg, teacher, data = setup
+    ref = f"{Path(__file__).resolve().parent.parent / 'docs/examples/plain_cnn.py'}:PlainCNN"
+    cfg = dataclasses.replace(cfg, space=ref, trials=2, budget="0.2MFLOPs")
+    out = run_search(cfg, teacher, data)
+    assert out.trained == 2
+    for t in out.study.get_trials():
+        if t.user_attrs.get("trained"):
+            assert t.user_attrs["spec"]["space"] == ref
+            assert t.user_attrs["cost"]["macs"] <= 0.2e6
+    r = export_trial(out.study, cfg, pick_trial(out.study, "best"), data, tmp_path / "x")
+    assert r.max_abs_diff < 1e-4
+
+
+@pytest.mark.parametrize("space", ["mobilenet", "shufflenet"])
+def test_search_other_families(setup, space):
+    cfg, teacher, data = setup
+    out = run_search(dataclasses.replace(cfg, space=space, trials=2, budget="2MFLOPs"),
+                     teacher, data)
+    assert out.trained == 2 and out.infeasible == 0
+
+
+def test_kd_auto_searches_the_method_and_shares_one_teacher_cache(setup):
+    from kdnas.study import AUTO_METHODS
+
+    cfg, teacher, data = setup
+    out = run_search(dataclasses.replace(cfg, kd="auto", trials=3), teacher, data)
+    trained = [t for t in out.study.get_trials() if t.user_attrs.get("trained")]
+    assert len(trained) == 3
+    for t in trained:
+        assert t.params["kd"] in AUTO_METHODS and t.user_attrs["kd"] == t.params["kd"]
+        assert 0.1 <= t.params["kd_weight_scale"] <= 10
+    caches = list((cfg.study_dir / "teacher_cache").iterdir())
+    assert len(caches) == 1 and (caches[0] / "COMPLETE").exists()
