@@ -196,14 +196,43 @@ def cmd_export(args) -> int:
     if norm:
         data = data.with_normalization(norm["mean"], norm["std"])
     out = Path(args.out) if args.out else Path("exports") / cfg.study / f"trial-{trial}"
-    r = export_trial(study, cfg, trial, data, out)
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    r = export_trial(study, cfg, trial, data, out, formats=formats)
     _say(f"exported trial {r.trial}: {fmt_count(r.macs)} MACs ({fmt_count(2 * r.macs)} FLOPs), "
          f"{fmt_count(r.params)} params (re-counted, match the study)")
     _say(f"validation accuracy re-measured {100 * r.val_accuracy:.2f}% "
          f"(study recorded {100 * r.recorded_accuracy:.2f}%)")
-    _say(f"torch.export program matches the PyTorch model to {r.max_abs_diff:.2g} "
-         "(max abs difference of logits on validation images)")
+    for fmt, diff in r.max_abs_diff.items():
+        _say(f"{fmt} export matches the PyTorch model: max abs difference of logits on "
+             f"validation images {diff:.2g}")
     for f in r.files:
+        _say(f"  {f}")
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from kdnas.final import distill_trial
+    from kdnas.report import pick_trial, write_report
+    from kdnas.study import prepare
+
+    study, cfg = _study_and_config(args)
+    trial = args.trial if args.trial is not None else pick_trial(study, args.pick)
+    cfg, teacher, data, notes = prepare(cfg)
+    for note in notes:
+        _say(note)
+    out = Path(args.out) if args.out else Path("exports") / cfg.study / f"trial-{trial}-distilled"
+    _say(f"distilling trial {trial} of study {cfg.study} for {args.epochs:g} epochs on the full "
+         f"train split ({len(data.train_y)} images); checkpoint every epoch in "
+         f"{cfg.study_dir / 'distill' / f'trial-{trial}'}: run the same command to resume")
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    info = distill_trial(study, cfg, trial, teacher, data, epochs=args.epochs, out_dir=out,
+                         lr=args.lr, batch_size=args.batch_size, schedule=args.schedule,
+                         formats=formats, progress=_train_progress(f"distilling trial {trial}"))
+    write_report(study, cfg)
+    _say(f"trial {trial}: validation accuracy {100 * info['val_accuracy']:.2f}% (search: "
+         f"{100 * (info['search_val_accuracy'] or 0):.2f}%), test accuracy "
+         f"{100 * info['test_accuracy']:.2f}%")
+    for f in info["files"]:
         _say(f"  {f}")
     return 0
 
@@ -393,7 +422,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pick", choices=["knee", "best"], default="knee",
                    help="knee of the front (default) or most accurate within budget")
     e.add_argument("--out", help="output folder (default exports/<study>/trial-<N>)")
+    e.add_argument("--format", default="pt2,onnx", help="comma-separated: pt2 (torch.export), "
+                   "onnx (checked with onnxruntime), torchscript; the state_dict and spec "
+                   "are always written (default pt2,onnx)")
     e.set_defaults(func=cmd_export)
+
+    f = sub.add_parser("distill", help="train a chosen student fully, then export it",
+                       description="Train a student of the study from scratch with the study's "
+                       "teacher and the trial's distillation method, checkpointing every epoch "
+                       "(run the same command again to resume), then report its test accuracy "
+                       "and export it.")
+    study_args(f)
+    g = f.add_mutually_exclusive_group()
+    g.add_argument("--trial", type=int, help="trial number (see pareto.md)")
+    g.add_argument("--pick", choices=["knee", "best"], default="knee",
+                   help="knee of the front (default) or most accurate within budget")
+    f.add_argument("--epochs", type=float, default=200, help="default 200")
+    f.add_argument("--lr", type=float, help="peak SGD learning rate (default: the study's)")
+    f.add_argument("--batch-size", type=int, help="default: the study's")
+    f.add_argument("--schedule", choices=["cosine", "step"], default="cosine",
+                   help="learning rate: cosine decay (default) or x0.1 at 50%% and 75%%")
+    f.add_argument("--out", help="output folder (default exports/<study>/trial-<N>-distilled)")
+    f.add_argument("--format", default="pt2,onnx", help="as for export (default pt2,onnx)")
+    f.set_defaults(func=cmd_distill)
 
     t = sub.add_parser("teacher", help="teacher tools")
     tsub = t.add_subparsers(dest="teacher_command", metavar="ACTION")
@@ -435,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
-    for noisy in ("optuna", "fvcore", "PIL", "matplotlib"):
+    for noisy in ("optuna", "fvcore", "PIL", "matplotlib", "onnxscript", "onnx_ir", "torch"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)

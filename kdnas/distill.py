@@ -247,6 +247,7 @@ class TrainConfig:
     temperature: float = 4.0
     kd_alpha: float = 0.9
     feature_weight: float | None = None  # None: the method's default (FEATURE_WEIGHTS)
+    schedule: str = "cosine"  # or "step": x0.1 at 50% and 75% of the steps
     seed: int = 0
     channels_last: bool = True
 
@@ -262,6 +263,8 @@ class TrainConfig:
             raise KdnasError(f"kd_alpha must be in [0, 1], got {self.kd_alpha}")
         if self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
             raise KdnasError("batch size, learning rate and temperature must be positive")
+        if self.schedule not in ("cosine", "step"):
+            raise KdnasError(f"schedule must be cosine or step, got {self.schedule!r}")
         if self.feature_weight is not None and self.feature_weight < 0:
             raise KdnasError(f"feature weight must be >= 0, got {self.feature_weight}")
 
@@ -293,6 +296,8 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     if step < warm:
         return cfg.lr * (step + 1) / warm
     progress = (step - warm) / max(1, total - warm)
+    if cfg.schedule == "step":
+        return cfg.lr * (0.1 ** ((progress >= 0.5) + (progress >= 0.75)))
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -366,8 +371,19 @@ class TeacherCache:
             self._tmp = None
 
 
+def _save_checkpoint(path: Path, student, extra, opt, step, epoch, total, curve) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"student": student.state_dict(),
+                "extra": extra.state_dict() if extra is not None else {},
+                "optimizer": opt.state_dict(), "step": step, "epoch": epoch, "total": total,
+                "curve": curve}, tmp)
+    tmp.replace(path)
+
+
 def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
         student_taps: list[TapInfo] | None = None, cache: TeacherCache | None = None,
+        checkpoint: Path | None = None,
         progress: Callable[[int, int, float], None] | None = None) -> FitResult:
     """Train ``student`` on the training split; return its validation accuracy.
 
@@ -375,6 +391,8 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
     is ``(1-a) CE + a T^2 KL`` (Hinton KD) plus ``w * feature loss`` for the feature methods
     (FitNets hints, AT, SP, PKT) when both nets have stage taps; ``kd="none"`` is CE alone.
     With a ``cache``, the teacher's outputs are read from it (or written to it on first use).
+    With a ``checkpoint`` path, the state is saved at the end of every epoch and a run that
+    finds one resumes after its epoch, ending exactly where an uninterrupted run would.
     """
     torch.manual_seed(cfg.seed)
     kd_on = teacher is not None and cfg.method != "none"
@@ -401,10 +419,23 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
     s_taps = FeatureTaps(student, [t.module for t in student_taps]) if feats_on else None
     t_taps = FeatureTaps(teacher.module, [t.module for t in teacher.taps]) if tap_teacher \
         else None
-    if writing:
-        cache.begin()
     curve: list[dict] = []
     step, epoch, t0 = 0, 0, time.perf_counter()
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state["total"] != total:
+            raise KdnasError(f"checkpoint {checkpoint} is for a run of {state['total']} steps, "
+                             f"not {total}: remove it or use the same settings")
+        student.load_state_dict(state["student"])
+        if extra is not None:
+            extra.load_state_dict(state["extra"])
+        opt.load_state_dict(state["optimizer"])
+        step, epoch, curve = state["step"], state["epoch"], state["curve"]
+        log.info("resuming from %s after epoch %d (step %d of %d)", checkpoint, epoch, step,
+                 total)
+        writing = False  # a cache is only written by a run from the start
+    if writing:
+        cache.begin()
     try:
         while step < total:
             running, seen = 0.0, 0
@@ -448,6 +479,9 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
                     progress(step, total, value)
             curve.append({"epoch": epoch + 1, "step": step, "train_loss": running / max(1, seen)})
             epoch += 1
+            if checkpoint is not None:
+                _save_checkpoint(Path(checkpoint), student, extra, opt, step, epoch, total,
+                                 curve)
         if writing:
             cache.commit(step)
     finally:

@@ -6,6 +6,7 @@ Writes into the output folder:
 * ``student_state_dict.pt``: weights for ``search_spaces.build(spec)``;
 * ``student.pt2``: a ``torch.export`` program that loads with plain PyTorch
   (``torch.export.load(path).module()``), no kdnas needed;
+* ``student.onnx``: ONNX, checked with onnxruntime (``student.ts``, TorchScript, if asked);
 * ``MODEL_CARD.md``: what it is, what it costs, how it was made.
 
 Every export re-counts MACs and params and re-measures validation accuracy, and fails if
@@ -14,8 +15,11 @@ they or the exported program disagree with the study's record.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +35,6 @@ from search_spaces import build, describe
 log = logging.getLogger(__name__)
 
 ACCURACY_TOLERANCE = 0.002  # re-measured val accuracy may differ by float rounding only
-OUTPUT_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -42,7 +45,7 @@ class ExportResult:
     params: int
     val_accuracy: float
     recorded_accuracy: float
-    max_abs_diff: float
+    max_abs_diff: dict[str, float]  # per format
     files: list[Path]
 
 
@@ -67,9 +70,51 @@ def load_student(study: optuna.Study, trial_number: int) -> tuple[torch.nn.Modul
     return model, saved["spec"], dict(t.user_attrs)
 
 
+def _write_pt2(model, x, out: Path):
+    program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    path = out / "student.pt2"
+    torch.export.save(program, path)
+    with torch.no_grad():
+        return path, torch.export.load(path).module()(x)
+
+
+def _write_onnx(model, x, out: Path):
+    import onnxruntime
+
+    path = out / "student.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (x[:2],), dynamo=True, input_names=["images"],
+                                    output_names=["logits"], verbose=False,
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},))
+        program.save(str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return path, session.run(None, {"images": x.numpy()})[0]
+
+
+def _write_torchscript(model, x, out: Path):
+    path = out / "student.ts"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream
+        torch.jit.save(torch.jit.trace(model, x[:2]), str(path))
+        loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        return path, loaded(x)
+
+
+FORMATS = ("pt2", "onnx", "torchscript")
+_WRITERS = {"pt2": _write_pt2, "onnx": _write_onnx, "torchscript": _write_torchscript}
+# largest max-abs difference of logits accepted, on real validation images
+TOLERANCES = {"pt2": 1e-4, "onnx": 1e-3, "torchscript": 1e-4}
+
+
 def export_trial(study: optuna.Study, cfg: SearchConfig, trial_number: int, data,
-                 out_dir: Path) -> ExportResult:
-    """Export one trained trial; ``data`` carries the study's normalisation."""
+                 out_dir: Path, *, formats: tuple[str, ...] = ("pt2", "onnx")) -> ExportResult:
+    """Export one trained trial; ``data`` carries the study's normalisation.
+
+    Writes the state_dict and spec always, and each of ``formats`` (``pt2``: torch.export,
+    ``onnx`` checked with onnxruntime, ``torchscript``), each verified on validation images.
+    """
     model, spec, rec = load_student(study, trial_number)
     shape = tuple(data.input_shape)
     macs, params = count_macs(model, shape), count_params(model)
@@ -84,44 +129,72 @@ def export_trial(study: optuna.Study, cfg: SearchConfig, trial_number: int, data
         raise KdnasError(f"trial {trial_number}: re-measured validation accuracy {acc:.4f} "
                          f"differs from the recorded {recorded:.4f}: data or weights changed")
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model = model.to(memory_format=torch.contiguous_format).eval()
-    weights = out / "student_state_dict.pt"
-    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
-
-    x = next(data.batches("val", 64))[0].contiguous()
-    program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim.AUTO},))
-    pt2 = out / "student.pt2"
-    torch.export.save(program, pt2)
-    loaded = torch.export.load(pt2).module()
-    with torch.no_grad():
-        diff = float((loaded(x) - model(x)).abs().max())
-    if not diff <= OUTPUT_TOLERANCE:
-        raise KdnasError(f"exported program disagrees with the PyTorch model (max abs "
-                         f"difference {diff:.3g} > {OUTPUT_TOLERANCE}); not exporting")
-
-    meta = {"spec": spec, "arch": describe(spec), "input_shape": list(shape),
-            "classes": list(data.classes), "normalization": {"mean": list(data.mean),
-                                                             "std": list(data.std)},
-            "input_range": "pixels scaled to [0, 1], then (x - mean) / std per channel",
-            "macs": macs, "flops": 2 * macs, "params": params,
-            "latency_ms": cost.get("latency_ms"), "latency_setting": cost.get("latency_setting"),
-            "val_accuracy": acc, "study": cfg.study, "trial": trial_number,
+    meta = {"val_accuracy": acc, "study": cfg.study, "trial": trial_number,
             "budget": cfg.budget, "teacher": cfg.teacher, "data": cfg.data,
+            "latency_ms": cost.get("latency_ms"), "latency_setting": cost.get("latency_setting"),
+            "accuracy_note": "after the brief search training, used for ranking",
             "training": {"epochs": cfg.epochs, "train_fraction": cfg.train_fraction,
                          "kd": rec.get("kd", cfg.kd), "temperature": cfg.temperature,
                          "kd_alpha": cfg.kd_alpha,
                          "feature_weight": rec.get("feature_weight", cfg.feature_weight)}}
+    diffs, files = write_exports(model, spec, data, Path(out_dir), formats=formats, meta=meta)
+    return ExportResult(Path(out_dir), trial_number, macs, params, acc, recorded, diffs, files)
+
+
+def write_exports(model: torch.nn.Module, spec: dict, data, out: Path, *,
+                  formats: tuple[str, ...], meta: dict) -> tuple[dict[str, float], list[Path]]:
+    """Write weights, spec, each format (verified on validation images) and the model card.
+
+    ``meta`` carries what the card states about the study and the training."""
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise KdnasError(f"unknown export format(s) {sorted(unknown)}: choose from "
+                         f"{', '.join(FORMATS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    shape = tuple(data.input_shape)
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    macs = count_macs(model, shape)
+    weights = out / "student_state_dict.pt"
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+
+    x = next(data.batches("val", 64))[0].contiguous()
+    with torch.no_grad():
+        reference = model(x)
+    files, diffs = [weights], {}
+    for fmt in formats:
+        path, outputs = _WRITERS[fmt](model, x, out)
+        diff = float((torch.as_tensor(outputs) - reference).abs().max())
+        if not diff <= TOLERANCES[fmt]:
+            path.unlink(missing_ok=True)
+            raise KdnasError(f"the {fmt} export disagrees with the PyTorch model (max abs "
+                             f"difference of logits {diff:.3g} > {TOLERANCES[fmt]}); removed")
+        files.append(path)
+        diffs[fmt] = diff
+
+    meta = {"spec": spec, "arch": describe(spec), "input_shape": list(shape),
+            "classes": list(data.classes),
+            "normalization": {"mean": list(data.mean), "std": list(data.std)},
+            "input_range": "pixels scaled to [0, 1], then (x - mean) / std per channel",
+            "macs": macs, "flops": 2 * macs, "params": count_params(model), **meta,
+            "exports": {f: {"file": p.name, "max_abs_diff": diffs[f]}
+                        for f, p in zip(formats, files[1:], strict=True)}}
     (out / "spec.json").write_text(json.dumps(meta, indent=2))
     card = out / "MODEL_CARD.md"
-    card.write_text(_card(meta, diff))
-    return ExportResult(out, trial_number, macs, params, acc, recorded, diff,
-                        [weights, pt2, out / "spec.json", card])
+    card.write_text(_card(meta))
+    return diffs, files + [out / "spec.json", card]
 
 
-def _card(m: dict, diff: float) -> str:
+def _card(m: dict) -> str:
     tr = m["training"]
+    checks = "\n".join(f"- `{v['file']}` ({k}): max abs difference of logits from the PyTorch "
+                       f"model on validation images {v['max_abs_diff']:.2g}"
+                       for k, v in m["exports"].items())
+    lat = f"{m['latency_ms']:.3g} ms ({m['latency_setting']})" if m["latency_ms"] else "-"
+    shape = ", ".join(map(str, m["input_shape"]))
+    test = ("" if m.get("test_accuracy") is None else
+            f"\n| test accuracy | {100 * m['test_accuracy']:.2f}% (after full distillation) |")
+    split = (f"{tr['epochs']} epoch(s) on {100 * tr['train_fraction']:.0f}% of the training "
+             "split")
     return f"""# {m['arch']} (study {m['study']}, trial {m['trial']})
 
 | | |
@@ -129,26 +202,32 @@ def _card(m: dict, diff: float) -> str:
 | cost | {fmt_count(m['macs'])} MACs ({fmt_count(m['flops'])} FLOPs) at batch 1, \
 {fmt_count(m['params'])} params |
 | budget | {m['budget']} |
-| validation accuracy | {100 * m['val_accuracy']:.2f}% (after the brief search training) |
-| latency | {m['latency_ms'] and f"{m['latency_ms']:.3g} ms"} ({m['latency_setting']}) |
+| validation accuracy | {100 * m['val_accuracy']:.2f}% ({m['accuracy_note']}) |{test}
+| latency | {lat} |
 | teacher | {m['teacher']} |
 | data | {m['data']}, input {tuple(m['input_shape'])}, {len(m['classes'])} classes |
-| training | {tr['epochs']} epoch(s) on {100 * tr['train_fraction']:.0f}% of the training \
-split, distillation: {tr['kd']} (T={tr['temperature']}, alpha={tr['kd_alpha']}, \
+| training | {split}, distillation: {tr['kd']} (T={tr['temperature']}, alpha={tr['kd_alpha']}, \
 feature weight={tr['feature_weight']}) |
 
 Inputs: {m['input_range']}; mean {m['normalization']['mean']}, std \
-{m['normalization']['std']}.
+{m['normalization']['std']}; classes in order: {', '.join(m['classes'])}.
+
+Files, each checked against the PyTorch model:
+
+{checks}
 
 Load without kdnas:
 
 ```python
 import torch
 model = torch.export.load("student.pt2").module()
-logits = model(images)  # float32, shape (N, {', '.join(map(str, m['input_shape']))})
+logits = model(images)  # float32, shape (N, {shape})
+
+import onnxruntime
+session = onnxruntime.InferenceSession("student.onnx")
+logits = session.run(None, {{"images": images.numpy()}})[0]
 ```
 
-The exported program matches the PyTorch model to {diff:.2g} (max abs difference of logits
-on validation images). This accuracy comes from brief search training, used for ranking;
-train the student longer before shipping it.
+{m.get("closing", "This accuracy comes from brief search training, used for ranking; train "
+             "the student fully (`kdnas distill`) before shipping it.")}
 """

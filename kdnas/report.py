@@ -100,7 +100,27 @@ def summary(study: optuna.Study, cfg: SearchConfig) -> dict:
         "knee_trial": None if front.empty else int(front.loc[front.knee.idxmax(), "trial"]),
         "hypervolume": hv, "hypervolume_reference": {"val_accuracy": 0.0, "macs": ref_cost},
         "search_seconds": float(df.train_seconds.fillna(0).sum()),
+        "wall_seconds": _wall_seconds(study),
+        "macs_latency_spearman": macs_latency_spearman(df),
     }
+
+
+def _wall_seconds(study: optuna.Study) -> float:
+    times = [(t.datetime_start, t.datetime_complete) for t in study.get_trials(deepcopy=False)
+             if t.datetime_start and t.datetime_complete]
+    if not times:
+        return 0.0
+    return (max(c for _, c in times) - min(s for s, _ in times)).total_seconds()
+
+
+def macs_latency_spearman(df: pd.DataFrame) -> float | None:
+    """Rank correlation of MACs and measured latency over all costed candidates: how well
+    MACs predict latency on this machine (1.0 = same order)."""
+    ok = df[["macs", "latency_ms"]].dropna()
+    if len(ok) < 3 or ok.macs.nunique() < 2 or ok.latency_ms.nunique() < 2:
+        return None
+    ranks = ok.rank()
+    return float(np.corrcoef(ranks.macs, ranks.latency_ms)[0, 1])
 
 
 def write_report(study: optuna.Study, cfg: SearchConfig, out_dir: Path | None = None) -> Path:
@@ -113,7 +133,15 @@ def write_report(study: optuna.Study, cfg: SearchConfig, out_dir: Path | None = 
     info = summary(study, cfg)
     (out / "summary.json").write_text(json.dumps(info, indent=2))
     (out / "pareto.md").write_text(_markdown(front, info, cfg))
+    (out / "report.json").write_text(json.dumps({
+        "summary": info, "pareto": json.loads(front.to_json(orient="records")),
+        "trials": json.loads(df.to_json(orient="records"))}, indent=1))
     _plot(df, front, info, cfg, out / "pareto.png")
+    if df.latency_ms.notna().any():
+        _plot(df, front, info, cfg, out / "pareto_latency.png", x="latency_ms")
+    from kdnas.report_html import write_html
+
+    write_html(out, df, front, info, cfg)
     return out
 
 
@@ -153,7 +181,9 @@ def _markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
 
 
 def _plot(df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg: SearchConfig,
-          path: Path) -> None:
+          path: Path, x: str = "macs") -> None:
+    """Accuracy against MACs (or latency): dominated points grey, the front in blue, the knee
+    circled, candidates over budget marked, the budget and the teacher drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,25 +192,27 @@ def _plot(df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg: SearchConfig,
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     trained = df[df.state == "trained"]
     infeasible = df[df.state == "infeasible"]
-    ax.scatter(trained.macs / 1e6, 100 * trained.val_accuracy, s=22, c="#b0b0b0",
+    scale = 1e6 if x == "macs" else 1.0
+    ax.scatter(trained[x] / scale, 100 * trained.val_accuracy, s=22, c="#b0b0b0",
                label="trained (dominated)", zorder=2)
     if not front.empty:
-        ax.plot(front.macs / 1e6, 100 * front.val_accuracy, "-o", c="#1f77b4", ms=6,
-                label="Pareto front", zorder=3)
+        shown = front.sort_values(x)
+        ax.plot(shown[x] / scale, 100 * shown.val_accuracy, "-o" if x == "macs" else "o",
+                c="#1f77b4", ms=6, label="Pareto front (accuracy vs MACs)", zorder=3)
         k = front[front.knee]
         if not k.empty:
             r = k.iloc[0]
-            ax.scatter([r.macs / 1e6], [100 * r.val_accuracy], s=160, facecolors="none",
+            ax.scatter([r[x] / scale], [100 * r.val_accuracy], s=160, facecolors="none",
                        edgecolors="#d62728", linewidths=2, zorder=4,
                        label=f"knee: trial {int(r.trial)}")
     if not infeasible.empty:
         lo = 100 * float(trained.val_accuracy.min()) if len(trained) else 0.0
-        ax.scatter(infeasible.macs / 1e6, np.full(len(infeasible), lo), marker="x",
+        ax.scatter(infeasible[x] / scale, np.full(len(infeasible), lo), marker="x",
                    c="#ff7f0e", s=24, label="over budget (not trained)", zorder=2)
     budget = cfg.budget_obj()
-    if budget.metric == "macs":
-        ax.axvline(budget.limit / 1e6, ls="--", c="#d62728", lw=1,
-                   label=f"budget {fmt_count(budget.limit)} MACs")
+    if budget.metric == x:
+        ax.axvline(budget.limit / scale, ls="--", c="#d62728", lw=1,
+                   label=f"budget {budget.describe()}")
     t = info.get("teacher_val_accuracy")
     if t is not None:
         ax.axhline(100 * t, ls=":", c="#2ca02c", lw=1, label=f"teacher {100 * t:.1f}%")
@@ -190,9 +222,13 @@ def _plot(df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg: SearchConfig,
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.set_xlabel("MACs (millions, batch 1; FLOPs = 2 x MACs)")
+    if x == "macs":
+        ax.set_xlabel("MACs (millions, batch 1; FLOPs = 2 x MACs)")
+    else:
+        setting = df.latency_setting.dropna()
+        ax.set_xlabel("latency, median ms" + (f" ({setting.iloc[0]})" if len(setting) else ""))
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"{cfg.study}: accuracy vs MACs")
+    ax.set_title(f"{cfg.study}: accuracy vs {'MACs' if x == 'macs' else 'latency'}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

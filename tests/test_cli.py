@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -45,6 +46,11 @@ def test_search_report_export_as_users_type_them(tmp_path, digits_teacher, capsy
     assert (front.flops == 2 * front.macs).all()
     assert (trials[trials.state == "trained"].macs <= 0.5e6).all()
 
+    _check_html_report(rep / "report.html", n_front=len(front))
+    data = json.loads((rep / "report.json").read_text())
+    assert len(data["pareto"]) == len(front) and len(data["trials"]) == len(trials)
+    assert data["summary"]["trained_over_budget"] == 0
+
     (rep / "pareto.md").unlink()
     assert main(["report", "--study", "cli", *common]) == 0
     assert (rep / "pareto.md").exists()
@@ -54,6 +60,43 @@ def test_search_report_export_as_users_type_them(tmp_path, digits_teacher, capsy
                  *common]) == 0
     assert (out_dir / "student.pt2").exists() and (out_dir / "spec.json").exists()
     assert "re-counted, match the study" in capsys.readouterr().out
+
+
+def _check_html_report(path, *, n_front):
+    """Self-contained: every image is embedded and decodes, nothing is fetched."""
+    import base64
+    import io
+    import re
+    from html.parser import HTMLParser
+
+    from PIL import Image
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.srcs, self.rows, self.links = [], 0, []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "img":
+                self.srcs.append(a["src"])
+            if tag == "tr":
+                self.rows += 1
+            if tag in ("script", "link") or (tag == "a" and "href" in a):
+                self.links.append(tag)
+
+    page = path.read_text()
+    c = Collect()
+    c.feed(page)
+    assert c.links == [] and not re.search(r"(src|href)=.(https?:|//)", page)
+    assert len(c.srcs) >= 2
+    for src in c.srcs:
+        assert src.startswith("data:image/png;base64,")
+        img = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        img.load()
+        assert img.size[0] > 300
+    assert c.rows == n_front + 1  # header + one row per front student
+    assert "Spearman" in page and "hypervolume" in page
 
 
 @pytest.mark.parametrize("argv,needle", [

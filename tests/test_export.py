@@ -47,7 +47,25 @@ def test_export_round_trips(searched):
     assert (a - b).abs().max() < 1e-4
     acc = float((a.argmax(1) == data.val_y).float().mean())
     assert acc == pytest.approx(r.val_accuracy, abs=0.002)
-    assert "MACs" in (tmp / "out" / "MODEL_CARD.md").read_text()
+    # and the ONNX file, in onnxruntime, on the same real images
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp / "out" / "student.onnx"))
+    onnx_logits = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    assert (onnx_logits - b).abs().max() < 1e-3
+    assert meta["exports"]["onnx"]["max_abs_diff"] < 1e-3
+    card = (tmp / "out" / "MODEL_CARD.md").read_text()
+    assert "MACs" in card and "student.onnx" in card
+
+
+def test_torchscript_only_when_asked(searched):
+    study, cfg, data, tmp = searched
+    trial = pick_trial(study, "best")
+    r = export_trial(study, cfg, trial, data, tmp / "ts", formats=("torchscript",))
+    assert set(r.max_abs_diff) == {"torchscript"}
+    assert (tmp / "ts" / "student.ts").exists() and not (tmp / "ts" / "student.pt2").exists()
+    with pytest.raises(KdnasError, match="unknown export format"):
+        export_trial(study, cfg, trial, data, tmp / "x", formats=("tflite",))
 
 
 def test_export_fails_loudly_when_weights_disagree_with_the_record(searched):

@@ -122,7 +122,7 @@ def test_search_with_a_user_space_and_export(setup, tmp_path):
             assert t.user_attrs["spec"]["space"] == ref
             assert t.user_attrs["cost"]["macs"] <= 0.2e6
     r = export_trial(out.study, cfg, pick_trial(out.study, "best"), data, tmp_path / "x")
-    assert r.max_abs_diff < 1e-4
+    assert r.max_abs_diff["pt2"] < 1e-4 and r.max_abs_diff["onnx"] < 1e-3
 
 
 @pytest.mark.parametrize("space", ["mobilenet", "shufflenet"])

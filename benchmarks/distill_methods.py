@@ -1,0 +1,124 @@
+"""Distillation on CIFAR-10: time overhead (with and without the teacher cache) and the
+accuracy of each --kd method against cross-entropy alone, at equal brief training.
+
+    python benchmarks/distill_methods.py --teacher T.pt --data imagefolder:PATH \\
+        [--epochs 2 --train-fraction 0.5 --seeds 0 1]
+
+Pairs: a same-family student (resnet8) and a cross-family one (the KD papers' MobileNetV2
+x0.5), both at most a third of the teacher's MACs. Every run of a pair trains the same student
+(same init, same batches); only the loss differs. Figures go to
+reports/benchmarks/distill_methods.md, measured in one run so that ratios compare like with
+like on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from kdnas.config import SearchConfig
+from kdnas.cost import count_macs, fmt_count
+from kdnas.distill import TeacherCache, TrainConfig, fit
+from kdnas.study import prepare
+from search_spaces import get_space
+
+PAIRS = (("same family", "resnet", "resnet8"), ("cross family", "mobilenet", "mobilenetv2_half"))
+METHODS = ("none", "logit", "fitnets", "at", "sp", "pkt")
+
+
+def train(space_name, preset, data, teacher, tcfg, seed, cache=None):
+    space = get_space(space_name)
+    spec = space.preset(preset, in_channels=data.in_channels, num_classes=data.num_classes,
+                        input_size=data.input_size)
+    torch.manual_seed(seed)
+    model = space.build(spec)
+    t0 = time.perf_counter()
+    r = fit(model, data, dataclasses.replace(tcfg, seed=seed), teacher=teacher,
+            student_taps=space.taps(spec), cache=cache)
+    return r.val_accuracy, time.perf_counter() - t0, count_macs(model, data.input_shape)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--train-fraction", type=float, default=0.5)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--out", default="reports/benchmarks/distill_methods.md")
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    cfg, teacher, data, notes = prepare(SearchConfig(teacher=args.teacher, data=args.data))
+    from kdnas.distill import evaluate
+
+    t_acc = evaluate(teacher.module, data)
+    t_macs = teacher.meta["macs"]
+    base = TrainConfig(epochs=args.epochs, train_fraction=args.train_fraction)
+    lines = []
+
+    # 1. time per trial: CE alone, feature KD without cache, with cache (write, then read)
+    timing = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = TeacherCache(tmp, "bench")
+        for label, kd, c in (("ce", "none", None), ("kd_nocache", "fitnets", None),
+                             ("kd_cache_write", "fitnets", cache),
+                             ("kd_cache_read", "fitnets", cache)):
+            _, secs, s_macs = train("resnet", "resnet8", data, teacher,
+                                    dataclasses.replace(base, kd=kd), args.seeds[0], c)
+            timing[label] = secs
+            print(label, f"{secs:.1f}s", flush=True)
+    lines += [
+        "## Time per trial (resnet8 student, feature KD = logit KD + FitNets hints)", "",
+        f"Teacher {fmt_count(t_macs)} MACs, student {fmt_count(s_macs)} MACs "
+        f"({t_macs / s_macs:.1f}x).", "",
+        "| training | seconds | ratio to cross-entropy alone |", "| --- | --- | --- |"]
+    for label, text in (("ce", "cross-entropy alone"), ("kd_nocache", "feature KD, teacher run "
+                        "every step"), ("kd_cache_write", "feature KD, first trial (writes the "
+                        "cache)"), ("kd_cache_read", "feature KD, later trials (read the cache)")):
+        lines.append(f"| {text} | {timing[label]:.1f} | {timing[label] / timing['ce']:.2f} |")
+
+    # 2. accuracy of each method, per pair
+    lines += ["", "## Validation accuracy after the same brief training", "",
+              f"Teacher validation accuracy {100 * t_acc:.2f}%. Seeds {args.seeds}; mean "
+              "(and each seed).", "",
+              "| pair | student | " + " | ".join(METHODS) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in METHODS) + " |"]
+    for pair, space_name, preset in PAIRS:
+        cells = []
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = TeacherCache(tmp, "acc")
+            for m in METHODS:
+                accs = []
+                for seed in args.seeds:
+                    c = cache if seed == args.seeds[0] else TeacherCache(tmp, f"s{seed}")
+                    acc, _, s_macs = train(space_name, preset, data, teacher,
+                                           dataclasses.replace(base, kd=m), seed, c)
+                    accs.append(acc)
+                cells.append(f"{100 * statistics.mean(accs):.1f} ("
+                             + "/".join(f"{100 * a:.1f}" for a in accs) + ")")
+                print(pair, m, cells[-1], flush=True)
+        lines.append(f"| {pair} | {preset} ({fmt_count(s_macs)} MACs) | " + " | ".join(cells)
+                     + " |")
+
+    head = ["# Distillation methods and the teacher cache on CIFAR-10", "",
+            f"`python benchmarks/distill_methods.py --teacher {args.teacher} --data {args.data} "
+            f"--epochs {args.epochs:g} --train-fraction {args.train_fraction:g} --seeds "
+            f"{' '.join(map(str, args.seeds))}`", "",
+            f"Brief recipe: {args.epochs:g} epoch(s) on {100 * args.train_fraction:.0f}% of the "
+            "training split, SGD with warm-up and cosine decay, batch 128, channels_last, "
+            f"{torch.get_num_threads()} CPU threads. Validation: {len(data.val_y)} images held "
+            "out of the training set.", ""]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(head + lines + [""]))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

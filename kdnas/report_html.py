@@ -1,0 +1,135 @@
+"""report.html: one self-contained page (images embedded, no scripts, no network) that says
+which student to ship and why."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from kdnas.cost import fmt_count
+
+CSS = """
+body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em}
+table{border-collapse:collapse;font-size:13px;width:100%}
+th,td{border-bottom:1px solid #ddd;padding:4px 6px;text-align:right;white-space:nowrap}
+th{background:#f4f4f4}td.l,th.l{text-align:left}tr.knee{background:#fff4e0}
+code{font-size:12px;background:#f4f4f4;padding:1px 3px}
+.grid{display:flex;gap:1em;flex-wrap:wrap}.grid img{max-width:540px;width:100%}
+.muted{color:#777}dl{display:grid;grid-template-columns:max-content auto;gap:2px 1em}
+dt{color:#555}dd{margin:0}
+"""
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _pct(v) -> str:
+    return "" if v is None or pd.isna(v) else f"{100 * v:.2f}%"
+
+
+def _num(v, spec=".3g") -> str:
+    return "" if v is None or pd.isna(v) else format(v, spec)
+
+
+def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg) -> Path:
+    e = html.escape
+    teacher_acc = info.get("teacher_val_accuracy")
+    knee = info.get("knee_trial")
+    workdir = "" if cfg.workdir == "runs" else f" --workdir {cfg.workdir}"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>kdnas: {e(cfg.study)}"
+             f"</title><style>{CSS}</style></head><body>",
+             f"<h1>Study {e(cfg.study)}: which student to ship</h1>"]
+    if knee is not None:
+        r = front[front.trial == knee].iloc[0]
+        parts.append(
+            f"<p><b>Knee of the front: trial {knee}</b>, {e(str(r.arch))}: "
+            f"{_pct(r.val_accuracy)} validation accuracy at {fmt_count(r.macs)} MACs "
+            f"({fmt_count(r.flops)} FLOPs), {fmt_count(r.params)} params"
+            + (f", {r.latency_ms:.3g} ms" if pd.notna(r.latency_ms) else "")
+            + f". Export it: <code>kdnas export --study {e(cfg.study)} --trial {knee}{workdir}"
+            "</code></p>")
+    else:
+        parts.append("<p>No trained student within budget yet.</p>")
+    imgs = [_img(out / "pareto.png", "accuracy versus MACs")]
+    if (out / "pareto_latency.png").exists():
+        imgs.append(_img(out / "pareto_latency.png", "accuracy versus latency"))
+    parts.append("<div class='grid'>" + "".join(imgs) + "</div>")
+    parts.append("<p class='muted'>Grey: trained but dominated. Blue: the Pareto front of "
+                 "accuracy versus MACs. Orange crosses: proposals over budget, never trained. "
+                 "Red dashes: the budget. Green dots: the teacher.</p>")
+
+    parts.append("<h2>The front</h2><table><tr><th>rank</th><th>trial</th>"
+                 "<th class='l'>architecture</th><th>val acc</th><th>gap to teacher</th>"
+                 "<th>MACs</th><th>FLOPs</th><th>params</th><th>latency p50 / p90 ms</th>"
+                 "<th class='l'>distillation</th><th>train s</th><th class='l'>export</th></tr>")
+    for rank, (_, r) in enumerate(front.sort_values("val_accuracy", ascending=False)
+                                  .iterrows(), 1):
+        gap = "" if teacher_acc is None else f"{100 * (teacher_acc - r.val_accuracy):+.2f}"
+        parts.append(
+            f"<tr class='{'knee' if r.knee else ''}'><td>{rank}</td><td>{int(r.trial)}"
+            f"{' (knee)' if r.knee else ''}</td><td class='l'>{e(str(r.arch))}</td>"
+            f"<td>{_pct(r.val_accuracy)}</td><td>{gap}</td><td>{fmt_count(r.macs)}</td>"
+            f"<td>{fmt_count(r.flops)}</td><td>{fmt_count(r.params)}</td>"
+            f"<td>{_num(r.latency_ms)} / {_num(r.latency_p90_ms)}</td>"
+            f"<td class='l'>{e(str(r.kd or ''))}</td><td>{_num(r.train_seconds, '.0f')}</td>"
+            f"<td class='l'><code>kdnas export --study {e(cfg.study)} --trial {int(r.trial)}"
+            f"{workdir}</code></td></tr>")
+    parts.append("</table>")
+
+    distilled = sorted((out / "distilled").glob("trial-*.json"))
+    if distilled:
+        parts.append("<h2>Fully distilled students</h2><table><tr><th>trial</th><th>epochs</th>"
+                     "<th>search val acc</th><th>val acc</th><th>test acc</th>"
+                     "<th class='l'>distillation</th><th class='l'>files</th></tr>")
+        for f in distilled:
+            d = json.loads(f.read_text())
+            files = ", ".join(Path(p).name for p in d.get("exports", {}).values())
+            parts.append(f"<tr><td>{d['trial']}</td><td>{d['epochs']:g}</td>"
+                         f"<td>{_pct(d.get('search_val_accuracy'))}</td>"
+                         f"<td>{_pct(d['val_accuracy'])}</td><td>{_pct(d['test_accuracy'])}</td>"
+                         f"<td class='l'>{e(d['recipe']['kd'])}</td><td class='l'>{e(files)}"
+                         "</td></tr>")
+        parts.append("</table>")
+
+    rho = info.get("macs_latency_spearman")
+    setting = df.latency_setting.dropna()
+    hv_ref = info["hypervolume_reference"]
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(info["trials_by_state"].items()))
+    facts = {
+        "budget": f"{info['budget']} = {info['budget_described']}",
+        "teacher": f"{info.get('teacher')}" + (f" ({_pct(teacher_acc)} val)"
+                                               if teacher_acc is not None else ""),
+        "data": str(info.get("data")),
+        "trials": counts,
+        "hypervolume": f"{info['hypervolume']:.4f} (accuracy from 0, MACs up to "
+                       f"{fmt_count(hv_ref['macs'])}, in units of that; 1.0 = 100% at no cost)",
+        "search time": f"{info['wall_seconds'] / 60:.1f} min wall, "
+                       f"{info['search_seconds'] / 60:.1f} min training",
+        "MACs predict latency": ("not enough measurements" if rho is None else
+                                 f"Spearman rank correlation {rho:.2f} over "
+                                 f"{int(df[['macs', 'latency_ms']].dropna().shape[0])} "
+                                 "candidates" + (f" ({setting.iloc[0]})" if len(setting)
+                                                 else "")),
+    }
+    parts.append("<h2>Study</h2><dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>"
+                                                for k, v in facts.items()) + "</dl>")
+    manifest = cfg.study_dir / "manifest.json"
+    if manifest.exists():
+        parts.append("<h2>Manifest</h2><pre>" + e(json.dumps(json.loads(manifest.read_text()),
+                                                             indent=1)) + "</pre>")
+    parts.append("<p class='muted'>MACs: multiply-accumulates at batch 1 (fvcore); FLOPs = 2 x "
+                 "MACs. Accuracy: validation split carved from the training data, after brief "
+                 "search training, for ranking; train the chosen student fully with "
+                 "<code>kdnas distill</code>. The study database opens in optuna-dashboard.</p>")
+    parts.append("</body></html>")
+    path = out / "report.html"
+    path.write_text("\n".join(parts))
+    return path
