@@ -405,6 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--workdir", default="runs", help="where study folders are (default runs)")
         q.add_argument("--storage", help="Optuna storage URL if not the study's SQLite file")
 
+    def pick_args(q):
+        g = q.add_mutually_exclusive_group()
+        g.add_argument("--trial", type=int, help="trial number (see pareto.md)")
+        g.add_argument("--pick", choices=["knee", "best"], default="knee",
+                       help="knee of the front (default) or most accurate within budget")
+
     r = sub.add_parser("report", help="write the report of a study again",
                        description="Write reports/<study>/ (trials.csv, pareto.csv/.md/.png) "
                        "from the study's storage.")
@@ -417,10 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "accuracy against the study, and write weights, spec, a torch.export "
                        "program (.pt2) and a model card.")
     study_args(e)
-    g = e.add_mutually_exclusive_group()
-    g.add_argument("--trial", type=int, help="trial number (see pareto.md)")
-    g.add_argument("--pick", choices=["knee", "best"], default="knee",
-                   help="knee of the front (default) or most accurate within budget")
+    pick_args(e)
     e.add_argument("--out", help="output folder (default exports/<study>/trial-<N>)")
     e.add_argument("--format", default="pt2,onnx", help="comma-separated: pt2 (torch.export), "
                    "onnx (checked with onnxruntime), torchscript; the state_dict and spec "
@@ -433,10 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(run the same command again to resume), then report its test accuracy "
                        "and export it.")
     study_args(f)
-    g = f.add_mutually_exclusive_group()
-    g.add_argument("--trial", type=int, help="trial number (see pareto.md)")
-    g.add_argument("--pick", choices=["knee", "best"], default="knee",
-                   help="knee of the front (default) or most accurate within budget")
+    pick_args(f)
     f.add_argument("--epochs", type=float, default=200, help="default 200")
     f.add_argument("--lr", type=float, help="peak SGD learning rate (default: the study's)")
     f.add_argument("--batch-size", type=int, help="default: the study's")
