@@ -77,7 +77,7 @@ class SearchProgress:
                 self.bar = None
             from kdnas.report import front_frame, trials_frame
 
-            front = front_frame(trials_frame(info["study"]))
+            front = front_frame(trials_frame(info["study"]), self.cfg.cost_columns[0])
             best = f"{100 * front.val_accuracy.max():.2f}%" if len(front) else "-"
             _say(f"  val acc {100 * info['accuracy']:.2f}% in {info['seconds']:.1f}s | "
                  f"front {len(front)} | best within budget {best} | "
@@ -97,7 +97,7 @@ def cmd_search(args) -> int:
         "study", "teacher", "data", "budget", "space", "trials", "seed", "epochs",
         "train_fraction", "batch_size", "lr", "kd", "val_fraction", "storage", "workdir",
         "reports", "latency_threads", "teacher_layers", "teacher_arch", "num_classes",
-        "normalize", "feature_weight")}
+        "normalize", "feature_weight", "objectives")}
     if args.no_teacher_cache:
         overrides["teacher_cache"] = False
     if args.no_latency:
@@ -190,7 +190,8 @@ def cmd_export(args) -> int:
     from kdnas.report import pick_trial
 
     study, cfg = _study_and_config(args)
-    trial = args.trial if args.trial is not None else pick_trial(study, args.pick)
+    trial = (args.trial if args.trial is not None
+             else pick_trial(study, args.pick, cfg.cost_columns[0]))
     norm = study.user_attrs.get("normalization")
     data = load_data(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
     if norm:
@@ -216,7 +217,8 @@ def cmd_distill(args) -> int:
     from kdnas.study import prepare
 
     study, cfg = _study_and_config(args)
-    trial = args.trial if args.trial is not None else pick_trial(study, args.pick)
+    trial = (args.trial if args.trial is not None
+             else pick_trial(study, args.pick, cfg.cost_columns[0]))
     cfg, teacher, data, notes = prepare(cfg)
     for note in notes:
         _say(note)
@@ -332,7 +334,7 @@ def cmd_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-def _float_list(text: str) -> tuple[str, ...]:
+def _str_list(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
@@ -386,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default per method: fitnets 1, at 5, sp 3000, pkt 30000)")
     s.add_argument("--no-teacher-cache", action="store_true", help="run the teacher in every "
                    "trial instead of computing its outputs once per study")
-    s.add_argument("--teacher-layers", type=_float_list,
+    s.add_argument("--teacher-layers", type=_str_list,
                    help="comma-separated teacher module names to tap instead of the detected "
                    "stages")
     s.add_argument("--val-fraction", type=float, help="share of the training data held out "
@@ -396,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "postgresql://… (default sqlite in the study folder)")
     s.add_argument("--workdir", default=None, help="where study folders go (default runs)")
     s.add_argument("--reports", default=None, help="where reports go (default reports)")
+    s.add_argument("--objectives", type=_str_list, help="what accuracy is traded against, "
+                   "comma-separated: macs (default), params, latency (measured here); the "
+                   "first is the report's front, e.g. --objectives latency,macs")
     s.add_argument("--latency-threads", type=int, help="threads for latency (default 1)")
     s.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     s.set_defaults(func=cmd_search)

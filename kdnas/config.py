@@ -12,6 +12,10 @@ from kdnas.distill import TrainConfig
 from kdnas.errors import KdnasError
 
 
+# cost objectives: name on the command line -> Cost field / report column
+OBJECTIVE_COLUMNS = {"macs": "macs", "params": "params", "latency": "latency_ms"}
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """Everything that defines a study. Stored with the study, so workers and reports agree."""
@@ -41,7 +45,8 @@ class SearchConfig:
     # data split: val is carved from train with this fixed seed, whatever --seed is
     val_fraction: float | None = None  # None: the teacher's (kdnas checkpoint), else 0.1
     split_seed: int = 0
-    # cost
+    # cost: what the front trades accuracy against (the first is the report's x axis)
+    objectives: tuple[str, ...] = ("macs",)
     latency: bool = True
     latency_threads: int = 1
     latency_batch: int = 1
@@ -61,6 +66,12 @@ class SearchConfig:
             raise KdnasError(f"val fraction must be between 0 and 1, got {self.val_fraction}")
         if self.latency_threads < 1 or self.latency_batch < 1:
             raise KdnasError("latency threads and batch must be at least 1")
+        bad = [o for o in self.objectives if o not in OBJECTIVE_COLUMNS]
+        if not self.objectives or bad:
+            raise KdnasError(f"objectives {list(self.objectives)}: choose one or more of "
+                             f"{', '.join(OBJECTIVE_COLUMNS)} (accuracy is always maximised)")
+        if "latency" in self.objectives and not self.latency:
+            raise KdnasError("a latency objective needs latency measured: drop --no-latency")
         self.budget_obj()  # validates the budget text
         self.train_config()  # validates the training recipe
 
@@ -74,6 +85,11 @@ class SearchConfig:
                            kd="logit" if self.kd == "auto" else self.kd,
                            temperature=self.temperature, kd_alpha=self.kd_alpha,
                            feature_weight=self.feature_weight, seed=self.seed)
+
+    @property
+    def cost_columns(self) -> list[str]:
+        """Columns of the report (and Cost fields) of the cost objectives."""
+        return [OBJECTIVE_COLUMNS[o] for o in self.objectives]
 
     @property
     def study_dir(self) -> Path:
@@ -94,6 +110,7 @@ class SearchConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["teacher_layers"] = list(self.teacher_layers)
+        d["objectives"] = list(self.objectives)
         return d
 
     @classmethod
@@ -106,6 +123,11 @@ class SearchConfig:
         if "teacher_layers" in d and d["teacher_layers"] is not None:
             layers = d["teacher_layers"]
             d["teacher_layers"] = tuple(layers.split(",") if isinstance(layers, str) else layers)
+        if isinstance(d.get("objectives"), str):
+            d["objectives"] = d["objectives"].split(",")
+        if d.get("objectives") is not None:
+            names = [o.strip() for o in d["objectives"] if o.strip() not in ("acc", "accuracy")]
+            d["objectives"] = tuple(n for n in names if n)
         return cls(**d)
 
 

@@ -54,23 +54,24 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def front_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """Trained, within-budget trials on the accuracy/MACs Pareto front, cheapest first,
-    with a ``knee`` flag."""
+def front_frame(df: pd.DataFrame, cost: str = "macs") -> pd.DataFrame:
+    """Trained, within-budget trials on the Pareto front of accuracy versus ``cost`` (a
+    column: macs, params or latency_ms), cheapest first, with a ``knee`` flag."""
     ok = df[(df.state == "trained") & df.within_budget.eq(True)].copy()
+    ok = ok[ok[cost].notna()]
     if ok.empty:
         ok["knee"] = []
         return ok
-    ok = ok[pareto_mask(ok.val_accuracy.to_numpy(), ok.macs.to_numpy())]
-    ok = ok.sort_values(["macs", "val_accuracy"], ascending=[True, False]).reset_index(drop=True)
-    k = knee_index(ok.val_accuracy.to_numpy(), ok.macs.to_numpy())
+    ok = ok[pareto_mask(ok.val_accuracy.to_numpy(), ok[cost].to_numpy())]
+    ok = ok.sort_values([cost, "val_accuracy"], ascending=[True, False]).reset_index(drop=True)
+    k = knee_index(ok.val_accuracy.to_numpy(), ok[cost].to_numpy())
     ok["knee"] = [i == k for i in range(len(ok))]
     return ok
 
 
-def pick_trial(study: optuna.Study, pick: str) -> int:
+def pick_trial(study: optuna.Study, pick: str, cost: str = "macs") -> int:
     """Trial number for ``knee`` or ``best`` (most accurate within budget)."""
-    front = front_frame(trials_frame(study))
+    front = front_frame(trials_frame(study), cost)
     if front.empty:
         from kdnas.errors import KdnasError
 
@@ -82,10 +83,12 @@ def pick_trial(study: optuna.Study, pick: str) -> int:
 
 def summary(study: optuna.Study, cfg: SearchConfig) -> dict:
     df = trials_frame(study)
-    front = front_frame(df)
+    cost = cfg.cost_columns[0]
+    front = front_frame(df, cost)
     budget = cfg.budget_obj()
-    ref_cost = budget.limit if budget.metric == "macs" else float(df.macs.max() or 1) * 1.1
-    hv = hypervolume(front.val_accuracy.to_numpy(), front.macs.to_numpy(), ref_acc=0.0,
+    ref_cost = (budget.limit if budget.metric == cost
+                else float(df[cost].max() or 1) * 1.1)
+    hv = hypervolume(front.val_accuracy.to_numpy(), front[cost].to_numpy(), ref_acc=0.0,
                      ref_cost=ref_cost) if not front.empty else 0.0
     counts = df.state.value_counts().to_dict()
     return {
@@ -98,11 +101,25 @@ def summary(study: optuna.Study, cfg: SearchConfig) -> dict:
         "front_size": len(front),
         "best_val_accuracy": None if front.empty else float(front.val_accuracy.max()),
         "knee_trial": None if front.empty else int(front.loc[front.knee.idxmax(), "trial"]),
-        "hypervolume": hv, "hypervolume_reference": {"val_accuracy": 0.0, "macs": ref_cost},
+        "front_cost": cost,
+        "hypervolume": hv, "hypervolume_reference": {"val_accuracy": 0.0, cost: ref_cost},
         "search_seconds": float(df.train_seconds.fillna(0).sum()),
         "wall_seconds": _wall_seconds(study),
         "macs_latency_spearman": macs_latency_spearman(df),
     }
+
+
+COST_NAMES = {"macs": "MACs", "params": "params", "latency_ms": "latency"}
+
+
+def hypervolume_text(info: dict) -> str:
+    """The hypervolume with its reference point, in words."""
+    cost = info["front_cost"]
+    ref = info["hypervolume_reference"][cost]
+    ref_text = f"{ref:.3g} ms" if cost == "latency_ms" else fmt_count(ref)
+    return (f"{info['hypervolume']:.4f} (area dominated in accuracy x {COST_NAMES[cost]}; "
+            f"accuracy from 0, {COST_NAMES[cost]} up to the reference {ref_text}, in units of "
+            "it; 1.0 would be 100% at no cost)")
 
 
 def _wall_seconds(study: optuna.Study) -> float:
@@ -127,7 +144,7 @@ def write_report(study: optuna.Study, cfg: SearchConfig, out_dir: Path | None = 
     out = Path(out_dir or cfg.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     df = trials_frame(study)
-    front = front_frame(df)
+    front = front_frame(df, cfg.cost_columns[0])
     df.to_csv(out / "trials.csv", index=False)
     front.to_csv(out / "pareto.csv", index=False)
     info = summary(study, cfg)
@@ -158,9 +175,7 @@ def _markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
         lines += [f"Teacher validation accuracy: {100 * t:.2f}%", ""]
     counts = ", ".join(f"{v} {k}" for k, v in sorted(info["trials_by_state"].items()))
     lines += [f"Trials: {counts}. Pareto front: {info['front_size']} students; hypervolume "
-              f"{info['hypervolume']:.4f} (area dominated in accuracy x MACs, MACs in units of the "
-              f"reference {fmt_count(info['hypervolume_reference']['macs'])}, accuracy from 0; "
-              "1.0 would be 100% at no cost).", ""]
+              f"{hypervolume_text(info)}.", ""]
     if front.empty:
         return "\n".join(lines + ["No trained student within budget yet.", ""])
     lines += ["| rank | trial | architecture | val acc | MACs | FLOPs | params | latency ms "
@@ -197,8 +212,10 @@ def _plot(df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg: SearchConfig,
                label="trained (dominated)", zorder=2)
     if not front.empty:
         shown = front.sort_values(x)
-        ax.plot(shown[x] / scale, 100 * shown.val_accuracy, "-o" if x == "macs" else "o",
-                c="#1f77b4", ms=6, label="Pareto front (accuracy vs MACs)", zorder=3)
+        ax.plot(shown[x] / scale, 100 * shown.val_accuracy,
+                "-o" if x == info["front_cost"] else "o",
+                c="#1f77b4", ms=6, zorder=3,
+                label=f"Pareto front (accuracy vs {COST_NAMES[info['front_cost']]})")
         k = front[front.knee]
         if not k.empty:
             r = k.iloc[0]

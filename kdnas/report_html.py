@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdnas.cost import fmt_count
+from kdnas.report import COST_NAMES, hypervolume_text
 
 CSS = """
 body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -63,8 +64,8 @@ def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg
         imgs.append(_img(out / "pareto_latency.png", "accuracy versus latency"))
     parts.append("<div class='grid'>" + "".join(imgs) + "</div>")
     parts.append("<p class='muted'>Grey: trained but dominated. Blue: the Pareto front of "
-                 "accuracy versus MACs. Orange crosses: proposals over budget, never trained. "
-                 "Red dashes: the budget. Green dots: the teacher.</p>")
+                 f"accuracy versus {COST_NAMES[info['front_cost']]}. Orange crosses: proposals "
+                 "over budget, never trained. Red dashes: the budget. Green dots: the teacher.</p>")
 
     parts.append("<h2>The front</h2><table><tr><th>rank</th><th>trial</th>"
                  "<th class='l'>architecture</th><th>val acc</th><th>gap to teacher</th>"
@@ -101,7 +102,6 @@ def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg
 
     rho = info.get("macs_latency_spearman")
     setting = df.latency_setting.dropna()
-    hv_ref = info["hypervolume_reference"]
     counts = ", ".join(f"{v} {k}" for k, v in sorted(info["trials_by_state"].items()))
     facts = {
         "budget": f"{info['budget']} = {info['budget_described']}",
@@ -109,8 +109,7 @@ def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg
                                                if teacher_acc is not None else ""),
         "data": str(info.get("data")),
         "trials": counts,
-        "hypervolume": f"{info['hypervolume']:.4f} (accuracy from 0, MACs up to "
-                       f"{fmt_count(hv_ref['macs'])}, in units of that; 1.0 = 100% at no cost)",
+        "hypervolume": hypervolume_text(info),
         "search time": f"{info['wall_seconds'] / 60:.1f} min wall, "
                        f"{info['search_seconds'] / 60:.1f} min training",
         "MACs predict latency": ("not enough measurements" if rho is None else

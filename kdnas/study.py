@@ -54,8 +54,9 @@ def open_study(cfg: SearchConfig, *, create: bool,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         if create:
+            directions = ["maximize"] + ["minimize"] * len(cfg.objectives)
             return optuna.create_study(storage=cfg.storage_url, study_name=cfg.study,
-                                       directions=["maximize", "minimize"], sampler=sampler,
+                                       directions=directions, sampler=sampler,
                                        load_if_exists=True)
         return optuna.load_study(study_name=cfg.study, storage=cfg.storage_url,
                                  sampler=sampler)
@@ -98,7 +99,7 @@ def stored_config(study: optuna.Study) -> SearchConfig | None:
 # settings that change what a trial means: a resumed study must keep them
 _FIXED = ("budget", "space", "epochs", "train_fraction", "batch_size", "lr", "kd",
           "temperature", "kd_alpha", "feature_weight", "val_fraction", "split_seed", "seed",
-          "teacher_layers", "normalize")
+          "teacher_layers", "normalize", "objectives")
 
 
 def _check_resume(study: optuna.Study, cfg: SearchConfig, fingerprint: dict) -> None:
@@ -308,6 +309,10 @@ def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = Non
 AUTO_METHODS = ("logit", "fitnets", "at", "sp", "pkt")
 
 
+def _costs(cfg: SearchConfig, cost: Cost) -> list[float]:
+    return [float(cost.value(c)) for c in cfg.cost_columns]
+
+
 def teacher_cache(cfg: SearchConfig, teacher, data) -> TeacherCache | None:
     """The study's cache of teacher outputs, keyed by everything that changes them."""
     if not cfg.teacher_cache or cfg.kd == "none":
@@ -341,7 +346,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
     trial.set_constraint("budget", float(excess))
     if excess > 0:  # over budget: recorded, never trained
         trial.set_user_attr("trained", False)
-        study.tell(trial, [0.0, float(cost.macs)])
+        study.tell(trial, [0.0, *_costs(cfg, cost)])
         emit("infeasible", {"trial": trial.number, "cost": cost, "spec": spec})
         return False
 
@@ -367,7 +372,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
     trial.set_user_attr("kd", tcfg.method)
     trial.set_user_attr("feature_weight", tcfg.weight)
     trial.set_user_attr("weights", str(path))
-    study.tell(trial, [result.val_accuracy, float(cost.macs)])
+    study.tell(trial, [result.val_accuracy, *_costs(cfg, cost)])
     emit("trial_end", {"trial": trial.number, "index": index, "target": cfg.trials,
                        "accuracy": result.val_accuracy, "seconds": result.seconds,
                        "cost": cost, "study": study})

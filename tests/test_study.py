@@ -145,3 +145,27 @@ def test_kd_auto_searches_the_method_and_shares_one_teacher_cache(setup):
         assert 0.1 <= t.params["kd_weight_scale"] <= 10
     caches = list((cfg.study_dir / "teacher_cache").iterdir())
     assert len(caches) == 1 and (caches[0] / "COMPLETE").exists()
+
+
+def test_latency_budget_and_objectives(setup):
+    """--budget in ms gates on measured latency before training; --objectives latency,macs
+    makes a three-objective study whose report front is accuracy versus latency."""
+    from kdnas.report import front_frame, trials_frame
+
+    cfg, teacher, data = setup
+    cfg = dataclasses.replace(cfg, budget="50ms", objectives=("latency", "macs"), latency=True,
+                              trials=2)
+    out = run_search(cfg, teacher, data)
+    assert len(out.study.directions) == 3
+    trained = [t for t in out.study.get_trials() if t.user_attrs.get("trained")]
+    for t in trained:
+        cost = t.user_attrs["cost"]
+        assert t.values[1] == pytest.approx(cost["latency_ms"]) and t.values[2] == cost["macs"]
+        assert cost["latency_ms"] <= 50 and cost["latency_setting"].startswith("cpu, 1 threads")
+    front = front_frame(trials_frame(out.study), "latency_ms")
+    assert len(front) >= 1
+
+
+def test_unknown_objective_is_refused():
+    with pytest.raises(KdnasError, match="objectives"):
+        SearchConfig(objectives=("energy",))
