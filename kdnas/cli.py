@@ -371,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 20)")
     s.add_argument("--study", help="study name (default kdnas): folder WORKDIR/NAME holds "
                    "study.db, manifest.json and trial weights")
-    s.add_argument("--space", help="student search space (default resnet)")
+    s.add_argument("--space", help="student search space: resnet (default), mobilenet, "
+                   "shufflenet, or your own as path/to/file.py:NAME (docs/spaces.md)")
     s.add_argument("--epochs", type=float, help="brief training per candidate (default 1)")
     s.add_argument("--train-fraction", type=float,
                    help="fraction of the train split used per candidate (default 1.0)")
