@@ -97,7 +97,7 @@ def cmd_search(args) -> int:
         "study", "teacher", "data", "budget", "space", "trials", "seed", "epochs",
         "train_fraction", "batch_size", "lr", "kd", "val_fraction", "storage", "workdir",
         "reports", "latency_threads", "teacher_layers", "teacher_arch", "num_classes",
-        "normalize", "feature_weight", "objectives")}
+        "normalize", "feature_weight", "objectives", "latency_batch")}
     if args.no_teacher_cache:
         overrides["teacher_cache"] = False
     if args.no_latency:
@@ -403,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "comma-separated: macs (default), params, latency (measured here); the "
                    "first is the report's front, e.g. --objectives latency,macs")
     s.add_argument("--latency-threads", type=int, help="threads for latency (default 1)")
+    s.add_argument("--latency-batch", type=int, help="batch size for latency (default 1)")
     s.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     s.set_defaults(func=cmd_search)
 

@@ -105,7 +105,7 @@ def find_stage_taps(model: nn.Module, input_shape: tuple[int, ...]) -> list[TapI
         return min(reversed(names), key=lambda n: n.count(".")) if names else None
 
     # fallback: the last module to finish at each resolution (never going back up)
-    by_stride: dict[int, TapInfo] = {}
+    by_stride: dict[int, tuple[torch.Tensor, str]] = {}  # stride -> (tensor, finishing module)
     for i, (name, out) in enumerate(outputs):
         if out.shape[-1] <= 1:
             continue
@@ -113,8 +113,7 @@ def find_stage_taps(model: nn.Module, input_shape: tuple[int, ...]) -> list[TapI
         if nxt is None or nxt.shape[-2:] != out.shape[-2:]:
             s = stride_of(out)
             if not by_stride or s >= max(by_stride):
-                earlier = [t.module for k, t in by_stride.items() if k < s]
-                by_stride[s] = TapInfo(producer(out, earlier) or name, out.shape[1], s)
+                by_stride[s] = (out, name)
 
     # stage ends marked by the outermost modules that downsample exactly once
     res_of = {n: {o.shape[-1] for m, o in outputs
@@ -136,10 +135,17 @@ def find_stage_taps(model: nn.Module, input_shape: tuple[int, ...]) -> list[TapI
         if t_in.data_ptr() == x.data_ptr():
             continue  # the model's input is no stage
         s = stride_of(t_in)
-        tap = producer(t_in, [t.module for k, t in by_stride.items() if k < s])
-        if tap is not None and s in by_stride:
-            by_stride[s] = TapInfo(tap, t_in.shape[1], s)
-    return [by_stride[s] for s in sorted(by_stride)]
+        if s in by_stride and producer(t_in) is not None:
+            by_stride[s] = (t_in, producer(t_in))
+
+    # name each tap, shallow strides first: the outermost module that output that tensor but
+    # is no ancestor of an earlier tap
+    taps: list[TapInfo] = []
+    for s in sorted(by_stride):
+        tensor, fallback = by_stride[s]
+        name = producer(tensor, [t.module for t in taps]) or fallback
+        taps.append(TapInfo(name, tensor.shape[1], s))
+    return taps
 
 
 def select_taps(model: nn.Module, taps: list[TapInfo], names: list[str],

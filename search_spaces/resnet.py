@@ -7,7 +7,8 @@ Spec::
      {"depth": 3, "width": 64}]}
 
 Stage i > 0 halves the resolution in its first block; shortcuts that change shape use a
-1x1 convolution with batch norm. ``resnet20`` (3 blocks a stage, widths 16/32/64) costs about
+1x1 convolution with batch norm. ``"block": "bottleneck"`` uses 1x1-3x3-1x1 blocks whose
+output has 4 x ``width`` channels (basic blocks when absent). ``resnet20`` (3 blocks a stage, widths 16/32/64) costs about
 41M MACs and 0.27M params at 32x32. The ``imagenet`` stem (7x7 stride-2 conv and max pool) is
 chosen for inputs of 64 px and up.
 """
@@ -21,6 +22,7 @@ from torch import nn
 
 from search_spaces import BuiltinSpace, TapInfo
 
+BLOCKS = ("basic", "bottleneck")
 DEPTHS = (1, 2, 3, 4, 5, 6, 7, 9)
 WIDTHS = (
     (6, 8, 12, 16, 24, 32, 48, 64),
@@ -66,6 +68,37 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (strided), 1x1 expand x4; the output has 4 x ``width`` channels."""
+
+    expansion = 4
+
+    def __init__(self, c_in: int, width: int, stride: int) -> None:
+        super().__init__()
+        c_out = width * self.expansion
+        self.conv1 = nn.Conv2d(c_in, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, c_out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                          nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + self.shortcut(x))
+
+
+def _out_channels(spec: dict, width: int) -> int:
+    return width * (Bottleneck.expansion if spec.get("block") == "bottleneck" else 1)
+
+
 class ResNet(nn.Module):
     def __init__(self, spec: dict) -> None:
         super().__init__()
@@ -78,13 +111,14 @@ class ResNet(nn.Module):
         else:
             self.stem = nn.Sequential(nn.Conv2d(spec["in_channels"], c, 3, 1, 1, bias=False),
                                       nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+        block = Bottleneck if spec.get("block") == "bottleneck" else BasicBlock
         stages = []
         for i, st in enumerate(spec["stages"]):
             blocks = []
             for j in range(st["depth"]):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(BasicBlock(c, st["width"], stride))
-                c = st["width"]
+                blocks.append(block(c, st["width"], stride))
+                c = _out_channels(spec, st["width"])
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -98,6 +132,8 @@ class ResNet(nn.Module):
         for m in self.modules():  # zero-init the last BN of each residual branch
             if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
+            elif isinstance(m, Bottleneck):
+                nn.init.zeros_(m.bn3.weight)
 
     def forward(self, x):
         x = self.stages(self.stem(x))
@@ -119,7 +155,7 @@ class ResNetSpace(BuiltinSpace):
         """Every parameter :meth:`sample` suggests, for joint (budget-aware) sampling."""
         from optuna.distributions import CategoricalDistribution
 
-        out = {}
+        out = {"block": CategoricalDistribution(BLOCKS)}
         for i, widths in enumerate(WIDTHS):
             out[f"depth{i}"] = CategoricalDistribution(DEPTHS)
             out[f"width{i}"] = CategoricalDistribution(widths)
@@ -127,6 +163,7 @@ class ResNetSpace(BuiltinSpace):
 
     def sample(self, trial: Any, *, in_channels: int, num_classes: int, input_size: int) -> dict:
         spec = self._base(in_channels, num_classes, input_size)
+        spec["block"] = trial.suggest_categorical("block", BLOCKS)
         stages = []
         for i, widths in enumerate(WIDTHS):
             depth = trial.suggest_categorical(f"depth{i}", DEPTHS)
@@ -141,7 +178,7 @@ class ResNetSpace(BuiltinSpace):
 
     def taps(self, spec: dict) -> list[TapInfo]:
         first = 4 if spec.get("stem", "cifar") == "imagenet" else 1
-        return [TapInfo(f"stages.{i}", st["width"], first * 2**i)
+        return [TapInfo(f"stages.{i}", _out_channels(spec, st["width"]), first * 2**i)
                 for i, st in enumerate(spec["stages"])]
 
 
@@ -150,4 +187,5 @@ def describe(spec: dict) -> str:
     d = "-".join(str(s["depth"]) for s in spec["stages"])
     w = "-".join(str(s["width"]) for s in spec["stages"])
     stem = "" if spec.get("stem", "cifar") == "cifar" else f" {spec['stem']}"
-    return f"resnet{stem} d{d} w{w}"
+    block = " bottleneck" if spec.get("block") == "bottleneck" else ""
+    return f"resnet{stem}{block} d{d} w{w}"

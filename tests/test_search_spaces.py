@@ -221,3 +221,20 @@ def test_core_path_never_imports_nni():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"
+
+
+def test_bottleneck_resnet(space):
+    spec = space.preset("resnet20", in_channels=3, num_classes=10, input_size=32)
+    spec["block"] = "bottleneck"
+    model = space.build(spec)
+    assert [t.channels for t in space.taps(spec)] == [64, 128, 256]
+    assert find_stage_taps(model, (3, 32, 32)) == space.taps(spec)
+    # 3 bottleneck blocks a stage, each 1x1 + 3x3 + 1x1; the stem is one 3x3
+    from search_spaces.resnet import Bottleneck
+
+    blocks = [m for m in model.modules() if isinstance(m, Bottleneck)]
+    threes = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)
+              and m.kernel_size == (3, 3)]
+    assert len(blocks) == 9 and len(threes) == 1 + 9
+    assert "bottleneck" in describe(spec)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
