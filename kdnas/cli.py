@@ -51,6 +51,17 @@ class SearchProgress:
             if info["trained"]:
                 _say(f"resuming study {self.cfg.study!r}: {info['trained']} of {info['target']} "
                      "candidates already trained")
+        elif kind == "reference_start":
+            c = info["cost"]
+            _say(f"reference {info['name']}: {fmt_count(c.macs)} MACs, {fmt_count(c.params)} "
+                 "params, same brief recipe")
+            self.bar = tqdm(total=None, desc="  training", unit="step", leave=False,
+                            disable=None, file=sys.stderr)
+        elif kind == "reference_end":
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+            _say(f"  val acc {100 * info['accuracy']:.2f}%")
         elif kind == "infeasible":
             c = info["cost"]
             _say(f"  trial {info['trial']}: {fmt_count(c.macs)} MACs, {fmt_count(c.params)} "
@@ -97,7 +108,7 @@ def cmd_search(args) -> int:
         "study", "teacher", "data", "budget", "space", "trials", "seed", "epochs",
         "train_fraction", "batch_size", "lr", "kd", "val_fraction", "storage", "workdir",
         "reports", "latency_threads", "teacher_layers", "teacher_arch", "num_classes",
-        "normalize", "feature_weight", "objectives", "latency_batch")}
+        "normalize", "feature_weight", "objectives", "latency_batch", "references")}
     if args.no_teacher_cache:
         overrides["teacher_cache"] = False
     if args.no_latency:
@@ -402,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--objectives", type=_str_list, help="what accuracy is traded against, "
                    "comma-separated: macs (default), params, latency (measured here); the "
                    "first is the report's front, e.g. --objectives latency,macs")
+    s.add_argument("--references", type=_str_list, help="hand-designed students to train with "
+                   "the same brief recipe and show in the report, e.g. resnet8,resnet20 or "
+                   "mobilenet:mobilenetv2_half (presets: docs/spaces.md)")
     s.add_argument("--latency-threads", type=int, help="threads for latency (default 1)")
     s.add_argument("--latency-batch", type=int, help="batch size for latency (default 1)")
     s.add_argument("--no-latency", action="store_true", help="skip latency measurement")

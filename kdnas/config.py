@@ -38,6 +38,9 @@ class SearchConfig:
     feature_weight: float | None = None  # None: the method's default
     teacher_cache: bool = True  # compute the teacher's outputs once per study
     teacher_layers: tuple[str, ...] = ()
+    # hand-designed students trained with the same brief recipe, for the report: preset names
+    # of the study's space or space:preset (e.g. resnet20, mobilenet:mobilenetv2_half)
+    references: tuple[str, ...] = ()
     teacher_arch: str | None = None  # for a state_dict: torchvision name or module:Class
     num_classes: int | None = None  # size of that architecture's head
     trust_pickle: bool = False  # allow unpickling a whole module (runs code from the file)
@@ -111,6 +114,7 @@ class SearchConfig:
         d = dataclasses.asdict(self)
         d["teacher_layers"] = list(self.teacher_layers)
         d["objectives"] = list(self.objectives)
+        d["references"] = list(self.references)
         return d
 
     @classmethod
@@ -123,6 +127,10 @@ class SearchConfig:
         if "teacher_layers" in d and d["teacher_layers"] is not None:
             layers = d["teacher_layers"]
             d["teacher_layers"] = tuple(layers.split(",") if isinstance(layers, str) else layers)
+        if isinstance(d.get("references"), str):
+            d["references"] = d["references"].split(",")
+        if d.get("references") is not None:
+            d["references"] = tuple(r.strip() for r in d["references"] if r.strip())
         if isinstance(d.get("objectives"), str):
             d["objectives"] = d["objectives"].split(",")
         if d.get("objectives") is not None:

@@ -54,6 +54,18 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def references_frame(study: optuna.Study) -> pd.DataFrame:
+    """Hand-designed students trained with the study's brief recipe (``--references``)."""
+    rows = [{"name": name, "arch": describe(r["spec"]), **{k: r["cost"].get(k) for k in
+            ("macs", "flops", "params", "latency_ms", "latency_p90_ms")},
+             "val_accuracy": r["val_accuracy"], "within_budget": r["within_budget"],
+             "train_seconds": r["train_seconds"], "kd": r["kd"]}
+            for name, r in study.user_attrs.get("references", {}).items()]
+    return pd.DataFrame(rows, columns=["name", "arch", "macs", "flops", "params", "latency_ms",
+                                       "latency_p90_ms", "val_accuracy", "within_budget",
+                                       "train_seconds", "kd"])
+
+
 def front_frame(df: pd.DataFrame, cost: str = "macs") -> pd.DataFrame:
     """Trained, within-budget trials on the Pareto front of accuracy versus ``cost`` (a
     column: macs, params or latency_ms), cheapest first, with a ``knee`` flag."""
@@ -150,15 +162,17 @@ def write_report(study: optuna.Study, cfg: SearchConfig, out_dir: Path | None = 
     info = summary(study, cfg)
     (out / "summary.json").write_text(json.dumps(info, indent=2))
     (out / "pareto.md").write_text(_markdown(front, info, cfg))
+    refs = references_frame(study)
     (out / "report.json").write_text(json.dumps({
         "summary": info, "pareto": json.loads(front.to_json(orient="records")),
-        "trials": json.loads(df.to_json(orient="records"))}, indent=1))
-    _plot(df, front, info, cfg, out / "pareto.png")
+        "trials": json.loads(df.to_json(orient="records")),
+        "references": json.loads(refs.to_json(orient="records"))}, indent=1))
+    _plot(df, front, info, cfg, out / "pareto.png", refs=refs)
     if df.latency_ms.notna().any():
-        _plot(df, front, info, cfg, out / "pareto_latency.png", x="latency_ms")
+        _plot(df, front, info, cfg, out / "pareto_latency.png", x="latency_ms", refs=refs)
     from kdnas.report_html import write_html
 
-    write_html(out, df, front, info, cfg)
+    write_html(out, df, front, info, cfg, refs)
     return out
 
 
@@ -196,7 +210,7 @@ def _markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
 
 
 def _plot(df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg: SearchConfig,
-          path: Path, x: str = "macs") -> None:
+          path: Path, x: str = "macs", refs: pd.DataFrame | None = None) -> None:
     """Accuracy against MACs (or latency): dominated points grey, the front in blue, the knee
     circled, candidates over budget marked, the budget and the teacher drawn."""
     import matplotlib
@@ -226,6 +240,12 @@ def _plot(df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg: SearchConfig,
         lo = 100 * float(trained.val_accuracy.min()) if len(trained) else 0.0
         ax.scatter(infeasible[x] / scale, np.full(len(infeasible), lo), marker="x",
                    c="#ff7f0e", s=24, label="over budget (not trained)", zorder=2)
+    if refs is not None and not refs.empty and refs[x].notna().all():
+        ax.scatter(refs[x] / scale, 100 * refs.val_accuracy, marker="D", c="black", s=30,
+                   zorder=4, label="hand-designed, same recipe")
+        for _, r in refs.iterrows():
+            ax.annotate(r["name"], (r[x] / scale, 100 * r.val_accuracy), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")
     budget = cfg.budget_obj()
     if budget.metric == x:
         ax.axvline(budget.limit / scale, ls="--", c="#d62728", lw=1,

@@ -40,7 +40,8 @@ def _num(v, spec=".3g") -> str:
     return "" if v is None or pd.isna(v) else format(v, spec)
 
 
-def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg) -> Path:
+def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg,
+               refs: pd.DataFrame | None = None) -> Path:
     e = html.escape
     teacher_acc = info.get("teacher_val_accuracy")
     knee = info.get("knee_trial")
@@ -84,6 +85,18 @@ def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg
             f"<td class='l'><code>kdnas export --study {e(cfg.study)} --trial {int(r.trial)}"
             f"{workdir}</code></td></tr>")
     parts.append("</table>")
+
+    if refs is not None and not refs.empty:
+        parts.append("<h2>Hand-designed students, same brief recipe</h2><table><tr>"
+                     "<th class='l'>name</th><th class='l'>architecture</th><th>val acc</th>"
+                     "<th>MACs</th><th>params</th><th>latency ms</th><th>within budget</th>"
+                     "</tr>")
+        for _, r in refs.iterrows():
+            parts.append(f"<tr><td class='l'>{e(r['name'])}</td><td class='l'>{e(r.arch)}</td>"
+                         f"<td>{_pct(r.val_accuracy)}</td><td>{fmt_count(r.macs)}</td>"
+                         f"<td>{fmt_count(r.params)}</td><td>{_num(r.latency_ms)}</td>"
+                         f"<td>{'yes' if r.within_budget else 'no'}</td></tr>")
+        parts.append("</table>")
 
     distilled = sorted((out / "distilled").glob("trial-*.json"))
     if distilled:

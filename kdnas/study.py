@@ -272,6 +272,7 @@ def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = Non
     if stale:
         log.info("marked %d interrupted trial(s) of a dead process as failed", stale)
 
+    train_references(study, cfg, teacher, data, emit)
     done = trained_count(study)
     emit("study_start", {"trained": done, "target": cfg.trials, "stale": stale})
     proposals = infeasible = failures = 0
@@ -322,6 +323,39 @@ def teacher_cache(cfg: SearchConfig, teacher, data) -> TeacherCache | None:
                       [t.module for t in teacher.taps]])
     return TeacherCache(cfg.study_dir / "teacher_cache",
                         hashlib.sha1(key.encode()).hexdigest()[:16])
+
+
+def train_references(study: optuna.Study, cfg: SearchConfig, teacher, data,
+                     emit: Event) -> None:
+    """Train the hand-designed students named in ``cfg.references`` once, with the study's
+    brief recipe, and keep their results in the study (they are not search trials)."""
+    done = dict(study.user_attrs.get("references", {}))
+    for ref in cfg.references:
+        if ref in done:
+            continue
+        space_name, _, preset = ref.rpartition(":")
+        space = get_space(space_name or cfg.space)
+        if not hasattr(space, "preset"):
+            raise KdnasError(f"reference {ref!r}: space {space.name!r} has no presets")
+        spec = space.preset(preset, in_channels=data.in_channels, num_classes=data.num_classes,
+                            input_size=data.input_size)
+        torch.manual_seed(cfg.seed)
+        model = space.build(spec)
+        cost = measure_cost(model, data.input_shape, latency=cfg.latency,
+                            latency_threads=cfg.latency_threads,
+                            latency_batch=cfg.latency_batch)
+        tcfg = cfg.train_config()
+        emit("reference_start", {"name": ref, "cost": cost, "spec": spec})
+        result = fit(model, data, tcfg, teacher=teacher,
+                     student_taps=space.taps(spec) or find_stage_taps(model, data.input_shape),
+                     cache=teacher_cache(cfg, teacher, data),
+                     progress=lambda s, n, loss: emit("step", {"step": s, "total": n,
+                                                               "loss": loss}))
+        done[ref] = {"spec": spec, "cost": cost.to_dict(), "val_accuracy": result.val_accuracy,
+                     "train_seconds": result.seconds, "kd": tcfg.method,
+                     "within_budget": cfg.budget_obj().fits(cost)}
+        study.set_user_attr("references", done)
+        emit("reference_end", {"name": ref, "accuracy": result.val_accuracy, "cost": cost})
 
 
 def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teacher, data, *,

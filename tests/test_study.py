@@ -169,3 +169,21 @@ def test_latency_budget_and_objectives(setup):
 def test_unknown_objective_is_refused():
     with pytest.raises(KdnasError, match="objectives"):
         SearchConfig(objectives=("energy",))
+
+
+def test_references_are_trained_once_and_reported(setup):
+    from kdnas.report import references_frame, trials_frame, write_report
+
+    cfg, teacher, data = setup
+    cfg = dataclasses.replace(cfg, trials=1, references=("resnet8", "mobilenet:mobilenetv2_half"))
+    out = run_search(cfg, teacher, data)
+    refs = references_frame(out.study)
+    assert list(refs.name) == ["resnet8", "mobilenet:mobilenetv2_half"]
+    assert (refs.val_accuracy > 0).all() and refs.macs.notna().all()
+    assert trained_count(out.study) == 1  # references are not search trials
+    assert len(trials_frame(out.study)) == len(out.study.get_trials())
+    before = out.study.user_attrs["references"]
+    again = run_search(dataclasses.replace(cfg, trials=1), teacher, data)
+    assert again.study.user_attrs["references"] == before  # not retrained
+    page = (write_report(again.study, cfg) / "report.html").read_text()
+    assert "Hand-designed students" in page and "mobilenetv2_half" in page
