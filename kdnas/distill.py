@@ -337,10 +337,12 @@ class TeacherCache:
     def complete(self) -> bool:
         return (self.dir / "COMPLETE").exists()
 
-    def get(self, step: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def get(self, step: int, *, features: bool = True
+            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and (if asked) stage features of one step, as float32."""
         d = torch.load(self.dir / f"{step:06d}.pt", mmap=True, weights_only=True)
         self.hits += 1
-        return d["logits"].float(), [f.float() for f in d["feats"]]
+        return d["logits"].float(), [f.float() for f in d["feats"]] if features else []
 
     def begin(self) -> None:
         self._tmp = self.dir.with_name(f"{self.dir.name}.tmp-{os.getpid()}")
@@ -449,8 +451,7 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
                 loss = F.cross_entropy(logits, y)
                 if kd_on:
                     if reading:
-                        t_logits, t_feats = cache.get(step)
-                        t_feats = [f.contiguous(memory_format=fmt) for f in t_feats]
+                        t_logits, t_feats = cache.get(step, features=extra is not None)
                     else:
                         with torch.no_grad():
                             t_logits = teacher.module(x)
@@ -458,7 +459,7 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
                         if writing:  # train on what later trials will read: fp16 values
                             cache.put(step, t_logits, t_feats)
                             t_logits = t_logits.half().float()
-                            t_feats = [f.half().float() for f in t_feats]
+                            t_feats = [f.half().float().contiguous() for f in t_feats]
                     loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd_loss(logits, t_logits)
                     if extra is not None:
                         loss = loss + cfg.weight * extra(s_taps.features(), t_feats)
