@@ -340,7 +340,8 @@ def cmd_demo(args) -> int:
                  "--out", str(Path("exports") / args.study / "knee")])
     if code == 0:
         _say(f"\ndemo done: study in {args.workdir}/{args.study}/, report in "
-             f"{args.reports}/{args.study}/, exported knee student in exports/{args.study}/knee/")
+             f"{args.reports}/{args.study}/report.html, exported knee student in "
+             f"exports/{args.study}/knee/ (student.onnx, student.pt2, MODEL_CARD.md)")
     return code
 
 
