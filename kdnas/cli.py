@@ -159,7 +159,8 @@ def _print_summary(study, cfg, out: Path, seconds: float) -> None:
 
     s = summary(study, cfg)
     states = ", ".join(f"{v} {k}" for k, v in sorted(s["trials_by_state"].items()))
-    _say(f"\nstudy {cfg.study}: {states}; front of {s['front_size']} students"
+    n = s["front_size"]
+    _say(f"\nstudy {cfg.study}: {states}; front of {n} student{'' if n == 1 else 's'}"
          + (f", best val acc {100 * s['best_val_accuracy']:.2f}%, knee trial {s['knee_trial']}"
             if s["front_size"] else "") + f" ({seconds / 60:.1f} min)")
     _say(f"report: {out}/pareto.md, pareto.png, pareto.csv, trials.csv")

@@ -64,10 +64,16 @@ def open_study(cfg: SearchConfig, *, create: bool,
         raise KdnasError(f"storage {cfg.storage_url} holds no study named {cfg.study!r}") from None
 
 
-def make_sampler(cfg: SearchConfig, data) -> optuna.samplers.BaseSampler:
-    """Seeded multi-objective TPE; budget-aware when the space declares its distributions."""
+def make_sampler(cfg: SearchConfig, data, *, resumed_at: int = 0
+                 ) -> optuna.samplers.BaseSampler:
+    """Seeded multi-objective TPE; budget-aware when the space declares its distributions.
+
+    ``resumed_at`` (trials already in the study) shifts the seed, so that a resumed run draws
+    new candidates instead of replaying the first run's, and a fresh run stays reproducible.
+    """
+    seed = cfg.seed + 7919 * resumed_at
     n_startup = min(10, max(3, cfg.trials // 3))
-    tpe = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True,
+    tpe = optuna.samplers.TPESampler(seed=seed, multivariate=True,
                                      n_startup_trials=n_startup)
     space = get_space(cfg.space)
     if not hasattr(space, "distributions"):
@@ -88,7 +94,7 @@ def make_sampler(cfg: SearchConfig, data) -> optuna.samplers.BaseSampler:
         return cache[key]
 
     return FeasibleSampler(tpe, space.distributions(), fits, n_startup_trials=n_startup,
-                           seed=cfg.seed)
+                           seed=seed)
 
 
 def stored_config(study: optuna.Study) -> SearchConfig | None:
@@ -258,7 +264,8 @@ def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = Non
                          f"costs {shown}: raise --budget to at least that")
 
     info = manifest(cfg, teacher, data)
-    study = open_study(cfg, create=True, sampler=make_sampler(cfg, data))
+    study = open_study(cfg, create=True)
+    study.sampler = make_sampler(cfg, data, resumed_at=len(study.get_trials(deepcopy=False)))
     fingerprint = {"teacher_digest": teacher.digest, "data_digest": data.digest()}
     _check_resume(study, cfg, fingerprint)
     if stored_config(study) is None:

@@ -29,7 +29,7 @@ def test_no_candidate_over_budget_is_ever_trained(setup, monkeypatch):
     cfg, teacher, data = setup
     cfg = dataclasses.replace(cfg, budget="2MFLOPs", trials=2, max_proposals=200)
     monkeypatch.setattr(study_mod, "make_sampler",
-                        lambda cfg, data: optuna.samplers.RandomSampler(seed=0))
+                        lambda cfg, data, **_: optuna.samplers.RandomSampler(seed=0))
     trained_macs = []
     real_fit = study_mod.fit
 
@@ -187,3 +187,12 @@ def test_references_are_trained_once_and_reported(setup):
     assert again.study.user_attrs["references"] == before  # not retrained
     page = (write_report(again.study, cfg) / "report.html").read_text()
     assert "Hand-designed students" in page and "mobilenetv2_half" in page
+
+
+def test_a_resumed_search_draws_new_candidates(setup):
+    cfg, teacher, data = setup
+    first = run_search(dataclasses.replace(cfg, trials=1), teacher, data)
+    spec0 = first.study.get_trials()[0].user_attrs["spec"]
+    again = run_search(dataclasses.replace(cfg, trials=2), teacher, data)
+    specs = [t.user_attrs["spec"] for t in again.study.get_trials()]
+    assert specs[0] == spec0 and specs[1] != spec0
