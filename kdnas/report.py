@@ -195,6 +195,7 @@ def _markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
     lines += ["| rank | trial | architecture | val acc | MACs | FLOPs | params | latency ms "
               "(p50/p90) | train s | export |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    workdir = "" if cfg.workdir == "runs" else f" --workdir {cfg.workdir}"
     order = front.sort_values("val_accuracy", ascending=False)
     for rank, (_, r) in enumerate(order.iterrows(), 1):
         knee = " (knee)" if r.knee else ""
@@ -202,7 +203,7 @@ def _markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
             f"| {rank} | {int(r.trial)}{knee} | {r.arch} | {100 * r.val_accuracy:.2f}% | "
             f"{fmt_count(r.macs)} | {fmt_count(r.flops)} | {fmt_count(r.params)} | "
             f"{_fmt(r.latency_ms)}/{_fmt(r.latency_p90_ms)} | {_fmt(r.train_seconds, '.0f')} | "
-            f"`kdnas export --study {cfg.study} --trial {int(r.trial)}` |")
+            f"`kdnas export --study {cfg.study} --trial {int(r.trial)}{workdir}` |")
     setting = front.latency_setting.dropna()
     if len(setting):
         lines += ["", f"Latency measured on this machine: {setting.iloc[0]}."]
