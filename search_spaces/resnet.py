@@ -1,4 +1,4 @@
-"""ResNet family with basic blocks (He et al. 2016), CIFAR-style by default.
+"""ResNet family with basic or bottleneck blocks (He et al. 2016), CIFAR-style by default.
 
 Spec::
 
@@ -8,9 +8,9 @@ Spec::
 
 Stage i > 0 halves the resolution in its first block; shortcuts that change shape use a
 1x1 convolution with batch norm. ``"block": "bottleneck"`` uses 1x1-3x3-1x1 blocks whose
-output has 4 x ``width`` channels (basic blocks when absent). ``resnet20`` (3 blocks a stage, widths 16/32/64) costs about
-41M MACs and 0.27M params at 32x32. The ``imagenet`` stem (7x7 stride-2 conv and max pool) is
-chosen for inputs of 64 px and up.
+output has 4 x ``width`` channels (basic blocks when absent). ``resnet20`` (3 basic blocks a
+stage, widths 16/32/64) costs about 41M MACs and 0.27M params at 32x32. The ``imagenet`` stem
+(7x7 stride-2 conv and max pool) is chosen for inputs of 64 px and up.
 """
 
 from __future__ import annotations
@@ -49,6 +49,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:
+    """Identity, or a strided 1x1 conv + BN where the shape changes."""
+    if stride == 1 and c_in == c_out:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+
 class BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
@@ -57,10 +64,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
-                                          nn.BatchNorm2d(c_out))
+        self.shortcut = _shortcut(c_in, c_out, stride)
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
@@ -83,10 +87,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(width, c_out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(c_out)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
-                                          nn.BatchNorm2d(c_out))
+        self.shortcut = _shortcut(c_in, c_out, stride)
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
