@@ -163,7 +163,8 @@ def _print_summary(study, cfg, out: Path, seconds: float) -> None:
     _say(f"\nstudy {cfg.study}: {states}; front of {n} student{'' if n == 1 else 's'}"
          + (f", best val acc {100 * s['best_val_accuracy']:.2f}%, knee trial {s['knee_trial']}"
             if s["front_size"] else "") + f" ({seconds / 60:.1f} min)")
-    _say(f"report: {out}/pareto.md, pareto.png, pareto.csv, trials.csv")
+    _say(f"report: {out}/report.html (and pareto.md, pareto.png, pareto.csv, trials.csv, "
+         "report.json)")
     if s["front_size"]:
         _say(f"export the knee: kdnas export --study {cfg.study} --pick knee"
              + ("" if cfg.workdir == "runs" else f" --workdir {cfg.workdir}"))
