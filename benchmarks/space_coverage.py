@@ -70,12 +70,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--proposals", type=int, default=40)
     ap.add_argument("--out", default="reports/benchmarks/space_coverage.md")
+    ap.add_argument("--spaces", nargs="+", default=list(SPACES))
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
     rows = []
-    for space in SPACES:
+    for space in args.spaces:
         smallest = count_macs(get_space(space).build(get_space(space).smallest(
             in_channels=3, num_classes=10, input_size=32)), (3, 32, 32))
         for budget in BUDGETS:
@@ -94,7 +95,8 @@ def main() -> None:
     text = "\n".join([
         "# Search-space coverage: feasible proposals per budget",
         "",
-        f"`python benchmarks/space_coverage.py --proposals {args.proposals}`, 32x32x3 input, "
+        f"`python benchmarks/space_coverage.py --proposals {args.proposals} --spaces "
+        f"{' '.join(args.spaces)}`, 32x32x3 input, "
         "10 classes, seed 0. Stand-in objective: maximise log(params), minimise MACs, with the "
         "budget as an Optuna constraint (no training). MACs counted by fvcore at batch 1.",
         "",
