@@ -187,6 +187,15 @@ def _study_and_config(args):
     return study, cfg
 
 
+def _picked_trial(args, study, cfg) -> int:
+    """--trial N, or the trial --pick names on the study's front."""
+    from kdnas.report import pick_trial
+
+    if args.trial is not None:
+        return args.trial
+    return pick_trial(study, args.pick, cfg.cost_columns[0])
+
+
 def cmd_report(args) -> int:
     from kdnas.report import write_report
 
@@ -200,18 +209,15 @@ def cmd_export(args) -> int:
     from kdnas.cost import fmt_count
     from kdnas.data import load_data
     from kdnas.export import export_trial
-    from kdnas.report import pick_trial
 
     study, cfg = _study_and_config(args)
-    trial = (args.trial if args.trial is not None
-             else pick_trial(study, args.pick, cfg.cost_columns[0]))
+    trial = _picked_trial(args, study, cfg)
     norm = study.user_attrs.get("normalization")
     data = load_data(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
     if norm:
         data = data.with_normalization(norm["mean"], norm["std"])
     out = Path(args.out) if args.out else Path("exports") / cfg.study / f"trial-{trial}"
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    r = export_trial(study, cfg, trial, data, out, formats=formats)
+    r = export_trial(study, cfg, trial, data, out, formats=args.format)
     _say(f"exported trial {r.trial}: {fmt_count(r.macs)} MACs ({fmt_count(2 * r.macs)} FLOPs), "
          f"{fmt_count(r.params)} params (re-counted, match the study)")
     _say(f"validation accuracy re-measured {100 * r.val_accuracy:.2f}% "
@@ -226,12 +232,11 @@ def cmd_export(args) -> int:
 
 def cmd_distill(args) -> int:
     from kdnas.final import distill_trial
-    from kdnas.report import pick_trial, write_report
+    from kdnas.report import write_report
     from kdnas.study import prepare
 
     study, cfg = _study_and_config(args)
-    trial = (args.trial if args.trial is not None
-             else pick_trial(study, args.pick, cfg.cost_columns[0]))
+    trial = _picked_trial(args, study, cfg)
     cfg, teacher, data, notes = prepare(cfg)
     for note in notes:
         _say(note)
@@ -239,10 +244,10 @@ def cmd_distill(args) -> int:
     _say(f"distilling trial {trial} of study {cfg.study} for {args.epochs:g} epochs on the full "
          f"train split ({len(data.train_y)} images); checkpoint every epoch in "
          f"{cfg.study_dir / 'distill' / f'trial-{trial}'}: run the same command to resume")
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     info = distill_trial(study, cfg, trial, teacher, data, epochs=args.epochs, out_dir=out,
                          lr=args.lr, batch_size=args.batch_size, schedule=args.schedule,
-                         formats=formats, progress=_train_progress(f"distilling trial {trial}"))
+                         formats=args.format,
+                         progress=_train_progress(f"distilling trial {trial}"))
     write_report(study, cfg)
     _say(f"trial {trial}: validation accuracy {100 * info['val_accuracy']:.2f}% (search: "
          f"{100 * (info['search_val_accuracy'] or 0):.2f}%), test accuracy "
@@ -449,9 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     study_args(e)
     pick_args(e)
     e.add_argument("--out", help="output folder (default exports/<study>/trial-<N>)")
-    e.add_argument("--format", default="pt2,onnx", help="comma-separated: pt2 (torch.export), "
-                   "onnx (checked with onnxruntime), torchscript; the state_dict and spec "
-                   "are always written (default pt2,onnx)")
+    e.add_argument("--format", type=_str_list, default=("pt2", "onnx"),
+                   help="comma-separated: pt2 (torch.export), onnx (checked with "
+                   "onnxruntime), torchscript; the state_dict and spec are always written "
+                   "(default pt2,onnx)")
     e.set_defaults(func=cmd_export)
 
     f = sub.add_parser("distill", help="train a chosen student fully, then export it",
@@ -467,7 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--schedule", choices=["cosine", "step"], default="cosine",
                    help="learning rate: cosine decay (default) or x0.1 at 50%% and 75%%")
     f.add_argument("--out", help="output folder (default exports/<study>/trial-<N>-distilled)")
-    f.add_argument("--format", default="pt2,onnx", help="as for export (default pt2,onnx)")
+    f.add_argument("--format", type=_str_list, default=("pt2", "onnx"),
+                   help="as for export (default pt2,onnx)")
     f.set_defaults(func=cmd_distill)
 
     t = sub.add_parser("teacher", help="teacher tools")

@@ -391,13 +391,19 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
 
     ``teacher`` is a :class:`kdnas.teacher.Teacher` or None (cross-entropy alone). The loss
     is ``(1-a) CE + a T^2 KL`` (Hinton KD) plus ``w * feature loss`` for the feature methods
-    (FitNets hints, AT, SP, PKT) when both nets have stage taps; ``kd="none"`` is CE alone.
+    (FitNets hints, AT, SP, PKT) when both nets have stage taps (the student's are detected
+    when ``student_taps`` is empty); ``kd="none"`` is CE alone.
     With a ``cache``, the teacher's outputs are read from it (or written to it on first use).
     With a ``checkpoint`` path, the state is saved at the end of every epoch and a run that
     finds one resumes after its epoch, ending exactly where an uninterrupted run would.
     """
     torch.manual_seed(cfg.seed)
     kd_on = teacher is not None and cfg.method != "none"
+    if kd_on and cfg.method in FEATURE_METHODS and teacher.taps and not student_taps:
+        # a space that states no taps: find the student's stage outputs as for teachers
+        from kdnas.teacher import find_stage_taps
+
+        student_taps = find_stage_taps(student, data.input_shape)
     feats_on = (kd_on and cfg.method in FEATURE_METHODS and bool(student_taps)
                 and bool(teacher.taps))
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format

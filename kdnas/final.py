@@ -21,7 +21,6 @@ from kdnas.config import SearchConfig
 from kdnas.distill import TrainConfig, evaluate, fit
 from kdnas.errors import KdnasError
 from kdnas.export import write_exports
-from kdnas.teacher import find_stage_taps
 from search_spaces import get_space
 
 log = logging.getLogger(__name__)
@@ -47,9 +46,8 @@ def distill_trial(study: optuna.Study, cfg: SearchConfig, trial_number: int, tea
                        feature_weight=rec.get("feature_weight"), schedule=schedule, seed=seed)
     torch.manual_seed(seed)
     model = space.build(spec)
-    taps = space.taps(spec) or find_stage_taps(model, data.input_shape)
     work = cfg.study_dir / "distill" / f"trial-{trial_number}"
-    result = fit(model, data, tcfg, teacher=teacher, student_taps=taps,
+    result = fit(model, data, tcfg, teacher=teacher, student_taps=space.taps(spec),
                  checkpoint=work / "checkpoint.pt", progress=progress)
     test_acc = evaluate(model, data, "test")
     info = {"study": cfg.study, "trial": trial_number, "epochs": epochs,

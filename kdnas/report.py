@@ -176,8 +176,9 @@ def write_report(study: optuna.Study, cfg: SearchConfig, out_dir: Path | None = 
     return out
 
 
-def _fmt(v, spec: str = ".3g") -> str:
-    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
+def fmt_value(v, spec: str = ".3g") -> str:
+    """A number for a table cell; empty when missing (None or NaN)."""
+    return "" if v is None or pd.isna(v) else format(v, spec)
 
 
 def _markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
@@ -202,7 +203,8 @@ def _markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
         lines.append(
             f"| {rank} | {int(r.trial)}{knee} | {r.arch} | {100 * r.val_accuracy:.2f}% | "
             f"{fmt_count(r.macs)} | {fmt_count(r.flops)} | {fmt_count(r.params)} | "
-            f"{_fmt(r.latency_ms)}/{_fmt(r.latency_p90_ms)} | {_fmt(r.train_seconds, '.0f')} | "
+            f"{fmt_value(r.latency_ms)}/{fmt_value(r.latency_p90_ms)} | "
+            f"{fmt_value(r.train_seconds, '.0f')} | "
             f"`kdnas export --study {cfg.study} --trial {int(r.trial)}{workdir}` |")
     setting = front.latency_setting.dropna()
     if len(setting):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdnas.cost import fmt_count
-from kdnas.report import COST_NAMES, hypervolume_text
+from kdnas.report import COST_NAMES, fmt_value, hypervolume_text
 
 CSS = """
 body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -34,10 +34,6 @@ def _img(path: Path, alt: str) -> str:
 
 def _pct(v) -> str:
     return "" if v is None or pd.isna(v) else f"{100 * v:.2f}%"
-
-
-def _num(v, spec=".3g") -> str:
-    return "" if v is None or pd.isna(v) else format(v, spec)
 
 
 def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg,
@@ -80,8 +76,9 @@ def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg
             f"{' (knee)' if r.knee else ''}</td><td class='l'>{e(str(r.arch))}</td>"
             f"<td>{_pct(r.val_accuracy)}</td><td>{gap}</td><td>{fmt_count(r.macs)}</td>"
             f"<td>{fmt_count(r.flops)}</td><td>{fmt_count(r.params)}</td>"
-            f"<td>{_num(r.latency_ms)} / {_num(r.latency_p90_ms)}</td>"
-            f"<td class='l'>{e(str(r.kd or ''))}</td><td>{_num(r.train_seconds, '.0f')}</td>"
+            f"<td>{fmt_value(r.latency_ms)} / {fmt_value(r.latency_p90_ms)}</td>"
+            f"<td class='l'>{e(str(r.kd or ''))}</td>"
+            f"<td>{fmt_value(r.train_seconds, '.0f')}</td>"
             f"<td class='l'><code>kdnas export --study {e(cfg.study)} --trial {int(r.trial)}"
             f"{workdir}</code></td></tr>")
     parts.append("</table>")
@@ -94,7 +91,7 @@ def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg
         for _, r in refs.iterrows():
             parts.append(f"<tr><td class='l'>{e(r['name'])}</td><td class='l'>{e(r.arch)}</td>"
                          f"<td>{_pct(r.val_accuracy)}</td><td>{fmt_count(r.macs)}</td>"
-                         f"<td>{fmt_count(r.params)}</td><td>{_num(r.latency_ms)}</td>"
+                         f"<td>{fmt_count(r.params)}</td><td>{fmt_value(r.latency_ms)}</td>"
                          f"<td>{'yes' if r.within_budget else 'no'}</td></tr>")
         parts.append("</table>")
 

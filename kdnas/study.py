@@ -30,7 +30,6 @@ from kdnas.cost import Cost, fmt_count, measure_cost
 from kdnas.distill import FEATURE_WEIGHTS, TeacherCache, fit
 from kdnas.errors import KdnasError
 from kdnas.sampler import FeasibleSampler
-from kdnas.teacher import find_stage_taps
 from search_spaces import get_space, spec_id
 
 log = logging.getLogger(__name__)
@@ -64,6 +63,12 @@ def open_study(cfg: SearchConfig, *, create: bool,
         raise KdnasError(f"storage {cfg.storage_url} holds no study named {cfg.study!r}") from None
 
 
+def _measure(cfg: SearchConfig, model, data, *, latency: bool) -> Cost:
+    """A candidate's cost at the study's latency setting (latency only when asked)."""
+    return measure_cost(model, data.input_shape, latency=latency,
+                        latency_threads=cfg.latency_threads, latency_batch=cfg.latency_batch)
+
+
 def make_sampler(cfg: SearchConfig, data, *, resumed_at: int = 0
                  ) -> optuna.samplers.BaseSampler:
     """Seeded multi-objective TPE; budget-aware when the space declares its distributions.
@@ -86,10 +91,7 @@ def make_sampler(cfg: SearchConfig, data, *, resumed_at: int = 0
                             num_classes=data.num_classes, input_size=data.input_size)
         key = spec_id(spec)
         if key not in cache:
-            cost = measure_cost(space.build(spec), data.input_shape,
-                                latency=budget.metric == "latency_ms",
-                                latency_threads=cfg.latency_threads,
-                                latency_batch=cfg.latency_batch)
+            cost = _measure(cfg, space.build(spec), data, latency=budget.metric == "latency_ms")
             cache[key] = budget.fits(cost)
         return cache[key]
 
@@ -191,9 +193,7 @@ def smallest_cost(cfg: SearchConfig, data) -> tuple[dict, Cost] | None:
     if spec is None:
         return None
     model = space.build(spec)
-    cost = measure_cost(model, data.input_shape, latency=cfg.budget_obj().metric == "latency_ms",
-                        latency_threads=cfg.latency_threads, latency_batch=cfg.latency_batch)
-    return spec, cost
+    return spec, _measure(cfg, model, data, latency=cfg.budget_obj().metric == "latency_ms")
 
 
 def prepare(cfg: SearchConfig) -> tuple[SearchConfig, object, object, list[str]]:
@@ -348,13 +348,11 @@ def train_references(study: optuna.Study, cfg: SearchConfig, teacher, data,
                             input_size=data.input_size)
         torch.manual_seed(cfg.seed)
         model = space.build(spec)
-        cost = measure_cost(model, data.input_shape, latency=cfg.latency,
-                            latency_threads=cfg.latency_threads,
-                            latency_batch=cfg.latency_batch)
+        cost = _measure(cfg, model, data, latency=cfg.latency)
         tcfg = cfg.train_config()
         emit("reference_start", {"name": ref, "cost": cost, "spec": spec})
         result = fit(model, data, tcfg, teacher=teacher,
-                     student_taps=space.taps(spec) or find_stage_taps(model, data.input_shape),
+                     student_taps=space.taps(spec),
                      cache=teacher_cache(cfg, teacher, data),
                      progress=lambda s, n, loss: emit("step", {"step": s, "total": n,
                                                                "loss": loss}))
@@ -377,9 +375,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
                         input_size=data.input_size)
     torch.manual_seed(cfg.seed * 100003 + trial.number)
     model = space.build(spec)
-    cost = measure_cost(model, data.input_shape,
-                        latency=cfg.latency or budget.metric == "latency_ms",
-                        latency_threads=cfg.latency_threads, latency_batch=cfg.latency_batch)
+    cost = _measure(cfg, model, data, latency=cfg.latency or budget.metric == "latency_ms")
     excess = budget.excess(cost)
     trial.set_user_attr("spec", spec)
     trial.set_user_attr("spec_id", spec_id(spec))
@@ -398,8 +394,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
                                    feature_weight=FEATURE_WEIGHTS.get(method, 0.0) * scale)
     emit("trial_start", {"trial": trial.number, "index": index, "target": cfg.trials,
                          "cost": cost, "spec": spec, "kd": tcfg.method})
-    taps = space.taps(spec) or find_stage_taps(model, data.input_shape)
-    result = fit(model, data, tcfg, teacher=teacher, student_taps=taps,
+    result = fit(model, data, tcfg, teacher=teacher, student_taps=space.taps(spec),
                  cache=teacher_cache(cfg, teacher, data),
                  progress=lambda s, n, loss: emit("step", {"step": s, "total": n, "loss": loss}))
     path = cfg.study_dir / "trials" / str(trial.number) / "student.pt"
