@@ -67,12 +67,110 @@ def match_taps(student: list[TapInfo], teacher: list[TapInfo]) -> list[tuple[int
     return pairs
 
 
+def _rows(f: torch.Tensor) -> torch.Tensor:
+    """A (b, c, h, w) map as (b*h*w, c) rows: a view when ``f`` is channels_last."""
+    return f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+
+
+def _per_sample(f: torch.Tensor) -> torch.Tensor:
+    """A (b, ...) map as (b, d), ordering each sample's values as they lie in memory (a view
+    for contiguous and channels_last maps). Only for quantities that ignore that order."""
+    if f.dim() == 4 and f.is_contiguous(memory_format=torch.channels_last):
+        return f.permute(0, 2, 3, 1).reshape(f.shape[0], -1)
+    return f.reshape(f.shape[0], -1)
+
+
+def _block_gram(a: torch.Tensor, b: torch.Tensor, blocks: int) -> torch.Tensor:
+    """``a^T b`` for row matrices, summed over ``blocks`` equal row blocks."""
+    if blocks <= 1:
+        return a.t() @ b
+    return torch.bmm(a.view(blocks, -1, a.shape[1]).transpose(1, 2),
+                     b.view(blocks, -1, b.shape[1])).sum(0)
+
+
+class _ClosedFormHint(torch.autograd.Function):
+    """``mean((BN(conv1x1(s)) - t)^2)``, BN in training mode, without building BN(conv(s)).
+
+    With rows S (m x c) of s, T (m x k) of t, connector weight W (k x c): z = S W^T has batch
+    mean W mu and variance v = diag(W C W^T) (mu, C: mean and covariance of S), so
+    BN(z) = a (z - W mu) + beta with a = gamma / sqrt(v + eps), and the squared error summed
+    over rows is ``m sum(a^2 v) + m |beta|^2 - 2 sum(a q + beta t1) + |T|^2`` with
+    q = diag(W (S - mu)^T T) and t1 = T^T 1. So the forward needs only S^T S, S^T T and the
+    sums of S, T and T^2 (matmuls over the maps), and the backward two matmuls,
+    ``dS = 1 g_mu^T + S G + T H``: no pass over a connector output, BN statistics or
+    squared difference. The small algebra between runs in float64 inside this one autograd
+    node (its gradients derived by hand; the tests compare them with autograd's on the
+    modules), so its tiny ops cost no graph bookkeeping.
+    """
+
+    @staticmethod
+    def forward(ctx, s, t, weight, gamma, beta, bn):
+        k, eps = t.shape[1], bn.eps
+        rows = _rows(s)
+        tr = _rows(t).to(rows.dtype).contiguous()  # fp16 cached maps: converted once
+        m = rows.shape[0]
+        ones = rows.new_ones(m)
+        # per-image blocks keep each product in cache: about twice as fast on large maps
+        blocks = s.shape[0] if s.shape[2] * s.shape[3] >= 256 else 1
+        sss, sst = _block_gram(rows, rows, blocks).double(), _block_gram(rows, tr, blocks).double()
+        s1, t1 = (rows.t() @ ones).double(), (tr.t() @ ones).double()
+        tt = torch.dot(tr.view(-1), tr.view(-1)).double()
+        w, gam, bet = weight.detach().flatten(1).double(), gamma.detach().double(), \
+            beta.detach().double()
+        mu = s1 / m
+        cov = sss / m - torch.outer(mu, mu)
+        x = sst - torch.outer(mu, t1)  # (S - mu)^T T
+        v = ((w @ cov) * w).sum(1)
+        r = torch.rsqrt(v + eps)
+        a = gam * r
+        q = (w * x.t()).sum(1)
+        n = m * k
+        loss = (m * (a * a * v).sum() + m * (bet * bet).sum()
+                - 2 * ((a * q).sum() + (bet * t1).sum()) + tt) / n
+        # gradients of the loss (chain rule through a, v, q, C, X, mu; tested in float64)
+        g_a = (2 * m * a * v - 2 * q) / n
+        g_v = m * a * a / n - g_a * a / (2 * (v + eps))
+        g_q = -2 * a / n
+        g_w = 2 * g_v[:, None] * (w @ cov) + g_q[:, None] * x.t()
+        g_c = w.t() @ (g_v[:, None] * w)
+        g_x = w.t() * g_q[None, :]
+        g_mu = -2 * g_c @ mu - g_x @ t1
+        ctx.save_for_backward(rows, tr, (2 * g_c / m).to(rows.dtype),
+                              (g_mu / m)[None, :].to(rows.dtype), g_x.t().to(rows.dtype))
+        ctx.shapes = s.shape
+        ctx.small = (g_w.view_as(weight).to(weight.dtype), (g_a * r).to(gamma.dtype),
+                     ((2 * m * bet - 2 * t1) / n).to(beta.dtype))
+        if bn.track_running_stats and bn.running_mean is not None:  # as nn.BatchNorm2d does
+            f = bn.momentum if bn.momentum is not None else 1 / (1 + int(bn.num_batches_tracked))
+            bn.running_mean.lerp_((w @ mu).to(bn.running_mean.dtype), f)
+            bn.running_var.lerp_((v * m / max(1, m - 1)).to(bn.running_var.dtype), f)
+            bn.num_batches_tracked.add_(1)
+        return loss.to(s.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, tr, d_s, d_1, d_t = ctx.saved_tensors
+        b, c, h, w = ctx.shapes
+        g_rows = torch.addmm(d_1 * grad, rows, d_s * grad)  # (m, c), channels_last order
+        g_rows.addmm_(tr, d_t * grad)
+        g_s = g_rows.view(b, h, w, c).permute(0, 3, 1, 2)
+        g_w, g_gamma, g_beta = (x * grad for x in ctx.small)
+        return g_s, None, g_w, g_gamma, g_beta, None
+
+
+def _hint_mse(s: torch.Tensor, t: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d):
+    """The FitNets term of one stage pair in training, equal to ``mse(bn(conv(s)), t)`` in
+    value, gradients and BN running statistics (tested)."""
+    return _ClosedFormHint.apply(s, t, conv.weight, bn.weight, bn.bias, bn)
+
+
 class HintLoss(nn.Module):
     """FitNets hints (Romero et al. 2015) at every matched stage pair::
 
         L = 1/P * sum_p mean((BN(conv1x1(s_p)) resized to t_p's size - t_p)^2)
 
-    The 1x1-conv + BN connectors are trained with the student and dropped afterwards.
+    The 1x1-conv + BN connectors are trained with the student and dropped afterwards. In
+    training, pairs of equal size take the closed form of :func:`_hint_mse`.
     """
 
     def __init__(self, student: list[TapInfo], teacher: list[TapInfo]) -> None:
@@ -86,7 +184,11 @@ class HintLoss(nn.Module):
     def forward(self, s_feats: list[torch.Tensor], t_feats: list[torch.Tensor]):
         total = s_feats[0].new_zeros(())
         for (i, j), conn in zip(self.pairs, self.connectors, strict=True):
-            s, t = conn(s_feats[i]), t_feats[j]
+            s, t = s_feats[i], t_feats[j]
+            if self.training and s.shape[-2:] == t.shape[-2:]:
+                total = total + _hint_mse(s, t, conn[0], conn[1])
+                continue
+            s, t = conn(s), t.to(s.dtype)
             if s.shape[-2:] != t.shape[-2:]:
                 if s.shape[-1] > t.shape[-1]:
                     s = F.adaptive_avg_pool2d(s, t.shape[-2:])
@@ -106,6 +208,27 @@ def _pool_to_smaller(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, to
     return s, F.adaptive_avg_pool2d(t, s.shape[-2:])
 
 
+def _energy(f: torch.Tensor) -> torch.Tensor:
+    """``sum_c f^2`` per position, accumulated in float32 at least (fp16 cached maps)."""
+    dtype = torch.promote_types(f.dtype, torch.float32)
+    return torch.linalg.vector_norm(f, dim=1, dtype=dtype).square_()
+
+
+class _ChannelEnergy(torch.autograd.Function):
+    """``sum_c f^2`` at every position of a (b, c, h, w) map: one read forward, one fused
+    multiply backward, in the map's own memory layout."""
+
+    @staticmethod
+    def forward(ctx, f: torch.Tensor):
+        ctx.save_for_backward(f)
+        return _energy(f)
+
+    @staticmethod
+    def backward(ctx, g):
+        (f,) = ctx.saved_tensors
+        return f * (2 * g).unsqueeze(1).to(f.dtype)
+
+
 class ATLoss(nn.Module):
     """Attention transfer (Zagoruyko & Komodakis 2017) at every matched stage pair::
 
@@ -123,7 +246,9 @@ class ATLoss(nn.Module):
 
     @staticmethod
     def attention(f: torch.Tensor) -> torch.Tensor:
-        return F.normalize(f.pow(2).mean(1).flatten(1), dim=1)
+        # normalising makes mean_c and sum_c alike
+        energy = _ChannelEnergy.apply(f) if f.requires_grad else _energy(f)
+        return F.normalize(energy.flatten(1), dim=1)
 
     def forward(self, s_feats, t_feats):
         total = s_feats[0].new_zeros(())
@@ -134,22 +259,24 @@ class ATLoss(nn.Module):
 
 
 class SPLoss(nn.Module):
-    """Similarity-preserving KD (Tung & Mori 2019) at every matched stage pair::
+    """Similarity-preserving KD (Tung & Mori 2019) on the last matched stage::
 
         G(f) = normalize_rows(F F^T), F = f flattened per sample (b x d)
-        L = 1/P * sum_p ||G(s_p) - G(t_p)||_F^2 / b^2
+        L = ||G(s) - G(t)||_F^2 / b^2
 
     Relational: compares which samples the two nets find alike, so no connector and no
-    spatial alignment are needed.
+    spatial alignment are needed. Like the reference implementation (RepDistiller) it uses
+    the last stage only: at the first stage's resolution the b x b Gram of a 32 px map costs
+    as much as a third of a small student's training step, for no gain we could measure.
     """
 
     def __init__(self, student: list[TapInfo], teacher: list[TapInfo]) -> None:
         super().__init__()
-        self.pairs = match_taps(student, teacher)
+        self.pairs = match_taps(student, teacher)[-1:]
 
     @staticmethod
     def gram(f: torch.Tensor) -> torch.Tensor:
-        flat = f.flatten(1)
+        flat = _per_sample(f).float()
         return F.normalize(flat @ flat.t(), dim=1)
 
     def forward(self, s_feats, t_feats):
@@ -176,7 +303,8 @@ class PKTLoss(nn.Module):
         self.pairs = match_taps(student, teacher)[-1:]
 
     def _probs(self, f: torch.Tensor) -> torch.Tensor:
-        z = F.normalize(f.mean((2, 3)) if f.dim() == 4 else f, dim=1)
+        z = F.normalize(f.mean((2, 3), dtype=torch.float32) if f.dim() == 4 else f.float(),
+                        dim=1)
         k = (z @ z.t() + 1) / 2
         return k / k.sum(1, keepdim=True)
 
@@ -339,10 +467,11 @@ class TeacherCache:
 
     def get(self, step: int, *, features: bool = True
             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits and (if asked) stage features of one step, as float32."""
+        """Logits (float32) and, if asked, stage features (fp16, memory-mapped, in the
+        teacher's memory layout: the losses read them without a conversion pass)."""
         d = torch.load(self.dir / f"{step:06d}.pt", mmap=True, weights_only=True)
         self.hits += 1
-        return d["logits"].float(), [f.float() for f in d["feats"]] if features else []
+        return d["logits"].float(), list(d["feats"]) if features else []
 
     def begin(self) -> None:
         self._tmp = self.dir.with_name(f"{self.dir.name}.tmp-{os.getpid()}")
@@ -353,7 +482,7 @@ class TeacherCache:
         if self._tmp is None:
             return
         torch.save({"logits": logits.detach().half().contiguous(),
-                    "feats": [f.detach().half().contiguous() for f in feats]},
+                    "feats": [f.detach().half() for f in feats]},  # layout kept
                    self._tmp / f"{step:06d}.pt")
         self.writes += 1
 
@@ -465,7 +594,7 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
                         if writing:  # train on what later trials will read: fp16 values
                             cache.put(step, t_logits, t_feats)
                             t_logits = t_logits.half().float()
-                            t_feats = [f.half().float().contiguous() for f in t_feats]
+                            t_feats = [f.half() for f in t_feats]
                     loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd_loss(logits, t_logits)
                     if extra is not None:
                         loss = loss + cfg.weight * extra(s_taps.features(), t_feats)

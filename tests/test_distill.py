@@ -43,6 +43,73 @@ def test_hint_loss_matches_its_formula_and_resizes():
         assert float(hint(s, t)) == pytest.approx(float(expected), rel=1e-6)
 
 
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_closed_form_hint_equals_the_connector_modules_in_training(layout):
+    """In training the hint skips materialising BN(conv(s)); loss, every gradient and the
+    BN running statistics must be those of the plain modules (checked in float64)."""
+    from kdnas.distill import _hint_mse
+
+    torch.manual_seed(0)
+    s = (torch.randn(6, 5, 7, 7).relu() + 0.3).double().contiguous(memory_format=layout)
+    t = (2 * torch.randn(6, 9, 7, 7).relu()).double().contiguous(memory_format=layout)
+    ref = torch.nn.Sequential(torch.nn.Conv2d(5, 9, 1, bias=False),
+                              torch.nn.BatchNorm2d(9)).double().train()
+    with torch.no_grad():
+        ref[1].weight.uniform_(0.5, 1.5)
+        ref[1].bias.uniform_(-0.5, 0.5)
+    fused = __import__("copy").deepcopy(ref)
+
+    s1 = s.clone().requires_grad_()
+    expected = F.mse_loss(ref(s1), t)
+    expected.backward()
+    s2 = s.clone().requires_grad_()
+    got = _hint_mse(s2, t, fused[0], fused[1])
+    got.backward()
+    assert got.item() == pytest.approx(expected.item(), rel=1e-10)
+    assert torch.allclose(s2.grad, s1.grad, rtol=1e-8, atol=1e-12)
+    for a, b in zip(fused.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-8, atol=1e-12)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.allclose(getattr(fused[1], name), getattr(ref[1], name).to(
+            getattr(fused[1], name).dtype), rtol=1e-8)
+
+
+def test_hint_loss_trains_the_same_in_closed_form_and_with_fp16_teacher_maps():
+    """HintLoss in training uses the closed form for equal sizes and the modules otherwise;
+    both paths give the plain formula, with teacher maps in fp16 as the cache stores them."""
+    torch.manual_seed(1)
+    student = [TapInfo("a", 4, 1), TapInfo("b", 6, 4)]
+    teacher = [TapInfo("x", 3, 1), TapInfo("y", 5, 2)]
+    hint = HintLoss(student, teacher).train()
+    s = [torch.randn(4, 4, 8, 8).contiguous(memory_format=torch.channels_last),
+         torch.randn(4, 6, 2, 2)]
+    t = [torch.randn(4, 3, 8, 8).half(), torch.randn(4, 5, 4, 4).half()]
+    c0, c1 = (__import__("copy").deepcopy(c) for c in hint.connectors)
+    expected = (F.mse_loss(c0(s[0]), t[0].float()) +
+                F.mse_loss(F.interpolate(c1(s[1]), size=(4, 4), mode="bilinear",
+                                         align_corners=False), t[1].float())) / 2
+    assert hint(s, t).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_attention_gradient_is_autograds():
+    from kdnas.distill import ATLoss
+
+    torch.manual_seed(0)
+    s = torch.randn(3, 4, 6, 6).double().contiguous(memory_format=torch.channels_last)
+    t = torch.randn(3, 5, 6, 6).double()
+    loss = ATLoss([TapInfo("a", 4, 1)], [TapInfo("x", 5, 1)])
+
+    def at(f):
+        a = f.pow(2).mean(1).flatten(1)
+        return a / a.norm(dim=1, keepdim=True)
+
+    s1, s2 = s.clone().requires_grad_(), s.clone().requires_grad_()
+    (at(s1) - at(t)).pow(2).sum(1).mean().backward()
+    loss([s2], [t]).backward()
+    assert torch.allclose(s2.grad, s1.grad, rtol=1e-5, atol=1e-9)
+    assert s2.grad.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_feature_taps_hold_one_step_and_clear():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU())
     with FeatureTaps(model, ["0"]) as taps:
