@@ -61,6 +61,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--out", default="reports/benchmarks/distill_methods.md")
     ap.add_argument("--timing-only", action="store_true", help="skip the accuracy table")
+    ap.add_argument("--note", action="append", default=[],
+                    help="a line of provenance for the report (data, how the teacher was "
+                    "trained); repeatable")
     ap.add_argument("--rounds", type=int, default=3,
                     help="timed rounds of the runs that read the cache (fastest kept)")
     args = ap.parse_args()
@@ -154,7 +157,8 @@ def main() -> None:
             f"Brief recipe: {args.epochs:g} epoch(s) on {100 * args.train_fraction:.0f}% of the "
             "training split, SGD with warm-up and cosine decay, batch 128, channels_last, "
             f"{torch.get_num_threads()} CPU threads. Validation: {len(data.val_y)} images held "
-            "out of the training set.", ""]
+            "out of the training set.", ""] + [f"{line}" for line in args.note] + \
+        ([""] if args.note else [])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(head + lines + [""]))
     print(f"written to {args.out}")
