@@ -2,7 +2,10 @@
 accuracy of each --kd method against cross-entropy alone, at equal brief training.
 
     python benchmarks/distill_methods.py --teacher T.pt --data imagefolder:PATH \\
-        [--epochs 2 --train-fraction 0.5 --seeds 0 1]
+        [--epochs 2 --train-fraction 0.5 --seeds 0 1 --rounds 3]
+
+Timing alone (more rounds, to reports/benchmarks/distill_overhead.md):
+    ... --seeds 0 --rounds 4 --timing-only --out reports/benchmarks/distill_overhead.md
 
 Pairs: a same-family student (resnet8) and a cross-family one (the KD papers' MobileNetV2
 x0.5), both at most a third of the teacher's MACs. Every run of a pair trains the same student
@@ -61,6 +64,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--out", default="reports/benchmarks/distill_methods.md")
     ap.add_argument("--timing-only", action="store_true", help="skip the accuracy table")
+    ap.add_argument("--accuracy-only", action="store_true", help="skip the timing table")
     ap.add_argument("--note", action="append", default=[],
                     help="a line of provenance for the report (data, how the teacher was "
                     "trained); repeatable")
@@ -90,49 +94,62 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = TeacherCache(tmp, "bench")  # the same for every student: teacher and batches
-        timed(TIMED[0], "kd_nocache", "fitnets", None)
-        timed(TIMED[0], "kd_cache_write", "fitnets", cache)
+        for student in TIMED if not args.accuracy_only else ():
+            timed(student, "kd_nocache", "fitnets", None)
+            if student is TIMED[0]:
+                timed(student, "kd_cache_write", "fitnets", cache)
         # the runs compared with the cache in place alternate with cross-entropy alone, and
-        # each keeps its fastest of --rounds: noise on a shared machine only adds time
-        for _ in range(args.rounds):
+        # each is compared with the cross-entropy run of its own round: a shared machine's
+        # slow minutes then slow both sides of a ratio
+        for _ in range(args.rounds if not args.accuracy_only else 0):
             for student in TIMED:
                 timed(student, "ce", "none", None)
                 for m in METHODS[1:]:
                     timed(student, f"read_{m}", m, cache)
-    timing = {key: min(v) for key, v in every.items()}
-    lines += [
-        "## Time per trial with and without distillation", "",
-        f"Teacher {fmt_count(t_macs)} MACs; students "
-        + ", ".join(f"{name} {fmt_count(s_macs[name])} MACs ({t_macs / s_macs[name]:.1f}x "
-                    "smaller)" for name, *_ in TIMED) + ". "
-        f"Cross-entropy alone and the runs that read the cache alternate for {args.rounds} "
-        "round(s); each keeps its fastest (all rounds in brackets). Per trial: training plus "
-        "the validation pass, as in a search. Every KD run adds Hinton KD on the logits to "
-        "its feature loss.", "",
-        "| student | training | seconds | ratio to cross-entropy alone |",
-        "| --- | --- | --- | --- |"]
+    if not args.accuracy_only:
+        lines += [
+            "## Time per trial with and without distillation", "",
+            f"Teacher {fmt_count(t_macs)} MACs; students "
+            + ", ".join(f"{name} {fmt_count(s_macs[name])} MACs ({t_macs / s_macs[name]:.1f}x"
+                        " smaller)" for name, *_ in TIMED) + ". "
+            f"Cross-entropy alone and the runs that read the cache alternate for {args.rounds} "
+            "rounds; each ratio is taken within a round, and the table gives the median (and "
+            "the range) over rounds. Seconds: median (all rounds). Runs made once (no cache, "
+            "writing the cache) are divided by the median cross-entropy time. Per trial: "
+            "training plus the validation pass, as in a search. Every KD run adds Hinton KD "
+            "on the logits to its feature loss.", "",
+            "| student | training | seconds | ratio to cross-entropy alone |",
+            "| --- | --- | --- | --- |"]
 
     def row(name, text, label):
-        runs = "/".join(f"{x:.1f}" for x in every[(name, label)])
-        lines.append(f"| {name} | {text} | {timing[(name, label)]:.1f} ({runs}) | "
-                     f"{timing[(name, label)] / timing[(name, 'ce')]:.2f} |")
+        secs, ce = every[(name, label)], every[(name, "ce")]
+        runs = "/".join(f"{x:.1f}" for x in secs)
+        if label == "ce" or label.startswith("read_"):  # alternated with CE, round by round
+            ratios = [a / b for a, b in zip(secs, ce, strict=True)]
+            ratio = (f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+                     if label != "ce" else "1.00")
+        else:
+            ratio = f"{statistics.median(secs) / statistics.median(ce):.2f}"
+        lines.append(f"| {name} | {text} | {statistics.median(secs):.1f} ({runs}) | {ratio} |")
 
-    row(TIMED[0][0], "cross-entropy alone", "ce")
-    row(TIMED[0][0], "fitnets, teacher run every step (no cache)", "kd_nocache")
-    row(TIMED[0][0], "fitnets, first trial (writes the cache)", "kd_cache_write")
-    for name, *_ in TIMED:
-        if name != TIMED[0][0]:
-            row(name, "cross-entropy alone", "ce")
+    for name, *_ in TIMED if not args.accuracy_only else ():
+        row(name, "cross-entropy alone", "ce")
+        row(name, "fitnets, teacher run every step (no cache)", "kd_nocache")
+        if (name, "kd_cache_write") in every:
+            row(name, "fitnets, first trial (writes the cache)", "kd_cache_write")
         for m in METHODS[1:]:
             row(name, f"{m}, later trials (read the cache)", f"read_{m}")
 
     # 2. accuracy of each method, per pair
     pairs = () if args.timing_only else PAIRS
-    lines += ["", "## Validation accuracy after the same brief training", "",
-              f"Teacher validation accuracy {100 * t_acc:.2f}%. Seeds {args.seeds}; mean "
-              "(and each seed).", "",
-              "| pair | student | " + " | ".join(METHODS) + " |",
-              "| --- | --- | " + " | ".join("---" for _ in METHODS) + " |"]
+    if args.timing_only:
+        lines.append("")
+    else:
+        lines += ["", "## Validation accuracy after the same brief training", "",
+                  f"Teacher validation accuracy {100 * t_acc:.2f}%. Seeds {args.seeds}; mean "
+                  "(and each seed).", "",
+                  "| pair | student | " + " | ".join(METHODS) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in METHODS) + " |"]
     for pair, space_name, preset in pairs:
         cells = []
         with tempfile.TemporaryDirectory() as tmp:
@@ -153,7 +170,9 @@ def main() -> None:
     head = ["# Distillation methods and the teacher cache on CIFAR-10", "",
             f"`python benchmarks/distill_methods.py --teacher {args.teacher} --data {args.data} "
             f"--epochs {args.epochs:g} --train-fraction {args.train_fraction:g} --seeds "
-            f"{' '.join(map(str, args.seeds))} --rounds {args.rounds}`", "",
+            f"{' '.join(map(str, args.seeds))} --rounds {args.rounds}"
+            + (" --timing-only" if args.timing_only else "")
+            + (" --accuracy-only" if args.accuracy_only else "") + "`", "",
             f"Brief recipe: {args.epochs:g} epoch(s) on {100 * args.train_fraction:.0f}% of the "
             "training split, SGD with warm-up and cosine decay, batch 128, channels_last, "
             f"{torch.get_num_threads()} CPU threads. Validation: {len(data.val_y)} images held "

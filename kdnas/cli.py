@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kd", choices=["feature", "fitnets", "at", "sp", "pkt", "logit", "none",
                                      "auto"],
                    help="distillation, always with Hinton logit KD: feature (= fitnets, the "
-                   "default) adds FitNets hints at stage boundaries through 1x1-conv "
+                   "default) adds FitNets hints at stage boundaries through 1x1-conv + BN "
                    "connectors; at adds attention transfer; sp (similarity preserving) and "
                    "pkt add relational losses that need no connector; logit is KD alone; "
                    "none is cross-entropy alone; auto searches the method and its weight")

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from kdnas.errors import KdnasError
 from search_spaces import TapInfo
@@ -148,6 +149,7 @@ class _ClosedFormHint(torch.autograd.Function):
         return loss.to(s.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         rows, tr, d_s, d_1, d_t = ctx.saved_tensors
         b, c, h, w = ctx.shapes
@@ -224,6 +226,7 @@ class _ChannelEnergy(torch.autograd.Function):
         return _energy(f)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         (f,) = ctx.saved_tensors
         return f * (2 * g).unsqueeze(1).to(f.dtype)
