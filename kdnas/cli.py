@@ -7,6 +7,7 @@ done by the library modules. ``main(argv) -> int`` is easy to test.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -42,9 +43,18 @@ class SearchProgress:
         self.bar = None
         self.t_start = time.perf_counter()
 
-    def __call__(self, kind: str, info: dict) -> None:
+    def _open_bar(self) -> None:
         from tqdm import tqdm
 
+        self.bar = tqdm(total=None, desc="  training", unit="step", leave=False, disable=None,
+                        file=sys.stderr)
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __call__(self, kind: str, info: dict) -> None:
         from kdnas.cost import fmt_count
 
         if kind == "study_start":
@@ -55,12 +65,9 @@ class SearchProgress:
             c = info["cost"]
             _say(f"reference {info['name']}: {fmt_count(c.macs)} MACs, {fmt_count(c.params)} "
                  "params, same brief recipe")
-            self.bar = tqdm(total=None, desc="  training", unit="step", leave=False,
-                            disable=None, file=sys.stderr)
+            self._open_bar()
         elif kind == "reference_end":
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
+            self._close_bar()
             _say(f"  val acc {100 * info['accuracy']:.2f}%")
         elif kind == "infeasible":
             c = info["cost"]
@@ -74,8 +81,7 @@ class SearchProgress:
             _say(f"trial {info['index']}/{info['target']} (#{info['trial']}) "
                  f"{describe(info['spec'])}: {fmt_count(c.macs)} MACs, "
                  f"{fmt_count(c.params)} params{lat}, kd {info['kd']}")
-            self.bar = tqdm(total=None, desc="  training", unit="step", leave=False,
-                            disable=None, file=sys.stderr)
+            self._open_bar()
         elif kind == "step":
             if self.bar is not None:
                 self.bar.total = info["total"]
@@ -83,9 +89,7 @@ class SearchProgress:
                 if info["step"] % 10 == 0:
                     self.bar.set_postfix(loss=f"{info['loss']:.3f}")
         elif kind == "trial_end":
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
+            self._close_bar()
             from kdnas.report import front_frame, trials_frame
 
             front = front_frame(trials_frame(info["study"]), self.cfg.cost_columns[0])
@@ -150,14 +154,15 @@ def cmd_search(args) -> int:
 
     study = outcome.study if outcome else open_study(cfg, create=False)
     out = write_report(study, cfg)
-    _print_summary(study, cfg, out, time.perf_counter() - t0)
+    _print_summary(cfg, out, time.perf_counter() - t0)
     return 130 if (outcome is None or outcome.interrupted) else 0
 
 
-def _print_summary(study, cfg, out: Path, seconds: float) -> None:
-    from kdnas.report import summary
+def _print_summary(cfg, out: Path, seconds: float) -> None:
+    """The closing lines, from the summary the report just wrote."""
+    from kdnas.report import export_command
 
-    s = summary(study, cfg)
+    s = json.loads((out / "summary.json").read_text())
     states = ", ".join(f"{v} {k}" for k, v in sorted(s["trials_by_state"].items()))
     n = s["front_size"]
     _say(f"\nstudy {cfg.study}: {states}; front of {n} student{'' if n == 1 else 's'}"
@@ -166,8 +171,7 @@ def _print_summary(study, cfg, out: Path, seconds: float) -> None:
     _say(f"report: {out}/report.html (and pareto.md, pareto.png, pareto.csv, trials.csv, "
          "report.json)")
     if s["front_size"]:
-        _say(f"export the knee: kdnas export --study {cfg.study} --pick knee"
-             + ("" if cfg.workdir == "runs" else f" --workdir {cfg.workdir}"))
+        _say(f"export the knee: {export_command(cfg)}")
 
 
 def _study_and_config(args):
@@ -201,7 +205,7 @@ def cmd_report(args) -> int:
 
     study, cfg = _study_and_config(args)
     out = write_report(study, cfg)
-    _print_summary(study, cfg, out, 0.0)
+    _print_summary(cfg, out, 0.0)
     return 0
 
 

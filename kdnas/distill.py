@@ -121,7 +121,8 @@ class _ClosedFormHint(torch.autograd.Function):
         mu = s1 / m
         cov = sss / m - torch.outer(mu, mu)
         x = sst - torch.outer(mu, t1)  # (S - mu)^T T
-        v = ((w @ cov) * w).sum(1)
+        wc = w @ cov
+        v = (wc * w).sum(1)
         r = torch.rsqrt(v + eps)
         a = gam * r
         q = (w * x.t()).sum(1)
@@ -132,7 +133,7 @@ class _ClosedFormHint(torch.autograd.Function):
         g_a = (2 * m * a * v - 2 * q) / n
         g_v = m * a * a / n - g_a * a / (2 * (v + eps))
         g_q = -2 * a / n
-        g_w = 2 * g_v[:, None] * (w @ cov) + g_q[:, None] * x.t()
+        g_w = 2 * g_v[:, None] * wc + g_q[:, None] * x.t()
         g_c = w.t() @ (g_v[:, None] * w)
         g_x = w.t() * g_q[None, :]
         g_mu = -2 * g_c @ mu - g_x @ t1
@@ -250,8 +251,7 @@ class ATLoss(nn.Module):
     @staticmethod
     def attention(f: torch.Tensor) -> torch.Tensor:
         # normalising makes mean_c and sum_c alike
-        energy = _ChannelEnergy.apply(f) if f.requires_grad else _energy(f)
-        return F.normalize(energy.flatten(1), dim=1)
+        return F.normalize(_ChannelEnergy.apply(f).flatten(1), dim=1)
 
     def forward(self, s_feats, t_feats):
         total = s_feats[0].new_zeros(())
@@ -596,9 +596,9 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
                             t_logits = teacher.module(x)
                         t_feats = t_taps.features() if t_taps else []
                         if writing:  # train on what later trials will read: fp16 values
+                            t_logits, t_feats = t_logits.half(), [f.half() for f in t_feats]
                             cache.put(step, t_logits, t_feats)
-                            t_logits = t_logits.half().float()
-                            t_feats = [f.half() for f in t_feats]
+                            t_logits = t_logits.float()
                     loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd_loss(logits, t_logits)
                     if extra is not None:
                         loss = loss + cfg.weight * extra(s_taps.features(), t_feats)

@@ -137,15 +137,18 @@ def export_trial(study: optuna.Study, cfg: SearchConfig, trial_number: int, data
                          "kd": rec.get("kd", cfg.kd), "temperature": cfg.temperature,
                          "kd_alpha": cfg.kd_alpha,
                          "feature_weight": rec.get("feature_weight", cfg.feature_weight)}}
-    diffs, files = write_exports(model, spec, data, Path(out_dir), formats=formats, meta=meta)
+    diffs, files = write_exports(model, spec, data, Path(out_dir), formats=formats, meta=meta,
+                                 counted=(macs, params))
     return ExportResult(Path(out_dir), trial_number, macs, params, acc, recorded, diffs, files)
 
 
 def write_exports(model: torch.nn.Module, spec: dict, data, out: Path, *,
-                  formats: tuple[str, ...], meta: dict) -> tuple[dict[str, float], list[Path]]:
+                  formats: tuple[str, ...], meta: dict,
+                  counted: tuple[int, int] | None = None) -> tuple[dict[str, float], list[Path]]:
     """Write weights, spec, each format (verified on validation images) and the model card.
 
-    ``meta`` carries what the card states about the study and the training."""
+    ``meta`` carries what the card states about the study and the training; ``counted`` the
+    model's (MACs, params) when the caller has counted them already."""
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise KdnasError(f"unknown export format(s) {sorted(unknown)}: choose from "
@@ -153,7 +156,7 @@ def write_exports(model: torch.nn.Module, spec: dict, data, out: Path, *,
     out.mkdir(parents=True, exist_ok=True)
     shape = tuple(data.input_shape)
     model = model.to(memory_format=torch.contiguous_format).eval()
-    macs = count_macs(model, shape)
+    macs, params = counted or (count_macs(model, shape), count_params(model))
     weights = out / "student_state_dict.pt"
     torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
 
@@ -175,7 +178,7 @@ def write_exports(model: torch.nn.Module, spec: dict, data, out: Path, *,
             "classes": list(data.classes),
             "normalization": {"mean": list(data.mean), "std": list(data.std)},
             "input_range": "pixels scaled to [0, 1], then (x - mean) / std per channel",
-            "macs": macs, "flops": 2 * macs, "params": count_params(model), **meta,
+            "macs": macs, "flops": 2 * macs, "params": params, **meta,
             "exports": {f: {"file": p.name, "max_abs_diff": diffs[f]}
                         for f, p in zip(formats, files[1:], strict=True)}}
     (out / "spec.json").write_text(json.dumps(meta, indent=2))

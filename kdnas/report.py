@@ -93,8 +93,16 @@ def pick_trial(study: optuna.Study, pick: str, cost: str = "macs") -> int:
     return int(front.loc[front.knee.idxmax(), "trial"])
 
 
-def summary(study: optuna.Study, cfg: SearchConfig) -> dict:
-    df = trials_frame(study)
+def export_command(cfg: SearchConfig, trial: int | None = None) -> str:
+    """The command that exports a trial of this study (the knee when ``trial`` is None)."""
+    which = "--pick knee" if trial is None else f"--trial {trial}"
+    workdir = "" if cfg.workdir == "runs" else f" --workdir {cfg.workdir}"
+    return f"kdnas export --study {cfg.study} {which}{workdir}"
+
+
+def summary(study: optuna.Study, cfg: SearchConfig, df: pd.DataFrame | None = None) -> dict:
+    """The study in figures; ``df`` is its :func:`trials_frame` when the caller has it."""
+    df = trials_frame(study) if df is None else df
     cost = cfg.cost_columns[0]
     front = front_frame(df, cost)
     budget = cfg.budget_obj()
@@ -159,7 +167,7 @@ def write_report(study: optuna.Study, cfg: SearchConfig, out_dir: Path | None = 
     front = front_frame(df, cfg.cost_columns[0])
     df.to_csv(out / "trials.csv", index=False)
     front.to_csv(out / "pareto.csv", index=False)
-    info = summary(study, cfg)
+    info = summary(study, cfg, df)
     (out / "summary.json").write_text(json.dumps(info, indent=2))
     (out / "pareto.md").write_text(_markdown(front, info, cfg))
     refs = references_frame(study)
@@ -196,7 +204,6 @@ def _markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
     lines += ["| rank | trial | architecture | val acc | MACs | FLOPs | params | latency ms "
               "(p50/p90) | train s | export |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    workdir = "" if cfg.workdir == "runs" else f" --workdir {cfg.workdir}"
     order = front.sort_values("val_accuracy", ascending=False)
     for rank, (_, r) in enumerate(order.iterrows(), 1):
         knee = " (knee)" if r.knee else ""
@@ -205,7 +212,7 @@ def _markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
             f"{fmt_count(r.macs)} | {fmt_count(r.flops)} | {fmt_count(r.params)} | "
             f"{fmt_value(r.latency_ms)}/{fmt_value(r.latency_p90_ms)} | "
             f"{fmt_value(r.train_seconds, '.0f')} | "
-            f"`kdnas export --study {cfg.study} --trial {int(r.trial)}{workdir}` |")
+            f"`{export_command(cfg, int(r.trial))}` |")
     setting = front.latency_setting.dropna()
     if len(setting):
         lines += ["", f"Latency measured on this machine: {setting.iloc[0]}."]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdnas.cost import fmt_count
-from kdnas.report import COST_NAMES, fmt_value, hypervolume_text
+from kdnas.report import COST_NAMES, export_command, fmt_value, hypervolume_text
 
 CSS = """
 body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -41,7 +41,6 @@ def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg
     e = html.escape
     teacher_acc = info.get("teacher_val_accuracy")
     knee = info.get("knee_trial")
-    workdir = "" if cfg.workdir == "runs" else f" --workdir {cfg.workdir}"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>kdnas: {e(cfg.study)}"
              f"</title><style>{CSS}</style></head><body>",
              f"<h1>Study {e(cfg.study)}: which student to ship</h1>"]
@@ -52,8 +51,7 @@ def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg
             f"{_pct(r.val_accuracy)} validation accuracy at {fmt_count(r.macs)} MACs "
             f"({fmt_count(r.flops)} FLOPs), {fmt_count(r.params)} params"
             + (f", {r.latency_ms:.3g} ms" if pd.notna(r.latency_ms) else "")
-            + f". Export it: <code>kdnas export --study {e(cfg.study)} --trial {knee}{workdir}"
-            "</code></p>")
+            + f". Export it: <code>{e(export_command(cfg, knee))}</code></p>")
     else:
         parts.append("<p>No trained student within budget yet.</p>")
     imgs = [_img(out / "pareto.png", "accuracy versus MACs")]
@@ -79,8 +77,7 @@ def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg
             f"<td>{fmt_value(r.latency_ms)} / {fmt_value(r.latency_p90_ms)}</td>"
             f"<td class='l'>{e(str(r.kd or ''))}</td>"
             f"<td>{fmt_value(r.train_seconds, '.0f')}</td>"
-            f"<td class='l'><code>kdnas export --study {e(cfg.study)} --trial {int(r.trial)}"
-            f"{workdir}</code></td></tr>")
+            f"<td class='l'><code>{e(export_command(cfg, int(r.trial)))}</code></td></tr>")
     parts.append("</table>")
 
     if refs is not None and not refs.empty:

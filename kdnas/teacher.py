@@ -135,8 +135,9 @@ def find_stage_taps(model: nn.Module, input_shape: tuple[int, ...]) -> list[TapI
         if t_in.data_ptr() == x.data_ptr():
             continue  # the model's input is no stage
         s = stride_of(t_in)
-        if s in by_stride and producer(t_in) is not None:
-            by_stride[s] = (t_in, producer(t_in))
+        name = producer(t_in) if s in by_stride else None
+        if name is not None:
+            by_stride[s] = (t_in, name)
 
     # name each tap, shallow strides first: the outermost module that output that tensor but
     # is no ancestor of an earlier tap

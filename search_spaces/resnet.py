@@ -57,6 +57,8 @@ def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:
 
 
 class BasicBlock(nn.Module):
+    expansion = 1
+
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
@@ -96,8 +98,12 @@ class Bottleneck(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
+def _block(spec: dict) -> type[BasicBlock] | type[Bottleneck]:
+    return Bottleneck if spec.get("block") == "bottleneck" else BasicBlock
+
+
 def _out_channels(spec: dict, width: int) -> int:
-    return width * (Bottleneck.expansion if spec.get("block") == "bottleneck" else 1)
+    return width * _block(spec).expansion
 
 
 class ResNet(nn.Module):
@@ -112,14 +118,14 @@ class ResNet(nn.Module):
         else:
             self.stem = nn.Sequential(nn.Conv2d(spec["in_channels"], c, 3, 1, 1, bias=False),
                                       nn.BatchNorm2d(c), nn.ReLU(inplace=True))
-        block = Bottleneck if spec.get("block") == "bottleneck" else BasicBlock
+        block = _block(spec)
         stages = []
         for i, st in enumerate(spec["stages"]):
             blocks = []
             for j in range(st["depth"]):
                 stride = 2 if (i > 0 and j == 0) else 1
                 blocks.append(block(c, st["width"], stride))
-                c = _out_channels(spec, st["width"])
+                c = st["width"] * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
