@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 
-from kdnas.config import SearchConfig
-from kdnas.cost import count_macs, fmt_count
-from kdnas.distill import TeacherCache, TrainConfig, fit
-from kdnas.study import prepare
+from kdnas.core.budget import fmt_count
+from kdnas.core.settings import SearchConfig, TrainConfig
+from kdnas.cost import count_macs
+from kdnas.distill import TeacherCache, fit
+from kdnas.search.prepare import prepare
 from search_spaces import get_space
 
 PAIRS = (("same family", "resnet", "resnet8"), ("cross family", "mobilenet", "mobilenetv2_half"))

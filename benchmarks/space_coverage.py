@@ -24,9 +24,10 @@ from pathlib import Path
 
 import optuna
 
-from kdnas.config import SearchConfig
-from kdnas.cost import count_macs, count_params, fmt_count, parse_budget
-from kdnas.study import make_sampler
+from kdnas.core.budget import fmt_count, parse_budget
+from kdnas.core.settings import SearchConfig
+from kdnas.cost import count_macs, count_params
+from kdnas.search.sampler import make_sampler
 from search_spaces import get_space
 
 BUDGETS = ("5MMACs", "20MMACs", "50MMACs", "200MMACs")

@@ -1,147 +1,92 @@
-"""Cost model: MACs, params, latency; budget parsing and the budget gate.
+"""The cost model: count a module's MACs and params and measure its latency.
 
 Units: one multiply-accumulate (MAC) is one "FLOP" in the convention of fvcore, torchvision's
-published GFLOPS and most NAS papers. So a budget of ``50MFLOPs`` and ``50MMACs`` are the same
-50 million multiply-accumulates at batch 1. Reports print MACs and FLOPs = 2 x MACs beside them.
+published GFLOPS and most NAS papers (see :mod:`kdnas.core.budget`, which also holds the budget
+and its gate). MACs are counted by torch's own flop counter, which knows attention; a model
+with an op that does such work but that no formula covers is refused, not under-counted.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import statistics
-import time
-import warnings
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.utils import flop_counter
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
-from kdnas.errors import KdnasError
+from kdnas.core.budget import Cost
+from kdnas.core.errors import KdnasError
 
 log = logging.getLogger(__name__)
-
-_SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-_UNIT = {"flops": "macs", "flop": "macs", "macs": "macs", "mac": "macs", "params": "params",
-         "param": "params", "ms": "latency_ms"}
-_BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)\s*([a-z]+)\s*$",
-                        re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Budget:
-    """An upper bound on one cost metric: ``macs``, ``params`` or ``latency_ms``."""
-
-    metric: str
-    limit: float
-    text: str = ""
-
-    def __post_init__(self) -> None:
-        if self.metric not in ("macs", "params", "latency_ms"):
-            raise KdnasError(f"unknown budget metric {self.metric!r}: use macs, params or "
-                             "latency_ms")
-        if not self.limit > 0:
-            raise KdnasError(f"budget must be positive, got {self.limit}")
-
-    def excess(self, cost: Cost) -> float:
-        """Relative amount over budget: <= 0 when within budget (Optuna's constraint sign)."""
-        value = cost.value(self.metric)
-        if value is None:
-            raise KdnasError(f"budget on {self.metric} but that cost was not measured")
-        return value / self.limit - 1.0
-
-    def fits(self, cost: Cost) -> bool:
-        return self.excess(cost) <= 0.0
-
-    def describe(self) -> str:
-        if self.metric == "macs":
-            return f"{fmt_count(self.limit)} MACs ({fmt_count(2 * self.limit)} FLOPs)"
-        if self.metric == "params":
-            return f"{fmt_count(self.limit)} params"
-        return f"{self.limit:g} ms latency"
-
-
-def parse_budget(text: str) -> Budget:
-    """Parse ``50MFLOPs``, ``50MMACs``, ``1.5GFLOPs``, ``0.5Mparams`` or ``5ms``.
-
-    ``FLOPs`` here means multiply-accumulates (fvcore's and torchvision's convention), so
-    ``50MFLOPs == 50MMACs``.
-    """
-    m = _BUDGET_RE.match(text or "")
-    if m:
-        number, scale, unit = m.group(1), m.group(2).lower(), m.group(3).lower()
-        if unit == "s" and scale == "m":  # "5ms": the "m" was read as a scale
-            scale, unit = "", "ms"
-        metric = _UNIT.get(unit)
-        if metric == "latency_ms" and scale:
-            metric = None
-        if metric is not None:
-            return Budget(metric, float(number) * _SCALE[scale], text.strip())
-    raise KdnasError(
-        f"cannot read budget {text!r}: write a number, an optional k/M/G scale and a unit, e.g. "
-        "50MFLOPs or 50MMACs (the same: multiply-accumulates at batch 1), 1.5GFLOPs, "
-        "0.5Mparams, 5ms")
-
-
-def fmt_count(n: float) -> str:
-    """12_300_000 -> '12.3M'."""
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{suffix}"
-    return f"{n:.3g}"
-
-
-@dataclass(frozen=True)
-class Cost:
-    """What a candidate costs at batch 1. ``flops`` is 2 x ``macs``, stated for readers."""
-
-    macs: int
-    params: int
-    latency_ms: float | None = None
-    latency_p90_ms: float | None = None
-    latency_setting: str | None = None
-
-    @property
-    def flops(self) -> int:
-        return 2 * self.macs
-
-    def value(self, metric: str) -> float | None:
-        return getattr(self, metric)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["flops"] = self.flops
-        return d
-
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass at batch 1, counted by fvcore.
+# names of aten ops that do multiply-accumulate work: if one runs and the counter has no
+# formula for it, the count is too low and is not trusted
+_HEAVY = ("conv", "mm", "matmul", "linear", "attention", "einsum", "bilinear", "lstm", "gru",
+          "rnn", "fft", "tensordot", "addbmm")
 
-    fvcore counts convolutions, linear layers and matmuls as MACs, and batch norm and
-    pooling as one op per element; elementwise ops (ReLU, additions) are not counted.
+
+@flop_counter.register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+    """Attention on the CPU (torch's own formula, which covers the CUDA kernels only)."""
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+class _OpLog(TorchDispatchMode):
+    """Records every aten op that runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, tuple[str, ...]]:
+    """Multiply-accumulates of one eval-mode forward pass at batch 1, and the ops that do
+    such work but were not counted (empty when the count is complete).
+
+    Counted by torch's own ``FlopCounterMode`` (matmuls, convolutions, attention); its FLOPs
+    are 2 x MACs. Batch norm, pooling and elementwise ops are not counted, as in torchvision's
+    published figures. The pass runs with gradients enabled so that fused inference kernels
+    (such as multi-head attention's fast path) decompose into ops the counter knows.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from fvcore.nn import FlopCountAnalysis
-
     was_training = model.training
     model.eval()
-    x = torch.zeros(1, *input_shape)
+    log_ops = _OpLog()
+    counter = FlopCounterMode(display=False)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            analysis = FlopCountAnalysis(model, x)
-            analysis.unsupported_ops_warnings(False)
-            analysis.uncalled_modules_warnings(False)
-            analysis.tracer_warnings("none")
-            total = int(analysis.total())
+        with counter, log_ops:
+            model(torch.zeros(1, *input_shape))
     finally:
         model.train(was_training)
-    return total
+    known = {str(k) for k in counter.flop_registry}
+    uncounted = sorted(op for op in log_ops.ops if op not in known
+                       and any(h in op.split(".", 1)[-1] for h in _HEAVY))
+    return counter.get_total_flops() // 2, tuple(uncounted)
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates at batch 1 (see :func:`count_ops`); a user error if some op that
+    does such work could not be counted, naming it."""
+    macs, uncounted = count_ops(model, input_shape)
+    if uncounted:
+        raise KdnasError(uncounted_message(uncounted))
+    return macs
+
+
+def uncounted_message(ops: tuple[str, ...]) -> str:
+    return (f"cannot count the MACs of this model: no formula for {', '.join(ops)}, so its "
+            "count would be too low. Use layers torch's flop counter knows (convolutions, "
+            "linear layers, matmuls, attention), or a params or latency budget")
 
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, batch: int = 1,
@@ -149,41 +94,49 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, batch: in
                     channels_last: bool = True) -> tuple[float, float, str]:
     """Median and p90 wall time (ms) of an eval-mode forward pass on this CPU.
 
-    Returns ``(median_ms, p90_ms, setting)`` where ``setting`` states device, threads, batch.
+    Timed with ``torch.utils.benchmark``, which runs at ``threads`` threads for the
+    measurement without changing the process-wide setting. Returns ``(median_ms, p90_ms,
+    setting)`` where ``setting`` states device, threads and batch.
     """
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    threads = threads or torch.get_num_threads()
     was_training = model.training
     model.eval()
     x = torch.randn(batch, *input_shape)
     if channels_last and x.dim() == 4:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    timer = _benchmark().Timer("model(x)", globals={"model": model, "x": x},
+                            num_threads=threads)
     try:
         with torch.inference_mode():
-            for _ in range(warmup):
-                model(x)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model(x)
-                times.append((time.perf_counter() - t0) * 1e3)
-        used = torch.get_num_threads()
+            timer.timeit(warmup)
+            times = sorted(timer.timeit(1).mean * 1e3 for _ in range(repeats))
     finally:
-        torch.set_num_threads(old_threads)
         model.train(was_training)
-    times.sort()
     p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
-    return statistics.median(times), p90, f"cpu, {used} threads, batch {batch}"
+    return statistics.median(times), p90, f"cpu, {threads} threads, batch {batch}"
+
+
+def _benchmark():
+    """``torch.utils.benchmark``, imported without the CUDA notice it logs on a CPU machine."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import benchmark
+    finally:
+        logger.setLevel(level)
+    return benchmark
 
 
 def measure_cost(model: nn.Module, input_shape: tuple[int, ...], *, latency: bool = True,
                  latency_threads: int | None = None, latency_batch: int = 1) -> Cost:
-    macs = count_macs(model, input_shape)
+    """MACs and params, and latency when asked. Ops whose MACs were not counted are kept in
+    the cost, and a MACs budget refuses such a candidate (see :class:`Budget`)."""
+    macs, uncounted = count_ops(model, input_shape)
     params = count_params(model)
     if not latency:
-        return Cost(macs, params)
+        return Cost(macs, params, uncounted_ops=uncounted)
     p50, p90, setting = measure_latency(model, input_shape, batch=latency_batch,
                                         threads=latency_threads)
-    return Cost(macs, params, p50, p90, setting)
+    return Cost(macs, params, p50, p90, setting, uncounted_ops=uncounted)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdnas.errors import KdnasError
+from kdnas.core.errors import KdnasError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from search_spaces import BuiltinSpace, TapInfo
+from search_spaces.base import BuiltinSpace, TapInfo
 
 # MobileNetV2's stage table: (expansion at full width, channels, depth, stride)
 BASE = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from search_spaces import BuiltinSpace, TapInfo
+from search_spaces.base import BuiltinSpace, TapInfo
 
 BLOCKS = ("basic", "bottleneck")
 DEPTHS = (1, 2, 3, 4, 5, 6, 7, 9)

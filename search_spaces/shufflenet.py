@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search_spaces import BuiltinSpace, TapInfo
+from search_spaces.base import BuiltinSpace, TapInfo
 
 WIDTHS = {0.25: (24, 48, 96, 512), 0.5: (48, 96, 192, 1024), 1.0: (116, 232, 464, 1024),
           1.5: (176, 352, 704, 1024), 2.0: (244, 488, 976, 2048)}

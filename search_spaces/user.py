@@ -28,8 +28,8 @@ from typing import Any
 
 from torch import nn
 
-from kdnas.errors import KdnasError
-from search_spaces import TapInfo
+from kdnas.core.errors import KdnasError
+from search_spaces.base import TapInfo
 
 _LOADED: dict[str, Any] = {}
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from kdnas.cost import Cost, count_macs, count_params, measure_latency, parse_budget
-from kdnas.errors import KdnasError
+from kdnas.core.budget import Cost, parse_budget
+from kdnas.cost import count_macs, count_ops, count_params, measure_cost, measure_latency
+from kdnas.core.errors import KdnasError
 from search_spaces import get_space
 
 
@@ -74,19 +75,86 @@ def test_resnet20_matches_published_cost():
     assert count_params(model) == pytest.approx(0.27e6, rel=0.02)
 
 
-def test_fvcore_agrees_with_torch_flop_counter():
-    """Two counters, one answer: torch counts FLOPs = 2 x MACs of convs and linears only;
+def test_fvcore_agrees_with_the_counter_kdnas_uses():
+    """Two counters, one answer: kdnas counts with torch's flop counter (convs and linears);
     fvcore also counts batch norm and pooling, a fraction of a percent more here."""
-    from torch.utils.flop_counter import FlopCounterMode
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis
 
     space = get_space("resnet")
     model = space.build(space.preset("resnet20", in_channels=3, num_classes=10,
                                      input_size=32)).eval()
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        model(torch.zeros(1, 3, 32, 32))
-    torch_macs = fc.get_total_flops() / 2
-    fv = count_macs(model, (3, 32, 32))
-    assert torch_macs <= fv <= torch_macs * 1.01
+    ours = count_macs(model, (3, 32, 32))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        analysis = FlopCountAnalysis(model, torch.zeros(1, 3, 32, 32))
+        analysis.unsupported_ops_warnings(False)
+        fv = analysis.total()
+    assert ours <= fv <= ours * 1.01
+
+
+# torchvision's published cost of each model (weights metadata "_ops": GFLOPS in the
+# multiply-accumulate convention), nine families, attention and a transformer included
+PUBLISHED = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
+             "shufflenet_v2_x1_0", "regnet_y_400mf", "convnext_tiny", "densenet121",
+             "vit_b_16", "swin_t")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_macs_match_torchvision_published_figures(name):
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(name).DEFAULT  # metadata only, no download
+    size = weights.transforms().crop_size[0]
+    model = torchvision.models.get_model(name, weights=None)
+    macs, uncounted = count_ops(model, (3, size, size))
+    assert uncounted == ()
+    assert macs / 1e9 == pytest.approx(weights.meta["_ops"], rel=0.05)
+
+
+class _SpectralNet(nn.Module):
+    """Mixes tokens with an FFT, an op that does real work and that no formula counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.fft.fft2(self.conv(x)).real
+        return self.fc(x.mean((2, 3)))
+
+
+def test_uncounted_ops_are_named_and_refused_by_a_macs_budget():
+    model = _SpectralNet()
+    macs, uncounted = count_ops(model, (3, 16, 16))
+    assert macs == 3 * 8 * 9 * 16 * 16 + 8 * 10  # what could be counted
+    assert any("fft" in op for op in uncounted)
+    with pytest.raises(KdnasError, match="fft"):
+        count_macs(model, (3, 16, 16))
+    cost = measure_cost(model, (3, 16, 16), latency=False)
+    assert cost.uncounted_ops == uncounted
+    budget = parse_budget("1GFLOPs")  # far above the partial count
+    assert not budget.fits(cost) and budget.excess(cost) >= 1.0
+    assert "fft" in budget.refusal(cost)
+    assert parse_budget("1Mparams").fits(cost)  # other budgets need no MACs
+
+
+def test_attention_is_counted():
+    """Scaled dot-product attention on the CPU runs a kernel torch's counter has no formula
+    for; kdnas registers torch's own attention formula for it."""
+    class Attend(nn.Module):
+        def forward(self, x):
+            q = x.flatten(2).transpose(1, 2).reshape(1, 4, 16, 8)  # (b, heads, L, d)
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q).sum((1, 2))
+
+    macs, uncounted = count_ops(Attend(), (32, 4, 4))
+    assert uncounted == ()
+    assert macs == 4 * 16 * 16 * 8 * 2  # QK^T and PV, per head
 
 
 def test_latency_measurement_is_shaped_and_honours_threads():

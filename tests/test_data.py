@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kdnas.data import load_data
-from kdnas.errors import KdnasError
+from kdnas.core.errors import KdnasError
 
 
 def test_digits_splits_are_seeded_and_disjoint(digits):

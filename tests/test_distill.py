@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdnas.distill import FeatureTaps, HintLoss, KDLoss, TrainConfig, evaluate, fit, match_taps
-from kdnas.errors import KdnasError
+from kdnas.core.settings import TrainConfig
+from kdnas.distill import FeatureTaps, HintLoss, KDLoss, evaluate, fit, match_taps
+from kdnas.core.errors import KdnasError
 from search_spaces import TapInfo, get_space
 
 
@@ -47,7 +48,7 @@ def test_hint_loss_matches_its_formula_and_resizes():
 def test_closed_form_hint_equals_the_connector_modules_in_training(layout):
     """In training the hint skips materialising BN(conv(s)); loss, every gradient and the
     BN running statistics must be those of the plain modules (checked in float64)."""
-    from kdnas.distill import _hint_mse
+    from kdnas.distill.hint import hint_mse
 
     torch.manual_seed(0)
     s = (torch.randn(6, 5, 7, 7).relu() + 0.3).double().contiguous(memory_format=layout)
@@ -63,7 +64,7 @@ def test_closed_form_hint_equals_the_connector_modules_in_training(layout):
     expected = F.mse_loss(ref(s1), t)
     expected.backward()
     s2 = s.clone().requires_grad_()
-    got = _hint_mse(s2, t, fused[0], fused[1])
+    got = hint_mse(s2, t, fused[0], fused[1])
     got.backward()
     assert got.item() == pytest.approx(expected.item(), rel=1e-10)
     assert torch.allclose(s2.grad, s1.grad, rtol=1e-8, atol=1e-12)

@@ -108,7 +108,7 @@ def test_stem_adapts_to_input(space):
 
 
 def test_unknown_space_is_a_user_error():
-    from kdnas.errors import KdnasError
+    from kdnas.core.errors import KdnasError
 
     with pytest.raises(KdnasError, match="resnet"):
         get_space("transformer")
@@ -204,7 +204,7 @@ def test_nni_space_is_sampled_through_optuna():
     ("{ex}/plain_cnn.py:Missing", "defines no 'Missing'"),
 ])
 def test_bad_user_space_references(ref, needle):
-    from kdnas.errors import KdnasError
+    from kdnas.core.errors import KdnasError
 
     with pytest.raises(KdnasError, match=needle):
         get_space(ref.format(ex=EXAMPLES))
@@ -214,7 +214,8 @@ def test_core_path_never_imports_nni():
     import subprocess
     import sys
 
-    code = ("import sys, kdnas.cli, kdnas.study, kdnas.report, kdnas.export, search_spaces;"
+    code = ("import sys, kdnas.cli, kdnas.search.loop, kdnas.report, kdnas.ship.export;"
+            "import search_spaces;"
             "from search_spaces import get_space;"
             "[get_space(n) for n in ('resnet', 'mobilenet', 'shufflenet')];"
             "print('nni' in sys.modules)")

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from kdnas.data import load_data
-from kdnas.errors import KdnasError
+from kdnas.core.errors import KdnasError
 from kdnas.teacher import attach_to_data, find_stage_taps, load_teacher, select_taps
 
 
@@ -138,7 +138,8 @@ def test_user_class_state_dict(tmp_path, digits, digits_module):
 
 @pytest.mark.parametrize("fmt", ["export", "torchscript"])
 def test_graph_formats_fall_back_to_logit_distillation(tmp_path, digits, digits_module, fmt):
-    from kdnas.distill import TrainConfig, evaluate, fit
+    from kdnas.core.settings import TrainConfig
+    from kdnas.distill import evaluate, fit
 
     x = torch.zeros(2, 1, 8, 8)
     if fmt == "export":

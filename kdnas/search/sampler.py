@@ -18,6 +18,10 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from kdnas.core.settings import SearchConfig
+from kdnas.search.prepare import measure
+from search_spaces import get_space, spec_id
+
 log = logging.getLogger(__name__)
 
 
@@ -119,3 +123,33 @@ def _lower(d: BaseDistribution, value: Any) -> Any:
     if isinstance(d, optuna.distributions.IntDistribution):
         return value - d.step if value - d.step >= d.low else None
     return None
+
+
+def make_sampler(cfg: SearchConfig, data, *, resumed_at: int = 0
+                 ) -> optuna.samplers.BaseSampler:
+    """Seeded multi-objective TPE; budget-aware when the space declares its distributions.
+
+    ``resumed_at`` (trials already in the study) shifts the seed, so that a resumed run draws
+    new candidates instead of replaying the first run's, and a fresh run stays reproducible.
+    """
+    seed = cfg.seed + 7919 * resumed_at
+    n_startup = min(10, max(3, cfg.trials // 3))
+    tpe = optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                     n_startup_trials=n_startup)
+    space = get_space(cfg.space)
+    if not hasattr(space, "distributions"):
+        return tpe
+    budget = cfg.budget_obj()
+    cache: dict[str, bool] = {}
+
+    def fits(params: dict) -> bool:
+        spec = space.sample(optuna.trial.FixedTrial(params), in_channels=data.in_channels,
+                            num_classes=data.num_classes, input_size=data.input_size)
+        key = spec_id(spec)
+        if key not in cache:
+            cost = measure(cfg, space.build(spec), data, latency=budget.metric == "latency_ms")
+            cache[key] = budget.fits(cost)
+        return cache[key]
+
+    return FeasibleSampler(tpe, space.distributions(), fits, n_startup_trials=n_startup,
+                           seed=seed)

@@ -1,4 +1,5 @@
-"""One frozen dataclass per study, built from flags or a TOML file in ``studies/``."""
+"""Settings as frozen dataclasses, validated on construction: the study (:class:`SearchConfig`,
+from flags or a TOML file) and the training recipe (:class:`TrainConfig`). Torch-free."""
 
 from __future__ import annotations
 
@@ -7,9 +8,68 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdnas.cost import Budget, parse_budget
-from kdnas.distill import TrainConfig
-from kdnas.errors import KdnasError
+from kdnas.core.budget import Budget, parse_budget
+from kdnas.core.errors import KdnasError
+
+
+# --kd: feature losses add to logit KD; "feature" is FitNets, the default
+KD_METHODS = ("feature", "fitnets", "at", "sp", "pkt", "logit", "none")
+FEATURE_METHODS = ("fitnets", "at", "sp", "pkt")
+# default weight of each feature loss, scaled so that it starts near the size of the KD term
+FEATURE_WEIGHTS = {"fitnets": 1.0, "at": 5.0, "sp": 3000.0, "pkt": 30000.0}
+
+
+def canonical_method(kd: str) -> str:
+    return "fitnets" if kd == "feature" else kd
+
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The brief training recipe used to rank candidates (and, longer, to train teachers)."""
+
+    epochs: float = 1.0
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup: float = 0.05
+    train_fraction: float = 1.0
+    kd: str = "feature"
+    temperature: float = 4.0
+    kd_alpha: float = 0.9
+    feature_weight: float | None = None  # None: the method's default (FEATURE_WEIGHTS)
+    schedule: str = "cosine"  # or "step": x0.1 at 50% and 75% of the steps
+    seed: int = 0
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.epochs > 0:
+            raise KdnasError(f"epochs must be positive, got {self.epochs}")
+        if not 0 < self.train_fraction <= 1:
+            raise KdnasError(f"train fraction must be in (0, 1], got {self.train_fraction}")
+        if self.kd not in KD_METHODS:
+            raise KdnasError(f"unknown distillation method {self.kd!r}: choose one of "
+                             f"{', '.join(KD_METHODS)}")
+        if not 0 <= self.kd_alpha <= 1:
+            raise KdnasError(f"kd_alpha must be in [0, 1], got {self.kd_alpha}")
+        if self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
+            raise KdnasError("batch size, learning rate and temperature must be positive")
+        if self.schedule not in ("cosine", "step"):
+            raise KdnasError(f"schedule must be cosine or step, got {self.schedule!r}")
+        if self.feature_weight is not None and self.feature_weight < 0:
+            raise KdnasError(f"feature weight must be >= 0, got {self.feature_weight}")
+
+    @property
+    def method(self) -> str:
+        return canonical_method(self.kd)
+
+    @property
+    def weight(self) -> float:
+        """Weight of the feature loss."""
+        if self.feature_weight is not None:
+            return self.feature_weight
+        return FEATURE_WEIGHTS.get(self.method, 0.0)
 
 
 # cost objectives: name on the command line -> Cost field / report column

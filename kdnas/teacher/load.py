@@ -1,7 +1,7 @@
-"""Teachers: loading supported formats, finding stage taps, checking against the data.
+"""Teacher files in every supported format, loaded into a :class:`Teacher`.
 
-Nothing here trains: ``kdnas teacher train`` trains with :func:`kdnas.distill.fit` and saves
-with :func:`save_checkpoint`.
+Nothing here trains: ``kdnas teacher train`` (:mod:`kdnas.ship.teacher_train`) trains with
+:func:`kdnas.distill.fit` and saves with :func:`save_checkpoint`.
 
 A *kdnas teacher checkpoint* is a weights-only ``torch.save`` of a dict::
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdnas.cost import count_macs
-from kdnas.errors import KdnasError
+from kdnas.core.errors import KdnasError
+from kdnas.core.files import atomic_path
 from search_spaces import TapInfo
 from search_spaces import build as build_spec
 
@@ -47,135 +47,6 @@ class Teacher:
     meta: dict = field(default_factory=dict)
 
 
-def find_stage_taps(model: nn.Module, input_shape: tuple[int, ...]) -> list[TapInfo]:
-    """The output of each stage: one tap per spatial resolution, found by one forward pass.
-
-    A stage ends where the network next halves the resolution. The outermost module that
-    makes exactly one such step (a ResNet stage, a max pool, a MobileNet stage) marks the end:
-    its *input* is the stage output, tapped at the module that produced it (a stage rather than
-    the expansion conv inside the next block). Where no module marks it (downsampling in
-    functional code), and for the last resolution, the last module to finish at that
-    resolution is tapped. Outputs of 1x1 spatial size (global pooling) are not stages.
-    """
-    named = [(n, m) for n, m in model.named_modules() if n]
-    outputs: list[tuple[str, torch.Tensor]] = []  # in the order modules finish
-    inputs: dict[str, torch.Tensor] = {}
-    keep: list[torch.Tensor] = []  # hold every tensor so that no address is reused
-
-    def pre(name):
-        def hook(_m, args):
-            if args and isinstance(args[0], torch.Tensor):
-                inputs.setdefault(name, args[0])
-                keep.append(args[0])
-        return hook
-
-    def post(name):
-        def hook(_m, _inp, out):
-            if isinstance(out, torch.Tensor) and out.dim() == 4:
-                outputs.append((name, out))
-                keep.append(out)
-        return hook
-
-    handles = []
-    for name, mod in named:
-        handles.append(mod.register_forward_pre_hook(pre(name)))
-        handles.append(mod.register_forward_hook(post(name)))
-    was_training = model.training
-    model.eval()
-    x = torch.zeros(1, *input_shape)
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-
-    size = input_shape[-1]
-
-    def stride_of(t: torch.Tensor) -> int:
-        return max(1, round(size / t.shape[-1]))
-
-    def producer(t: torch.Tensor, avoid: list[str] = ()) -> str | None:
-        """The outermost module that output this very tensor (ties: the later one), but not
-        an ancestor of a module in ``avoid`` (not the whole trunk for its last stage)."""
-        names = [n for n, o in outputs if o.data_ptr() == t.data_ptr() and o.shape == t.shape]
-        fitting = [n for n in names if not any(a.startswith(n + ".") for a in avoid)]
-        names = fitting or names
-        return min(reversed(names), key=lambda n: n.count(".")) if names else None
-
-    # fallback: the last module to finish at each resolution (never going back up)
-    by_stride: dict[int, tuple[torch.Tensor, str]] = {}  # stride -> (tensor, finishing module)
-    for i, (name, out) in enumerate(outputs):
-        if out.shape[-1] <= 1:
-            continue
-        nxt = next((o for _, o in outputs[i + 1:] if o.shape[-1] > 1), None)
-        if nxt is None or nxt.shape[-2:] != out.shape[-2:]:
-            s = stride_of(out)
-            if not by_stride or s >= max(by_stride):
-                by_stride[s] = (out, name)
-
-    # stage ends marked by the outermost modules that downsample exactly once
-    res_of = {n: {o.shape[-1] for m, o in outputs
-                  if (m == n or m.startswith(n + ".")) and o.shape[-1] > 1}  # not SE pools
-              for n, _ in named}
-    single = {}
-    for n, _ in named:
-        t_in = inputs.get(n)
-        outs = [o for m, o in outputs if m == n]
-        if t_in is None or t_in.dim() != 4 or not outs:
-            continue
-        r_in, r_out = t_in.shape[-1], outs[-1].shape[-1]
-        single[n] = r_out < r_in and r_out > 1 and res_of[n] <= {r_in, r_out}
-    for n, is_single in single.items():
-        parent = n.rpartition(".")[0]
-        if not is_single or single.get(parent, False):
-            continue
-        t_in = inputs[n]
-        if t_in.data_ptr() == x.data_ptr():
-            continue  # the model's input is no stage
-        s = stride_of(t_in)
-        name = producer(t_in) if s in by_stride else None
-        if name is not None:
-            by_stride[s] = (t_in, name)
-
-    # name each tap, shallow strides first: the outermost module that output that tensor but
-    # is no ancestor of an earlier tap
-    taps: list[TapInfo] = []
-    for s in sorted(by_stride):
-        tensor, fallback = by_stride[s]
-        name = producer(tensor, [t.module for t in taps]) or fallback
-        taps.append(TapInfo(name, tensor.shape[1], s))
-    return taps
-
-
-def select_taps(model: nn.Module, taps: list[TapInfo], names: list[str],
-                input_shape: tuple[int, ...]) -> list[TapInfo]:
-    """Taps for user-named layers (``--teacher-layers``), with channels and stride measured."""
-    modules = dict(model.named_modules())
-    unknown = [n for n in names if n not in modules]
-    if unknown:
-        raise KdnasError(f"teacher has no layer(s) {unknown}; some it has: "
-                         f"{[t.module for t in taps]}")
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = [modules[n].register_forward_hook(
-        lambda _m, _i, out, n=n: shapes.__setitem__(n, tuple(out.shape))) for n in names]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_shape))
-    finally:
-        for h in handles:
-            h.remove()
-    out = []
-    for n in names:
-        s = shapes.get(n)
-        if s is None or len(s) != 4:
-            raise KdnasError(f"teacher layer {n!r} does not output a 4-d feature map: choose "
-                             f"a convolutional layer, e.g. one of {[t.module for t in taps]}")
-        out.append(TapInfo(n, s[1], max(1, round(input_shape[-1] / s[-1]))))
-    return out
-
-
 def file_digest(path: Path) -> str:
     h = hashlib.sha1()
     with open(path, "rb") as fh:
@@ -193,9 +64,8 @@ def save_checkpoint(path: Path, module: nn.Module, *, spec: dict, classes: list[
     ckpt = {"format": FORMAT, "version": 1, "spec": spec, "state_dict": state,
             "classes": list(classes), "input_shape": list(input_shape), "mean": list(mean),
             "std": list(std), "data": data, "val_accuracy": val_accuracy, **(extra or {})}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
 
 
 def load_teacher(ref: str | Path, *, arch: str | None = None, num_classes: int | None = None,
@@ -426,55 +296,3 @@ def _from_torchscript(p: Path) -> Teacher:
     return Teacher(module=GraphTeacher(module.eval()), taps=[], input_shape=None,
                    num_classes=None, source=str(p), digest=file_digest(p),
                    meta={"format": "TorchScript", "graph": True})
-
-
-def attach_to_data(teacher: Teacher, data) -> list[str]:
-    """Check the teacher against the data, fill in what the file did not say, find its stage
-    taps. Refuses a mismatch before any training, naming both sides. Returns notices."""
-    notes = []
-    if teacher.input_shape is not None and tuple(teacher.input_shape) != tuple(data.input_shape):
-        raise KdnasError(
-            f"teacher expects inputs of shape {tuple(teacher.input_shape)} (C, H, W) but data "
-            f"{data.spec!r} has {tuple(data.input_shape)}: use the data the teacher was trained "
-            "on, or a teacher trained for these images")
-    x = next(data.batches("val", 2))[0].contiguous()
-    try:
-        with torch.no_grad():
-            out = teacher.module(x)
-    except Exception as e:  # noqa: BLE001 - the message names both sides
-        raise KdnasError(f"the teacher cannot take the data's images of shape "
-                         f"{tuple(data.input_shape)} (C, H, W): {type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200]}") from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise KdnasError("the teacher must return logits of shape (batch, classes); it returned "
-                         f"{type(out).__name__} {tuple(getattr(out, 'shape', ()))}")
-    classes = int(out.shape[1])
-    if teacher.num_classes is not None and teacher.num_classes != classes:
-        raise KdnasError(f"teacher predicts {classes} classes, not {teacher.num_classes}")
-    if classes != data.num_classes:
-        raise KdnasError(f"teacher predicts {classes} classes but data {data.spec!r} has "
-                         f"{data.num_classes}: use matching teacher and data, or --num-classes "
-                         "to size a torchvision head")
-    teacher.num_classes = classes
-    teacher.input_shape = tuple(data.input_shape)
-    if teacher.classes and teacher.classes != data.classes:
-        log.warning("teacher class names %s differ from the data's %s; assuming the same "
-                    "order", teacher.classes[:5], data.classes[:5])
-    if teacher.meta.get("graph"):
-        if teacher.meta.get("layers"):
-            raise KdnasError(f"--teacher-layers needs module structure; a "
-                             f"{teacher.meta['format']} has none")
-        notes.append(f"the teacher is a {teacher.meta['format']}: it has no module structure "
-                     "to tap, so students learn from its logits only (logit KD)")
-        teacher.taps = []
-    else:
-        teacher.taps = find_stage_taps(teacher.module, teacher.input_shape)
-        if teacher.meta.get("layers"):
-            teacher.taps = select_taps(teacher.module, teacher.taps, teacher.meta["layers"],
-                                       teacher.input_shape)
-    if "macs" not in teacher.meta:
-        try:
-            teacher.meta["macs"] = count_macs(teacher.module, teacher.input_shape)
-        except Exception:  # noqa: BLE001 - fvcore cannot trace every format
-            teacher.meta["macs"] = None
-    return notes

@@ -5,15 +5,16 @@ import dataclasses
 import pytest
 import torch
 
-from kdnas.config import SearchConfig
-from kdnas.final import distill_trial
+from kdnas.core.settings import SearchConfig
+from kdnas.ship.final import distill_trial
 from kdnas.report import pick_trial, write_report
-from kdnas.study import run_search
+from kdnas.search.loop import run_search
+from kdnas.search.storage import load_record
 
 
 @pytest.fixture(scope="module")
 def study_with_a_student(tmp_path_factory, digits_teacher):
-    from kdnas.study import prepare
+    from kdnas.search.prepare import prepare
 
     tmp = tmp_path_factory.mktemp("final")
     cfg = SearchConfig(study="f", teacher=str(digits_teacher), budget="1MFLOPs", trials=1,
@@ -21,7 +22,7 @@ def study_with_a_student(tmp_path_factory, digits_teacher):
                        latency=False)
     cfg, teacher, data, _ = prepare(cfg)
     out = run_search(cfg, teacher, data)
-    return out.study, cfg, teacher, data, tmp
+    return load_record(out.study), cfg, teacher, data, tmp
 
 
 def test_interrupted_distillation_resumes_to_the_same_student(study_with_a_student):

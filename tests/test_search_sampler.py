@@ -3,7 +3,7 @@ from __future__ import annotations
 import optuna
 from optuna.distributions import CategoricalDistribution
 
-from kdnas.sampler import FeasibleSampler
+from kdnas.search.sampler import FeasibleSampler
 
 
 def _study(fits, seed=0, startup=3):

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdnas.cost import fmt_count
-from kdnas.report import COST_NAMES, export_command, fmt_value, hypervolume_text
+from kdnas.core.budget import fmt_count
+from kdnas.core.files import write_text
+from kdnas.report.frames import COST_NAMES, export_command, fmt_value, hypervolume_text
 
 CSS = """
 body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -36,14 +37,10 @@ def _pct(v) -> str:
     return "" if v is None or pd.isna(v) else f"{100 * v:.2f}%"
 
 
-def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg,
-               refs: pd.DataFrame | None = None) -> Path:
+def _headline(out: Path, front: pd.DataFrame, info: dict, cfg) -> list[str]:
     e = html.escape
-    teacher_acc = info.get("teacher_val_accuracy")
     knee = info.get("knee_trial")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>kdnas: {e(cfg.study)}"
-             f"</title><style>{CSS}</style></head><body>",
-             f"<h1>Study {e(cfg.study)}: which student to ship</h1>"]
+    parts = []
     if knee is not None:
         r = front[front.trial == knee].iloc[0]
         parts.append(
@@ -62,10 +59,16 @@ def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg
                  f"accuracy versus {COST_NAMES[info['front_cost']]}. Orange crosses: proposals "
                  "over budget, never trained. Red dashes: the budget. Green dots: the teacher.</p>")
 
-    parts.append("<h2>The front</h2><table><tr><th>rank</th><th>trial</th>"
+    return parts
+
+
+def _front_table(front: pd.DataFrame, info: dict, cfg) -> list[str]:
+    e = html.escape
+    teacher_acc = info.get("teacher_val_accuracy")
+    parts = ["<h2>The front</h2><table><tr><th>rank</th><th>trial</th>"
                  "<th class='l'>architecture</th><th>val acc</th><th>gap to teacher</th>"
                  "<th>MACs</th><th>FLOPs</th><th>params</th><th>latency p50 / p90 ms</th>"
-                 "<th class='l'>distillation</th><th>train s</th><th class='l'>export</th></tr>")
+                 "<th class='l'>distillation</th><th>train s</th><th class='l'>export</th></tr>"]
     for rank, (_, r) in enumerate(front.sort_values("val_accuracy", ascending=False)
                                   .iterrows(), 1):
         gap = "" if teacher_acc is None else f"{100 * (teacher_acc - r.val_accuracy):+.2f}"
@@ -80,6 +83,12 @@ def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg
             f"<td class='l'><code>{e(export_command(cfg, int(r.trial)))}</code></td></tr>")
     parts.append("</table>")
 
+    return parts
+
+
+def _references_table(refs: pd.DataFrame | None) -> list[str]:
+    e = html.escape
+    parts: list[str] = []
     if refs is not None and not refs.empty:
         parts.append("<h2>Hand-designed students, same brief recipe</h2><table><tr>"
                      "<th class='l'>name</th><th class='l'>architecture</th><th>val acc</th>"
@@ -92,6 +101,12 @@ def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg
                          f"<td>{'yes' if r.within_budget else 'no'}</td></tr>")
         parts.append("</table>")
 
+    return parts
+
+
+def _distilled_table(out: Path) -> list[str]:
+    e = html.escape
+    parts: list[str] = []
     distilled = sorted((out / "distilled").glob("trial-*.json"))
     if distilled:
         parts.append("<h2>Fully distilled students</h2><table><tr><th>trial</th><th>epochs</th>"
@@ -107,6 +122,13 @@ def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg
                          "</td></tr>")
         parts.append("</table>")
 
+    return parts
+
+
+def _facts(df: pd.DataFrame, info: dict, cfg) -> list[str]:
+    e = html.escape
+    teacher_acc = info.get("teacher_val_accuracy")
+    parts: list[str] = []
     rho = info.get("macs_latency_spearman")
     setting = df.latency_setting.dropna()
     counts = ", ".join(f"{v} {k}" for k, v in sorted(info["trials_by_state"].items()))
@@ -131,11 +153,20 @@ def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg
     if manifest.exists():
         parts.append("<h2>Manifest</h2><pre>" + e(json.dumps(json.loads(manifest.read_text()),
                                                              indent=1)) + "</pre>")
+    return parts
+
+
+def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg,
+               refs: pd.DataFrame | None = None) -> Path:
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>kdnas: {e(cfg.study)}"
+             f"</title><style>{CSS}</style></head><body>",
+             f"<h1>Study {e(cfg.study)}: which student to ship</h1>",
+             *_headline(out, front, info, cfg), *_front_table(front, info, cfg),
+             *_references_table(refs), *_distilled_table(out), *_facts(df, info, cfg)]
     parts.append("<p class='muted'>MACs: multiply-accumulates at batch 1 (fvcore); FLOPs = 2 x "
                  "MACs. Accuracy: validation split carved from the training data, after brief "
                  "search training, for ranking; train the chosen student fully with "
                  "<code>kdnas distill</code>. The study database opens in optuna-dashboard.</p>")
     parts.append("</body></html>")
-    path = out / "report.html"
-    path.write_text("\n".join(parts))
-    return path
+    return write_text(out / "report.html", "\n".join(parts))

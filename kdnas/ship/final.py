@@ -14,36 +14,31 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import optuna
 import torch
 
-from kdnas.config import SearchConfig
-from kdnas.distill import TrainConfig, evaluate, fit
-from kdnas.errors import KdnasError
-from kdnas.export import write_exports
+from kdnas.core.files import write_text
+from kdnas.core.records import StudyRecord
+from kdnas.core.settings import SearchConfig, TrainConfig
+from kdnas.distill import evaluate, fit
+from kdnas.ship.export import write_exports
 from search_spaces import get_space
 
 log = logging.getLogger(__name__)
 
 
-def distill_trial(study: optuna.Study, cfg: SearchConfig, trial_number: int, teacher, data, *,
+def distill_trial(record: StudyRecord, cfg: SearchConfig, trial_number: int, teacher, data, *,
                   epochs: float, out_dir: Path, lr: float | None = None,
                   batch_size: int | None = None, schedule: str = "cosine",
                   seed: int | None = None, formats: tuple[str, ...] = ("pt2", "onnx"),
                   progress: Callable[[int, int, float], None] | None = None) -> dict:
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    t = trials.get(trial_number)
-    if t is None or not t.user_attrs.get("trained"):
-        raise KdnasError(f"study {cfg.study!r} has no trained trial {trial_number}: pick one "
-                         "from pareto.md")
-    rec = t.user_attrs
-    spec = rec["spec"]
+    rec = record.trained_trial(trial_number)
+    spec = rec.spec
     space = get_space(spec["space"])
     seed = cfg.seed if seed is None else seed
     tcfg = TrainConfig(epochs=epochs, batch_size=batch_size or cfg.batch_size,
-                       lr=lr or cfg.lr, train_fraction=1.0, kd=rec.get("kd", cfg.kd),
+                       lr=lr or cfg.lr, train_fraction=1.0, kd=rec.kd or cfg.kd,
                        temperature=cfg.temperature, kd_alpha=cfg.kd_alpha,
-                       feature_weight=rec.get("feature_weight"), schedule=schedule, seed=seed)
+                       feature_weight=rec.feature_weight, schedule=schedule, seed=seed)
     torch.manual_seed(seed)
     model = space.build(spec)
     work = cfg.study_dir / "distill" / f"trial-{trial_number}"
@@ -52,7 +47,7 @@ def distill_trial(study: optuna.Study, cfg: SearchConfig, trial_number: int, tea
     test_acc = evaluate(model, data, "test")
     info = {"study": cfg.study, "trial": trial_number, "epochs": epochs,
             "val_accuracy": result.val_accuracy, "test_accuracy": test_acc,
-            "search_val_accuracy": rec.get("val_accuracy"),
+            "search_val_accuracy": rec.val_accuracy,
             "recipe": {"lr": tcfg.lr, "batch_size": tcfg.batch_size, "schedule": schedule,
                        "kd": tcfg.method, "feature_weight": tcfg.weight, "seed": seed},
             "curve": result.curve}
@@ -60,8 +55,8 @@ def distill_trial(study: optuna.Study, cfg: SearchConfig, trial_number: int, tea
     meta = {"val_accuracy": result.val_accuracy, "test_accuracy": test_acc,
             "study": cfg.study, "trial": trial_number, "budget": cfg.budget,
             "teacher": cfg.teacher, "data": cfg.data,
-            "latency_ms": rec["cost"].get("latency_ms"),
-            "latency_setting": rec["cost"].get("latency_setting"),
+            "latency_ms": rec.cost.get("latency_ms"),
+            "latency_setting": rec.cost.get("latency_setting"),
             "accuracy_note": f"after full distillation, {epochs:g} epochs",
             "closing": "Trained from scratch with the study's teacher and this trial's "
                        f"distillation method for {epochs:g} epochs (`kdnas distill`).",
@@ -71,8 +66,7 @@ def distill_trial(study: optuna.Study, cfg: SearchConfig, trial_number: int, tea
     diffs, files = write_exports(model, spec, data, Path(out_dir), formats=formats, meta=meta)
     info["exports"] = {k: str(Path(out_dir) / f.name) for k, f in zip(diffs, files[1:],
                                                                       strict=False)}
-    report = cfg.report_dir / "distilled" / f"trial-{trial_number}.json"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(info, indent=2))
+    write_text(cfg.report_dir / "distilled" / f"trial-{trial_number}.json",
+               json.dumps(info, indent=2))
     info["files"] = [str(f) for f in files]
     return info

@@ -5,11 +5,12 @@ import json
 import pytest
 import torch
 
-from kdnas.config import SearchConfig
-from kdnas.errors import KdnasError
-from kdnas.export import export_trial
+from kdnas.core.settings import SearchConfig
+from kdnas.core.errors import KdnasError
+from kdnas.ship.export import export_trial
 from kdnas.report import pick_trial
-from kdnas.study import run_search
+from kdnas.search.loop import run_search
+from kdnas.search.storage import load_record
 from kdnas.teacher import attach_to_data, load_teacher
 from search_spaces import build
 
@@ -24,7 +25,7 @@ def searched(tmp_path_factory, digits, digits_teacher):
                        trials=2, epochs=2, val_fraction=0.2, workdir=str(tmp / "runs"),
                        latency=False)
     out = run_search(cfg, teacher, data)
-    return out.study, cfg, data, tmp
+    return load_record(out.study), cfg, data, tmp
 
 
 def test_export_round_trips(searched):
@@ -32,9 +33,9 @@ def test_export_round_trips(searched):
     trial = pick_trial(study, "best")
     r = export_trial(study, cfg, trial, data, tmp / "out")
     meta = json.loads((tmp / "out" / "spec.json").read_text())
-    record = {t.number: t for t in study.get_trials()}[trial]
-    assert meta["macs"] == record.user_attrs["cost"]["macs"] == r.macs
-    assert r.val_accuracy == pytest.approx(record.user_attrs["val_accuracy"], abs=0.002)
+    record = study.trial(trial)
+    assert meta["macs"] == record.cost["macs"] == r.macs
+    assert r.val_accuracy == pytest.approx(record.val_accuracy, abs=0.002)
     # plain PyTorch, no kdnas: the exported program
     program = torch.export.load(str(tmp / "out" / "student.pt2")).module()
     # and the weights into a module rebuilt from the spec
@@ -71,7 +72,7 @@ def test_torchscript_only_when_asked(searched):
 def test_export_fails_loudly_when_weights_disagree_with_the_record(searched):
     study, cfg, data, tmp = searched
     trial = pick_trial(study, "knee")
-    path = {t.number: t for t in study.get_trials()}[trial].user_attrs["weights"]
+    path = study.trial(trial).weights
     saved = torch.load(path, weights_only=True)
     original = {k: v.clone() for k, v in saved["state_dict"].items()}
     saved["state_dict"]["fc.weight"].normal_(0, 10.0, generator=torch.Generator().manual_seed(0))

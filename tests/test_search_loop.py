@@ -7,10 +7,12 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import kdnas.study as study_mod
-from kdnas.config import SearchConfig
-from kdnas.errors import KdnasError
-from kdnas.study import fail_stale_trials, open_study, run_search, trained_count
+import kdnas.search.loop as study_mod
+import kdnas.search.storage as storage_mod
+from kdnas.core.settings import SearchConfig
+from kdnas.core.errors import KdnasError
+from kdnas.search.loop import run_search
+from kdnas.search.storage import fail_stale_trials, load_record, open_study, trained_count
 
 
 @pytest.fixture
@@ -98,9 +100,9 @@ def test_trials_of_a_dead_worker_are_marked_failed(setup):
     cfg, _, _ = setup
     study = open_study(cfg, create=True)
     t = study.ask()
-    t.set_user_attr("worker", f"{study_mod.socket.gethostname()}:999999999")
+    t.set_user_attr("worker", f"{storage_mod.socket.gethostname()}:999999999")
     alive = study.ask()
-    alive.set_user_attr("worker", study_mod.worker_id())
+    alive.set_user_attr("worker", storage_mod.worker_id())
     assert fail_stale_trials(study) == 1
     states = {tr.number: tr.state for tr in study.get_trials()}
     assert states == {t.number: TrialState.FAIL, alive.number: TrialState.RUNNING}
@@ -109,7 +111,7 @@ def test_trials_of_a_dead_worker_are_marked_failed(setup):
 def test_search_with_a_user_space_and_export(setup, tmp_path):
     from pathlib import Path
 
-    from kdnas.export import export_trial
+    from kdnas.ship.export import export_trial
     from kdnas.report import pick_trial
 
     cfg, teacher, data = setup
@@ -121,7 +123,8 @@ def test_search_with_a_user_space_and_export(setup, tmp_path):
         if t.user_attrs.get("trained"):
             assert t.user_attrs["spec"]["space"] == ref
             assert t.user_attrs["cost"]["macs"] <= 0.2e6
-    r = export_trial(out.study, cfg, pick_trial(out.study, "best"), data, tmp_path / "x")
+    record = load_record(out.study)
+    r = export_trial(record, cfg, pick_trial(record, "best"), data, tmp_path / "x")
     assert r.max_abs_diff["pt2"] < 1e-4 and r.max_abs_diff["onnx"] < 1e-3
 
 
@@ -134,7 +137,7 @@ def test_search_other_families(setup, space):
 
 
 def test_kd_auto_searches_the_method_and_shares_one_teacher_cache(setup):
-    from kdnas.study import AUTO_METHODS
+    from kdnas.search.loop import AUTO_METHODS
 
     cfg, teacher, data = setup
     out = run_search(dataclasses.replace(cfg, kd="auto", trials=3), teacher, data)
@@ -162,7 +165,7 @@ def test_latency_budget_and_objectives(setup):
         cost = t.user_attrs["cost"]
         assert t.values[1] == pytest.approx(cost["latency_ms"]) and t.values[2] == cost["macs"]
         assert cost["latency_ms"] <= 50 and cost["latency_setting"].startswith("cpu, 1 threads")
-    front = front_frame(trials_frame(out.study), "latency_ms")
+    front = front_frame(trials_frame(load_record(out.study)), "latency_ms")
     assert len(front) >= 1
 
 
@@ -177,15 +180,15 @@ def test_references_are_trained_once_and_reported(setup):
     cfg, teacher, data = setup
     cfg = dataclasses.replace(cfg, trials=1, references=("resnet8", "mobilenet:mobilenetv2_half"))
     out = run_search(cfg, teacher, data)
-    refs = references_frame(out.study)
+    refs = references_frame(load_record(out.study))
     assert list(refs.name) == ["resnet8", "mobilenet:mobilenetv2_half"]
     assert (refs.val_accuracy > 0).all() and refs.macs.notna().all()
     assert trained_count(out.study) == 1  # references are not search trials
-    assert len(trials_frame(out.study)) == len(out.study.get_trials())
+    assert len(trials_frame(load_record(out.study))) == len(out.study.get_trials())
     before = out.study.user_attrs["references"]
     again = run_search(dataclasses.replace(cfg, trials=1), teacher, data)
     assert again.study.user_attrs["references"] == before  # not retrained
-    page = (write_report(again.study, cfg) / "report.html").read_text()
+    page = (write_report(load_record(again.study), cfg) / "report.html").read_text()
     assert "Hand-designed students" in page and "mobilenetv2_half" in page
 
 

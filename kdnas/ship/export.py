@@ -23,13 +23,14 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
 import torch
 
-from kdnas.config import SearchConfig
-from kdnas.cost import count_macs, count_params, fmt_count
+from kdnas.core.budget import fmt_count
+from kdnas.core.errors import KdnasError
+from kdnas.core.records import StudyRecord, TrialRecord
+from kdnas.core.settings import SearchConfig
+from kdnas.cost import count_macs, count_params
 from kdnas.distill import evaluate
-from kdnas.errors import KdnasError
 from search_spaces import build, describe
 
 log = logging.getLogger(__name__)
@@ -49,17 +50,11 @@ class ExportResult:
     files: list[Path]
 
 
-def load_student(study: optuna.Study, trial_number: int) -> tuple[torch.nn.Module, dict, dict]:
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    t = trials.get(trial_number)
-    if t is None:
-        raise KdnasError(f"study {study.study_name!r} has no trial {trial_number} "
-                         f"(it has 0..{max(trials) if trials else -1})")
-    if not t.user_attrs.get("trained"):
-        raise KdnasError(f"trial {trial_number} was not trained (state: {t.state.name}, "
-                         "e.g. over budget or interrupted): pick a trained trial, see "
-                         "pareto.md")
-    path = Path(t.user_attrs["weights"])
+def load_student(record: StudyRecord, trial_number: int
+                 ) -> tuple[torch.nn.Module, dict, TrialRecord]:
+    """The trained student of a trial, rebuilt from its spec with its weights loaded."""
+    t = record.trained_trial(trial_number)
+    path = Path(t.weights)
     if not path.is_file():
         raise KdnasError(f"weights of trial {trial_number} are missing at {path}: run export "
                          "on the machine (or folder) where that trial was trained")
@@ -67,7 +62,7 @@ def load_student(study: optuna.Study, trial_number: int) -> tuple[torch.nn.Modul
     model = build(saved["spec"])
     model.load_state_dict(saved["state_dict"])
     model.eval()
-    return model, saved["spec"], dict(t.user_attrs)
+    return model, saved["spec"], t
 
 
 def _write_pt2(model, x, out: Path):
@@ -108,23 +103,23 @@ _WRITERS = {"pt2": _write_pt2, "onnx": _write_onnx, "torchscript": _write_torchs
 TOLERANCES = {"pt2": 1e-4, "onnx": 1e-3, "torchscript": 1e-4}
 
 
-def export_trial(study: optuna.Study, cfg: SearchConfig, trial_number: int, data,
+def export_trial(record: StudyRecord, cfg: SearchConfig, trial_number: int, data,
                  out_dir: Path, *, formats: tuple[str, ...] = ("pt2", "onnx")) -> ExportResult:
     """Export one trained trial; ``data`` carries the study's normalisation.
 
     Writes the state_dict and spec always, and each of ``formats`` (``pt2``: torch.export,
     ``onnx`` checked with onnxruntime, ``torchscript``), each verified on validation images.
     """
-    model, spec, rec = load_student(study, trial_number)
+    model, spec, rec = load_student(record, trial_number)
     shape = tuple(data.input_shape)
     macs, params = count_macs(model, shape), count_params(model)
-    cost = rec["cost"]
+    cost = rec.cost
     if macs != cost["macs"] or params != cost["params"]:
         raise KdnasError(f"trial {trial_number}: rebuilt student costs {macs} MACs / {params} "
                          f"params but the study recorded {cost['macs']} / {cost['params']}: "
                          "the search space code changed since the search")
     acc = evaluate(model, data, "val")
-    recorded = float(rec["val_accuracy"])
+    recorded = float(rec.val_accuracy)
     if abs(acc - recorded) > ACCURACY_TOLERANCE:
         raise KdnasError(f"trial {trial_number}: re-measured validation accuracy {acc:.4f} "
                          f"differs from the recorded {recorded:.4f}: data or weights changed")
@@ -134,9 +129,10 @@ def export_trial(study: optuna.Study, cfg: SearchConfig, trial_number: int, data
             "latency_ms": cost.get("latency_ms"), "latency_setting": cost.get("latency_setting"),
             "accuracy_note": "after the brief search training, used for ranking",
             "training": {"epochs": cfg.epochs, "train_fraction": cfg.train_fraction,
-                         "kd": rec.get("kd", cfg.kd), "temperature": cfg.temperature,
+                         "kd": rec.kd or cfg.kd, "temperature": cfg.temperature,
                          "kd_alpha": cfg.kd_alpha,
-                         "feature_weight": rec.get("feature_weight", cfg.feature_weight)}}
+                         "feature_weight": (rec.feature_weight if rec.feature_weight is not None
+                                            else cfg.feature_weight)}}
     diffs, files = write_exports(model, spec, data, Path(out_dir), formats=formats, meta=meta,
                                  counted=(macs, params))
     return ExportResult(Path(out_dir), trial_number, macs, params, acc, recorded, diffs, files)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdnas.front import hypervolume, knee_index, pareto_mask
+from kdnas.report.front import hypervolume, knee_index, pareto_mask
 
 
 def test_pareto_mask_keeps_only_non_dominated_points():

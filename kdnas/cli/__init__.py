@@ -1,0 +1,37 @@
+"""Command line: ``kdnas search | report | export | distill | teacher train | demo``.
+
+The CLI owns argument parsing (:mod:`.parser`), progress display (:mod:`.progress`), exit
+codes and friendly errors; the commands (:mod:`.commands`) call the library. ``main(argv)
+-> int`` is easy to test.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from kdnas.cli.parser import build_parser
+from kdnas.core.errors import KdnasError
+
+log = logging.getLogger("kdnas")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s: %(message)s", stream=sys.stderr)
+    for noisy in ("optuna", "fvcore", "PIL", "matplotlib", "onnxscript", "onnx_ir", "torch"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args.run = main  # commands that run others (demo) go through the same door
+    try:
+        return int(args.func(args) or 0)
+    except KdnasError as e:
+        print(f"kdnas: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdnas: interrupted", file=sys.stderr)
+        return 130

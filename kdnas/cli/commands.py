@@ -1,0 +1,226 @@
+"""The commands behind ``kdnas …``: each reads its arguments, calls the library and says
+what happened. Imports are inside the commands so that ``kdnas --help`` stays fast."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+from kdnas.core.errors import KdnasError
+
+log = logging.getLogger("kdnas")
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"
+
+
+def cmd_search(args) -> int:
+    from kdnas.cli.progress import SearchProgress, say
+    from kdnas.core.budget import fmt_count
+    from kdnas.core.settings import load_config
+    from kdnas.distill import evaluate
+    from kdnas.report import write_report
+    from kdnas.search.loop import run_search
+    from kdnas.search.prepare import prepare
+    from kdnas.search.storage import load_record, open_study
+
+    overrides = {k: getattr(args, k) for k in (
+        "study", "teacher", "data", "budget", "space", "trials", "seed", "epochs",
+        "train_fraction", "batch_size", "lr", "kd", "val_fraction", "storage", "workdir",
+        "reports", "latency_threads", "teacher_layers", "teacher_arch", "num_classes",
+        "normalize", "feature_weight", "objectives", "latency_batch", "references")}
+    if args.no_teacher_cache:
+        overrides["teacher_cache"] = False
+    if args.no_latency:
+        overrides["latency"] = False
+    if args.trust_pickle:
+        overrides["trust_pickle"] = True
+    cfg = load_config(args.config, overrides)
+    budget = cfg.budget_obj()
+    t0 = time.perf_counter()
+    cfg, teacher, data, notes = prepare(cfg)
+    for note in notes:
+        say(note)
+    say(f"data: {data.spec}: {len(data.train_y)} train / {len(data.val_y)} val images "
+         f"(val carved with seed {cfg.split_seed}), input {tuple(data.input_shape)}, "
+         f"{data.num_classes} classes")
+    macs = teacher.meta.get("macs")
+    say(f"teacher: {teacher.source} ({teacher.meta.get('format')}"
+         + (f", {fmt_count(macs)} MACs)" if macs else ")"))
+    if teacher.taps:
+        say("teacher stages tapped for hints: " + ", ".join(
+            f"{t.module} ({t.channels} ch, stride {t.stride})" for t in teacher.taps))
+    acc = evaluate(teacher.module, data, "val")
+    teacher.meta["val_accuracy_measured"] = acc
+    say(f"teacher validation accuracy: {100 * acc:.2f}%")
+    if acc < 1.5 / data.num_classes:
+        log.warning("the teacher is near chance on this data (%.1f%% with %d classes): check "
+                    "the data, its normalisation and the class order", 100 * acc,
+                    data.num_classes)
+    say(f"budget: {budget.describe()}; space: {cfg.space}; training each candidate "
+         f"{cfg.epochs:g} epoch(s) on {100 * cfg.train_fraction:.0f}% of the train split "
+         f"with {cfg.kd} distillation")
+    outcome = None
+    try:
+        outcome = run_search(cfg, teacher, data, on_event=SearchProgress(cfg))
+    except KeyboardInterrupt:
+        say("\ninterrupted: writing the report of what finished; run the same command to "
+             "resume")
+    study = outcome.study if outcome else open_study(cfg, create=False)
+    out = write_report(load_record(study), cfg)
+    _print_summary(cfg, out, time.perf_counter() - t0)
+    return 130 if (outcome is None or outcome.interrupted) else 0
+
+
+def _print_summary(cfg, out: Path, seconds: float) -> None:
+    """The closing lines, from the summary the report just wrote."""
+    from kdnas.cli.progress import say
+    from kdnas.report import export_command
+
+    s = json.loads((out / "summary.json").read_text())
+    states = ", ".join(f"{v} {k}" for k, v in sorted(s["trials_by_state"].items()))
+    n = s["front_size"]
+    say(f"\nstudy {cfg.study}: {states}; front of {n} student{'' if n == 1 else 's'}"
+         + (f", best val acc {100 * s['best_val_accuracy']:.2f}%, knee trial {s['knee_trial']}"
+            if s["front_size"] else "") + f" ({seconds / 60:.1f} min)")
+    say(f"report: {out}/report.html (and pareto.md, pareto.png, pareto.csv, trials.csv, "
+         "report.json)")
+    if s["front_size"]:
+        say(f"export the knee: {export_command(cfg)}")
+
+
+def _study_and_config(args):
+    """The study named on the command line, as records, and its stored settings."""
+    from kdnas.core.settings import SearchConfig
+    from kdnas.search.storage import load_record, open_study, stored_config
+
+    probe = SearchConfig(study=args.study, workdir=args.workdir, storage=args.storage)
+    study = open_study(probe, create=False)
+    cfg = stored_config(study)
+    if cfg is None:
+        raise KdnasError(f"study {args.study!r} has no kdnas settings stored: it was not "
+                         "made by `kdnas search`")
+    cfg = dataclasses.replace(cfg, workdir=args.workdir, storage=args.storage,
+                              reports=getattr(args, "reports", None) or cfg.reports)
+    return load_record(study), cfg
+
+
+def _picked_trial(args, record, cfg) -> int:
+    """--trial N, or the trial --pick names on the study's front."""
+    from kdnas.report import pick_trial
+
+    if args.trial is not None:
+        return args.trial
+    return pick_trial(record, args.pick, cfg.cost_columns)
+
+
+def cmd_report(args) -> int:
+    from kdnas.report import write_report
+
+    record, cfg = _study_and_config(args)
+    out = write_report(record, cfg)
+    _print_summary(cfg, out, 0.0)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from kdnas.cli.progress import say
+    from kdnas.core.budget import fmt_count
+    from kdnas.data import load_data
+    from kdnas.ship.export import export_trial
+
+    record, cfg = _study_and_config(args)
+    trial = _picked_trial(args, record, cfg)
+    norm = record.normalization
+    data = load_data(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+    if norm:
+        data = data.with_normalization(norm["mean"], norm["std"])
+    out = Path(args.out) if args.out else Path("exports") / cfg.study / f"trial-{trial}"
+    r = export_trial(record, cfg, trial, data, out, formats=args.format)
+    say(f"exported trial {r.trial}: {fmt_count(r.macs)} MACs ({fmt_count(2 * r.macs)} FLOPs), "
+         f"{fmt_count(r.params)} params (re-counted, match the study)")
+    say(f"validation accuracy re-measured {100 * r.val_accuracy:.2f}% "
+         f"(study recorded {100 * r.recorded_accuracy:.2f}%)")
+    for fmt, diff in r.max_abs_diff.items():
+        say(f"{fmt} export matches the PyTorch model: max abs difference of logits on "
+             f"validation images {diff:.2g}")
+    for f in r.files:
+        say(f"  {f}")
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from kdnas.cli.progress import StepBar, say
+    from kdnas.report import write_report
+    from kdnas.search.prepare import prepare
+    from kdnas.ship.final import distill_trial
+
+    record, cfg = _study_and_config(args)
+    trial = _picked_trial(args, record, cfg)
+    cfg, teacher, data, notes = prepare(cfg)
+    for note in notes:
+        say(note)
+    out = Path(args.out) if args.out else Path("exports") / cfg.study / f"trial-{trial}-distilled"
+    say(f"distilling trial {trial} of study {cfg.study} for {args.epochs:g} epochs on the full "
+         f"train split ({len(data.train_y)} images); checkpoint every epoch in "
+         f"{cfg.study_dir / 'distill' / f'trial-{trial}'}: run the same command to resume")
+    info = distill_trial(record, cfg, trial, teacher, data, epochs=args.epochs, out_dir=out,
+                         lr=args.lr, batch_size=args.batch_size, schedule=args.schedule,
+                         formats=args.format,
+                         progress=StepBar(f"distilling trial {trial}"))
+    write_report(record, cfg)
+    say(f"trial {trial}: validation accuracy {100 * info['val_accuracy']:.2f}% (search: "
+         f"{100 * (info['search_val_accuracy'] or 0):.2f}%), test accuracy "
+         f"{100 * info['test_accuracy']:.2f}%")
+    for f in info["files"]:
+        say(f"  {f}")
+    return 0
+
+
+def cmd_teacher_train(args) -> int:
+    from kdnas.cli.progress import StepBar, say
+    from kdnas.ship.teacher_train import train_teacher
+
+    out = Path(args.out or f"teachers/{args.arch}-{args.data.split(':')[0]}.pt")
+    path, acc = train_teacher(args.data, args.arch, epochs=args.epochs, out=out, lr=args.lr,
+                              batch_size=args.batch_size, val_fraction=args.val_fraction,
+                              seed=args.seed, progress=StepBar(f"training {args.arch}"))
+    say(f"teacher {args.arch}: validation accuracy {100 * acc:.2f}%; written to {path}")
+    say(f"next: kdnas search --teacher {path} --budget 50MFLOPs")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from kdnas.cli.progress import StepBar, say
+    from kdnas.data import cache_dir
+    from kdnas.ship.teacher_train import train_teacher
+
+    teacher = cache_dir() / "demo" / "teacher-digits-resnet20.pt"
+    if not teacher.exists():
+        say(f"training a small teacher (resnet20) on the bundled digits data, cached at "
+             f"{teacher}")
+        _, acc = train_teacher("digits", "resnet20", epochs=30, out=teacher, val_fraction=0.2,
+                               progress=StepBar("training teacher"))
+        say(f"teacher validation accuracy {100 * acc:.2f}%")
+    else:
+        say(f"using the cached demo teacher {teacher}")
+    argv = ["search", "--config", str(args.config), "--teacher", str(teacher),
+            "--study", args.study, "--workdir", args.workdir, "--reports", args.reports]
+    if args.trials:
+        argv += ["--trials", str(args.trials)]
+    say("running: kdnas " + " ".join(argv))
+    code = args.run(argv)
+    if code != 0:
+        return code
+    code = args.run(["export", "--study", args.study, "--pick", "knee", "--workdir", args.workdir,
+                 "--out", str(Path("exports") / args.study / "knee")])
+    if code == 0:
+        say(f"\ndemo done: study in {args.workdir}/{args.study}/, report in "
+             f"{args.reports}/{args.study}/report.html, exported knee student in "
+             f"exports/{args.study}/knee/ (student.onnx, student.pt2, MODEL_CARD.md)")
+    return code
+
+
+# ----------------------------------------------------------------------------- parser

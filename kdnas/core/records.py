@@ -1,0 +1,64 @@
+"""What a study holds, as plain records: reports and shipping read these, not an Optuna study,
+so they need no storage and no sampler. :func:`kdnas.search.storage.load_record` makes them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kdnas.core.errors import KdnasError
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial: its candidate, cost, gate result and (if trained) accuracy and weights."""
+
+    number: int
+    state: str  # trained, infeasible, failed, interrupted, running, ...
+    spec: dict | None = None
+    spec_id: str | None = None
+    cost: dict = field(default_factory=dict)  # Cost.to_dict()
+    budget_excess: float | None = None  # <= 0: within budget
+    val_accuracy: float | None = None
+    train_seconds: float | None = None
+    kd: str | None = None
+    feature_weight: float | None = None
+    weights: str | None = None  # path of the trained student
+    curve: tuple = ()
+    started: float | None = None  # POSIX seconds
+    completed: float | None = None
+    values: tuple[float, ...] = ()  # the objective values told to the study
+
+    @property
+    def trained(self) -> bool:
+        return self.state == "trained"
+
+    @property
+    def within_budget(self) -> bool | None:
+        return None if self.budget_excess is None else self.budget_excess <= 0
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """A study's trials and what it stored beside them."""
+
+    name: str
+    trials: tuple[TrialRecord, ...]
+    references: dict = field(default_factory=dict)  # name -> result of a reference student
+    teacher_val_accuracy: float | None = None
+    normalization: dict | None = None  # {"mean": [...], "std": [...]}
+    hypervolume_reference: dict | None = None  # cost column -> value fixed at creation
+
+    def trial(self, number: int) -> TrialRecord:
+        for t in self.trials:
+            if t.number == number:
+                return t
+        last = max((t.number for t in self.trials), default=-1)
+        raise KdnasError(f"study {self.name!r} has no trial {number} (it has 0..{last})")
+
+    def trained_trial(self, number: int) -> TrialRecord:
+        """The trial, which must have been trained (export and full distillation need it)."""
+        t = self.trial(number)
+        if not t.trained:
+            raise KdnasError(f"trial {number} was not trained (state: {t.state}, e.g. over "
+                             "budget or interrupted): pick a trained trial, see pareto.md")
+        return t

@@ -1,0 +1,67 @@
+"""The teacher cache: the teacher's logits and stage features for every step of the brief
+recipe, computed once per study and read back by every later trial."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+
+class TeacherCache:
+    """Teacher logits and stage features for every step of the brief recipe, computed once.
+
+    Every trial of a study trains on the same batches in the same order (data order and
+    augmentation depend only on the seed and the epoch), so the teacher's outputs are computed
+    during the first trial and read back by every later one instead of running the teacher.
+    Each step is one file of fp16 tensors, loaded memory-mapped. A cache becomes usable only
+    when the trial that wrote it finished every step (an atomic rename), so an interrupted
+    trial leaves nothing half-written behind.
+    """
+
+    def __init__(self, root: str | Path, key: str) -> None:
+        self.dir = Path(root) / key
+        self._tmp: Path | None = None
+        self.hits = self.writes = 0
+
+    @property
+    def complete(self) -> bool:
+        return (self.dir / "COMPLETE").exists()
+
+    def get(self, step: int, *, features: bool = True
+            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits (float32) and, if asked, stage features (fp16, memory-mapped, in the
+        teacher's memory layout: the losses read them without a conversion pass)."""
+        d = torch.load(self.dir / f"{step:06d}.pt", mmap=True, weights_only=True)
+        self.hits += 1
+        return d["logits"].float(), list(d["feats"]) if features else []
+
+    def begin(self) -> None:
+        self._tmp = self.dir.with_name(f"{self.dir.name}.tmp-{os.getpid()}")
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp.mkdir(parents=True)
+
+    def put(self, step: int, logits: torch.Tensor, feats: list[torch.Tensor]) -> None:
+        if self._tmp is None:
+            return
+        torch.save({"logits": logits.detach().half().contiguous(),
+                    "feats": [f.detach().half() for f in feats]},  # layout kept
+                   self._tmp / f"{step:06d}.pt")
+        self.writes += 1
+
+    def commit(self, steps: int) -> None:
+        if self._tmp is None:
+            return
+        (self._tmp / "COMPLETE").write_text(str(steps))
+        try:
+            self._tmp.rename(self.dir)  # atomic; fails if another worker got there first
+        except OSError:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp = None
+
+    def abort(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None

@@ -1,0 +1,216 @@
+"""The brief trainer: it reads straight down. For each batch, run the teacher (no grad, or
+read its outputs from the cache) and the student, each with forward hooks on its stage taps;
+add cross-entropy, Hinton KD on the logits and the feature loss between stages of equal
+resolution; step SGD on a warmup+cosine schedule. Nothing here knows which search space the
+student came from: it only needs its taps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdnas.core.errors import KdnasError
+from kdnas.core.files import atomic_path
+from kdnas.core.settings import FEATURE_METHODS, TrainConfig
+from kdnas.distill.cache import TeacherCache
+from kdnas.distill.hooks import FeatureTaps
+from kdnas.distill.losses import KDLoss, feature_loss
+from search_spaces.stages import find_stage_taps
+from search_spaces import TapInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    val_accuracy: float
+    seconds: float
+    steps: int
+    curve: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    warm = max(1, int(cfg.warmup * total))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    if cfg.schedule == "step":
+        return cfg.lr * (0.1 ** ((progress >= 0.5) + (progress >= 0.75)))
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data, split: str = "val", *, batch_size: int = 500,
+             channels_last: bool = True) -> float:
+    """Top-1 accuracy (0..1) on a split."""
+    was_training = model.training
+    model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    correct = total = 0
+    for x, y, _ in data.batches(split, batch_size):
+        correct += int((model(x).argmax(1) == y).sum())
+        total += len(y)
+    model.train(was_training)
+    return correct / max(1, total)
+
+
+def _save_checkpoint(path: Path, student, extra, opt, step, epoch, total, curve) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"student": student.state_dict(),
+                    "extra": extra.state_dict() if extra is not None else {},
+                    "optimizer": opt.state_dict(), "step": step, "epoch": epoch,
+                    "total": total, "curve": curve}, tmp)
+
+
+def _load_checkpoint(path: Path, student, extra, opt, total: int) -> tuple[int, int, list]:
+    """Restore a run saved by :func:`_save_checkpoint`; returns ``(step, epoch, curve)``."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["total"] != total:
+        raise KdnasError(f"checkpoint {path} is for a run of {state['total']} steps, "
+                         f"not {total}: remove it or use the same settings")
+    student.load_state_dict(state["student"])
+    if extra is not None:
+        extra.load_state_dict(state["extra"])
+    opt.load_state_dict(state["optimizer"])
+    log.info("resuming from %s after epoch %d (step %d of %d)", path, state["epoch"],
+             state["step"], total)
+    return state["step"], state["epoch"], state["curve"]
+
+
+class _TeacherSignal:
+    """The teacher's logits and stage features for each step: read from a complete cache, or
+    computed by running the teacher (and written to the cache on a study's first trial)."""
+
+    def __init__(self, teacher, cache: TeacherCache | None, *, features: bool, fmt) -> None:
+        self.teacher, self.cache, self.features = teacher, cache, features
+        self.reading = cache is not None and cache.complete
+        self.writing = cache is not None and not self.reading
+        tap = bool(teacher.taps) and not self.reading and (features or self.writing)
+        self.taps = FeatureTaps(teacher.module, [t.module for t in teacher.taps]) if tap \
+            else None
+        if not self.reading:
+            teacher.module.to(memory_format=fmt).eval()
+
+    def begin(self, resumed: bool) -> None:
+        self.writing = self.writing and not resumed  # only a run from the start writes
+        if self.writing:
+            self.cache.begin()
+
+    def get(self, step: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.reading:
+            return self.cache.get(step, features=self.features)
+        with torch.no_grad():
+            logits = self.teacher.module(x)
+        feats = self.taps.features() if self.taps else []
+        if self.taps:
+            self.taps.clear()
+        if self.writing:  # train on what later trials will read: fp16 values
+            logits, feats = logits.half(), [f.half() for f in feats]
+            self.cache.put(step, logits, feats)
+            logits = logits.float()
+        return logits, feats
+
+    def end(self, step: int) -> None:
+        if self.writing:
+            self.cache.commit(step)
+
+    def close(self) -> None:
+        if self.writing:
+            self.cache.abort()
+        if self.taps is not None:
+            self.taps.close()
+
+
+def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
+        student_taps: list[TapInfo] | None = None, cache: TeacherCache | None = None,
+        checkpoint: Path | None = None,
+        progress: Callable[[int, int, float], None] | None = None) -> FitResult:
+    """Train ``student`` on the training split; return its validation accuracy.
+
+    ``teacher`` is a :class:`kdnas.teacher.Teacher` or None (cross-entropy alone). The loss
+    is ``(1-a) CE + a T^2 KL`` (Hinton KD) plus ``w * feature loss`` for the feature methods
+    (FitNets hints, AT, SP, PKT) when both nets have stage taps (the student's are detected
+    when ``student_taps`` is empty); ``kd="none"`` is CE alone.
+    With a ``cache``, the teacher's outputs are read from it (or written to it on first use).
+    With a ``checkpoint`` path, the state is saved at the end of every epoch and a run that
+    finds one resumes after its epoch, ending exactly where an uninterrupted run would.
+    """
+    torch.manual_seed(cfg.seed)
+    kd_on = teacher is not None and cfg.method != "none"
+    if kd_on and cfg.method in FEATURE_METHODS and teacher.taps and not student_taps:
+        # a space that states no taps: find the student's stage outputs as for teachers
+        student_taps = find_stage_taps(student, data.input_shape)
+    feats_on = (kd_on and cfg.method in FEATURE_METHODS and bool(student_taps)
+                and bool(teacher.taps))
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    student.to(memory_format=fmt).train()
+    extra = (feature_loss(cfg.method, student_taps, teacher.taps).to(memory_format=fmt)
+             if feats_on else None)
+    kd_loss = KDLoss(cfg.temperature)
+    signal = _TeacherSignal(teacher, cache if kd_on else None, features=feats_on, fmt=fmt) \
+        if kd_on else None
+    params = list(student.parameters()) + (list(extra.parameters()) if extra else [])
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                          weight_decay=cfg.weight_decay)
+    indices = data.subset_indices(cfg.train_fraction, cfg.seed)
+    total = max(1, int(round(cfg.epochs * math.ceil(len(indices) / cfg.batch_size))))
+    s_taps = FeatureTaps(student, [t.module for t in student_taps]) if feats_on else None
+    step, epoch, curve, t0 = 0, 0, [], time.perf_counter()
+    if checkpoint is not None and Path(checkpoint).exists():
+        step, epoch, curve = _load_checkpoint(Path(checkpoint), student, extra, opt, total)
+    if signal is not None:
+        signal.begin(resumed=step > 0)
+    try:
+        while step < total:
+            running, seen = 0.0, 0
+            for x, y, _ in data.batches("train", cfg.batch_size, indices=indices, shuffle=True,
+                                        augment=True, seed=cfg.seed * 1000 + epoch):
+                if step >= total:
+                    break
+                for group in opt.param_groups:
+                    group["lr"] = _lr_at(step, total, cfg)
+                logits = student(x)
+                loss = F.cross_entropy(logits, y)
+                if signal is not None:
+                    t_logits, t_feats = signal.get(step, x)
+                    loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd_loss(logits, t_logits)
+                    if extra is not None:
+                        loss = loss + cfg.weight * extra(s_taps.features(), t_feats)
+                        s_taps.clear()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                value = loss.item()
+                if not math.isfinite(value):
+                    log.warning("training diverged (loss %s) at step %d", value, step)
+                    return FitResult(0.0, time.perf_counter() - t0, step, curve)
+                running, seen, step = running + value * len(y), seen + len(y), step + 1
+                if progress is not None:
+                    progress(step, total, value)
+            curve.append({"epoch": epoch + 1, "step": step, "train_loss": running / max(1, seen)})
+            epoch += 1
+            if checkpoint is not None:
+                _save_checkpoint(Path(checkpoint), student, extra, opt, step, epoch, total,
+                                 curve)
+        if signal is not None:
+            signal.end(step)
+    finally:
+        for closing in (signal, s_taps):
+            if closing is not None:
+                closing.close()
+    acc = evaluate(student, data, "val", channels_last=cfg.channels_last)
+    curve[-1]["val_accuracy"] = acc
+    return FitResult(acc, time.perf_counter() - t0, step, curve)

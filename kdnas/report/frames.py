@@ -1,0 +1,173 @@
+"""The study as tables (pandas frames) and figures: every trial, the hand-designed references,
+the Pareto front with its knee, and the summary every report format shows.
+
+Everything is read from a :class:`~kdnas.core.records.StudyRecord`; nothing is recomputed or
+retrained.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from kdnas.core.budget import fmt_count
+from kdnas.core.errors import KdnasError
+from kdnas.core.records import StudyRecord
+from kdnas.core.settings import SearchConfig
+from kdnas.report.front import hypervolume, knee_index, pareto_mask
+from search_spaces import describe
+
+COLUMNS = ["trial", "state", "spec_id", "arch", "macs", "flops", "params", "latency_ms",
+           "latency_p90_ms", "latency_setting", "val_accuracy", "within_budget",
+           "train_seconds", "kd", "spec"]
+
+
+def trials_frame(record: StudyRecord) -> pd.DataFrame:
+    rows = []
+    for t in record.trials:
+        cost = t.cost
+        rows.append({
+            "trial": t.number, "state": t.state, "spec_id": t.spec_id,
+            "arch": describe(t.spec) if t.spec else None,
+            "macs": cost.get("macs"), "flops": cost.get("flops"), "params": cost.get("params"),
+            "latency_ms": cost.get("latency_ms"), "latency_p90_ms": cost.get("latency_p90_ms"),
+            "latency_setting": cost.get("latency_setting"),
+            "val_accuracy": t.val_accuracy, "within_budget": t.within_budget,
+            "train_seconds": t.train_seconds, "kd": t.kd,
+            "spec": json.dumps(t.spec, sort_keys=True) if t.spec else None,
+        })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def references_frame(record: StudyRecord) -> pd.DataFrame:
+    """Hand-designed students trained with the study's brief recipe (``--references``)."""
+    rows = [{"name": name, "arch": describe(r["spec"]), **{k: r["cost"].get(k) for k in
+            ("macs", "flops", "params", "latency_ms", "latency_p90_ms")},
+             "val_accuracy": r["val_accuracy"], "within_budget": r["within_budget"],
+             "train_seconds": r["train_seconds"], "kd": r["kd"]}
+            for name, r in record.references.items()]
+    return pd.DataFrame(rows, columns=["name", "arch", "macs", "flops", "params", "latency_ms",
+                                       "latency_p90_ms", "val_accuracy", "within_budget",
+                                       "train_seconds", "kd"])
+
+
+def front_frame(df: pd.DataFrame, costs: list[str] | str = "macs") -> pd.DataFrame:
+    """Trained, within-budget trials on the Pareto front of accuracy versus every cost column
+    in ``costs`` (macs, params, latency_ms: the study's objectives), cheapest first in the
+    first, with a ``knee`` flag (the best trade-off of accuracy against the first cost)."""
+    costs = [costs] if isinstance(costs, str) else list(costs)
+    ok = df[(df.state == "trained") & df.within_budget.eq(True)].copy()
+    ok = ok[ok[costs].notna().all(axis=1)]
+    if ok.empty:
+        ok["knee"] = []
+        return ok
+    ok = ok[pareto_mask(ok.val_accuracy.to_numpy(), ok[costs].to_numpy())]
+    first = costs[0]
+    ok = ok.sort_values([first, "val_accuracy"], ascending=[True, False]).reset_index(drop=True)
+    k = knee_index(ok.val_accuracy.to_numpy(), ok[first].to_numpy())
+    ok["knee"] = [i == k for i in range(len(ok))]
+    return ok
+
+
+def pick_trial(record: StudyRecord, pick: str, costs: list[str] | str = "macs") -> int:
+    """Trial number for ``knee`` or ``best`` (most accurate within budget)."""
+    front = front_frame(trials_frame(record), costs)
+    if front.empty:
+        raise KdnasError(f"study {record.name!r} has no trained trial within budget yet")
+    if pick == "best":
+        return int(front.loc[front.val_accuracy.idxmax(), "trial"])
+    return int(front.loc[front.knee.idxmax(), "trial"])
+
+
+def export_command(cfg: SearchConfig, trial: int | None = None) -> str:
+    """The command that exports a trial of this study (the knee when ``trial`` is None)."""
+    which = "--pick knee" if trial is None else f"--trial {trial}"
+    workdir = "" if cfg.workdir == "runs" else f" --workdir {cfg.workdir}"
+    return f"kdnas export --study {cfg.study} {which}{workdir}"
+
+
+def hypervolume_reference(record: StudyRecord, cfg: SearchConfig) -> dict[str, float]:
+    """The worst point of the hypervolume: accuracy 0 and, on each cost objective, the budget
+    where the budget bounds it, else the value the study fixed when it was created (so that
+    the hypervolumes of a resumed study stay comparable)."""
+    budget = cfg.budget_obj()
+    stored = record.hypervolume_reference or {}
+    ref = {"val_accuracy": 0.0}
+    for c in cfg.cost_columns:
+        if c == budget.metric:
+            ref[c] = budget.limit
+        elif c in stored:
+            ref[c] = float(stored[c])
+        else:  # a study made before the reference was stored: from its costs
+            ref[c] = 1.1 * float(max((t.cost.get(c) or 0 for t in record.trials), default=1)
+                                 or 1)
+    return ref
+
+
+def summary(record: StudyRecord, cfg: SearchConfig, df: pd.DataFrame | None = None) -> dict:
+    """The study in figures; ``df`` is its :func:`trials_frame` when the caller has it."""
+    df = trials_frame(record) if df is None else df
+    costs = cfg.cost_columns
+    front = front_frame(df, costs)
+    budget = cfg.budget_obj()
+    ref = hypervolume_reference(record, cfg)
+    hv = hypervolume(front.val_accuracy.to_numpy(), front[costs].to_numpy(), ref_acc=0.0,
+                     ref_cost=[ref[c] for c in costs]) if not front.empty else 0.0
+    counts = df.state.value_counts().to_dict()
+    return {
+        "study": cfg.study, "budget": cfg.budget, "budget_described": budget.describe(),
+        "teacher": cfg.teacher, "data": cfg.data,
+        "teacher_val_accuracy": record.teacher_val_accuracy,
+        "trials_by_state": {k: int(v) for k, v in counts.items()},
+        "trained_over_budget": int(((df.state == "trained") &
+                                    df.within_budget.eq(False)).sum()),
+        "front_size": len(front),
+        "best_val_accuracy": None if front.empty else float(front.val_accuracy.max()),
+        "knee_trial": None if front.empty else int(front.loc[front.knee.idxmax(), "trial"]),
+        "front_cost": costs[0], "front_costs": costs,
+        "hypervolume": hv, "hypervolume_reference": ref,
+        "search_seconds": float(df.train_seconds.fillna(0).sum()),
+        "wall_seconds": wall_seconds(record),
+        "macs_latency_spearman": macs_latency_spearman(df),
+    }
+
+
+COST_NAMES = {"macs": "MACs", "params": "params", "latency_ms": "latency"}
+
+
+def _cost_text(cost: str, value: float) -> str:
+    return f"{value:.3g} ms" if cost == "latency_ms" else fmt_count(value)
+
+
+def hypervolume_text(info: dict) -> str:
+    """The hypervolume with its reference point, in words."""
+    costs = info.get("front_costs") or [info["front_cost"]]
+    ref = info["hypervolume_reference"]
+    names = " x ".join(COST_NAMES[c] for c in costs)
+    refs = ", ".join(f"{COST_NAMES[c]} up to {_cost_text(c, ref[c])}" for c in costs)
+    return (f"{info['hypervolume']:.4f} (share dominated of accuracy x {names}; accuracy "
+            f"from 0, {refs}, each in units of its reference; 1.0 would be 100% at no cost)")
+
+
+def wall_seconds(record: StudyRecord) -> float:
+    times = [(t.started, t.completed) for t in record.trials if t.started and t.completed]
+    if not times:
+        return 0.0
+    return max(c for _, c in times) - min(s for s, _ in times)
+
+
+def macs_latency_spearman(df: pd.DataFrame) -> float | None:
+    """Rank correlation of MACs and measured latency over all costed candidates: how well
+    MACs predict latency on this machine (1.0 = same order)."""
+    ok = df[["macs", "latency_ms"]].dropna().astype(float)
+    if len(ok) < 3 or ok.macs.nunique() < 2 or ok.latency_ms.nunique() < 2:
+        return None
+    return float(ok.macs.corr(ok.latency_ms, method="spearman"))
+
+
+def fmt_value(v, spec: str = ".3g") -> str:
+    """A number for a table cell; empty when missing (None or NaN)."""
+    return "" if v is None or pd.isna(v) else format(v, spec)
+
+

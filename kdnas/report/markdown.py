@@ -1,0 +1,39 @@
+"""pareto.md: the front as a Markdown table, with the command that exports each row."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from kdnas.core.budget import fmt_count
+from kdnas.core.settings import SearchConfig
+from kdnas.report.frames import export_command, fmt_value, hypervolume_text
+
+
+def front_markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
+    lines = [f"# Study {cfg.study}: accuracy versus MACs", "",
+             f"Budget: {info['budget']} = {info['budget_described']}. MACs are "
+             "multiply-accumulates at batch 1 (fvcore); FLOPs = 2 x MACs.", ""]
+    t = info.get("teacher_val_accuracy")
+    if t is not None:
+        lines += [f"Teacher validation accuracy: {100 * t:.2f}%", ""]
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(info["trials_by_state"].items()))
+    lines += [f"Trials: {counts}. Pareto front: {info['front_size']} students; hypervolume "
+              f"{hypervolume_text(info)}.", ""]
+    if front.empty:
+        return "\n".join(lines + ["No trained student within budget yet.", ""])
+    lines += ["| rank | trial | architecture | val acc | MACs | FLOPs | params | latency ms "
+              "(p50/p90) | train s | export |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    order = front.sort_values("val_accuracy", ascending=False)
+    for rank, (_, r) in enumerate(order.iterrows(), 1):
+        knee = " (knee)" if r.knee else ""
+        lines.append(
+            f"| {rank} | {int(r.trial)}{knee} | {r.arch} | {100 * r.val_accuracy:.2f}% | "
+            f"{fmt_count(r.macs)} | {fmt_count(r.flops)} | {fmt_count(r.params)} | "
+            f"{fmt_value(r.latency_ms)}/{fmt_value(r.latency_p90_ms)} | "
+            f"{fmt_value(r.train_seconds, '.0f')} | "
+            f"`{export_command(cfg, int(r.trial))}` |")
+    setting = front.latency_setting.dropna()
+    if len(setting):
+        lines += ["", f"Latency measured on this machine: {setting.iloc[0]}."]
+    return "\n".join(lines + [""])

@@ -1,0 +1,75 @@
+"""The front drawn for people: accuracy against MACs or latency (PNG, via matplotlib)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kdnas.core.settings import SearchConfig
+from kdnas.report.frames import COST_NAMES
+
+
+def plot_front(df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg: SearchConfig,
+          path: Path, x: str = "macs", refs: pd.DataFrame | None = None) -> None:
+    """Accuracy against MACs (or latency): dominated points grey, the front in blue, the knee
+    circled, candidates over budget marked, the budget and the teacher drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    trained = df[df.state == "trained"]
+    infeasible = df[df.state == "infeasible"]
+    scale = 1e6 if x == "macs" else 1.0
+    ax.scatter(trained[x] / scale, 100 * trained.val_accuracy, s=22, c="#b0b0b0",
+               label="trained (dominated)", zorder=2)
+    if not front.empty:
+        shown = front.sort_values(x)
+        ax.plot(shown[x] / scale, 100 * shown.val_accuracy,
+                "-o" if x == info["front_cost"] else "o",
+                c="#1f77b4", ms=6, zorder=3,
+                label=f"Pareto front (accuracy vs {COST_NAMES[info['front_cost']]})")
+        k = front[front.knee]
+        if not k.empty:
+            r = k.iloc[0]
+            ax.scatter([r[x] / scale], [100 * r.val_accuracy], s=160, facecolors="none",
+                       edgecolors="#d62728", linewidths=2, zorder=4,
+                       label=f"knee: trial {int(r.trial)}")
+    if not infeasible.empty:
+        lo = 100 * float(trained.val_accuracy.min()) if len(trained) else 0.0
+        ax.scatter(infeasible[x] / scale, np.full(len(infeasible), lo), marker="x",
+                   c="#ff7f0e", s=24, label="over budget (not trained)", zorder=2)
+    if refs is not None and not refs.empty and refs[x].notna().all():
+        ax.scatter(refs[x] / scale, 100 * refs.val_accuracy, marker="D", c="black", s=30,
+                   zorder=4, label="hand-designed, same recipe")
+        for _, r in refs.iterrows():
+            ax.annotate(r["name"], (r[x] / scale, 100 * r.val_accuracy), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")
+    budget = cfg.budget_obj()
+    if budget.metric == x:
+        ax.axvline(budget.limit / scale, ls="--", c="#d62728", lw=1,
+                   label=f"budget {budget.describe()}")
+    t = info.get("teacher_val_accuracy")
+    if t is not None:
+        ax.axhline(100 * t, ls=":", c="#2ca02c", lw=1, label=f"teacher {100 * t:.1f}%")
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    if x == "macs":
+        ax.set_xlabel("MACs (millions, batch 1; FLOPs = 2 x MACs)")
+    else:
+        setting = df.latency_setting.dropna()
+        ax.set_xlabel("latency, median ms" + (f" ({setting.iloc[0]})" if len(setting) else ""))
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{cfg.study}: accuracy vs {'MACs' if x == 'macs' else 'latency'}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,208 @@
+"""The search loop: an Optuna multi-objective study over student specs.
+
+Objectives: maximise validation accuracy, minimise MACs. The budget is an Optuna constraint
+(``trial.set_constraint("budget", cost / limit - 1)``): a candidate over budget is recorded as
+infeasible and never trained. ``--trials N`` counts *trained* candidates; running the same
+command again resumes the study in its storage (SQLite in the study folder by default), and
+several workers may share one storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from kdnas.core.budget import Cost
+from kdnas.core.errors import KdnasError
+from kdnas.core.files import atomic_path
+from kdnas.core.settings import FEATURE_WEIGHTS, SearchConfig
+from kdnas.distill import fit
+from kdnas.search.prepare import measure, smallest_cost, teacher_cache
+from kdnas.search.references import train_references
+from kdnas.search.sampler import make_sampler
+from kdnas.search.storage import (
+    check_resume,
+    fail_stale_trials,
+    manifest,
+    open_study,
+    stored_config,
+    trained_count,
+    worker_id,
+    write_manifest,
+)
+from search_spaces import get_space, spec_id
+
+log = logging.getLogger(__name__)
+
+Event = Callable[[str, dict], None]
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+@dataclass
+class SearchOutcome:
+    study: optuna.Study
+    trained: int
+    infeasible: int
+    interrupted: bool = False
+
+
+def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = None
+               ) -> SearchOutcome:
+    """Run (or resume) the study until ``cfg.trials`` candidates have been trained.
+
+    ``data`` must already carry the teacher's normalisation. ``on_event(kind, info)`` receives
+    ``study_start``, ``trial_start``, ``step``, ``trial_end`` and ``infeasible`` events.
+    """
+    emit = on_event or (lambda kind, info: None)
+    budget = cfg.budget_obj()
+
+    cheapest = smallest_cost(cfg, data)
+    if cheapest is not None and budget.refusal(cheapest[1]):
+        raise KdnasError(f"the {cfg.space!r} space cannot be held to a MACs budget: "
+                         f"{budget.refusal(cheapest[1])}. Use layers torch's flop counter "
+                         "knows, or a params or latency budget (--budget 0.5Mparams, 5ms)")
+    if cheapest is not None and not budget.fits(cheapest[1]):
+        shown = budget.show(cheapest[1].value(budget.metric))
+        raise KdnasError(f"budget {cfg.budget} is below the cheapest candidate of the "
+                         f"{cfg.space!r} space for {tuple(data.input_shape)} inputs, which "
+                         f"costs {shown}: raise --budget to at least that")
+
+    info = manifest(cfg, teacher, data)
+    study = open_study(cfg, create=True)
+    study.sampler = make_sampler(cfg, data, resumed_at=len(study.get_trials(deepcopy=False)))
+    fingerprint = {"teacher_digest": teacher.digest, "data_digest": data.digest()}
+    check_resume(study, cfg, fingerprint)
+    if stored_config(study) is None:
+        with warnings.catch_warnings():  # stable in practice; named for optuna-dashboard
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["val_accuracy", *cfg.cost_columns])
+        study.set_user_attr("config", cfg.to_dict())
+        study.set_user_attr("fingerprint", fingerprint)
+        study.set_user_attr("normalization", {"mean": list(data.mean), "std": list(data.std)})
+        study.set_user_attr("teacher_val_accuracy", teacher.meta.get("val_accuracy_measured"))
+        study.set_user_attr("hypervolume_reference", hypervolume_reference(cfg, cheapest))
+    if cfg.storage is None or cfg.study_dir.exists():
+        write_manifest(cfg, info)
+    stale = fail_stale_trials(study)
+    if stale:
+        log.info("marked %d interrupted trial(s) of a dead process as failed", stale)
+
+    train_references(study, cfg, teacher, data, emit)
+    done = trained_count(study)
+    emit("study_start", {"trained": done, "target": cfg.trials, "stale": stale})
+    proposals = infeasible = failures = 0
+    interrupted = False
+    while done < cfg.trials:
+        if proposals >= cfg.proposal_cap:
+            log.warning("stopped after %d proposals: the sampler keeps proposing candidates "
+                        "over budget", proposals)
+            break
+        proposals += 1
+        trial = study.ask()
+        try:
+            trained = _run_trial(study, trial, cfg, teacher, data, index=done + 1, emit=emit)
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            study.tell(trial, state=TrialState.FAIL)
+            interrupted = True
+            break
+        except Exception as e:  # a failed candidate must not lose the study
+            failures += 1
+            log.exception("trial %d failed", trial.number)
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+            study.tell(trial, state=TrialState.FAIL)
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                raise
+            continue
+        failures = 0
+        if trained:
+            done += 1
+        else:
+            infeasible += 1
+    return SearchOutcome(study, trained_count(study), infeasible, interrupted)
+
+
+def hypervolume_reference(cfg: SearchConfig, cheapest: tuple[dict, Cost] | None
+                          ) -> dict[str, float]:
+    """The hypervolume's reference on each cost objective the budget does not bound, fixed
+    when the study is made: the cheapest candidate's cost scaled by how many times the budget
+    exceeds that candidate's cost on the budget's metric."""
+    budget = cfg.budget_obj()
+    if cheapest is None:
+        return {}
+    cost = cheapest[1]
+    base = cost.value(budget.metric)
+    scale = budget.limit / base if base else 1.0
+    return {c: float(cost.value(c)) * scale for c in cfg.cost_columns
+            if c != budget.metric and cost.value(c) is not None}
+
+
+AUTO_METHODS = ("logit", "fitnets", "at", "sp", "pkt")
+
+
+def _costs(cfg: SearchConfig, cost: Cost) -> list[float]:
+    return [float(cost.value(c)) for c in cfg.cost_columns]
+
+
+def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teacher, data, *,
+               index: int, emit: Event) -> bool:
+    """Sample, cost, gate and (if feasible) train one candidate; tell the study. True if
+    trained."""
+    budget = cfg.budget_obj()
+    space = get_space(cfg.space)
+    tcfg = cfg.train_config()
+    trial.set_user_attr("worker", worker_id())
+    spec = space.sample(trial, in_channels=data.in_channels, num_classes=data.num_classes,
+                        input_size=data.input_size)
+    torch.manual_seed(cfg.seed * 100003 + trial.number)
+    model = space.build(spec)
+    cost = measure(cfg, model, data, latency=cfg.latency or budget.metric == "latency_ms")
+    excess = budget.excess(cost)
+    trial.set_user_attr("spec", spec)
+    trial.set_user_attr("spec_id", spec_id(spec))
+    trial.set_user_attr("cost", cost.to_dict())
+    trial.set_constraint("budget", float(excess))
+    # optuna-dashboard (0.21) reads feasibility from the older list form of the same value
+    study._storage.set_trial_system_attr(trial._trial_id, "constraints", [float(excess)])
+    if excess > 0:  # over budget (or its MACs not countable): recorded, never trained
+        trial.set_user_attr("trained", False)
+        if budget.refusal(cost):
+            trial.set_user_attr("refused", budget.refusal(cost))
+        study.tell(trial, [0.0, *_costs(cfg, cost)])
+        emit("infeasible", {"trial": trial.number, "cost": cost, "spec": spec,
+                            "reason": budget.refusal(cost) or "over budget"})
+        return False
+
+    if cfg.kd == "auto":  # the distillation method and its weight are searched too
+        method = trial.suggest_categorical("kd", AUTO_METHODS)
+        scale = trial.suggest_float("kd_weight_scale", 0.1, 10.0, log=True)
+        tcfg = dataclasses.replace(tcfg, kd=method,
+                                   feature_weight=FEATURE_WEIGHTS.get(method, 0.0) * scale)
+    emit("trial_start", {"trial": trial.number, "index": index, "target": cfg.trials,
+                         "cost": cost, "spec": spec, "kd": tcfg.method})
+    result = fit(model, data, tcfg, teacher=teacher, student_taps=space.taps(spec),
+                 cache=teacher_cache(cfg, teacher, data),
+                 progress=lambda s, n, loss: emit("step", {"step": s, "total": n, "loss": loss}))
+    path = cfg.study_dir / "trials" / str(trial.number) / "student.pt"
+    with atomic_path(path) as tmp:
+        torch.save({"spec": spec, "state_dict": {k: v.contiguous()
+                                                 for k, v in model.state_dict().items()}}, tmp)
+    trial.set_user_attr("trained", True)
+    trial.set_user_attr("val_accuracy", result.val_accuracy)
+    trial.set_user_attr("train_seconds", result.seconds)
+    trial.set_user_attr("curve", result.curve)
+    trial.set_user_attr("kd", tcfg.method)
+    trial.set_user_attr("feature_weight", tcfg.weight)
+    trial.set_user_attr("weights", str(path))
+    study.tell(trial, [result.val_accuracy, *_costs(cfg, cost)])
+    emit("trial_end", {"trial": trial.number, "index": index, "target": cfg.trials,
+                       "accuracy": result.val_accuracy, "seconds": result.seconds,
+                       "cost": cost, "study": study})
+    return True

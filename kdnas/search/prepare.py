@@ -1,0 +1,82 @@
+"""What a search prepares before its first trial: the teacher and the data checked against
+each other, the space's cheapest candidate, the cost measurement at the study's setting and the
+study's teacher cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from kdnas.core.budget import Cost
+from kdnas.core.errors import KdnasError
+from kdnas.core.settings import SearchConfig
+from kdnas.cost import measure_cost
+from kdnas.data import load_data, parse_normalize
+from kdnas.distill import TeacherCache
+from kdnas.teacher import attach_to_data, load_teacher
+from search_spaces import get_space
+
+
+def prepare(cfg: SearchConfig) -> tuple[SearchConfig, object, object, list[str]]:
+    """Load the teacher and the data for a study, and check them against each other.
+
+    The data is fed with the teacher's normalisation (its checkpoint's, ``cfg.normalize``,
+    or else the data's own statistics), and ``cfg`` gains the data spec recorded in a kdnas
+    checkpoint and the validation fraction the teacher was trained without. Returns the
+    completed config, teacher, data and notices for the user.
+    """
+    if cfg.teacher is None:
+        raise KdnasError("--teacher is needed: the path of a teacher checkpoint (make one "
+                         "with `kdnas teacher train`, or try `kdnas demo`)")
+    notes: list[str] = []
+    teacher = load_teacher(cfg.teacher, arch=cfg.teacher_arch, num_classes=cfg.num_classes,
+                           trust_pickle=cfg.trust_pickle, layers=list(cfg.teacher_layers))
+    if cfg.data is None:
+        if not teacher.data:
+            raise KdnasError("--data is needed: this teacher file records no data set (e.g. "
+                             "--data cifar10:/data/cifar10)")
+        cfg = dataclasses.replace(cfg, data=teacher.data)
+        notes.append(f"data: {cfg.data} (recorded in the teacher checkpoint)")
+    if cfg.val_fraction is None:  # carve the split the teacher was trained without
+        split = teacher.meta.get("split") or {}
+        cfg = dataclasses.replace(cfg, val_fraction=split.get("val_fraction") or 0.1)
+    data = load_data(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+    if cfg.normalize:
+        data = data.with_normalization(*parse_normalize(cfg.normalize, data.in_channels))
+    elif teacher.mean is not None:
+        data = data.with_normalization(teacher.mean, teacher.std)
+    else:
+        notes.append("normalising inputs with the data's own mean and std; if the teacher was "
+                     "trained otherwise, say so with --normalize (e.g. imagenet)")
+    notes += attach_to_data(teacher, data)
+    return cfg, teacher, data, notes
+
+
+def measure(cfg: SearchConfig, model, data, *, latency: bool) -> Cost:
+    """A candidate's cost at the study's latency setting (latency only when asked)."""
+    return measure_cost(model, data.input_shape, latency=latency,
+                        latency_threads=cfg.latency_threads, latency_batch=cfg.latency_batch)
+
+
+def smallest_cost(cfg: SearchConfig, data) -> tuple[dict, Cost] | None:
+    """The cheapest candidate of the space and its cost (None if the space cannot say)."""
+    space = get_space(cfg.space)
+    spec = space.smallest(in_channels=data.in_channels, num_classes=data.num_classes,
+                          input_size=data.input_size)
+    if spec is None:
+        return None
+    model = space.build(spec)
+    wanted = cfg.budget_obj().metric == "latency_ms" or "latency_ms" in cfg.cost_columns
+    return spec, measure(cfg, model, data, latency=wanted)
+
+
+def teacher_cache(cfg: SearchConfig, teacher, data) -> TeacherCache | None:
+    """The study's cache of teacher outputs, keyed by everything that changes them."""
+    if not cfg.teacher_cache or cfg.kd == "none":
+        return None
+    key = json.dumps([teacher.digest, data.digest(), data.mean, data.std, data.pad, data.flip,
+                      cfg.train_fraction, cfg.seed, cfg.batch_size, cfg.epochs,
+                      [t.module for t in teacher.taps]])
+    return TeacherCache(cfg.study_dir / "teacher_cache",
+                        hashlib.sha1(key.encode()).hexdigest()[:16])

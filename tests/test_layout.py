@@ -1,0 +1,51 @@
+"""The layout limits of the package, checked by tools/check_layout.py over its imports."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _checker():
+    spec = importlib.util.spec_from_file_location("check_layout", ROOT / "tools" /
+                                                  "check_layout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_layout_limits_hold():
+    r = _checker().report(ROOT)
+    assert r["cycles"] == []
+    assert r["floors"] <= 5, r["floor_of"]
+    assert r["long_files"] == {}
+    assert r["long_functions"] == {}
+
+
+def test_the_bottom_floor_imports_no_torch_and_the_cli_is_on_top():
+    check = _checker()
+    r = check.report(ROOT)
+    assert r["floor_of"]["kdnas.core"] == 1
+    assert r["floor_of"]["kdnas.cli"] == r["floors"]
+    for f in (ROOT / "kdnas" / "core").glob("*.py"):
+        text = f.read_text()
+        assert "import torch" not in text and "from torch" not in text, f
+
+
+def test_the_checker_finds_a_circle_and_counts_floors(tmp_path):
+    check = _checker()
+    pkg = tmp_path / "kdnas"
+    (pkg / "a").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a" / "__init__.py").write_text("")
+    (pkg / "a" / "x.py").write_text("def f():\n    from kdnas.b import g\n")
+    (pkg / "b.py").write_text("from kdnas.a.x import f\n\ndef g():\n    pass\n")
+    (tmp_path / "search_spaces").mkdir()
+    (tmp_path / "search_spaces" / "__init__.py").write_text("")
+    r = check.report(tmp_path)
+    assert ["kdnas.a.x", "kdnas.b"] in r["cycles"]
+    long = "def long():\n" + "    x = 1\n" * 90
+    (pkg / "b.py").write_text(long)
+    assert check.report(tmp_path)["long_functions"] == {"kdnas/b.py:long": 91}
