@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
-    for noisy in ("optuna", "fvcore", "PIL", "matplotlib", "onnxscript", "onnx_ir", "torch"):
+    for noisy in ("optuna", "PIL", "matplotlib", "onnxscript", "onnx_ir", "torch"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args.run = main  # commands that run others (demo) go through the same door
     try:

@@ -164,9 +164,10 @@ def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg
              f"<h1>Study {e(cfg.study)}: which student to ship</h1>",
              *_headline(out, front, info, cfg), *_front_table(front, info, cfg),
              *_references_table(refs), *_distilled_table(out), *_facts(df, info, cfg)]
-    parts.append("<p class='muted'>MACs: multiply-accumulates at batch 1 (fvcore); FLOPs = 2 x "
-                 "MACs. Accuracy: validation split carved from the training data, after brief "
-                 "search training, for ranking; train the chosen student fully with "
-                 "<code>kdnas distill</code>. The study database opens in optuna-dashboard.</p>")
+    parts.append("<p class='muted'>MACs: multiply-accumulates at batch 1 (torch's flop "
+                 "counter); FLOPs = 2 x MACs. Accuracy: validation split carved from the "
+                 "training data, after brief search training, for ranking; train the chosen "
+                 "student fully with <code>kdnas distill</code>. The study database opens in "
+                 "optuna-dashboard.</p>")
     parts.append("</body></html>")
     return write_text(out / "report.html", "\n".join(parts))

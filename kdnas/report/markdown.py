@@ -12,7 +12,7 @@ from kdnas.report.frames import export_command, fmt_value, hypervolume_text
 def front_markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
     lines = [f"# Study {cfg.study}: accuracy versus MACs", "",
              f"Budget: {info['budget']} = {info['budget_described']}. MACs are "
-             "multiply-accumulates at batch 1 (fvcore); FLOPs = 2 x MACs.", ""]
+             "multiply-accumulates at batch 1 (torch's flop counter); FLOPs = 2 x MACs.", ""]
     t = info.get("teacher_val_accuracy")
     if t is not None:
         lines += [f"Teacher validation accuracy: {100 * t:.2f}%", ""]

@@ -91,6 +91,6 @@ def attach_to_data(teacher: Teacher, data) -> list[str]:
     if "macs" not in teacher.meta:
         try:
             teacher.meta["macs"] = count_macs(teacher.module, teacher.input_shape)
-        except Exception:  # noqa: BLE001 - fvcore cannot trace every format
+        except Exception:  # noqa: BLE001 - not every format can be counted
             teacher.meta["macs"] = None
     return notes
