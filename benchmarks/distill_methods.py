@@ -76,7 +76,7 @@ def main() -> None:
     cfg, teacher, data, notes = prepare(SearchConfig(teacher=args.teacher, data=args.data))
     from kdnas.distill import evaluate
 
-    t_acc = evaluate(teacher.module, data)
+    t_acc = evaluate(teacher.module, data, channels_last=teacher.channels_last)
     t_macs = teacher.meta["macs"]
     base = TrainConfig(epochs=args.epochs, train_fraction=args.train_fraction)
     lines = []

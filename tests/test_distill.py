@@ -278,3 +278,36 @@ def test_interrupted_cache_is_not_used(teacher_and_data, tmp_path):
         fit(model, data, TrainConfig(epochs=1), teacher=teacher, student_taps=taps,
             cache=cache, progress=stop)
     assert not cache.complete and list(tmp_path.iterdir()) == []
+
+
+def test_brief_recipe_is_set_in_steps_and_scales_with_the_data():
+    from kdnas.core.settings import DEFAULT_STEPS, SearchConfig
+
+    cfg = SearchConfig()
+    assert cfg.brief_steps(45_000) == DEFAULT_STEPS == 400  # about 1.1 epochs of CIFAR-10
+    assert cfg.brief_steps(1_150) == 30 * 9  # a tiny set stops at 30 epochs
+    assert cfg.brief_steps(3_600) == 400  # about 14 epochs of a few thousand images
+    assert SearchConfig(steps=50).brief_steps(45_000) == 50
+    assert SearchConfig(epochs=2).brief_steps(1_150) == 18
+    assert SearchConfig(epochs=1, train_fraction=0.5).brief_steps(1_280) == 5
+    t = SearchConfig(steps=120).train_config(45_000)
+    assert (t.steps, t.eval_every) == (120, 24)
+    assert "120 steps of 128 images" in SearchConfig(steps=120).recipe_text(45_000)
+    with pytest.raises(KdnasError, match="not both"):
+        SearchConfig(steps=10, epochs=1)
+    with pytest.raises(KdnasError, match="steps"):
+        TrainConfig(steps=0)
+
+
+def test_fit_runs_the_steps_asked_and_records_a_learning_curve(digits):
+    space = get_space("resnet")
+    spec = space.preset("resnet8", in_channels=1, num_classes=10, input_size=8)
+    torch.manual_seed(0)
+    r = fit(space.build(spec), digits, TrainConfig(steps=40, kd="none", eval_every=10,
+                                                   eval_limit=200))
+    assert r.steps == 40  # 4.4 epochs of digits: steps, not epochs, set the length
+    assert [p["step"] for p in r.points] == [10, 20, 30, 40]
+    sub = [p["val_subset_accuracy"] for p in r.points[:-1]]
+    assert all(0 <= a <= 1 for a in sub) and r.points[-1]["val_accuracy"] == r.val_accuracy
+    assert r.val_accuracy > 0.5  # far above chance (10%) after 40 steps on real digits
+    assert r.points[0]["images"] == 10 * 128

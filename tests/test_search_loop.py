@@ -199,3 +199,67 @@ def test_a_resumed_search_draws_new_candidates(setup):
     again = run_search(dataclasses.replace(cfg, trials=2), teacher, data)
     specs = [t.user_attrs["spec"] for t in again.study.get_trials()]
     assert specs[0] == spec0 and specs[1] != spec0
+
+
+def test_a_repeated_candidate_is_not_trained_again(setup, monkeypatch):
+    """A sampler that proposes one candidate only: it is trained once, every repeat reuses
+    its result, and the count says so."""
+    cfg, teacher, data = setup
+    cfg = dataclasses.replace(cfg, trials=2, max_proposals=4)
+    space = __import__("search_spaces").get_space("resnet")
+    smallest = {k: min(d.choices) for k, d in space.distributions().items()}
+    monkeypatch.setattr(study_mod, "make_sampler", lambda cfg, data, **_: (
+        optuna.samplers.PartialFixedSampler(smallest, optuna.samplers.RandomSampler(seed=0))))
+    calls = []
+    real_fit = study_mod.fit
+    monkeypatch.setattr(study_mod, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    out = run_search(cfg, teacher, data)
+    record = load_record(out.study)
+    assert len(calls) == 1 and out.trained == 1 and out.duplicates == 3
+    first, *repeats = record.trials
+    assert first.state == "trained" and [t.state for t in repeats] == ["duplicate"] * 3
+    assert all(t.val_accuracy == first.val_accuracy and t.spec_id == first.spec_id
+               for t in repeats)
+    from kdnas.report import summary
+
+    info = summary(record, cfg)
+    assert info["trials_by_state"] == {"trained": 1, "duplicate": 3}
+    assert info["front_size"] == 1
+
+
+def test_noise_is_measured_on_the_knee_and_a_chance_level_front_is_called_so(setup):
+    from kdnas.report import summary
+    from kdnas.report.frames import noise_text
+
+    cfg, teacher, data = setup
+    # 2 steps of training: every student sits near chance (10 classes)
+    out = run_search(dataclasses.replace(cfg, epochs=None, steps=2, trials=2), teacher, data)
+    record = load_record(out.study)
+    info = summary(record, cfg)
+    noise = out.study.user_attrs["noise"]
+    assert noise["trial"] == info["knee_trial"] and noise["seeds"] == [0, 1]
+    assert noise["spread"] == pytest.approx(abs(noise["accuracies"][0] -
+                                                noise["accuracies"][1]))
+    assert "near chance" in info["caveat"] and "--steps, now 2" in info["caveat"]
+    assert "seed spread" in noise_text(noise)
+
+
+def test_a_front_far_above_chance_and_outside_the_spread_has_no_caveat():
+    from kdnas.core.records import StudyRecord, TrialRecord
+    from kdnas.report import summary
+
+    cfg = SearchConfig(study="c", budget="1MFLOPs", latency=False)
+
+    def trial(n, acc, macs):
+        return TrialRecord(n, "trained", spec=None, spec_id=str(n),
+                           cost={"macs": macs, "params": 1}, budget_excess=-0.5,
+                           val_accuracy=acc, recipe={"steps": 400})
+
+    def record(noise):
+        return StudyRecord("c", (trial(0, 0.80, 2e5), trial(1, 0.90, 5e5)), num_classes=10,
+                           noise=noise)
+
+    narrow = {"trial": 1, "seeds": [0, 1], "accuracies": [0.90, 0.88], "spread": 0.02}
+    assert summary(record(narrow), cfg)["caveat"] is None
+    wide = dict(narrow, accuracies=[0.90, 0.78], spread=0.12)
+    assert "within the seed spread" in summary(record(wide), cfg)["caveat"]

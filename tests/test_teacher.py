@@ -200,3 +200,106 @@ def test_parse_normalize_rejects(text):
 
     with pytest.raises(KdnasError):
         parse_normalize(text, 3 if text != "imagenet1k" else 1)
+
+
+class _ViewNet(torch.nn.Module):
+    """A teacher as many are written: it flattens with ``.view``, which channels_last
+    feature maps refuse."""
+
+    def __init__(self, channels: int = 1, classes: int = 10, size: int = 8) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(channels, 16, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(32 * (size // 2) ** 2, classes)
+
+    def forward(self, x):
+        x = self.features(x)
+        return self.fc(x.view(x.size(0), -1))
+
+
+class _InPlaceNet(_ViewNet):
+    """Scales its input in place before using it (and flattens with flatten: layout-safe)."""
+
+    def forward(self, x):
+        x.mul_(0.5)
+        return self.fc(torch.flatten(self.features(x), 1))
+
+
+class _StridedFlattenNet(_ViewNet):
+    """A custom flatten that reads memory in its own order: on channels_last inputs it runs,
+    but gives other logits."""
+
+    def forward(self, x):
+        x = self.features(x)
+        flat = x.as_strided((x.shape[0], x[0].numel()), (x[0].numel(), 1))
+        return self.fc(flat)
+
+
+def _teacher_of(module, digits):
+    from kdnas.teacher import Teacher
+
+    torch.manual_seed(0)
+    t = Teacher(module=module.eval(), taps=[], input_shape=None, num_classes=None,
+                source="test", digest="0")
+    data = digits.with_normalization((0.5,), (0.25,))
+    notes = attach_to_data(t, data)
+    return t, data, notes
+
+
+@pytest.mark.parametrize("cls, fed_channels_last, why", [
+    (_ViewNet, False, "fails on channels_last"),
+    (_StridedFlattenNet, False, "other logits"),
+    (_InPlaceNet, True, None),
+])
+def test_teachers_are_fed_inputs_they_can_take(digits, cls, fed_channels_last, why):
+    from kdnas.core.settings import TrainConfig
+    from kdnas.distill import TeacherCache, evaluate, fit
+
+    torch.manual_seed(0)
+    t, data, notes = _teacher_of(cls(), digits)
+    assert t.channels_last is fed_channels_last
+    if why:
+        assert any(why in n and "contiguous" in n for n in notes), notes
+    else:
+        assert not any("contiguous" in n for n in notes)
+    x = next(data.batches("val", 16))[0]  # channels_last, as kdnas yields it
+    kept = x.clone()
+    logits = t(x)
+    assert torch.equal(x, kept)  # the caller's batch is never changed
+    with torch.no_grad():
+        expected = cls.forward(t.module, kept.contiguous().clone())
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert t.copy_input is (cls is _InPlaceNet)
+    assert 0 <= evaluate(t.module, data, channels_last=t.channels_last) <= 1
+    # a student distils from it, features and cache included, on real images
+    space = __import__("search_spaces").get_space("resnet")
+    spec = space.preset("resnet8", in_channels=1, num_classes=10, input_size=8)
+    cache = TeacherCache(__import__("tempfile").mkdtemp(), "k")
+    for _ in range(2):  # writes the cache, then reads it
+        student = space.build(spec)
+        r = fit(student, data, TrainConfig(epochs=2, kd="feature"), teacher=t,
+                student_taps=space.taps(spec), cache=cache)
+        assert r.steps > 0 and 0.0 <= r.val_accuracy <= 1.0
+    assert cache.complete and cache.hits > 0
+
+
+def test_a_teacher_that_fails_either_way_is_a_clear_error(digits):
+    class Broken(_ViewNet):
+        def forward(self, x):
+            return self.fc(x)  # wrong shape whatever the layout
+
+    with pytest.raises(KdnasError, match=r"teacher \(Broken\) cannot take"):
+        _teacher_of(Broken(), digits)
+
+
+def test_untappable_stages_fall_back_to_logit_kd(digits, monkeypatch):
+    import kdnas.teacher.check as check
+
+    def broken(*_a, **_k):
+        raise RuntimeError("cannot register a hook here")
+
+    monkeypatch.setattr(check, "find_stage_taps", broken)
+    t, _, notes = _teacher_of(_ViewNet(), digits)
+    assert t.taps == []
+    assert any("logits only" in n and "cannot register a hook" in n for n in notes)

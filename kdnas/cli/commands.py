@@ -27,7 +27,7 @@ def cmd_search(args) -> int:
     from kdnas.search.storage import load_record, open_study
 
     overrides = {k: getattr(args, k) for k in (
-        "study", "teacher", "data", "budget", "space", "trials", "seed", "epochs",
+        "study", "teacher", "data", "budget", "space", "trials", "seed", "steps", "epochs",
         "train_fraction", "batch_size", "lr", "kd", "val_fraction", "storage", "workdir",
         "reports", "latency_threads", "teacher_layers", "teacher_arch", "num_classes",
         "normalize", "feature_weight", "objectives", "latency_batch", "references")}
@@ -52,7 +52,7 @@ def cmd_search(args) -> int:
     if teacher.taps:
         say("teacher stages tapped for hints: " + ", ".join(
             f"{t.module} ({t.channels} ch, stride {t.stride})" for t in teacher.taps))
-    acc = evaluate(teacher.module, data, "val")
+    acc = evaluate(teacher.module, data, "val", channels_last=teacher.channels_last)
     teacher.meta["val_accuracy_measured"] = acc
     say(f"teacher validation accuracy: {100 * acc:.2f}%")
     if acc < 1.5 / data.num_classes:
@@ -60,7 +60,7 @@ def cmd_search(args) -> int:
                     "the data, its normalisation and the class order", 100 * acc,
                     data.num_classes)
     say(f"budget: {budget.describe()}; space: {cfg.space}; training each candidate "
-         f"{cfg.epochs:g} epoch(s) on {100 * cfg.train_fraction:.0f}% of the train split "
+         f"{cfg.recipe_text(len(data.train_y))} of the train split "
          f"with {cfg.kd} distillation")
     outcome = None
     try:
@@ -78,6 +78,7 @@ def _print_summary(cfg, out: Path, seconds: float) -> None:
     """The closing lines, from the summary the report just wrote."""
     from kdnas.cli.progress import say
     from kdnas.report import export_command
+    from kdnas.report.frames import noise_text
 
     s = json.loads((out / "summary.json").read_text())
     states = ", ".join(f"{v} {k}" for k, v in sorted(s["trials_by_state"].items()))
@@ -85,6 +86,10 @@ def _print_summary(cfg, out: Path, seconds: float) -> None:
     say(f"\nstudy {cfg.study}: {states}; front of {n} student{'' if n == 1 else 's'}"
          + (f", best val acc {100 * s['best_val_accuracy']:.2f}%, knee trial {s['knee_trial']}"
             if s["front_size"] else "") + f" ({seconds / 60:.1f} min)")
+    if s.get("noise"):
+        say(noise_text(s["noise"]).capitalize())
+    if s.get("caveat"):
+        say(f"WARNING: {s['caveat']}")
     say(f"report: {out}/report.html (and pareto.md, pareto.png, pareto.csv, trials.csv, "
          "report.json)")
     if s["front_size"]:

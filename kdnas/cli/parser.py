@@ -62,7 +62,11 @@ def _add_search(sub) -> None:  # layout: table
                    "study.db, manifest.json and trial weights")
     s.add_argument("--space", help="student search space: resnet (default), mobilenet, "
                    "shufflenet, or your own as path/to/file.py:NAME (docs/spaces.md)")
-    s.add_argument("--epochs", type=float, help="brief training per candidate (default 1)")
+    s.add_argument("--steps", type=int, help="brief training per candidate, in optimizer "
+                   "steps of --batch-size images (default 400, or 30 epochs of a small data "
+                   "set if that is fewer)")
+    s.add_argument("--epochs", type=float, help="brief training per candidate in epochs "
+                   "instead of steps")
     s.add_argument("--train-fraction", type=float,
                    help="fraction of the train split used per candidate (default 1.0)")
     s.add_argument("--batch-size", type=int, help="default 128")

@@ -97,6 +97,20 @@ class SearchProgress:
         say(f"  trial {info['trial']}: {fmt_count(c.macs)} MACs, {fmt_count(c.params)} "
             f"params: {info.get('reason', 'over budget')}, not trained")
 
+    def _on_duplicate(self, info: dict) -> None:
+        say(f"  trial {info['trial']}: the same candidate as trial {info['twin']}: its result "
+            "is reused, not trained again (not counted)")
+
+    def _on_noise_start(self, info: dict) -> None:
+        say(f"noise check: training the knee (trial {info['trial']}) again with seed "
+            f"{info['seed']}")
+        self._open_bar()
+
+    def _on_noise_end(self, info: dict) -> None:
+        self._close_bar()
+        a, b = (100 * v for v in info["accuracies"])
+        say(f"  {a:.2f}% and {b:.2f}%: a seed spread of {100 * info['spread']:.2f} points")
+
     def _on_trial_start(self, info: dict) -> None:
         c = info["cost"]
         lat = f", {c.latency_ms:.2f} ms" if c.latency_ms is not None else ""

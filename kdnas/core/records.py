@@ -24,6 +24,8 @@ class TrialRecord:
     feature_weight: float | None = None
     weights: str | None = None  # path of the trained student
     curve: tuple = ()
+    learning_curve: tuple = ()  # validation accuracy by steps during the brief training
+    recipe: dict = field(default_factory=dict)  # steps, images, batch size, train fraction
     started: float | None = None  # POSIX seconds
     completed: float | None = None
     values: tuple[float, ...] = ()  # the objective values told to the study
@@ -47,6 +49,8 @@ class StudyRecord:
     teacher_val_accuracy: float | None = None
     normalization: dict | None = None  # {"mean": [...], "std": [...]}
     hypervolume_reference: dict | None = None  # cost column -> value fixed at creation
+    num_classes: int | None = None
+    noise: dict | None = None  # the knee trained again with another seed (search/noise.py)
 
     def trial(self, number: int) -> TrialRecord:
         for t in self.trials:

@@ -4,6 +4,7 @@ from flags or a TOML file) and the training recipe (:class:`TrainConfig`). Torch
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,19 @@ def canonical_method(kd: str) -> str:
     return "fitnets" if kd == "feature" else kd
 
 
+# the brief recipe when neither --steps nor --epochs is given: a fixed number of optimizer
+# steps (images seen), so a small data set gets many epochs and a large one a part of one
+DEFAULT_STEPS = 400
+MAX_DEFAULT_EPOCHS = 30  # a tiny data set stops here instead
+CURVE_POINTS = 5  # validation points of each candidate's learning curve
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The brief training recipe used to rank candidates (and, longer, to train teachers)."""
 
     epochs: float = 1.0
+    steps: int | None = None  # optimizer steps; when set, ``epochs`` is not used
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
@@ -42,10 +50,16 @@ class TrainConfig:
     schedule: str = "cosine"  # or "step": x0.1 at 50% and 75% of the steps
     seed: int = 0
     channels_last: bool = True
+    # learning curve: accuracy on the first ``eval_limit`` validation images every
+    # ``eval_every`` steps (None: only at the end)
+    eval_every: int | None = None
+    eval_limit: int = 1000
 
     def __post_init__(self) -> None:
         if not self.epochs > 0:
             raise KdnasError(f"epochs must be positive, got {self.epochs}")
+        if self.steps is not None and self.steps < 1:
+            raise KdnasError(f"steps must be at least 1, got {self.steps}")
         if not 0 < self.train_fraction <= 1:
             raise KdnasError(f"train fraction must be in (0, 1], got {self.train_fraction}")
         if self.kd not in KD_METHODS:
@@ -63,6 +77,12 @@ class TrainConfig:
     @property
     def method(self) -> str:
         return canonical_method(self.kd)
+
+    def total_steps(self, n_images: int) -> int:
+        """Optimizer steps of a run over ``n_images`` training images."""
+        if self.steps is not None:
+            return self.steps
+        return max(1, int(round(self.epochs * math.ceil(n_images / self.batch_size))))
 
     @property
     def weight(self) -> float:
@@ -87,8 +107,10 @@ class SearchConfig:
     space: str = "resnet"
     trials: int = 20
     seed: int = 0
-    # brief training used to rank candidates
-    epochs: float = 1.0
+    # brief training used to rank candidates: steps, or epochs, or (neither) the default of
+    # DEFAULT_STEPS steps, at most MAX_DEFAULT_EPOCHS epochs
+    steps: int | None = None
+    epochs: float | None = None
     train_fraction: float = 1.0
     batch_size: int = 128
     lr: float = 0.1
@@ -135,19 +157,43 @@ class SearchConfig:
                              f"{', '.join(OBJECTIVE_COLUMNS)} (accuracy is always maximised)")
         if "latency" in self.objectives and not self.latency:
             raise KdnasError("a latency objective needs latency measured: drop --no-latency")
+        if self.steps is not None and self.epochs is not None:
+            raise KdnasError("give --steps or --epochs for the brief training, not both")
         self.budget_obj()  # validates the budget text
-        self.train_config()  # validates the training recipe
+        self.train_config(1000)  # validates the training recipe
 
     def budget_obj(self) -> Budget:
         return parse_budget(self.budget)
 
-    def train_config(self) -> TrainConfig:
-        """The brief recipe; with ``kd = "auto"`` the study picks the method per trial."""
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+    def brief_steps(self, n_train: int) -> int:
+        """Optimizer steps of the brief recipe for a training split of ``n_train`` images
+        (of which ``train_fraction`` is used)."""
+        used = max(1, int(round(n_train * self.train_fraction)))
+        per_epoch = math.ceil(used / self.batch_size)
+        if self.steps is not None:
+            return self.steps
+        if self.epochs is not None:
+            return max(1, int(round(self.epochs * per_epoch)))
+        return min(DEFAULT_STEPS, MAX_DEFAULT_EPOCHS * per_epoch)
+
+    def train_config(self, n_train: int) -> TrainConfig:
+        """The brief recipe for a training split of ``n_train`` images, in steps, with a
+        learning curve of CURVE_POINTS points; with ``kd = "auto"`` the study picks the
+        method per trial."""
+        steps = self.brief_steps(n_train)
+        return TrainConfig(steps=steps, batch_size=self.batch_size, lr=self.lr,
                            train_fraction=self.train_fraction,
                            kd="logit" if self.kd == "auto" else self.kd,
                            temperature=self.temperature, kd_alpha=self.kd_alpha,
-                           feature_weight=self.feature_weight, seed=self.seed)
+                           feature_weight=self.feature_weight, seed=self.seed,
+                           eval_every=max(1, steps // CURVE_POINTS))
+
+    def recipe_text(self, n_train: int) -> str:
+        """The brief recipe in words, e.g. ``400 steps of 128 images (1.1 epochs of 45000)``."""
+        steps = self.brief_steps(n_train)
+        used = max(1, int(round(n_train * self.train_fraction)))
+        return (f"{steps} steps of {self.batch_size} images ({steps * self.batch_size / used:.3g} "
+                f"epochs of {used})")
 
     @property
     def cost_columns(self) -> list[str]:

@@ -35,7 +35,8 @@ class FitResult:
     val_accuracy: float
     seconds: float
     steps: int
-    curve: list[dict] = field(default_factory=list)
+    curve: list[dict] = field(default_factory=list)  # per epoch: train loss
+    points: list[dict] = field(default_factory=list)  # the learning curve, by steps
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,29 +54,43 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data, split: str = "val", *, batch_size: int = 500,
-             channels_last: bool = True) -> float:
-    """Top-1 accuracy (0..1) on a split."""
+             channels_last: bool = True, limit: int | None = None) -> float:
+    """Top-1 accuracy (0..1) on a split, or on its first ``limit`` images (a fixed subset).
+    With ``channels_last`` false the inputs are fed contiguous (teachers that need it)."""
     was_training = model.training
     model.eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    n = len(getattr(data, f"{split}_y"))
+    indices = None if limit is None or limit >= n else torch.arange(limit)
     correct = total = 0
-    for x, y, _ in data.batches(split, batch_size):
+    for x, y, _ in data.batches(split, batch_size, indices=indices):
+        if not channels_last:
+            x = x.clone(memory_format=torch.contiguous_format)
         correct += int((model(x).argmax(1) == y).sum())
         total += len(y)
     model.train(was_training)
     return correct / max(1, total)
 
 
-def _save_checkpoint(path: Path, student, extra, opt, step, epoch, total, curve) -> None:
+def _curve_point(student, data, cfg: TrainConfig, step: int, train_loss: float) -> dict:
+    """One point of the learning curve: accuracy on a fixed validation subset."""
+    acc = evaluate(student, data, "val", channels_last=cfg.channels_last, limit=cfg.eval_limit)
+    return {"step": step, "images": step * cfg.batch_size, "val_subset_accuracy": acc,
+            "train_loss": train_loss}
+
+
+def _save_checkpoint(path: Path, student, extra, opt, step, epoch, total, curve,
+                     points) -> None:
     with atomic_path(path) as tmp:
         torch.save({"student": student.state_dict(),
                     "extra": extra.state_dict() if extra is not None else {},
                     "optimizer": opt.state_dict(), "step": step, "epoch": epoch,
-                    "total": total, "curve": curve}, tmp)
+                    "total": total, "curve": curve, "points": points}, tmp)
 
 
-def _load_checkpoint(path: Path, student, extra, opt, total: int) -> tuple[int, int, list]:
+def _load_checkpoint(path: Path, student, extra, opt, total: int
+                     ) -> tuple[int, int, list, list]:
     """Restore a run saved by :func:`_save_checkpoint`; returns ``(step, epoch, curve)``."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state["total"] != total:
@@ -87,14 +102,14 @@ def _load_checkpoint(path: Path, student, extra, opt, total: int) -> tuple[int, 
     opt.load_state_dict(state["optimizer"])
     log.info("resuming from %s after epoch %d (step %d of %d)", path, state["epoch"],
              state["step"], total)
-    return state["step"], state["epoch"], state["curve"]
+    return state["step"], state["epoch"], state["curve"], state.get("points", [])
 
 
 class _TeacherSignal:
     """The teacher's logits and stage features for each step: read from a complete cache, or
     computed by running the teacher (and written to the cache on a study's first trial)."""
 
-    def __init__(self, teacher, cache: TeacherCache | None, *, features: bool, fmt) -> None:
+    def __init__(self, teacher, cache: TeacherCache | None, *, features: bool) -> None:
         self.teacher, self.cache, self.features = teacher, cache, features
         self.reading = cache is not None and cache.complete
         self.writing = cache is not None and not self.reading
@@ -102,7 +117,7 @@ class _TeacherSignal:
         self.taps = FeatureTaps(teacher.module, [t.module for t in teacher.taps]) if tap \
             else None
         if not self.reading:
-            teacher.module.to(memory_format=fmt).eval()
+            teacher.module.to(memory_format=teacher.memory_format).eval()
 
     def begin(self, resumed: bool) -> None:
         self.writing = self.writing and not resumed  # only a run from the start writes
@@ -113,7 +128,7 @@ class _TeacherSignal:
         if self.reading:
             return self.cache.get(step, features=self.features)
         with torch.no_grad():
-            logits = self.teacher.module(x)
+            logits = self.teacher(x)
         feats = self.taps.features() if self.taps else []
         if self.taps:
             self.taps.clear()
@@ -134,6 +149,23 @@ class _TeacherSignal:
             self.taps.close()
 
 
+def _feature_loss(student: nn.Module, data, cfg: TrainConfig, teacher,
+                  student_taps: list[TapInfo] | None):
+    """The student in its training layout, its taps and the feature loss module (None for
+    logit KD, cross-entropy, or when either net has no taps)."""
+    if (teacher is not None and cfg.method in FEATURE_METHODS and teacher.taps
+            and not student_taps):
+        # a space that states no taps: find the student's stage outputs as for teachers
+        student_taps = find_stage_taps(student, data.input_shape)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    student.to(memory_format=fmt).train()
+    if teacher is None or cfg.method not in FEATURE_METHODS or not student_taps \
+            or not teacher.taps:
+        return student_taps, None
+    return student_taps, feature_loss(cfg.method, student_taps, teacher.taps).to(
+        memory_format=fmt)
+
+
 def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
         student_taps: list[TapInfo] | None = None, cache: TeacherCache | None = None,
         checkpoint: Path | None = None,
@@ -150,27 +182,21 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
     """
     torch.manual_seed(cfg.seed)
     kd_on = teacher is not None and cfg.method != "none"
-    if kd_on and cfg.method in FEATURE_METHODS and teacher.taps and not student_taps:
-        # a space that states no taps: find the student's stage outputs as for teachers
-        student_taps = find_stage_taps(student, data.input_shape)
-    feats_on = (kd_on and cfg.method in FEATURE_METHODS and bool(student_taps)
-                and bool(teacher.taps))
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    student.to(memory_format=fmt).train()
-    extra = (feature_loss(cfg.method, student_taps, teacher.taps).to(memory_format=fmt)
-             if feats_on else None)
+    student_taps, extra = _feature_loss(student, data, cfg, teacher if kd_on else None,
+                                        student_taps)
+    feats_on = extra is not None
     kd_loss = KDLoss(cfg.temperature)
-    signal = _TeacherSignal(teacher, cache if kd_on else None, features=feats_on, fmt=fmt) \
-        if kd_on else None
+    signal = _TeacherSignal(teacher, cache, features=feats_on) if kd_on else None
     params = list(student.parameters()) + (list(extra.parameters()) if extra else [])
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                           weight_decay=cfg.weight_decay)
     indices = data.subset_indices(cfg.train_fraction, cfg.seed)
-    total = max(1, int(round(cfg.epochs * math.ceil(len(indices) / cfg.batch_size))))
+    total = cfg.total_steps(len(indices))
     s_taps = FeatureTaps(student, [t.module for t in student_taps]) if feats_on else None
-    step, epoch, curve, t0 = 0, 0, [], time.perf_counter()
+    step, epoch, curve, points, t0 = 0, 0, [], [], time.perf_counter()
     if checkpoint is not None and Path(checkpoint).exists():
-        step, epoch, curve = _load_checkpoint(Path(checkpoint), student, extra, opt, total)
+        step, epoch, curve, points = _load_checkpoint(Path(checkpoint), student, extra, opt,
+                                                      total)
     if signal is not None:
         signal.begin(resumed=step > 0)
     try:
@@ -196,15 +222,17 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
                 value = loss.item()
                 if not math.isfinite(value):
                     log.warning("training diverged (loss %s) at step %d", value, step)
-                    return FitResult(0.0, time.perf_counter() - t0, step, curve)
+                    return FitResult(0.0, time.perf_counter() - t0, step, curve, points)
                 running, seen, step = running + value * len(y), seen + len(y), step + 1
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                    points.append(_curve_point(student, data, cfg, step, running / seen))
                 if progress is not None:
                     progress(step, total, value)
             curve.append({"epoch": epoch + 1, "step": step, "train_loss": running / max(1, seen)})
             epoch += 1
             if checkpoint is not None:
                 _save_checkpoint(Path(checkpoint), student, extra, opt, step, epoch, total,
-                                 curve)
+                                 curve, points)
         if signal is not None:
             signal.end(step)
     finally:
@@ -213,4 +241,5 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
                 closing.close()
     acc = evaluate(student, data, "val", channels_last=cfg.channels_last)
     curve[-1]["val_accuracy"] = acc
-    return FitResult(acc, time.perf_counter() - t0, step, curve)
+    points.append({"step": step, "images": step * cfg.batch_size, "val_accuracy": acc})
+    return FitResult(acc, time.perf_counter() - t0, step, curve, points)

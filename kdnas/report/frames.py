@@ -130,7 +130,48 @@ def summary(record: StudyRecord, cfg: SearchConfig, df: pd.DataFrame | None = No
         "search_seconds": float(df.train_seconds.fillna(0).sum()),
         "wall_seconds": wall_seconds(record),
         "macs_latency_spearman": macs_latency_spearman(df),
+        "num_classes": record.num_classes, "noise": record.noise,
+        "brief_steps": next((t.recipe.get("steps") for t in record.trials if t.recipe), None),
+        "caveat": caveat(front, record),
     }
+
+
+def far_above_chance(acc: float, classes: int) -> bool:
+    """Whether an accuracy is at least a quarter of the way from chance to perfect."""
+    chance = 1.0 / classes
+    return acc >= chance + 0.25 * (1.0 - chance)
+
+
+def noise_text(noise: dict | None) -> str | None:
+    """The seed spread of the knee, in words."""
+    if not noise:
+        return None
+    a, b = (100 * v for v in noise["accuracies"])
+    s0, s1 = noise["seeds"]
+    return (f"seed spread: trial {noise['trial']} (the knee) trained again with seed {s1} "
+            f"reached {b:.2f}% against {a:.2f}% with seed {s0}, a spread of "
+            f"{100 * noise['spread']:.2f} points")
+
+
+def caveat(front: pd.DataFrame, record: StudyRecord) -> str | None:
+    """One plain sentence when the front is not a result: near chance, or within the seed
+    spread of its own knee; with the fix."""
+    if front.empty:
+        return None
+    steps = next((t.recipe.get("steps") for t in record.trials if t.recipe), None)
+    fix = ("train each candidate longer (--steps" + (f", now {steps}" if steps else "")
+           + ") or on more of the data (--train-fraction)")
+    best, worst = float(front.val_accuracy.max()), float(front.val_accuracy.min())
+    if record.num_classes and not far_above_chance(best, record.num_classes):
+        return (f"Not a result yet: the best student reaches {100 * best:.1f}%, near chance "
+                f"({100 / record.num_classes:.1f}% with {record.num_classes} classes), so "
+                f"this ranking is noise; {fix}.")
+    spread = (record.noise or {}).get("spread")
+    if spread is not None and len(front) > 1 and best - worst <= spread:
+        return (f"The front's accuracies ({100 * worst:.1f}-{100 * best:.1f}%) lie within the "
+                f"seed spread measured on its knee ({100 * spread:.1f} points), so their order "
+                f"may be noise; {fix}.")
+    return None
 
 
 COST_NAMES = {"macs": "MACs", "params": "params", "latency_ms": "latency"}

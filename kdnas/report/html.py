@@ -12,7 +12,13 @@ import pandas as pd
 
 from kdnas.core.budget import fmt_count
 from kdnas.core.files import write_text
-from kdnas.report.frames import COST_NAMES, export_command, fmt_value, hypervolume_text
+from kdnas.report.frames import (
+    COST_NAMES,
+    export_command,
+    fmt_value,
+    hypervolume_text,
+    noise_text,
+)
 
 CSS = """
 body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -25,6 +31,7 @@ code{font-size:12px;background:#f4f4f4;padding:1px 3px}
 .grid{display:flex;gap:1em;flex-wrap:wrap}.grid img{max-width:540px;width:100%}
 .muted{color:#777}dl{display:grid;grid-template-columns:max-content auto;gap:2px 1em}
 dt{color:#555}dd{margin:0}
+.warn{background:#fff0f0;border-left:4px solid #d62728;padding:6px 10px}
 """
 
 
@@ -51,6 +58,10 @@ def _headline(out: Path, front: pd.DataFrame, info: dict, cfg) -> list[str]:
             + f". Export it: <code>{e(export_command(cfg, knee))}</code></p>")
     else:
         parts.append("<p>No trained student within budget yet.</p>")
+    if info.get("caveat"):
+        parts.append(f"<p class='warn'><b>Read this first.</b> {e(info['caveat'])}</p>")
+    if info.get("noise"):
+        parts.append(f"<p>{e(noise_text(info['noise']).capitalize())}.</p>")
     imgs = [_img(out / "pareto.png", "accuracy versus MACs")]
     if (out / "pareto_latency.png").exists():
         imgs.append(_img(out / "pareto_latency.png", "accuracy versus latency"))

@@ -6,7 +6,7 @@ import pandas as pd
 
 from kdnas.core.budget import fmt_count
 from kdnas.core.settings import SearchConfig
-from kdnas.report.frames import export_command, fmt_value, hypervolume_text
+from kdnas.report.frames import export_command, fmt_value, hypervolume_text, noise_text
 
 
 def front_markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
@@ -19,6 +19,10 @@ def front_markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
     counts = ", ".join(f"{v} {k}" for k, v in sorted(info["trials_by_state"].items()))
     lines += [f"Trials: {counts}. Pareto front: {info['front_size']} students; hypervolume "
               f"{hypervolume_text(info)}.", ""]
+    if info.get("caveat"):
+        lines += [f"**Read this first.** {info['caveat']}", ""]
+    if info.get("noise"):
+        lines += [noise_text(info["noise"]).capitalize() + ".", ""]
     if front.empty:
         return "\n".join(lines + ["No trained student within budget yet.", ""])
     lines += ["| rank | trial | architecture | val acc | MACs | FLOPs | params | latency ms "

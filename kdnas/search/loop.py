@@ -24,6 +24,7 @@ from kdnas.core.errors import KdnasError
 from kdnas.core.files import atomic_path
 from kdnas.core.settings import FEATURE_WEIGHTS, SearchConfig
 from kdnas.distill import fit
+from kdnas.search.noise import measure_noise
 from kdnas.search.prepare import measure, smallest_cost, teacher_cache
 from kdnas.search.references import train_references
 from kdnas.search.sampler import make_sampler
@@ -51,18 +52,13 @@ class SearchOutcome:
     trained: int
     infeasible: int
     interrupted: bool = False
+    duplicates: int = 0  # proposals of a candidate already trained: result reused
 
 
-def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = None
-               ) -> SearchOutcome:
-    """Run (or resume) the study until ``cfg.trials`` candidates have been trained.
-
-    ``data`` must already carry the teacher's normalisation. ``on_event(kind, info)`` receives
-    ``study_start``, ``trial_start``, ``step``, ``trial_end`` and ``infeasible`` events.
-    """
-    emit = on_event or (lambda kind, info: None)
+def _gate_space(cfg: SearchConfig, data) -> tuple[dict, Cost] | None:
+    """Refuse, before any training, a budget that the space's cheapest candidate exceeds or
+    cannot be held to; returns that candidate and its cost."""
     budget = cfg.budget_obj()
-
     cheapest = smallest_cost(cfg, data)
     if cheapest is not None and budget.refusal(cheapest[1]):
         raise KdnasError(f"the {cfg.space!r} space cannot be held to a MACs budget: "
@@ -73,7 +69,13 @@ def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = Non
         raise KdnasError(f"budget {cfg.budget} is below the cheapest candidate of the "
                          f"{cfg.space!r} space for {tuple(data.input_shape)} inputs, which "
                          f"costs {shown}: raise --budget to at least that")
+    return cheapest
 
+
+def _open(cfg: SearchConfig, teacher, data) -> tuple[optuna.Study, int]:
+    """Create or resume the study, record what it is about, fail dead workers' trials.
+    Returns the study and the number of trials failed that way."""
+    cheapest = _gate_space(cfg, data)
     info = manifest(cfg, teacher, data)
     study = open_study(cfg, create=True)
     study.sampler = make_sampler(cfg, data, resumed_at=len(study.get_trials(deepcopy=False)))
@@ -87,17 +89,29 @@ def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = Non
         study.set_user_attr("fingerprint", fingerprint)
         study.set_user_attr("normalization", {"mean": list(data.mean), "std": list(data.std)})
         study.set_user_attr("teacher_val_accuracy", teacher.meta.get("val_accuracy_measured"))
+        study.set_user_attr("num_classes", data.num_classes)
         study.set_user_attr("hypervolume_reference", hypervolume_reference(cfg, cheapest))
     if cfg.storage is None or cfg.study_dir.exists():
         write_manifest(cfg, info)
     stale = fail_stale_trials(study)
     if stale:
         log.info("marked %d interrupted trial(s) of a dead process as failed", stale)
+    return study, stale
 
+
+def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = None
+               ) -> SearchOutcome:
+    """Run (or resume) the study until ``cfg.trials`` candidates have been trained.
+
+    ``data`` must already carry the teacher's normalisation. ``on_event(kind, info)`` receives
+    ``study_start``, ``trial_start``, ``step``, ``trial_end`` and ``infeasible`` events.
+    """
+    emit = on_event or (lambda kind, info: None)
+    study, stale = _open(cfg, teacher, data)
     train_references(study, cfg, teacher, data, emit)
     done = trained_count(study)
     emit("study_start", {"trained": done, "target": cfg.trials, "stale": stale})
-    proposals = infeasible = failures = 0
+    proposals = infeasible = failures = duplicates = 0
     interrupted = False
     while done < cfg.trials:
         if proposals >= cfg.proposal_cap:
@@ -122,11 +136,24 @@ def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = Non
                 raise
             continue
         failures = 0
-        if trained:
+        if trained == "trained":
             done += 1
+        elif trained == "duplicate":
+            duplicates += 1
         else:
             infeasible += 1
-    return SearchOutcome(study, trained_count(study), infeasible, interrupted)
+    if not interrupted and done >= cfg.trials:
+        try:
+            measure_noise(study, cfg, teacher, data, emit)
+        except KeyboardInterrupt:
+            interrupted = True
+    return SearchOutcome(study, trained_count(study), infeasible, interrupted, duplicates)
+
+
+def recipe(tcfg, result) -> dict:
+    """The brief training a trial got, as recorded with it."""
+    return {"steps": result.steps, "images": result.steps * tcfg.batch_size,
+            "batch_size": tcfg.batch_size, "train_fraction": tcfg.train_fraction}
 
 
 def hypervolume_reference(cfg: SearchConfig, cheapest: tuple[dict, Cost] | None
@@ -151,13 +178,34 @@ def _costs(cfg: SearchConfig, cost: Cost) -> list[float]:
     return [float(cost.value(c)) for c in cfg.cost_columns]
 
 
+def _trained_twin(study: optuna.Study, key: str) -> optuna.trial.FrozenTrial | None:
+    """A trial of the study that already trained the candidate with spec id ``key``."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get("trained") and t.user_attrs.get("spec_id") == key:
+            return t
+    return None
+
+
+def _reuse(study: optuna.Study, trial: optuna.Trial, twin: optuna.trial.FrozenTrial,
+           emit: Event) -> str:
+    """Tell a repeated candidate the result its twin got: a spec is trained once a study."""
+    trial.set_user_attr("duplicate_of", twin.number)
+    trial.set_user_attr("trained", False)
+    for key in ("val_accuracy", "kd", "feature_weight", "recipe"):
+        if key in twin.user_attrs:
+            trial.set_user_attr(key, twin.user_attrs[key])
+    study.tell(trial, list(twin.values))
+    emit("duplicate", {"trial": trial.number, "twin": twin.number})
+    return "duplicate"
+
+
 def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teacher, data, *,
-               index: int, emit: Event) -> bool:
-    """Sample, cost, gate and (if feasible) train one candidate; tell the study. True if
-    trained."""
+               index: int, emit: Event) -> str:
+    """Sample, cost, gate and (if feasible and new) train one candidate; tell the study.
+    Returns ``trained``, ``infeasible`` or ``duplicate``."""
     budget = cfg.budget_obj()
     space = get_space(cfg.space)
-    tcfg = cfg.train_config()
+    tcfg = cfg.train_config(len(data.train_y))
     trial.set_user_attr("worker", worker_id())
     spec = space.sample(trial, in_channels=data.in_channels, num_classes=data.num_classes,
                         input_size=data.input_size)
@@ -178,7 +226,10 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
         study.tell(trial, [0.0, *_costs(cfg, cost)])
         emit("infeasible", {"trial": trial.number, "cost": cost, "spec": spec,
                             "reason": budget.refusal(cost) or "over budget"})
-        return False
+        return "infeasible"
+    twin = _trained_twin(study, spec_id(spec))
+    if twin is not None:
+        return _reuse(study, trial, twin, emit)
 
     if cfg.kd == "auto":  # the distillation method and its weight are searched too
         method = trial.suggest_categorical("kd", AUTO_METHODS)
@@ -198,6 +249,8 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
     trial.set_user_attr("val_accuracy", result.val_accuracy)
     trial.set_user_attr("train_seconds", result.seconds)
     trial.set_user_attr("curve", result.curve)
+    trial.set_user_attr("learning_curve", result.points)
+    trial.set_user_attr("recipe", recipe(tcfg, result))
     trial.set_user_attr("kd", tcfg.method)
     trial.set_user_attr("feature_weight", tcfg.weight)
     trial.set_user_attr("weights", str(path))
@@ -205,4 +258,4 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
     emit("trial_end", {"trial": trial.number, "index": index, "target": cfg.trials,
                        "accuracy": result.val_accuracy, "seconds": result.seconds,
                        "cost": cost, "study": study})
-    return True
+    return "trained"

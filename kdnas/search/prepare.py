@@ -76,7 +76,8 @@ def teacher_cache(cfg: SearchConfig, teacher, data) -> TeacherCache | None:
     if not cfg.teacher_cache or cfg.kd == "none":
         return None
     key = json.dumps([teacher.digest, data.digest(), data.mean, data.std, data.pad, data.flip,
-                      cfg.train_fraction, cfg.seed, cfg.batch_size, cfg.epochs,
+                      cfg.train_fraction, cfg.seed, cfg.batch_size,
+                      cfg.brief_steps(len(data.train_y)),
                       [t.module for t in teacher.taps]])
     return TeacherCache(cfg.study_dir / "teacher_cache",
                         hashlib.sha1(key.encode()).hexdigest()[:16])

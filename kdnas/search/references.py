@@ -34,7 +34,7 @@ def train_references(study: optuna.Study, cfg: SearchConfig, teacher, data,
         torch.manual_seed(cfg.seed)
         model = space.build(spec)
         cost = measure(cfg, model, data, latency=cfg.latency)
-        tcfg = cfg.train_config()
+        tcfg = cfg.train_config(len(data.train_y))
         emit("reference_start", {"name": ref, "cost": cost, "spec": spec})
         result = fit(model, data, tcfg, teacher=teacher,
                      student_taps=space.taps(spec),

@@ -50,10 +50,12 @@ class FeasibleSampler(optuna.samplers.BaseSampler):
 
     def __init__(self, inner: optuna.samplers.TPESampler,
                  distributions: dict[str, BaseDistribution], fits: Callable[[dict], bool], *,
-                 n_startup_trials: int, seed: int | None = None, max_tries: int = 8) -> None:
+                 n_startup_trials: int, seed: int | None = None, max_tries: int = 8,
+                 key: Callable[[dict], str] | None = None) -> None:
         self.inner = inner
         self.distributions = distributions
         self.fits = fits
+        self.key = key  # the spec id of a parameter set: a trained one is not proposed again
         self.n_startup_trials = n_startup_trials
         self.max_tries = max_tries
         self._rng = np.random.RandomState(seed)
@@ -72,6 +74,11 @@ class FeasibleSampler(optuna.samplers.BaseSampler):
             return {}
         done = len(study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,),
                                      use_cache=True))
+        taken = set()
+        if self.key is not None:
+            taken = {t.user_attrs.get("spec_id") for t in study._get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)
+                if t.user_attrs.get("trained")}
         params: dict[str, Any] = {}
         for _ in range(self.max_tries):
             params = {}
@@ -80,7 +87,7 @@ class FeasibleSampler(optuna.samplers.BaseSampler):
             missing = {k: v for k, v in search_space.items() if k not in params}
             params.update(random_params(missing, self._rng))
             self.proposed += 1
-            if self.fits(params):
+            if self.fits(params) and (not taken or self.key(params) not in taken):
                 return params
             self.rejected += 1
         return self.repair(params, search_space)
@@ -142,14 +149,19 @@ def make_sampler(cfg: SearchConfig, data, *, resumed_at: int = 0
     budget = cfg.budget_obj()
     cache: dict[str, bool] = {}
 
+    def key(params: dict) -> str:
+        return spec_id(space.sample(optuna.trial.FixedTrial(params),
+                                    in_channels=data.in_channels,
+                                    num_classes=data.num_classes, input_size=data.input_size))
+
     def fits(params: dict) -> bool:
-        spec = space.sample(optuna.trial.FixedTrial(params), in_channels=data.in_channels,
-                            num_classes=data.num_classes, input_size=data.input_size)
-        key = spec_id(spec)
-        if key not in cache:
+        k = key(params)
+        if k not in cache:
+            spec = space.sample(optuna.trial.FixedTrial(params), in_channels=data.in_channels,
+                                num_classes=data.num_classes, input_size=data.input_size)
             cost = measure(cfg, space.build(spec), data, latency=budget.metric == "latency_ms")
-            cache[key] = budget.fits(cost)
-        return cache[key]
+            cache[k] = budget.fits(cost)
+        return cache[k]
 
     return FeasibleSampler(tpe, space.distributions(), fits, n_startup_trials=n_startup,
-                           seed=seed)
+                           seed=seed, key=key)

@@ -54,7 +54,7 @@ def stored_config(study: optuna.Study) -> SearchConfig | None:
 
 
 # settings that change what a trial means: a resumed study must keep them
-_FIXED = ("budget", "space", "epochs", "train_fraction", "batch_size", "lr", "kd",
+_FIXED = ("budget", "space", "steps", "epochs", "train_fraction", "batch_size", "lr", "kd",
           "temperature", "kd_alpha", "feature_weight", "val_fraction", "split_seed", "seed",
           "teacher_layers", "normalize", "objectives")
 
@@ -132,6 +132,8 @@ def trained_count(study: optuna.Study) -> int:
 
 def _state(t: optuna.trial.FrozenTrial) -> str:
     if t.state == TrialState.COMPLETE:
+        if t.user_attrs.get("duplicate_of") is not None:
+            return "duplicate"
         return "trained" if t.user_attrs.get("trained") else "infeasible"
     if t.state == TrialState.FAIL:
         return "interrupted" if t.user_attrs.get("interrupted") else "failed"
@@ -145,7 +147,8 @@ def trial_record(t: optuna.trial.FrozenTrial) -> TrialRecord:
         cost=dict(a.get("cost", {})), budget_excess=t.constraints.get("budget"),
         val_accuracy=a.get("val_accuracy"), train_seconds=a.get("train_seconds"),
         kd=a.get("kd"), feature_weight=a.get("feature_weight"), weights=a.get("weights"),
-        curve=tuple(a.get("curve", ())),
+        curve=tuple(a.get("curve", ())), learning_curve=tuple(a.get("learning_curve", ())),
+        recipe=dict(a.get("recipe", {})),
         started=t.datetime_start.timestamp() if t.datetime_start else None,
         completed=t.datetime_complete.timestamp() if t.datetime_complete else None,
         values=tuple(t.values or ()))
@@ -159,4 +162,5 @@ def load_record(study: optuna.Study) -> StudyRecord:
                        references=dict(attrs.get("references", {})),
                        teacher_val_accuracy=attrs.get("teacher_val_accuracy"),
                        normalization=attrs.get("normalization"),
-                       hypervolume_reference=attrs.get("hypervolume_reference"))
+                       hypervolume_reference=attrs.get("hypervolume_reference"),
+                       num_classes=attrs.get("num_classes"), noise=attrs.get("noise"))

@@ -128,7 +128,8 @@ def export_trial(record: StudyRecord, cfg: SearchConfig, trial_number: int, data
             "budget": cfg.budget, "teacher": cfg.teacher, "data": cfg.data,
             "latency_ms": cost.get("latency_ms"), "latency_setting": cost.get("latency_setting"),
             "accuracy_note": "after the brief search training, used for ranking",
-            "training": {"epochs": cfg.epochs, "train_fraction": cfg.train_fraction,
+            "training": {**(rec.recipe or {"epochs": cfg.epochs or 1}),
+                         "train_fraction": cfg.train_fraction,
                          "kd": rec.kd or cfg.kd, "temperature": cfg.temperature,
                          "kd_alpha": cfg.kd_alpha,
                          "feature_weight": (rec.feature_weight if rec.feature_weight is not None
@@ -192,8 +193,9 @@ def _card(m: dict) -> str:
     shape = ", ".join(map(str, m["input_shape"]))
     test = ("" if m.get("test_accuracy") is None else
             f"\n| test accuracy | {100 * m['test_accuracy']:.2f}% (after full distillation) |")
-    split = (f"{tr['epochs']} epoch(s) on {100 * tr['train_fraction']:.0f}% of the training "
-             "split")
+    amount = (f"{tr['steps']} steps ({tr['images']} images)" if "steps" in tr
+              else f"{tr['epochs']} epoch(s)")
+    split = f"{amount} on {100 * tr['train_fraction']:.0f}% of the training split"
     return f"""# {m['arch']} (study {m['study']}, trial {m['trial']})
 
 | | |

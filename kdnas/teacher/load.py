@@ -45,6 +45,23 @@ class Teacher:
     std: tuple[float, ...] | None = None
     data: str | None = None
     meta: dict = field(default_factory=dict)
+    # how it is fed (found by :func:`kdnas.teacher.check.attach_to_data`): in channels_last
+    # like the students, or contiguous when its forward cannot take that; on a copy when its
+    # forward changes its input in place
+    channels_last: bool = True
+    copy_input: bool = False
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits for a batch the data yields (channels_last), fed as it can
+        take it; the caller's tensor is never changed."""
+        if self.copy_input or not self.channels_last:
+            # a copy with the strides of the format (a 1-channel batch can look like both)
+            x = x.clone(memory_format=self.memory_format)
+        return self.module(x)
 
 
 def file_digest(path: Path) -> str:
