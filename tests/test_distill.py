@@ -311,3 +311,30 @@ def test_fit_runs_the_steps_asked_and_records_a_learning_curve(digits):
     assert all(0 <= a <= 1 for a in sub) and r.points[-1]["val_accuracy"] == r.val_accuracy
     assert r.val_accuracy > 0.5  # far above chance (10%) after 40 steps on real digits
     assert r.points[0]["images"] == 10 * 128
+
+
+def test_narrow_strided_1x1_convs_get_right_gradients_in_channels_last():
+    """The CPU kernels' channels_last weight gradient of a strided 1x1 conv with under 8 input
+    channels is wrong or crashes; kdnas computes those convs contiguous while training."""
+    import copy
+
+    from kdnas.distill.layout import PinnedConvs
+
+    space = get_space("resnet")
+    spec = space.preset("resnet8", in_channels=3, num_classes=10, input_size=32)
+    spec["stem_width"], spec["stages"][0]["width"], spec["stages"][1]["width"] = 6, 6, 12
+    torch.manual_seed(0)
+    model = space.build(spec)
+    ref = copy.deepcopy(model).double()
+    x = torch.randn(16, 3, 32, 32)
+    F.cross_entropy(ref(x.double()), torch.arange(16) % 10).backward()
+    model.to(memory_format=torch.channels_last)
+    pinned = PinnedConvs(model)
+    assert 6 in {dict(model.named_modules())[n].in_channels for n in pinned.names}
+    F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)),
+                    torch.arange(16) % 10).backward()
+    pinned.close()
+    for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+        err = (p.grad.double() - q.grad).abs().max() / q.grad.abs().max().clamp_min(1e-12)
+        assert err < 1e-3, name
+    assert not any(m._forward_pre_hooks for m in model.modules())

@@ -23,6 +23,7 @@ from kdnas.core.files import atomic_path
 from kdnas.core.settings import FEATURE_METHODS, TrainConfig
 from kdnas.distill.cache import TeacherCache
 from kdnas.distill.hooks import FeatureTaps
+from kdnas.distill.layout import PinnedConvs
 from kdnas.distill.losses import KDLoss, feature_loss
 from search_spaces.stages import find_stage_taps
 from search_spaces import TapInfo
@@ -185,6 +186,7 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
     student_taps, extra = _feature_loss(student, data, cfg, teacher if kd_on else None,
                                         student_taps)
     feats_on = extra is not None
+    pinned = PinnedConvs(student) if cfg.channels_last else None  # CPU kernels' bug
     kd_loss = KDLoss(cfg.temperature)
     signal = _TeacherSignal(teacher, cache, features=feats_on) if kd_on else None
     params = list(student.parameters()) + (list(extra.parameters()) if extra else [])
@@ -236,7 +238,7 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
         if signal is not None:
             signal.end(step)
     finally:
-        for closing in (signal, s_taps):
+        for closing in (signal, s_taps, pinned):
             if closing is not None:
                 closing.close()
     acc = evaluate(student, data, "val", channels_last=cfg.channels_last)
