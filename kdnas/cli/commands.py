@@ -35,6 +35,8 @@ def cmd_search(args) -> int:
         overrides["teacher_cache"] = False
     if args.no_latency:
         overrides["latency"] = False
+    if args.no_noise_check:
+        overrides["noise_check"] = False
     if args.trust_pickle:
         overrides["trust_pickle"] = True
     cfg = load_config(args.config, overrides)

@@ -82,6 +82,9 @@ def _add_search(sub) -> None:  # layout: table
                    "(default per method: fitnets 1, at 5, sp 3000, pkt 30000)")
     s.add_argument("--no-teacher-cache", action="store_true", help="run the teacher in every "
                    "trial instead of computing its outputs once per study")
+    s.add_argument("--no-noise-check", action="store_true", help="do not train the front's "
+                   "knee again with another seed at the end (the report then cannot say how "
+                   "much of the front is seed noise)")
     s.add_argument("--teacher-layers", type=_str_list,
                    help="comma-separated teacher module names to tap instead of the detected "
                    "stages")

@@ -142,7 +142,7 @@ def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = Non
             duplicates += 1
         else:
             infeasible += 1
-    if not interrupted and done >= cfg.trials:
+    if cfg.noise_check and not interrupted and done >= cfg.trials:
         try:
             measure_noise(study, cfg, teacher, data, emit)
         except KeyboardInterrupt:

@@ -1,0 +1,333 @@
+"""Proxy fidelity: does kdnas' brief recipe rank candidates like much longer training?
+
+Candidates of one MACs band (the largest at most 1.25x the smallest, so MACs cannot explain
+the ranking), drawn with a fixed seed from every built-in family, are trained by kdnas' own
+search loop (one resumable study per recipe, seed and space, the candidates enqueued) with
+
+- ``brief``: the CLI's default brief recipe, feature distillation;
+- ``brief_ce``: the same steps with cross-entropy alone;
+- ``long``: the same method for ``--factor`` (8) times the steps: the ground truth;
+
+each over ``--seeds``. Reported: Kendall's tau between each proxy and the ground truth
+(mean over seeds), the ground truth's own seed-to-seed tau (the ceiling any proxy can
+reach), and each recipe's seed spread. More recipes: ``--recipe NAME=steps:800,kd:at``.
+
+    python benchmarks/search_quality.py                  # CIFAR-10, resumes from --work
+    python benchmarks/search_quality.py --data digits --candidates 4 --steps 5  # a tiny run
+
+Every raw result is written to ``reports/search_quality.json`` as it comes; the figures and
+plot to ``reports/search_quality.md`` / ``.png``. Interrupt at any time: the same command
+goes on where it stopped (the studies, the teacher and the data stay in ``--work``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from common import ARCHIVE, ROOT, make_subset
+
+FAMILIES = (("resnet", "basic"), ("resnet", "bottleneck"), ("mobilenet", None),
+            ("shufflenet", None))
+RECIPES = {"brief": {}, "brief_ce": {"kd": "none"}, "long": {"factor": 8}}
+GROUND_TRUTH = "long"
+
+
+def pick_candidates(data, lo: float, hi: float, count: int, seed: int) -> list[dict]:
+    """``count`` distinct candidates with MACs in [lo, hi], spread over FAMILIES (resnet
+    split by block type), drawn at random with a fixed seed."""
+    from kdnas.cost import count_macs, count_params
+    from kdnas.search.sampler import random_params
+    from search_spaces import describe, get_space, spec_id
+
+    rng = np.random.RandomState(seed)
+    quota = [count // len(FAMILIES) + (i < count % len(FAMILIES))
+             for i in range(len(FAMILIES))]
+    out: list[dict] = []
+    for (family, block), want in zip(FAMILIES, quota, strict=True):
+        space, got, seen = get_space(family), 0, set()
+        dists = space.distributions()
+        for _ in range(20000):
+            if got == want:
+                break
+            params = random_params(dists, rng)
+            if block is not None:
+                params["block"] = block
+            spec = space.sample(optuna.trial.FixedTrial(params), in_channels=data.in_channels,
+                                num_classes=data.num_classes, input_size=data.input_size)
+            if spec_id(spec) in seen:
+                continue
+            seen.add(spec_id(spec))
+            model = space.build(spec)
+            macs = count_macs(model, data.input_shape)
+            if lo <= macs <= hi:
+                out.append({"id": spec_id(spec), "space": family, "params": params,
+                            "arch": describe(spec), "macs": macs,
+                            "params_count": count_params(model)})
+                got += 1
+        if got < want:
+            raise SystemExit(f"only {got} of {want} {family} candidates in the band")
+    return out
+
+
+def parse_recipe(text: str) -> tuple[str, dict]:
+    """``NAME=key:value,key:value`` -> (NAME, overrides of SearchConfig, plus ``factor``)."""
+    name, _, body = text.partition("=")
+    out: dict = {}
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition(":")
+        for cast in (int, float, str):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+    return name, out
+
+
+def recipe_config(base, name: str, over: dict, seed: int, space: str, n_train: int,
+                  trials: int):
+    over = dict(over)
+    factor = over.pop("factor", None)
+    cfg = dataclasses.replace(base, study=f"sq-{name}-s{seed}-{space}", space=space,
+                              seed=seed, trials=trials, **over)
+    if factor:
+        cfg = dataclasses.replace(cfg, steps=int(factor * base.brief_steps(n_train)))
+    return cfg
+
+
+def run_study(cfg, cands: list[dict], teacher, data, work: Path, on_result) -> None:
+    """Train the candidates in kdnas' own (resumable) study ``cfg.study``: each is enqueued
+    until it has been trained once; the teacher cache is shared by every study."""
+    from kdnas.search.loop import run_search
+    from kdnas.search.storage import open_study
+
+    shared = work / "teacher_cache"
+    shared.mkdir(parents=True, exist_ok=True)
+    link = cfg.study_dir / "teacher_cache"
+    if not link.exists():
+        cfg.study_dir.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(shared.resolve(), target_is_directory=True)
+    study = open_study(cfg, create=True)
+    for _ in range(3):  # an interrupted trial leaves its candidate untrained: enqueue it again
+        trials = study.get_trials(deepcopy=False)
+        done = {t.user_attrs.get("spec_id") for t in trials
+                if t.state == TrialState.COMPLETE and t.user_attrs.get("trained")}
+        waiting = [t.system_attrs.get("fixed_params") for t in trials
+                   if t.state == TrialState.WAITING]
+        todo = [c for c in cands if c["id"] not in done]
+        if not todo:
+            break
+        for c in todo:
+            if c["params"] not in waiting:
+                study.enqueue_trial(c["params"])
+        target = len(done) + len(todo)
+        out = run_search(dataclasses.replace(cfg, trials=target), teacher, data,
+                         on_event=lambda kind, info: kind == "trial_end" and on_result(info))
+        if out.interrupted:
+            raise KeyboardInterrupt
+
+
+def collect(cfg, cands: list[dict]) -> dict:
+    """The study's result for each candidate: accuracy, time, learning curve."""
+    from kdnas.search.storage import open_study
+
+    ids = {c["id"] for c in cands}
+    out = {}
+    for t in open_study(cfg, create=True).get_trials(deepcopy=False,
+                                                      states=(TrialState.COMPLETE,)):
+        u = t.user_attrs
+        if u.get("trained") and u.get("spec_id") in ids:
+            out[u["spec_id"]] = {"val_accuracy": u["val_accuracy"], "trial": t.number,
+                                 "seconds": u.get("train_seconds"),
+                                 "steps": (u.get("recipe") or {}).get("steps"),
+                                 "curve": u.get("learning_curve")}
+    return out
+
+
+def summarise(res: dict) -> dict:
+    """Kendall's tau of every recipe against the ground truth, the ground truth's own
+    seed-to-seed tau and every recipe's seed spread, from the raw runs."""
+    cands = pd.DataFrame(res["candidates"]).set_index("id")
+    acc = {}
+    for key, runs in res["runs"].items():
+        name, seed = key.rsplit("/s", 1)
+        for cid, r in runs.items():
+            acc.setdefault(name, {}).setdefault(int(seed), {})[cid] = r["val_accuracy"]
+    table = {name: pd.DataFrame(seeds).reindex(cands.index) for name, seeds in acc.items()}
+    out: dict = {"recipes": {}}
+    truth = table.get(GROUND_TRUTH)
+    truth_mean = truth.mean(axis=1) if truth is not None else None
+    for name, df in table.items():
+        full = df.dropna()
+        row = {"seeds": sorted(df.columns.tolist()),
+               "complete_candidates": int(len(full)),
+               "mean_accuracy": float(full.mean().mean()) if len(full) else None,
+               "range": float(full.mean(axis=1).max() - full.mean(axis=1).min())
+               if len(full) else None}
+        if df.shape[1] >= 2 and len(full) >= 2:
+            row["seed_spread"] = float((full.max(axis=1) - full.min(axis=1)).mean())
+            row["seed_tau"] = float(full.iloc[:, 0].corr(full.iloc[:, 1], method="kendall"))
+        if truth_mean is not None and name != GROUND_TRUTH:
+            first = df[df.columns.min()]
+            both = pd.concat([first, df.mean(axis=1), truth_mean], axis=1).dropna()
+            if len(both) >= 3:
+                row["tau_vs_truth"] = float(both.iloc[:, 0].corr(both.iloc[:, 2], "kendall"))
+                row["tau_vs_truth_seed_mean"] = float(both.iloc[:, 1].corr(both.iloc[:, 2],
+                                                                           "kendall"))
+                row["tau_over"] = int(len(both))
+        out["recipes"][name] = row
+    out["accuracy"] = {name: df.mean(axis=1).round(5).to_dict() for name, df in table.items()}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", help="a kdnas data spec (default: CIFAR-10 from the shared "
+                    "archive, extracted into --work)")
+    ap.add_argument("--per-class", type=int, help="a seeded subset of the CIFAR-10 archive")
+    ap.add_argument("--work", type=Path, default=ROOT / ".bench" / "search_quality")
+    ap.add_argument("--teacher-arch", default="resnet20")
+    ap.add_argument("--teacher-epochs", type=float, default=15)
+    ap.add_argument("--band", default="3.2,4.0", help="MACs band in millions: LO,HI")
+    ap.add_argument("--candidates", type=int, default=12)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--steps", type=int, help="brief steps (default: the CLI's default)")
+    ap.add_argument("--recipe", action="append", default=[], help="another proxy recipe, "
+                    "NAME=key:value,... (SearchConfig fields, or factor:N)")
+    ap.add_argument("--only", nargs="+", help="run only these recipes (default: all)")
+    ap.add_argument("--out", type=Path, default=ROOT / "reports" / "search_quality.json")
+    args = ap.parse_args(argv)
+
+    from kdnas.core.settings import SearchConfig
+    from kdnas.search.prepare import prepare
+    from kdnas.ship.teacher_train import train_teacher
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    spec = args.data or "imagefolder:" + str(make_subset(
+        ARCHIVE, args.work / "data", args.per_class, args.per_class and args.per_class // 4))
+    teacher_path = args.work / f"teacher-{args.teacher_arch}.pt"
+    if not teacher_path.exists():
+        print(f"training the teacher ({args.teacher_arch}, {args.teacher_epochs} epochs)")
+        train_teacher(spec, args.teacher_arch, epochs=args.teacher_epochs, out=teacher_path)
+    lo, hi = (float(x) * 1e6 for x in args.band.split(","))
+    base = SearchConfig(study="sq", teacher=str(teacher_path), data=spec,
+                        budget=f"{hi / 1e6:.6g}MMACs", steps=args.steps, latency=False,
+                        noise_check=False, workdir=str(args.work / "runs"),
+                        reports=str(args.work / "reports"))
+    base, teacher, data, _ = prepare(base)
+    n_train = len(data.train_y)
+    res = json.loads(args.out.read_text()) if args.out.exists() else {}
+    res.setdefault("runs", {})
+    if "candidates" not in res:
+        res["candidates"] = pick_candidates(data, lo, hi, args.candidates, seed=0)
+    recipes = dict(RECIPES, **dict(parse_recipe(r) for r in args.recipe))
+    res["setup"] = {
+        "data": spec, "train_images": n_train, "val_images": len(data.val_y),
+        "classes": data.num_classes, "teacher": args.teacher_arch,
+        "teacher_val_accuracy": teacher.meta.get("val_accuracy"),
+        "teacher_macs": teacher.meta.get("macs"), "band_macs": [lo, hi],
+        "recipes": {n: {"overrides": o, "text": recipe_config(
+            base, n, o, 0, "resnet", n_train, 1).recipe_text(n_train)}
+            for n, o in recipes.items()}}
+
+    def save() -> None:
+        res["summary"] = summarise(res)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res, indent=1))
+        tmp.replace(args.out)
+        write_markdown(args.out.with_suffix(".md"), res,
+                       sys.argv[1:] if argv is None else argv)
+
+    # the first seed of every recipe first, so that a partial run already answers
+    order = [(s, n) for s in args.seeds for n in recipes if not args.only or n in args.only]
+    try:
+        run_all(order, res, recipes, base, teacher, data, args.work, save)
+    except KeyboardInterrupt:
+        save()
+        raise SystemExit("interrupted: run the same command again to go on") from None
+    save()
+
+
+def run_all(order, res, recipes, base, teacher, data, work: Path, save) -> None:
+    """Every (seed, recipe) run in order, each as one study per space."""
+    from kdnas.search.prepare import teacher_cache
+
+    n_train = len(data.train_y)
+    for seed, name in order:
+        key = f"{name}/s{seed}"
+        cache_keys = set()
+        for space in dict.fromkeys(c["space"] for c in res["candidates"]):
+            cands = [c for c in res["candidates"] if c["space"] == space]
+            cfg = recipe_config(base, name, recipes[name], seed, space, n_train, len(cands))
+            t0 = time.perf_counter()
+
+            def on_result(info, cfg=cfg, cands=cands, key=key) -> None:
+                res["runs"][key] = {**res["runs"].get(key, {}), **collect(cfg, cands)}
+                save()
+
+            run_study(cfg, cands, teacher, data, work, on_result)
+            res["runs"][key] = {**res["runs"].get(key, {}), **collect(cfg, cands)}
+            res.setdefault("seconds", {})[f"{key}/{space}"] = res.get("seconds", {}).get(
+                f"{key}/{space}") or time.perf_counter() - t0
+            save()
+            cache = teacher_cache(cfg, teacher, data)
+            if cache is not None:
+                cache_keys.add(cache.dir)
+        if recipes[name].get("factor"):  # a long recipe's cache is large: not kept
+            for d in cache_keys:
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def write_markdown(path: Path, res: dict, argv) -> None:
+    s, setup = res["summary"], res["setup"]
+    lines = [
+        "# Search quality: does the brief recipe rank like longer training?", "",
+        f"Data `{setup['data']}`: {setup['train_images']} training / {setup['val_images']} "
+        f"validation images, {setup['classes']} classes. Teacher {setup['teacher']} "
+        f"({(setup['teacher_macs'] or 0) / 1e6:.1f}M MACs, "
+        f"{100 * (setup['teacher_val_accuracy'] or 0):.1f}% val), trained by kdnas. "
+        f"{len(res['candidates'])} candidates with "
+        f"{setup['band_macs'][0] / 1e6:.2f}-{setup['band_macs'][1] / 1e6:.2f}M MACs. "
+        "CPU (2 cores) unless said otherwise.", "",
+        "| recipe | what | seeds done | candidates | mean acc | range | seed spread | "
+        "seed tau | tau vs ground truth (seed 0 / seed mean) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in s["recipes"].items():
+        def pct(v):
+            return "-" if v is None else f"{100 * v:.1f}"
+        tau = (f"{r['tau_vs_truth']:.2f} / {r['tau_vs_truth_seed_mean']:.2f} "
+               f"(n={r['tau_over']})" if "tau_vs_truth" in r else "-")
+        lines.append(
+            f"| {name} | {setup['recipes'].get(name, {}).get('text', '')} | "
+            f"{','.join(map(str, r['seeds']))} | {r['complete_candidates']} | "
+            f"{pct(r['mean_accuracy'])} | {pct(r['range'])} | {pct(r.get('seed_spread'))} | "
+            + (f"{r['seed_tau']:.2f}" if "seed_tau" in r else "-") + f" | {tau} |")
+    lines += ["", f"Ground truth: `{GROUND_TRUTH}`, mean over its seeds. Seed tau is Kendall's "
+              "tau between a recipe's first two seeds: for the ground truth it is the ceiling "
+              "any proxy can reach. Seed spread: mean over candidates of max - min over seeds "
+              "(accuracy points).", "",
+              "| candidate | family | MACs | " + " | ".join(s["accuracy"]) + " |",
+              "| --- | --- | --- | " + " | ".join("---" for _ in s["accuracy"]) + " |"]
+    for c in res["candidates"]:
+        accs = [s["accuracy"][n].get(c["id"]) for n in s["accuracy"]]
+        lines.append(f"| {c['arch']} | {c['space']} | {c['macs'] / 1e6:.2f}M | " + " | ".join(
+            "-" if a is None or a != a else f"{100 * a:.1f}" for a in accs) + " |")
+    lines += ["", "Reproduce: `python benchmarks/search_quality.py "
+              + " ".join(argv or []) + "` (resumes from its --work folder)."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
