@@ -35,7 +35,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from common import ARCHIVE, ROOT, make_subset
+from cifar_subset import ARCHIVE, ROOT, make_subset
 
 FAMILIES = (("resnet", "basic"), ("resnet", "bottleneck"), ("mobilenet", None),
             ("shufflenet", None))

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from common import ARCHIVE, ROOT, make_subset
+from cifar_subset import ARCHIVE, ROOT, make_subset
 
 
 def long_runs(study, cfg, teacher, data, factor: int, done: dict, save) -> dict:

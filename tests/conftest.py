@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-import random
-import tarfile
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR_ARCHIVE = Path(os.environ.get(
     "KDNAS_CIFAR10_JPG", ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks' seeded CIFAR-10 subset
+
+from cifar_subset import make_subset  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,27 +41,7 @@ def cifar_subset(tmp_path_factory) -> Path:
     chosen with a fixed seed (the archive lists files class by class)."""
     if not CIFAR_ARCHIVE.exists():
         pytest.skip(f"CIFAR-10 archive not found at {CIFAR_ARCHIVE} (set KDNAS_CIFAR10_JPG)")
-    out = tmp_path_factory.mktemp("cifar-subset")
-    per_split = {"train": 200, "test": 50}
-    with tarfile.open(CIFAR_ARCHIVE) as tar:  # first pass: names only
-        names = [m.name for m in tar if m.isfile() and m.name.endswith(".jpg")]
-    groups: dict[tuple[str, str], list[str]] = {}
-    for name in names:
-        split, cls = Path(name).parts[-3:-1]
-        groups.setdefault((split, cls), []).append(name)
-    rng = random.Random(0)
-    chosen = set()
-    for (split, _cls), ms in sorted(groups.items()):
-        if split in per_split:
-            chosen.update(rng.sample(sorted(ms), per_split[split]))
-    with tarfile.open(CIFAR_ARCHIVE) as tar:  # second pass: stream and keep the chosen
-        for m in tar:
-            if m.name in chosen:
-                split, cls, fname = Path(m.name).parts[-3:]
-                dest = out / split / cls / fname
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(tar.extractfile(m).read())
-    return out
+    return make_subset(CIFAR_ARCHIVE, tmp_path_factory.mktemp("cifar-subset"), 200, 50, seed=0)
 
 
 @pytest.fixture(scope="session")
