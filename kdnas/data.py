@@ -297,6 +297,14 @@ def _load_imagefolder(path: Path, image_size: int | None):
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
     if not classes:
         raise KdnasError(f"{train_dir} has no class folders: put images in train/<class>/")
+    test_classes = sorted(d.name for d in test_dir.iterdir() if d.is_dir())
+    if test_classes != classes:
+        only_train = sorted(set(classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(classes))
+        raise KdnasError(f"the class folders of {train_dir} and {test_dir} differ (only in "
+                         f"train: {only_train or 'none'}; only in {test_dir.name}: "
+                         f"{only_test or 'none'}): labels would not match; give both splits "
+                         "the same class folders")
     train_items = _list_images(train_dir, classes)
     test_items = _list_images(test_dir, classes)
     if not train_items or not test_items:

@@ -154,3 +154,55 @@ def test_demo_runs_from_nothing(tmp_path, monkeypatch, capsys):
     # running it again resumes: nothing new is trained
     assert main(["demo", "--trials", "3"]) == 0
     assert "3 of 3 candidates already trained" in capsys.readouterr().out
+
+
+def test_bad_inputs_are_one_message_each_and_leave_the_study_alone(tmp_path, digits_teacher,
+                                                                     monkeypatch, capsys):
+    """Every bad input a user can give: exit 2, one line saying what was wrong and what to
+    do, no traceback, and the existing study exactly as it was."""
+    import optuna
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    base = ["--budget", "0.5MFLOPs", "--no-latency", "--no-noise-check", "--steps", "20"]
+    assert main(["search", "--teacher", str(digits_teacher), "--study", "k", "--trials", "1",
+                 *base]) == 0
+    url = f"sqlite:///{tmp_path / 'runs' / 'k' / 'study.db'}"
+
+    def snapshot():
+        s = optuna.load_study(study_name="k", storage=url)
+        return [(t.number, t.state, t.user_attrs, t.values) for t in s.trials], s.user_attrs
+
+    before = snapshot()
+    blob = digits_teacher.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(blob[: len(blob) // 2])
+    (tmp_path / "corrupt.pt").write_bytes(bytes(range(256)) * 40)
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)),
+               tmp_path / "pickled.pt")
+    for split, classes in (("train", "ab"), ("test", "ac")):
+        for c in classes:
+            (tmp_path / "diff" / split / c).mkdir(parents=True)
+            Image.new("L", (8, 8)).save(tmp_path / "diff" / split / c / "0.png")
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    (tmp_path / "empty" / "test").mkdir()
+    teacher = ["search", "--teacher", str(digits_teacher), *base]
+    cases = [
+        (["search", "--teacher", "truncated.pt", *base], "cannot read truncated.pt"),
+        (["search", "--teacher", "corrupt.pt", *base], "cannot read corrupt.pt"),
+        (["search", "--teacher", "pickled.pt", *base], "--trust-pickle"),
+        ([*teacher, "--budget", "1kMACs"], "below the cheapest candidate"),
+        ([*teacher, "--data", "imagefolder:missing"], "does not exist"),
+        ([*teacher, "--data", "imagefolder:empty"], "no class folders"),
+        ([*teacher, "--data", "imagefolder:diff"], "class folders of"),
+        ([*teacher, "--data", "cifar10:diff"], "not torchvision's CIFAR-10 layout"),
+        ([*teacher, "--study", "k", "--budget", "0.3MFLOPs"], "other settings"),
+        ([*teacher, "--study", "k", "--workers", "0"], "--workers must be at least 1"),
+        (["export", "--study", "k", "--trial", "99"], "99"),
+        (["distill", "--study", "k", "--trial", "99"], "99"),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, (argv, err)
+        assert err.startswith("kdnas: error:"), err
+    assert snapshot() == before

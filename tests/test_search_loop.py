@@ -76,7 +76,7 @@ def test_resume_keeps_trials_and_continues_the_count(setup):
     # weights of every trained trial are kept in the study folder
     for t in trials:
         if t.user_attrs.get("trained"):
-            saved = torch.load(t.user_attrs["weights"], weights_only=True)
+            saved = torch.load(cfg.study_dir / t.user_attrs["weights"], weights_only=True)
             assert saved["spec"] == t.user_attrs["spec"]
     third = run_search(dataclasses.replace(cfg, trials=4), teacher, data)
     assert len(third.study.get_trials()) == len(trials)  # nothing left to do
@@ -146,7 +146,7 @@ def test_kd_auto_searches_the_method_and_shares_one_teacher_cache(setup):
     for t in trained:
         assert t.params["kd"] in AUTO_METHODS and t.user_attrs["kd"] == t.params["kd"]
         assert 0.1 <= t.params["kd_weight_scale"] <= 10
-    caches = list((cfg.study_dir / "teacher_cache").iterdir())
+    caches = [d for d in (cfg.study_dir / "teacher_cache").iterdir() if d.is_dir()]
     assert len(caches) == 1 and (caches[0] / "COMPLETE").exists()
 
 

@@ -72,7 +72,7 @@ def test_torchscript_only_when_asked(searched):
 def test_export_fails_loudly_when_weights_disagree_with_the_record(searched):
     study, cfg, data, tmp = searched
     trial = pick_trial(study, "knee")
-    path = study.trial(trial).weights
+    path = cfg.study_dir / study.trial(trial).weights  # stored relative to the study
     saved = torch.load(path, weights_only=True)
     original = {k: v.clone() for k, v in saved["state_dict"].items()}
     saved["state_dict"]["fc.weight"].normal_(0, 10.0, generator=torch.Generator().manual_seed(0))

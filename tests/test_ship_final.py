@@ -55,3 +55,36 @@ def test_interrupted_distillation_resumes_to_the_same_student(study_with_a_stude
     assert "Fully distilled" in page and f"{100 * resumed['test_accuracy']:.2f}%" in page
     card = (tmp / "a" / "MODEL_CARD.md").read_text()
     assert "test accuracy" in card and "after full distillation, 3 epochs" in card
+
+
+def test_interrupted_teacher_training_resumes_to_the_same_teacher(tmp_path, monkeypatch,
+                                                                   capsys):
+    """`kdnas teacher train` interrupted in epoch 2, then the same command: it goes on from
+    the saved epoch and writes the teacher an uninterrupted run writes."""
+    import kdnas.cli.progress as progress_mod
+    from kdnas.cli import main
+    from kdnas.ship.teacher_train import resume_path
+
+    argv = ["teacher", "train", "--data", "digits", "--arch", "resnet8", "--epochs", "3",
+            "--out", str(tmp_path / "a.pt")]
+    real_call = progress_mod.StepBar.__call__
+
+    def interrupt_in_epoch_two(self, step, total, loss):
+        if step == total // 3 + 2:
+            raise KeyboardInterrupt
+        return real_call(self, step, total, loss)
+
+    with monkeypatch.context() as m:
+        m.setattr(progress_mod.StepBar, "__call__", interrupt_in_epoch_two)
+        assert main(argv) == 130
+    out = capsys.readouterr().out
+    assert "run the same command to resume" in out
+    assert resume_path(tmp_path / "a.pt", "resnet8").exists() and not (tmp_path / "a.pt").exists()
+    assert main(argv) == 0
+    assert "resuming the training saved in" in capsys.readouterr().out
+    assert not resume_path(tmp_path / "a.pt", "resnet8").exists()
+    assert main(argv[:-1] + [str(tmp_path / "b.pt")]) == 0
+    a = torch.load(tmp_path / "a.pt", weights_only=False)
+    b = torch.load(tmp_path / "b.pt", weights_only=False)
+    sa, sb = a.get("state_dict", a), b.get("state_dict", b)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("optuna", "PIL", "matplotlib", "onnxscript", "onnx_ir", "torch"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args.run = main  # commands that run others (demo) go through the same door
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # --workers starts it again
     try:
         return int(args.func(args) or 0)
     except KdnasError as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"
 
 def cmd_search(args) -> int:
     from kdnas.cli.progress import SearchProgress, say
+    from kdnas.cli.workers import start_helpers, threads_per_worker, wait_helpers
     from kdnas.core.budget import fmt_count
     from kdnas.core.settings import load_config
     from kdnas.distill import evaluate
@@ -40,8 +42,12 @@ def cmd_search(args) -> int:
     if args.trust_pickle:
         overrides["trust_pickle"] = True
     cfg = load_config(args.config, overrides)
+    if args.worker_index > 0:
+        return _helper_worker(cfg, args.worker_index)
     budget = cfg.budget_obj()
     t0 = time.perf_counter()
+    if args.workers < 1:
+        raise KdnasError(f"--workers must be at least 1, got {args.workers}")
     cfg, teacher, data, notes = prepare(cfg)
     for note in notes:
         say(note)
@@ -64,16 +70,52 @@ def cmd_search(args) -> int:
     say(f"budget: {budget.describe()}; space: {cfg.space}; training each candidate "
          f"{cfg.recipe_text(len(data.train_y))} of the train split "
          f"with {cfg.kd} distillation")
-    outcome = None
+    outcome, helpers = None, []
+    progress = SearchProgress(cfg)
+
+    def on_event(kind: str, info: dict) -> None:
+        if kind == "study_start" and args.workers > 1:  # the study exists: others may join
+            helpers.extend(start_helpers(args.argv, args.workers, cfg.study_dir / "workers"))
+            say(f"{args.workers} workers on this study, {threads_per_worker(args.workers)} "
+                f"threads each (workers 1-{args.workers - 1} log to "
+                f"{cfg.study_dir / 'workers'}/)")
+        progress(kind, info)
+
     try:
-        outcome = run_search(cfg, teacher, data, on_event=SearchProgress(cfg))
+        outcome = run_search(cfg, teacher, data, on_event=on_event)
     except KeyboardInterrupt:
+        pass
+    if outcome is None or outcome.interrupted:
         say("\ninterrupted: writing the report of what finished; run the same command to "
-             "resume")
+            "resume (an interrupted candidate is trained again)")
+    if any(code not in (0, 130) for code in wait_helpers(helpers)):
+        log.warning("a worker ended with an error: see %s", cfg.study_dir / "workers")
     study = outcome.study if outcome else open_study(cfg, create=False)
     out = write_report(load_record(study), cfg)
     _print_summary(cfg, out, time.perf_counter() - t0)
     return 130 if (outcome is None or outcome.interrupted) else 0
+
+
+def _helper_worker(cfg, index: int) -> int:
+    """Worker ``index`` > 0 of ``--workers``: trials only (worker 0 reports)."""
+    from kdnas.cli.progress import SearchProgress, say
+    from kdnas.search.loop import run_search
+    from kdnas.search.prepare import prepare
+
+    cfg, teacher, data, _ = prepare(cfg)
+    say(f"worker {index} (pid {os.getpid()}, {torch_threads()} threads) on study {cfg.study}")
+    try:
+        out = run_search(cfg, teacher, data, on_event=SearchProgress(cfg), worker=index)
+    except KeyboardInterrupt:
+        return 130
+    say(f"worker {index} done: the study holds {out.trained} trained candidates")
+    return 130 if out.interrupted else 0
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _print_summary(cfg, out: Path, seconds: float) -> None:
@@ -188,12 +230,22 @@ def cmd_distill(args) -> int:
 
 def cmd_teacher_train(args) -> int:
     from kdnas.cli.progress import StepBar, say
-    from kdnas.ship.teacher_train import train_teacher
+    from kdnas.ship.teacher_train import resume_path, train_teacher
 
     out = Path(args.out or f"teachers/{args.arch}-{args.data.split(':')[0]}.pt")
-    path, acc = train_teacher(args.data, args.arch, epochs=args.epochs, out=out, lr=args.lr,
-                              batch_size=args.batch_size, val_fraction=args.val_fraction,
-                              seed=args.seed, progress=StepBar(f"training {args.arch}"))
+    if resume_path(out, args.arch).exists():
+        say(f"resuming the training saved in {resume_path(out, args.arch)}")
+    try:
+        path, acc = train_teacher(args.data, args.arch, epochs=args.epochs, out=out,
+                                  lr=args.lr, batch_size=args.batch_size,
+                                  val_fraction=args.val_fraction, seed=args.seed,
+                                  progress=StepBar(f"training {args.arch}"))
+    except KeyboardInterrupt:
+        saved = resume_path(out, args.arch).exists()
+        say("\ninterrupted: " + ("the last finished epoch is saved; run the same command to "
+                                 "resume" if saved else "no epoch had finished; run the same "
+                                 "command to start again"))
+        return 130
     say(f"teacher {args.arch}: validation accuracy {100 * acc:.2f}%; written to {path}")
     say(f"next: kdnas search --teacher {path} --budget 50MFLOPs")
     return 0

@@ -92,7 +92,12 @@ def _add_search(sub) -> None:  # layout: table
                    "for validation (default: the teacher's, else 0.1)")
     s.add_argument("--seed", type=int, help="sampler and training seed (default 0)")
     s.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. "
-                   "postgresql://… (default sqlite in the study folder)")
+                   "postgresql://user:pw@host/db (default sqlite in the study folder); start "
+                   "the same command on each machine to share one study")
+    s.add_argument("--workers", type=int, default=1, help="trial processes on this machine, "
+                   "sharing the study and the CPU threads; the study stops at --trials "
+                   "whichever worker trains them (default 1)")
+    s.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     s.add_argument("--workdir", default=None, help="where study folders go (default runs)")
     s.add_argument("--reports", default=None, help="where reports go (default reports)")
     s.add_argument("--objectives", type=_str_list, help="what accuracy is traded against, "

@@ -81,6 +81,24 @@ class SearchProgress:
         if info["trained"]:
             say(f"resuming study {self.cfg.study!r}: {info['trained']} of {info['target']} "
                 "candidates already trained")
+        if info.get("stale"):
+            say(f"  {info['stale']} trial(s) of a process that died were marked failed; their "
+                "candidates are trained again")
+
+    def _on_waiting(self, info: dict) -> None:
+        say(f"  {info['trained']} of {info['target']} trained; waiting for other workers' "
+            "last trials")
+
+    def _on_trial_start(self, info: dict) -> None:
+        self._close_bar()
+        c = info["cost"]
+        lat = f", {c.latency_ms:.2f} ms" if c.latency_ms is not None else ""
+        again = f", again (trial {info['retry_of']} was cut off)" \
+            if info.get("retry_of") is not None else ""
+        say(f"trial {info['index']}/{info['target']} (#{info['trial']}) "
+            f"{describe(info['spec'])}: {fmt_count(c.macs)} MACs, "
+            f"{fmt_count(c.params)} params{lat}, kd {info['kd']}{again}")
+        self._open_bar()
 
     def _on_reference_start(self, info: dict) -> None:
         c = info["cost"]
@@ -110,14 +128,6 @@ class SearchProgress:
         self._close_bar()
         a, b = (100 * v for v in info["accuracies"])
         say(f"  {a:.2f}% and {b:.2f}%: a seed spread of {100 * info['spread']:.2f} points")
-
-    def _on_trial_start(self, info: dict) -> None:
-        c = info["cost"]
-        lat = f", {c.latency_ms:.2f} ms" if c.latency_ms is not None else ""
-        say(f"trial {info['index']}/{info['target']} (#{info['trial']}) "
-            f"{describe(info['spec'])}: {fmt_count(c.macs)} MACs, "
-            f"{fmt_count(c.params)} params{lat}, kd {info['kd']}")
-        self._open_bar()
 
     def _on_trial_end(self, info: dict) -> None:
         self._close_bar()

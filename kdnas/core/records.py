@@ -29,6 +29,7 @@ class TrialRecord:
     started: float | None = None  # POSIX seconds
     completed: float | None = None
     values: tuple[float, ...] = ()  # the objective values told to the study
+    note: str | None = None  # why it failed, or which failed trial it retries
 
     @property
     def trained(self) -> bool:

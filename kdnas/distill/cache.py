@@ -3,6 +3,7 @@ recipe, computed once per study and read back by every later trial."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ class TeacherCache:
     Every trial of a study trains on the same batches in the same order (data order and
     augmentation depend only on the seed and the epoch), so the teacher's outputs are computed
     during the first trial and read back by every later one instead of running the teacher.
+    One worker writes it (a file lock); the others run the teacher until it is complete.
     Each step is one file of fp16 tensors, loaded memory-mapped. A cache becomes usable only
     when the trial that wrote it finished every step (an atomic rename), so an interrupted
     trial leaves nothing half-written behind.
@@ -24,6 +26,7 @@ class TeacherCache:
     def __init__(self, root: str | Path, key: str) -> None:
         self.dir = Path(root) / key
         self._tmp: Path | None = None
+        self._lock = None
         self.hits = self.writes = 0
 
     @property
@@ -38,10 +41,28 @@ class TeacherCache:
         self.hits += 1
         return d["logits"].float(), list(d["feats"]) if features else []
 
-    def begin(self) -> None:
+    def begin(self) -> bool:
+        """Start writing the cache, unless another worker is writing it (a file lock) or
+        has finished it; returns whether this process writes."""
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.dir.with_name(f".{self.dir.name}.lock"), "w")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._unlock()
+            return False
+        if self.complete:
+            self._unlock()
+            return False
         self._tmp = self.dir.with_name(f"{self.dir.name}.tmp-{os.getpid()}")
         shutil.rmtree(self._tmp, ignore_errors=True)
         self._tmp.mkdir(parents=True)
+        return True
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # releases the lock
+            self._lock = None
 
     def put(self, step: int, logits: torch.Tensor, feats: list[torch.Tensor]) -> None:
         if self._tmp is None:
@@ -60,8 +81,10 @@ class TeacherCache:
         except OSError:
             shutil.rmtree(self._tmp, ignore_errors=True)
         self._tmp = None
+        self._unlock()
 
     def abort(self) -> None:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+        self._unlock()

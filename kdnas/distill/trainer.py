@@ -121,9 +121,8 @@ class _TeacherSignal:
             teacher.module.to(memory_format=teacher.memory_format).eval()
 
     def begin(self, resumed: bool) -> None:
-        self.writing = self.writing and not resumed  # only a run from the start writes
-        if self.writing:
-            self.cache.begin()
+        # only a run from the start writes, and only one worker at a time
+        self.writing = self.writing and not resumed and self.cache.begin()
 
     def get(self, step: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if self.reading:
@@ -223,8 +222,9 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
                 opt.step()
                 value = loss.item()
                 if not math.isfinite(value):
-                    log.warning("training diverged (loss %s) at step %d", value, step)
-                    return FitResult(0.0, time.perf_counter() - t0, step, curve, points)
+                    raise KdnasError(f"training diverged: loss {value} at step {step + 1} of "
+                                     f"{total} (learning rate {cfg.lr:g}); a lower --lr, or "
+                                     "a smaller distillation weight, may train")
                 running, seen, step = running + value * len(y), seen + len(y), step + 1
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                     points.append(_curve_point(student, data, cfg, step, running / seen))

@@ -20,7 +20,7 @@ from search_spaces import describe
 
 COLUMNS = ["trial", "state", "spec_id", "arch", "macs", "flops", "params", "latency_ms",
            "latency_p90_ms", "latency_setting", "val_accuracy", "within_budget",
-           "train_seconds", "kd", "spec"]
+           "train_seconds", "kd", "note", "spec"]
 
 
 def trials_frame(record: StudyRecord) -> pd.DataFrame:
@@ -34,7 +34,7 @@ def trials_frame(record: StudyRecord) -> pd.DataFrame:
             "latency_ms": cost.get("latency_ms"), "latency_p90_ms": cost.get("latency_p90_ms"),
             "latency_setting": cost.get("latency_setting"),
             "val_accuracy": t.val_accuracy, "within_budget": t.within_budget,
-            "train_seconds": t.train_seconds, "kd": t.kd,
+            "train_seconds": t.train_seconds, "kd": t.kd, "note": t.note,
             "spec": json.dumps(t.spec, sort_keys=True) if t.spec else None,
         })
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -2,15 +2,18 @@
 
 Objectives: maximise validation accuracy, minimise MACs. The budget is an Optuna constraint
 (``trial.set_constraint("budget", cost / limit - 1)``): a candidate over budget is recorded as
-infeasible and never trained. ``--trials N`` counts *trained* candidates; running the same
-command again resumes the study in its storage (SQLite in the study folder by default), and
-several workers may share one storage.
+infeasible and never trained. ``--trials N`` counts the *study's* trained candidates, whoever
+trained them: running the same command again resumes the study in its storage (SQLite in the
+study folder by default), and several workers (``--workers``, or one process per machine on a
+shared ``--storage``) stop together at N. A trial whose worker dies or is interrupted is
+failed with the reason and its candidate queued to be trained again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,12 +32,15 @@ from kdnas.search.prepare import measure, smallest_cost, teacher_cache
 from kdnas.search.references import train_references
 from kdnas.search.sampler import make_sampler
 from kdnas.search.storage import (
+    Heartbeat,
     check_resume,
     fail_stale_trials,
     manifest,
     open_study,
+    retry_trial,
     stored_config,
     trained_count,
+    training_now,
     worker_id,
     write_manifest,
 )
@@ -44,6 +50,7 @@ log = logging.getLogger(__name__)
 
 Event = Callable[[str, dict], None]
 MAX_CONSECUTIVE_FAILURES = 3
+WAIT_SECONDS = 2.0  # how often a worker looks whether the others' last trials finished
 
 
 @dataclass
@@ -72,13 +79,14 @@ def _gate_space(cfg: SearchConfig, data) -> tuple[dict, Cost] | None:
     return cheapest
 
 
-def _open(cfg: SearchConfig, teacher, data) -> tuple[optuna.Study, int]:
+def _open(cfg: SearchConfig, teacher, data, worker: int) -> tuple[optuna.Study, int]:
     """Create or resume the study, record what it is about, fail dead workers' trials.
     Returns the study and the number of trials failed that way."""
     cheapest = _gate_space(cfg, data)
     info = manifest(cfg, teacher, data)
     study = open_study(cfg, create=True)
-    study.sampler = make_sampler(cfg, data, resumed_at=len(study.get_trials(deepcopy=False)))
+    study.sampler = make_sampler(cfg, data, resumed_at=len(study.get_trials(deepcopy=False)),
+                                 worker=worker)
     fingerprint = {"teacher_digest": teacher.digest, "data_digest": data.digest()}
     check_resume(study, cfg, fingerprint)
     if stored_config(study) is None:
@@ -99,55 +107,100 @@ def _open(cfg: SearchConfig, teacher, data) -> tuple[optuna.Study, int]:
     return study, stale
 
 
-def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = None
-               ) -> SearchOutcome:
-    """Run (or resume) the study until ``cfg.trials`` candidates have been trained.
+def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = None,
+               worker: int = 0) -> SearchOutcome:
+    """Run (or resume) the study until it holds ``cfg.trials`` trained candidates.
 
     ``data`` must already carry the teacher's normalisation. ``on_event(kind, info)`` receives
-    ``study_start``, ``trial_start``, ``step``, ``trial_end`` and ``infeasible`` events.
+    ``study_start``, ``trial_start``, ``step``, ``trial_end``, ``infeasible``, ``duplicate``
+    and ``waiting`` events. ``worker`` > 0: one of several processes on the study (its own
+    sampler seed; references and the noise check are left to worker 0).
     """
     emit = on_event or (lambda kind, info: None)
-    study, stale = _open(cfg, teacher, data)
-    train_references(study, cfg, teacher, data, emit)
-    done = trained_count(study)
-    emit("study_start", {"trained": done, "target": cfg.trials, "stale": stale})
-    proposals = infeasible = failures = duplicates = 0
+    study, stale = _open(cfg, teacher, data, worker)
+    if worker == 0:
+        train_references(study, cfg, teacher, data, emit)
+    emit("study_start", {"trained": trained_count(study), "target": cfg.trials, "stale": stale})
+    counts = {"infeasible": 0, "duplicate": 0, "failures": 0, "proposals": 0}
     interrupted = False
-    while done < cfg.trials:
-        if proposals >= cfg.proposal_cap:
-            log.warning("stopped after %d proposals: the sampler keeps proposing candidates "
-                        "over budget", proposals)
-            break
-        proposals += 1
-        trial = study.ask()
-        try:
-            trained = _run_trial(study, trial, cfg, teacher, data, index=done + 1, emit=emit)
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
-            study.tell(trial, state=TrialState.FAIL)
-            interrupted = True
-            break
-        except Exception as e:  # a failed candidate must not lose the study
-            failures += 1
-            log.exception("trial %d failed", trial.number)
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-            study.tell(trial, state=TrialState.FAIL)
-            if failures >= MAX_CONSECUTIVE_FAILURES:
-                raise
-            continue
-        failures = 0
-        if trained == "trained":
-            done += 1
-        elif trained == "duplicate":
-            duplicates += 1
-        else:
-            infeasible += 1
-    if cfg.noise_check and not interrupted and done >= cfg.trials:
+    try:
+        interrupted = _loop(study, cfg, teacher, data, emit, counts)
+    except KeyboardInterrupt:  # between trials, or while waiting for other workers
+        interrupted = True
+    if cfg.noise_check and worker == 0 and not interrupted \
+            and trained_count(study) >= cfg.trials:
         try:
             measure_noise(study, cfg, teacher, data, emit)
         except KeyboardInterrupt:
             interrupted = True
-    return SearchOutcome(study, trained_count(study), infeasible, interrupted, duplicates)
+    return SearchOutcome(study, trained_count(study), counts["infeasible"], interrupted,
+                         counts["duplicate"])
+
+
+def _loop(study: optuna.Study, cfg: SearchConfig, teacher, data, emit: Event,
+          counts: dict) -> bool:
+    """Trials until the study holds ``cfg.trials`` trained candidates; True if interrupted."""
+    waiting_since = None
+    while True:
+        fail_stale_trials(study)
+        done = trained_count(study)
+        if done >= cfg.trials:
+            return False
+        if done + len(training_now(study)) >= cfg.trials:
+            # the last candidates are being trained by other workers: wait for their results
+            # (a dead worker's trial is failed and queued again, and then trained here)
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                emit("waiting", {"trained": done, "target": cfg.trials})
+            time.sleep(WAIT_SECONDS)
+            continue
+        waiting_since = None
+        if counts["proposals"] >= cfg.proposal_cap:
+            log.warning("stopped after %d proposals: the sampler keeps proposing candidates "
+                        "over budget", counts["proposals"])
+            return False
+        counts["proposals"] += 1
+        with warnings.catch_warnings():  # Optuna expects heartbeats with optimize(); kdnas
+            warnings.simplefilter("ignore", UserWarning)  # beats them itself (Heartbeat)
+            trial = study.ask()
+        try:
+            with Heartbeat(study, trial):
+                outcome = _run_trial(study, trial, cfg, teacher, data, index=done + 1,
+                                     emit=emit)
+        except KeyboardInterrupt:
+            _close_failed(study, trial, "interrupted (Ctrl-C)", interrupted=True)
+            return True
+        except Exception as e:  # a failed candidate must not lose the study
+            counts["failures"] += 1
+            reason = f"{type(e).__name__}: {e}"
+            if isinstance(e, (KdnasError, OSError)):  # the user's to fix: a message
+                log.error("trial %d failed: %s", trial.number, reason)
+            else:
+                log.exception("trial %d failed", trial.number)
+            _close_failed(study, trial, reason, retry=False)
+            if counts["failures"] >= MAX_CONSECUTIVE_FAILURES:
+                raise KdnasError(f"{counts['failures']} trials in a row failed, the last with "
+                                 f"{reason}. The study keeps every finished trial; fix the "
+                                 "cause and run the same command to go on") from e
+            continue
+        counts["failures"] = 0
+        if outcome in counts:
+            counts[outcome] += 1
+
+
+def _close_failed(study: optuna.Study, trial: optuna.Trial, reason: str, *,
+                  interrupted: bool = False, retry: bool = True) -> None:
+    """Record ``trial`` as failed with ``reason`` (unless it was already told: an interrupt
+    may come after the trial's result was stored) and queue its candidate again."""
+    frozen = study._storage.get_trial(trial._trial_id)
+    if frozen.state.is_finished():
+        return
+    trial.set_user_attr("error", reason)
+    if interrupted:
+        trial.set_user_attr("interrupted", True)
+    study.tell(trial, state=TrialState.FAIL)
+    if retry:
+        retry_trial(study, study._storage.get_trial(trial._trial_id), reason)
 
 
 def recipe(tcfg, result) -> dict:
@@ -199,10 +252,31 @@ def _reuse(study: optuna.Study, trial: optuna.Trial, twin: optuna.trial.FrozenTr
     return "duplicate"
 
 
+def _running_twin(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """An earlier trial of another worker that is training the same candidate."""
+    key = study._storage.get_trial(trial._trial_id).user_attrs["spec_id"]
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number < trial.number and t.user_attrs.get("spec_id") == key:
+            return t.number
+    return None
+
+
+def _surplus(study: optuna.Study, trial: optuna.Trial, why: str) -> str:
+    """Another worker took the last place, or this candidate, first: it is not trained here
+    (a retried one is queued again for a later run)."""
+    trial.set_user_attr("training", False)
+    trial.set_user_attr("surplus", why)
+    study.tell(trial, state=TrialState.PRUNED)
+    frozen = study._storage.get_trial(trial._trial_id)
+    if frozen.user_attrs.get("retry_of") is not None:
+        retry_trial(study, frozen, "a retried candidate left for a later run")
+    return "surplus"
+
+
 def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teacher, data, *,
                index: int, emit: Event) -> str:
     """Sample, cost, gate and (if feasible and new) train one candidate; tell the study.
-    Returns ``trained``, ``infeasible`` or ``duplicate``."""
+    Returns ``trained``, ``infeasible``, ``duplicate`` or ``surplus``."""
     budget = cfg.budget_obj()
     space = get_space(cfg.space)
     tcfg = cfg.train_config(len(data.train_y))
@@ -230,6 +304,13 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
     twin = _trained_twin(study, spec_id(spec))
     if twin is not None:
         return _reuse(study, trial, twin, emit)
+    trial.set_user_attr("training", True)
+    if trained_count(study) + len(training_now(study, before=trial.number)) >= cfg.trials:
+        return _surplus(study, trial, "not trained: other workers reached the target first")
+    rival = _running_twin(study, trial)
+    if rival is not None:
+        return _surplus(study, trial, f"not trained: the same candidate as trial {rival}, "
+                                      "which another worker is training")
 
     if cfg.kd == "auto":  # the distillation method and its weight are searched too
         method = trial.suggest_categorical("kd", AUTO_METHODS)
@@ -237,7 +318,9 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
         tcfg = dataclasses.replace(tcfg, kd=method,
                                    feature_weight=FEATURE_WEIGHTS.get(method, 0.0) * scale)
     emit("trial_start", {"trial": trial.number, "index": index, "target": cfg.trials,
-                         "cost": cost, "spec": spec, "kd": tcfg.method})
+                         "cost": cost, "spec": spec, "kd": tcfg.method,
+                         "retry_of": study._storage.get_trial(trial._trial_id).user_attrs.get(
+                             "retry_of")})
     result = fit(model, data, tcfg, teacher=teacher, student_taps=space.taps(spec),
                  cache=teacher_cache(cfg, teacher, data),
                  progress=lambda s, n, loss: emit("step", {"step": s, "total": n, "loss": loss}))
@@ -253,7 +336,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
     trial.set_user_attr("recipe", recipe(tcfg, result))
     trial.set_user_attr("kd", tcfg.method)
     trial.set_user_attr("feature_weight", tcfg.weight)
-    trial.set_user_attr("weights", str(path))
+    trial.set_user_attr("weights", path.relative_to(cfg.study_dir).as_posix())
     study.tell(trial, [result.val_accuracy, *_costs(cfg, cost)])
     emit("trial_end", {"trial": trial.number, "index": index, "target": cfg.trials,
                        "accuracy": result.val_accuracy, "seconds": result.seconds,

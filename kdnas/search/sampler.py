@@ -58,6 +58,7 @@ class FeasibleSampler(optuna.samplers.BaseSampler):
         self.key = key  # the spec id of a parameter set: a trained one is not proposed again
         self.n_startup_trials = n_startup_trials
         self.max_tries = max_tries
+        self._seed = seed
         self._rng = np.random.RandomState(seed)
         self.rejected = 0
         self.proposed = 0
@@ -70,15 +71,19 @@ class FeasibleSampler(optuna.samplers.BaseSampler):
         return dict(self.distributions)
 
     def sample_relative(self, study, trial, search_space) -> dict[str, Any]:
-        if not search_space:
-            return {}
+        if not search_space or trial.params or trial.system_attrs.get("fixed_params"):
+            return {}  # an enqueued or retried candidate: its parameters are given
         done = len(study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,),
                                      use_cache=True))
         taken = set()
-        if self.key is not None:
+        if self.key is not None:  # trained, or being trained by another worker
             taken = {t.user_attrs.get("spec_id") for t in study._get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)
-                if t.user_attrs.get("trained")}
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING),
+                use_cache=False)
+                if t.user_attrs.get("trained") or t.user_attrs.get("training")}
+        if self._seed is not None:  # draws depend on the trial number: workers that ask
+            # at the same moment (with the same seed) draw different candidates
+            self._rng = np.random.RandomState((self._seed + 7 * trial.number) % 2**32)
         params: dict[str, Any] = {}
         for _ in range(self.max_tries):
             params = {}
@@ -132,14 +137,15 @@ def _lower(d: BaseDistribution, value: Any) -> Any:
     return None
 
 
-def make_sampler(cfg: SearchConfig, data, *, resumed_at: int = 0
+def make_sampler(cfg: SearchConfig, data, *, resumed_at: int = 0, worker: int = 0
                  ) -> optuna.samplers.BaseSampler:
     """Seeded multi-objective TPE; budget-aware when the space declares its distributions.
 
     ``resumed_at`` (trials already in the study) shifts the seed, so that a resumed run draws
-    new candidates instead of replaying the first run's, and a fresh run stays reproducible.
+    new candidates instead of replaying the first run's, and a fresh run stays reproducible;
+    ``worker`` (its index among several) gives each worker its own draws.
     """
-    seed = cfg.seed + 7919 * resumed_at
+    seed = cfg.seed + 7919 * resumed_at + 104729 * worker
     n_startup = min(10, max(3, cfg.trials // 3))
     tpe = optuna.samplers.TPESampler(seed=seed, multivariate=True,
                                      n_startup_trials=n_startup)

@@ -1,5 +1,12 @@
 """A study's storage: open or create it, check a resumed study's settings, write its
-manifest, fail the trials of dead workers, and read it back as plain records."""
+manifest, fail the trials of dead workers (and queue their candidates again), and read it
+back as plain records.
+
+Every study lives in an Optuna RDB storage (SQLite in the study folder by default, or any
+``--storage`` URL such as ``postgresql://…``) with heartbeats: a trial whose worker stops
+beating for ``GRACE_SECONDS`` is failed by the next worker that looks, and its candidate is
+queued to be trained again. On one host a dead worker's trials are found at once by pid.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,9 @@ import os
 import platform
 import socket
 import sys
+import threading
 import time
+import warnings
 
 import optuna
 import torch
@@ -22,9 +31,65 @@ from kdnas.core.settings import SearchConfig
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT_SECONDS = 10  # a running trial's worker writes a heartbeat this often
+GRACE_SECONDS = 60  # a trial silent for this long is failed and its candidate queued again
+MAX_RETRIES = 2  # a candidate whose trials keep dying is given up after this many retries
+
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def shown_url(url: str) -> str:
+    """A storage URL as it may be printed: without its password."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL sqlalchemy can read: nothing to hide in it
+        return url
+
+
+def make_storage(url: str) -> optuna.storages.RDBStorage:
+    """The RDB storage at ``url`` with heartbeats on; a clear error when it cannot be used.
+
+    SQLite waits up to two minutes for a lock instead of failing at once, which makes it
+    safe for the workers of one machine (each writes a few rows per trial)."""
+    import sqlalchemy.exc
+
+    kwargs: dict = {}
+    if url.startswith("sqlite"):
+        kwargs = {"connect_args": {"timeout": 120}}
+    elif url.startswith("postgresql"):
+        kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    try:
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(
+                        url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
+                        grace_period=GRACE_SECONDS,
+                        heartbeat_stale_trial_callback=_retry_stale)
+            except sqlalchemy.exc.IntegrityError:
+                # workers that start together on a new database race to create its tables:
+                # the loser finds them made a moment later
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 + attempt)
+    except ImportError as e:
+        raise KdnasError(f"storage {shown_url(url)} needs a database driver that is not "
+                         f"installed ({e}); for PostgreSQL: pip install 'kdnas[postgres]'"
+                         ) from None
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as e:
+        raise KdnasError(f"--storage {shown_url(url)} is not a database URL kdnas can use "
+                         f"({type(e).__name__}); give e.g. sqlite:///runs/s/study.db or "
+                         "postgresql://user:password@host/db") from None
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        first = str(getattr(e, "orig", e)).strip().splitlines()[0]
+        raise KdnasError(f"cannot use the storage {shown_url(url)}: {first}. Check that the "
+                         "server runs and is reachable, and the database, user and password; "
+                         "a SQLite file must be an Optuna study database") from None
 
 
 def open_study(cfg: SearchConfig, *, create: bool,
@@ -36,16 +101,17 @@ def open_study(cfg: SearchConfig, *, create: bool,
                              f"--study {cfg.study} …` first, or pass --workdir/--storage")
         cfg.study_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = make_storage(cfg.storage_url)
     try:
         if create:
             directions = ["maximize"] + ["minimize"] * len(cfg.objectives)
-            return optuna.create_study(storage=cfg.storage_url, study_name=cfg.study,
+            return optuna.create_study(storage=storage, study_name=cfg.study,
                                        directions=directions, sampler=sampler,
                                        load_if_exists=True)
-        return optuna.load_study(study_name=cfg.study, storage=cfg.storage_url,
-                                 sampler=sampler)
+        return optuna.load_study(study_name=cfg.study, storage=storage, sampler=sampler)
     except KeyError:
-        raise KdnasError(f"storage {cfg.storage_url} holds no study named {cfg.study!r}") from None
+        raise KdnasError(f"storage {shown_url(cfg.storage_url)} holds no study named "
+                         f"{cfg.study!r}") from None
 
 
 def stored_config(study: optuna.Study) -> SearchConfig | None:
@@ -102,17 +168,81 @@ def write_manifest(cfg: SearchConfig, info: dict) -> None:
     write_text(path, json.dumps(info, indent=2))
 
 
+def retry_trial(study: optuna.Study, t: optuna.trial.FrozenTrial, reason: str) -> bool:
+    """Queue the candidate of the failed trial ``t`` to be trained again (same parameters,
+    so the same spec), unless it has been retried MAX_RETRIES times already."""
+    history = [*t.system_attrs.get("retry_history", []), t.number]
+    if not t.params:
+        return False  # died before its candidate was drawn: nothing to train again
+    if len(history) > MAX_RETRIES:
+        log.warning("trial %d (%s) failed; its candidate was tried %d times and is given up",
+                    t.number, reason, len(history))
+        return False
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=t.params, distributions=t.distributions,
+        user_attrs={"retry_of": t.number, "retry_reason": reason},
+        system_attrs={"retry_history": history}))
+    return True
+
+
+def _retry_stale(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+    """Optuna's callback for a trial failed because its heartbeat stopped."""
+    retry_trial(study, t, f"its worker {t.user_attrs.get('worker', '?')} stopped sending "
+                          "heartbeats (killed, or its machine lost)")
+
+
 def fail_stale_trials(study: optuna.Study) -> int:
-    """Mark RUNNING trials of dead processes on this host as FAIL (after a kill or crash)."""
+    """Fail the RUNNING trials of dead workers and queue their candidates again: at once for
+    dead processes of this host, after GRACE_SECONDS without a heartbeat for any other.
+    Returns how many were found dead by pid."""
     host = socket.gethostname()
+    storage = study._storage
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w = t.user_attrs.get("worker", "")
         h, _, pid = w.rpartition(":")
         if h == host and pid.isdigit() and not _alive(int(pid)):
-            study.tell(t.number, state=TrialState.FAIL)
+            reason = f"its worker {w} died (killed, or crashed) during the trial"
+            try:
+                storage.set_trial_user_attr(t._trial_id, "error", reason)
+                if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker got there first
+            retry_trial(study, storage.get_trial(t._trial_id), reason)
             n += 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     return n
+
+
+class Heartbeat:
+    """Records a trial's heartbeat every HEARTBEAT_SECONDS while its worker lives."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        self._storage, self._id = study._storage, trial._trial_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self._storage.record_heartbeat(self._id)
+            except Exception as e:  # a lost beat is retried; the trial goes on
+                log.debug("heartbeat not recorded: %s", e)
+            if self._stop.wait(HEARTBEAT_SECONDS):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        if getattr(self._storage, "get_heartbeat_interval", lambda: None)():
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 def _alive(pid: int) -> bool:
@@ -130,6 +260,13 @@ def trained_count(study: optuna.Study) -> int:
                if t.user_attrs.get("trained"))
 
 
+def training_now(study: optuna.Study, before: int | None = None) -> list[int]:
+    """Numbers of the RUNNING trials that train a candidate (any worker), optionally only
+    those numbered below ``before``."""
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("training") and (before is None or t.number < before)]
+
+
 def _state(t: optuna.trial.FrozenTrial) -> str:
     if t.state == TrialState.COMPLETE:
         if t.user_attrs.get("duplicate_of") is not None:
@@ -137,6 +274,8 @@ def _state(t: optuna.trial.FrozenTrial) -> str:
         return "trained" if t.user_attrs.get("trained") else "infeasible"
     if t.state == TrialState.FAIL:
         return "interrupted" if t.user_attrs.get("interrupted") else "failed"
+    if t.state == TrialState.PRUNED and t.user_attrs.get("surplus"):
+        return "surplus"
     return t.state.name.lower()
 
 
@@ -151,7 +290,16 @@ def trial_record(t: optuna.trial.FrozenTrial) -> TrialRecord:
         recipe=dict(a.get("recipe", {})),
         started=t.datetime_start.timestamp() if t.datetime_start else None,
         completed=t.datetime_complete.timestamp() if t.datetime_complete else None,
-        values=tuple(t.values or ()))
+        values=tuple(t.values or ()), note=_note(a))
+
+
+def _note(a: dict) -> str | None:
+    parts = [a["error"]] if a.get("error") else []
+    if a.get("retry_of") is not None:
+        parts.append(f"retry of trial {a['retry_of']}: {a.get('retry_reason', '')}")
+    if a.get("surplus"):
+        parts.append(a["surplus"])
+    return "; ".join(parts) or None
 
 
 def load_record(study: optuna.Study) -> StudyRecord:

@@ -50,11 +50,14 @@ class ExportResult:
     files: list[Path]
 
 
-def load_student(record: StudyRecord, trial_number: int
+def load_student(record: StudyRecord, trial_number: int, study_dir: Path
                  ) -> tuple[torch.nn.Module, dict, TrialRecord]:
-    """The trained student of a trial, rebuilt from its spec with its weights loaded."""
+    """The trained student of a trial, rebuilt from its spec with its weights loaded (their
+    path is stored relative to the study folder; older studies stored it as written)."""
     t = record.trained_trial(trial_number)
     path = Path(t.weights)
+    if not path.is_absolute() and (Path(study_dir) / path).is_file():
+        path = Path(study_dir) / path
     if not path.is_file():
         raise KdnasError(f"weights of trial {trial_number} are missing at {path}: run export "
                          "on the machine (or folder) where that trial was trained")
@@ -110,7 +113,7 @@ def export_trial(record: StudyRecord, cfg: SearchConfig, trial_number: int, data
     Writes the state_dict and spec always, and each of ``formats`` (``pt2``: torch.export,
     ``onnx`` checked with onnxruntime, ``torchscript``), each verified on validation images.
     """
-    model, spec, rec = load_student(record, trial_number)
+    model, spec, rec = load_student(record, trial_number, cfg.study_dir)
     shape = tuple(data.input_shape)
     macs, params = count_macs(model, shape), count_params(model)
     cost = rec.cost

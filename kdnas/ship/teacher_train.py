@@ -22,7 +22,11 @@ def train_teacher(data_spec: str, arch: str, *, epochs: float, out: Path, lr: fl
                   seed: int = 0, progress: Callable[[int, int, float], None] | None = None
                   ) -> tuple[Path, float]:
     """Train ``arch`` on ``data_spec`` and write the checkpoint to ``out``; returns the path
-    and the validation accuracy."""
+    and the validation accuracy.
+
+    The training state is saved after every epoch beside ``out`` (``resume_path``); the same
+    call after an interruption goes on from there and ends where an uninterrupted run would.
+    """
     if arch not in PRESETS:
         raise KdnasError(f"unknown teacher architecture {arch!r}: choose one of "
                          f"{', '.join(PRESETS)}")
@@ -31,12 +35,21 @@ def train_teacher(data_spec: str, arch: str, *, epochs: float, out: Path, lr: fl
                                 num_classes=data.num_classes, input_size=data.input_size)
     torch.manual_seed(seed)
     model = ResNetSpace().build(spec)
+    resume = resume_path(out, arch)
     result = fit(model, data, TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size,
-                                          kd="none", seed=seed), progress=progress)
+                                          kd="none", seed=seed),
+                 checkpoint=resume, progress=progress)
     save_checkpoint(out, model, spec=spec, classes=data.classes,
                     input_shape=data.input_shape, mean=data.mean, std=data.std,
                     data=data_spec, val_accuracy=result.val_accuracy,
                     extra={"split": {"val_fraction": val_fraction, "seed": split_seed},
                            "arch": arch, "epochs": epochs,
                            "macs": count_macs(model, data.input_shape)})
+    resume.unlink(missing_ok=True)
     return Path(out), result.val_accuracy
+
+
+def resume_path(out: Path, arch: str) -> Path:
+    """Where an unfinished ``train_teacher`` keeps its state between epochs."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.{arch}.partial")
