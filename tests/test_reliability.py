@@ -329,3 +329,28 @@ def test_two_workers_on_postgres_share_one_study(tmp_path, digits_teacher, postg
     record = load_record(study)
     front = set(front_frame(trials_frame(record), ["macs"]).trial)
     assert front == {t.number for t in study.best_trials}
+
+
+def test_a_trial_whose_machine_went_silent_is_failed_and_its_candidate_queued(
+        tmp_path, monkeypatch):
+    """Another machine's worker stops sending heartbeats: after the grace period the next
+    worker that looks fails its trial and queues the same candidate again."""
+    import kdnas.search.storage as storage_mod
+
+    monkeypatch.setattr(storage_mod, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(storage_mod, "GRACE_SECONDS", 1)
+    cfg = SearchConfig(study="hb", workdir=str(tmp_path), latency=False)
+    study = storage_mod.open_study(cfg, create=True)
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        t = study.ask()
+    t.suggest_int("depth", 1, 9)
+    t.set_user_attr("worker", "other-machine:4242")  # not this host: no pid to look at
+    study._storage.record_heartbeat(t._trial_id)
+    assert storage_mod.fail_stale_trials(study) == 0  # still beating
+    assert study.trials[0].state == TrialState.RUNNING
+    time.sleep(2.5)
+    storage_mod.fail_stale_trials(study)
+    failed, queued = study.trials
+    assert failed.state == TrialState.FAIL and queued.state == TrialState.WAITING
+    assert queued.params == failed.params and queued.user_attrs["retry_of"] == 0
+    assert "stopped sending heartbeats" in queued.user_attrs["retry_reason"]
