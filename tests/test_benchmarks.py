@@ -1,0 +1,43 @@
+"""The study scripts behind reports/ run on a tiny workload, so that they cannot rot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import search_quality  # noqa: E402
+
+
+@pytest.mark.slow
+def test_search_quality_runs_resumes_and_reports(tmp_path):
+    argv = ["--data", "digits", "--candidates", "4", "--steps", "5", "--band", "0.15,0.3",
+            "--teacher-arch", "resnet8", "--teacher-epochs", "1", "--seeds", "0", "1",
+            "--recipe", "long=factor:2", "--work", str(tmp_path / "work"),
+            "--out", str(tmp_path / "sq.json")]
+    search_quality.main(argv)
+    res = json.loads((tmp_path / "sq.json").read_text())
+    cands = res["candidates"]
+    assert len(cands) == 4 and len({c["space"] for c in cands}) == 3  # resnet x2 blocks
+    assert max(c["macs"] for c in cands) <= 0.3e6 and min(c["macs"] for c in cands) >= 0.15e6
+    for recipe in ("brief", "brief_ce", "long"):
+        for seed in (0, 1):
+            runs = res["runs"][f"{recipe}/s{seed}"]
+            assert set(runs) == {c["id"] for c in cands}
+            steps = {r["steps"] for r in runs.values()}
+            assert steps == ({10} if recipe == "long" else {5})
+    p = res["proxy"]
+    assert p["candidates"] == 4 and "5 steps" in p["brief_recipe"]
+    assert "10 steps" in p["long_recipe"]
+    for key in ("kendall_tau", "kendall_tau_without_kd", "ground_truth_seed_tau"):
+        assert -1 <= p[key] <= 1
+    md = (tmp_path / "sq.md").read_text()
+    assert "tau vs ground truth" in md and "Reproduce" in md
+    # the same command again: everything is done, nothing is trained again
+    search_quality.main(argv)
+    again = json.loads((tmp_path / "sq.json").read_text())
+    assert again["runs"] == res["runs"]
