@@ -215,28 +215,21 @@ def proxy_keys(res: dict) -> dict:
             "device": "cpu"}
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_setup_args(ap: argparse.ArgumentParser) -> None:
+    """The data, teacher and folders that the proxy study and the claim share."""
     ap.add_argument("--data", help="a kdnas data spec (default: CIFAR-10 from the shared "
                     "archive, extracted into --work)")
     ap.add_argument("--per-class", type=int, help="a seeded subset of the CIFAR-10 archive")
     ap.add_argument("--work", type=Path, default=ROOT / ".bench" / "search_quality")
-    ap.add_argument("--teacher-arch", default="resnet20")
-    ap.add_argument("--teacher-epochs", type=float, default=15)
+    ap.add_argument("--teacher-arch", default="resnet14")
+    ap.add_argument("--teacher-epochs", type=float, default=10)
     ap.add_argument("--val-fraction", type=float, default=0.2, help="share of the training "
                     "images held out to rank on (default 0.2: 10,000 of CIFAR-10's 50,000)")
-    ap.add_argument("--band", default="3.2,4.0", help="MACs band in millions: LO,HI")
-    ap.add_argument("--candidates", type=int, default=12)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--steps", type=int, help="brief steps (default: the CLI's default)")
-    ap.add_argument("--recipe", action="append", default=[], help="another proxy recipe, "
-                    "NAME=key:value,... (SearchConfig fields, or factor:N)")
-    ap.add_argument("--only", nargs="+", help="run only these recipes (default: all)")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "search_quality.json")
-    args = ap.parse_args(argv)
 
-    from kdnas.core.settings import SearchConfig
-    from kdnas.search.prepare import prepare
+
+def data_and_teacher(args) -> tuple[str, Path]:
+    """The data spec, and the teacher kdnas trains on it once (kept in --work)."""
     from kdnas.ship.teacher_train import train_teacher
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -247,6 +240,25 @@ def main(argv: list[str] | None = None) -> None:
         print(f"training the teacher ({args.teacher_arch}, {args.teacher_epochs} epochs)")
         train_teacher(spec, args.teacher_arch, epochs=args.teacher_epochs, out=teacher_path,
                       val_fraction=args.val_fraction)
+    return spec, teacher_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_setup_args(ap)
+    ap.add_argument("--band", default="3.2,4.0", help="MACs band in millions: LO,HI")
+    ap.add_argument("--candidates", type=int, default=12)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--steps", type=int, help="brief steps (default: the CLI's default)")
+    ap.add_argument("--recipe", action="append", default=[], help="another proxy recipe, "
+                    "NAME=key:value,... (SearchConfig fields, or factor:N)")
+    ap.add_argument("--only", nargs="+", help="run only these recipes (default: all)")
+    args = ap.parse_args(argv)
+
+    from kdnas.core.settings import SearchConfig
+    from kdnas.search.prepare import prepare
+
+    spec, teacher_path = data_and_teacher(args)
     lo, hi = (float(x) * 1e6 for x in args.band.split(","))
     base = SearchConfig(study="sq", teacher=str(teacher_path), data=spec,
                         budget=f"{hi / 1e6:.6g}MMACs", steps=args.steps, latency=False,
@@ -275,8 +287,8 @@ def main(argv: list[str] | None = None) -> None:
         tmp = args.out.with_suffix(".tmp")
         tmp.write_text(json.dumps(res, indent=1))
         tmp.replace(args.out)
-        write_markdown(args.out.with_suffix(".md"), res,
-                       sys.argv[1:] if argv is None else argv)
+        res["argv"] = sys.argv[1:] if argv is None else list(argv)
+        write_markdown(args.out.with_suffix(".md"), res, res["argv"])
 
     # the first seed of every recipe first, so that a partial run already answers
     order = [(s, n) for s in args.seeds for n in recipes if not args.only or n in args.only]
@@ -319,6 +331,11 @@ def run_all(order, res, recipes, base, teacher, data, work: Path, save) -> None:
 
 
 def write_markdown(path: Path, res: dict, argv) -> None:
+    if "summary" not in res:  # the claim alone so far
+        path.write_text("\n".join(["# Search quality", "", "The proxy study has not run "
+                                   "yet: `python benchmarks/search_quality.py`.",
+                                   *claim_lines(res.get("claim"))]) + "\n")
+        return
     s, setup = res["summary"], res["setup"]
     lines = [
         "# Search quality: does the brief recipe rank like longer training?", "",
@@ -354,7 +371,34 @@ def write_markdown(path: Path, res: dict, argv) -> None:
             "-" if a is None or a != a else f"{100 * a:.1f}" for a in accs) + " |")
     lines += ["", "Reproduce: `python benchmarks/search_quality.py "
               + " ".join(argv or []) + "` (resumes from its --work folder)."]
+    lines += claim_lines(res.get("claim"))
     path.write_text("\n".join(lines) + "\n")
+
+
+def claim_lines(c: dict | None) -> list[str]:
+    """The claim study's section (written by benchmarks/claim.py)."""
+    if not c:
+        return ["", "## The claim", "", "Not run yet: `python benchmarks/claim.py`."]
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    def pts(v):
+        return "-" if v is None else f"{100 * v:.2f} points"
+    return [
+        "", "## The claim: a found student against a hand-designed one, both distilled fully",
+        "", f"Budget {c['budget_macs'] / 1e6:.2f}M MACs (the reference {c['reference']}'s). "
+        f"Found: trial {c['found_trial']} of a {c['search_trials']}-trial search, "
+        f"{c['found_arch']} ({c['found_macs'] / 1e6:.2f}M MACs). Both trained by "
+        f"`kdnas distill` for {c['epochs']:g} epochs with the same teacher and method; "
+        f"test accuracy over seeds {c['seeds']}; {c['device']}.", "",
+        "| student | test accuracy per seed | mean | spread (max - min) |",
+        "| --- | --- | --- | --- |",
+        f"| found ({c['found_arch']}) | {', '.join(pct(v) for v in c['found_accuracies'])} | "
+        f"{pct(c['found_accuracy_mean'])} | {pts(c['found_spread'])} |",
+        f"| reference {c['reference']} | "
+        f"{', '.join(pct(v) for v in c['reference_accuracies'])} | "
+        f"{pct(c['reference_accuracy_mean'])} | {pts(c['reference_spread'])} |",
+        "", c["verdict"], "", f"Reproduce: `python benchmarks/claim.py {c['argv']}`."]
 
 
 if __name__ == "__main__":

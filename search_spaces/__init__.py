@@ -34,6 +34,18 @@ def get_space(name: str) -> Space:
                      "give your own as path/to/file.py:NAME (see docs/spaces.md)")
 
 
+def preset_spec(name: str, default_space: str, *, in_channels: int, num_classes: int,
+                input_size: int) -> dict:
+    """The spec of a hand-designed student: ``resnet8`` (a preset of ``default_space``) or
+    ``space:preset`` such as ``mobilenet:mobilenetv2_half``."""
+    space_name, _, preset = name.rpartition(":")
+    space = get_space(space_name or default_space)
+    if not hasattr(space, "preset"):
+        raise KdnasError(f"reference {name!r}: space {space.name!r} has no presets")
+    return space.preset(preset, in_channels=in_channels, num_classes=num_classes,
+                        input_size=input_size)
+
+
 def describe(spec: dict) -> str:
     """A short human label of a spec, for tables and plots."""
     name = spec.get("space", "?")
@@ -47,4 +59,5 @@ def build(spec: dict) -> nn.Module:
     return get_space(spec["space"]).build(spec)
 
 
-__all__ = ["BuiltinSpace", "Space", "TapInfo", "build", "describe", "get_space", "spec_id"]
+__all__ = ["BuiltinSpace", "Space", "TapInfo", "build", "describe", "get_space", "preset_spec",
+           "spec_id"]

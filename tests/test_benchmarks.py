@@ -41,3 +41,28 @@ def test_search_quality_runs_resumes_and_reports(tmp_path):
     search_quality.main(argv)
     again = json.loads((tmp_path / "sq.json").read_text())
     assert again["runs"] == res["runs"]
+
+
+@pytest.mark.slow
+def test_claim_runs_resumes_and_reports(tmp_path):
+    import claim
+
+    argv = ["--data", "digits", "--teacher-arch", "resnet8", "--teacher-epochs", "1",
+            "--reference", "resnet8", "--trials", "2", "--steps", "5", "--epochs", "1",
+            "--seeds", "0", "1", "--work", str(tmp_path / "work"),
+            "--out", str(tmp_path / "sq.json")]
+    claim.main(argv)
+    res = json.loads((tmp_path / "sq.json").read_text())
+    c = res["claim"]
+    for key in ("found_accuracy_mean", "found_spread", "reference_accuracy_mean",
+                "reference_spread", "budget_macs", "seeds"):
+        assert c[key] is not None, key
+    assert c["seeds"] == [0, 1] and len(c["found_accuracies"]) == 2
+    assert c["found_macs"] <= c["budget_macs"]  # found within the reference's MACs
+    assert c["reference_spread"] == pytest.approx(max(c["reference_accuracies"])
+                                                  - min(c["reference_accuracies"]))
+    assert "the claim" in c["verdict"]
+    md = (tmp_path / "sq.md").read_text()
+    assert "The claim" in md and "reference resnet8" in md
+    claim.main(argv)  # everything done: nothing trained again
+    assert json.loads((tmp_path / "sq.json").read_text())["claim_runs"] == res["claim_runs"]

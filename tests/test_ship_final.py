@@ -88,3 +88,29 @@ def test_interrupted_teacher_training_resumes_to_the_same_teacher(tmp_path, monk
     b = torch.load(tmp_path / "b.pt", weights_only=False)
     sa, sb = a.get("state_dict", a), b.get("state_dict", b)
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_references_and_seeds_are_distilled_side_by_side(study_with_a_student, capsys):
+    """`kdnas distill --reference resnet8 --seed 1` trains the hand-designed bar with the
+    study's teacher and recipe; every seed keeps its own checkpoint and record."""
+    from kdnas.cli import main
+
+    study, cfg, teacher, data, tmp = study_with_a_student
+    base = ["distill", "--study", cfg.study, "--workdir", cfg.workdir, "--epochs", "1",
+            "--format", "pt2"]
+    for extra in (["--reference", "resnet8", "--seed", "1"], ["--pick", "best", "--seed", "1"],
+                  ["--pick", "best", "--seed", "2"]):
+        assert main(base + extra + ["--out", str(tmp / "-".join(extra))]) == 0
+    out = capsys.readouterr().out
+    assert "reference resnet8: validation accuracy" in out
+    trial = pick_trial(study, "best")
+    names = sorted(p.name for p in (cfg.study_dir / "distill").iterdir())
+    assert {"ref-resnet8-seed1", f"trial-{trial}-seed1", f"trial-{trial}-seed2"} <= set(names)
+    records = {p.stem: p for p in (cfg.report_dir / "distilled").glob("*.json")}
+    ref = __import__("json").loads(records["ref-resnet8-seed1"].read_text())
+    assert ref["reference"] == "resnet8" and ref["recipe"]["seed"] == 1 and ref["macs"] > 0
+    seeds = [__import__("json").loads(records[f"trial-{trial}-seed{s}"].read_text())
+             for s in (1, 2)]
+    assert seeds[0]["recipe"]["seed"] == 1 and seeds[1]["recipe"]["seed"] == 2
+    page = (cfg.report_dir / "report.html").read_text()
+    assert "reference resnet8" in page

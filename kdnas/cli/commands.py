@@ -204,25 +204,38 @@ def cmd_distill(args) -> int:
     from kdnas.cli.progress import StepBar, say
     from kdnas.report import write_report
     from kdnas.search.prepare import prepare
-    from kdnas.ship.final import distill_trial
+    from kdnas.ship.final import distill_reference, distill_trial
 
     record, cfg = _study_and_config(args)
-    trial = _picked_trial(args, record, cfg)
     cfg, teacher, data, notes = prepare(cfg)
     for note in notes:
         say(note)
-    out = Path(args.out) if args.out else Path("exports") / cfg.study / f"trial-{trial}-distilled"
-    say(f"distilling trial {trial} of study {cfg.study} for {args.epochs:g} epochs on the full "
-         f"train split ({len(data.train_y)} images); checkpoint every epoch in "
-         f"{cfg.study_dir / 'distill' / f'trial-{trial}'}: run the same command to resume")
-    info = distill_trial(record, cfg, trial, teacher, data, epochs=args.epochs, out_dir=out,
-                         lr=args.lr, batch_size=args.batch_size, schedule=args.schedule,
-                         formats=args.format,
-                         progress=StepBar(f"distilling trial {trial}"))
+    seed_tag = "" if args.seed is None else f"-seed{args.seed}"
+    opts = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                schedule=args.schedule, seed=args.seed, formats=args.format)
+    if args.reference:
+        who = f"reference {args.reference}"
+        out = Path(args.out) if args.out else Path("exports") / cfg.study / (
+            f"ref-{args.reference.replace(':', '-')}{seed_tag}-distilled")
+        say(f"distilling {who} for {args.epochs:g} epochs on the full train split "
+            f"({len(data.train_y)} images), as a found student would be")
+        info = distill_reference(cfg, args.reference, teacher, data, out_dir=out,
+                                 progress=StepBar(f"distilling {who}"), **opts)
+    else:
+        trial = _picked_trial(args, record, cfg)
+        who = f"trial {trial}"
+        out = Path(args.out) if args.out else Path("exports") / cfg.study / (
+            f"trial-{trial}{seed_tag}-distilled")
+        say(f"distilling {who} of study {cfg.study} for {args.epochs:g} epochs on the full "
+            f"train split ({len(data.train_y)} images); checkpoint every epoch in "
+            f"{cfg.study_dir / 'distill'}: run the same command to resume")
+        info = distill_trial(record, cfg, trial, teacher, data, out_dir=out,
+                             progress=StepBar(f"distilling {who}"), **opts)
     write_report(record, cfg)
-    say(f"trial {trial}: validation accuracy {100 * info['val_accuracy']:.2f}% (search: "
-         f"{100 * (info['search_val_accuracy'] or 0):.2f}%), test accuracy "
-         f"{100 * info['test_accuracy']:.2f}%")
+    search = (f" (search: {100 * info['search_val_accuracy']:.2f}%)"
+              if info.get("search_val_accuracy") is not None else "")
+    say(f"{who}: validation accuracy {100 * info['val_accuracy']:.2f}%{search}, test "
+        f"accuracy {100 * info['test_accuracy']:.2f}%")
     for f in info["files"]:
         say(f"  {f}")
     return 0

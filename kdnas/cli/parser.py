@@ -151,6 +151,11 @@ def _add_study_commands(sub) -> None:  # layout: table
                        "and export it.")
     study_args(f)
     pick_args(f)
+    f.add_argument("--reference", help="instead of a trial, a hand-designed student: a "
+                   "preset of the study's space (resnet8, resnet20) or space:preset, trained "
+                   "with the same teacher, method and recipe: the bar to clear")
+    f.add_argument("--seed", type=int, help="training seed (default: the study's); each seed "
+                   "keeps its own checkpoint and record, for a seed spread")
     f.add_argument("--epochs", type=float, default=200, help="default 200")
     f.add_argument("--lr", type=float, help="peak SGD learning rate (default: the study's)")
     f.add_argument("--batch-size", type=int, help="default: the study's")

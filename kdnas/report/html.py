@@ -118,15 +118,19 @@ def _references_table(refs: pd.DataFrame | None) -> list[str]:
 def _distilled_table(out: Path) -> list[str]:
     e = html.escape
     parts: list[str] = []
-    distilled = sorted((out / "distilled").glob("trial-*.json"))
+    distilled = sorted((out / "distilled").glob("*.json"))
     if distilled:
-        parts.append("<h2>Fully distilled students</h2><table><tr><th>trial</th><th>epochs</th>"
+        parts.append("<h2>Fully distilled students</h2><table><tr><th>student</th>"
+                     "<th>seed</th><th>epochs</th>"
                      "<th>search val acc</th><th>val acc</th><th>test acc</th>"
                      "<th class='l'>distillation</th><th class='l'>files</th></tr>")
         for f in distilled:
             d = json.loads(f.read_text())
             files = ", ".join(Path(p).name for p in d.get("exports", {}).values())
-            parts.append(f"<tr><td>{d['trial']}</td><td>{d['epochs']:g}</td>"
+            who = (f"reference {e(d['reference'])}" if d.get("reference")
+                   else f"trial {d.get('trial')}")
+            parts.append(f"<tr><td>{who}</td><td>{d['recipe'].get('seed', '')}</td>"
+                         f"<td>{d['epochs']:g}</td>"
                          f"<td>{_pct(d.get('search_val_accuracy'))}</td>"
                          f"<td>{_pct(d['val_accuracy'])}</td><td>{_pct(d['test_accuracy'])}</td>"
                          f"<td class='l'>{e(d['recipe']['kd'])}</td><td class='l'>{e(files)}"

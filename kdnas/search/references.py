@@ -8,11 +8,10 @@ from collections.abc import Callable
 import optuna
 import torch
 
-from kdnas.core.errors import KdnasError
 from kdnas.core.settings import SearchConfig
 from kdnas.distill import fit
 from kdnas.search.prepare import measure, teacher_cache
-from search_spaces import get_space
+from search_spaces import get_space, preset_spec
 
 Event = Callable[[str, dict], None]
 
@@ -25,12 +24,9 @@ def train_references(study: optuna.Study, cfg: SearchConfig, teacher, data,
     for ref in cfg.references:
         if ref in done:
             continue
-        space_name, _, preset = ref.rpartition(":")
-        space = get_space(space_name or cfg.space)
-        if not hasattr(space, "preset"):
-            raise KdnasError(f"reference {ref!r}: space {space.name!r} has no presets")
-        spec = space.preset(preset, in_channels=data.in_channels, num_classes=data.num_classes,
-                            input_size=data.input_size)
+        spec = preset_spec(ref, cfg.space, in_channels=data.in_channels,
+                           num_classes=data.num_classes, input_size=data.input_size)
+        space = get_space(spec["space"])
         torch.manual_seed(cfg.seed)
         model = space.build(spec)
         cost = measure(cfg, model, data, latency=cfg.latency)

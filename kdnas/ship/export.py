@@ -199,7 +199,9 @@ def _card(m: dict) -> str:
     amount = (f"{tr['steps']} steps ({tr['images']} images)" if "steps" in tr
               else f"{tr['epochs']} epoch(s)")
     split = f"{amount} on {100 * tr['train_fraction']:.0f}% of the training split"
-    return f"""# {m['arch']} (study {m['study']}, trial {m['trial']})
+    who = (f"reference {m['reference']}" if m.get("reference") is not None
+           else f"trial {m['trial']}")
+    return f"""# {m['arch']} (study {m['study']}, {who})
 
 | | |
 | --- | --- |

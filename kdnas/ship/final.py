@@ -21,7 +21,7 @@ from kdnas.core.records import StudyRecord
 from kdnas.core.settings import SearchConfig, TrainConfig
 from kdnas.distill import evaluate, fit
 from kdnas.ship.export import write_exports
-from search_spaces import get_space
+from search_spaces import get_space, preset_spec
 
 log = logging.getLogger(__name__)
 
@@ -31,42 +31,76 @@ def distill_trial(record: StudyRecord, cfg: SearchConfig, trial_number: int, tea
                   batch_size: int | None = None, schedule: str = "cosine",
                   seed: int | None = None, formats: tuple[str, ...] = ("pt2", "onnx"),
                   progress: Callable[[int, int, float], None] | None = None) -> dict:
+    """Train trial ``trial_number``'s student fully (see the module text)."""
     rec = record.trained_trial(trial_number)
-    spec = rec.spec
+    return _distill(rec.spec, f"trial-{trial_number}", cfg, teacher, data,
+                    kd=rec.kd or cfg.kd, feature_weight=rec.feature_weight, cost=rec.cost,
+                    search_val_accuracy=rec.val_accuracy, epochs=epochs, out_dir=out_dir,
+                    lr=lr, batch_size=batch_size, schedule=schedule, seed=seed,
+                    formats=formats, progress=progress, extra={"trial": trial_number})
+
+
+def distill_reference(cfg: SearchConfig, name: str, teacher, data, *, epochs: float,
+                      out_dir: Path, lr: float | None = None, batch_size: int | None = None,
+                      schedule: str = "cosine", seed: int | None = None,
+                      formats: tuple[str, ...] = ("pt2", "onnx"),
+                      progress: Callable[[int, int, float], None] | None = None) -> dict:
+    """Train a hand-designed student (a preset of a space, ``resnet8`` or
+    ``mobilenet:mobilenetv2_half``) exactly as :func:`distill_trial` trains a found one, with
+    the study's teacher and method: the bar a found student must clear."""
+    from kdnas.cost import measure_cost
+
+    spec = preset_spec(name, cfg.space, in_channels=data.in_channels,
+                       num_classes=data.num_classes, input_size=data.input_size)
+    cost = measure_cost(get_space(spec["space"]).build(spec), data.input_shape,
+                        latency=False).to_dict()
+    return _distill(spec, f"ref-{name.replace(':', '-')}", cfg, teacher, data, kd=cfg.kd,
+                    feature_weight=cfg.feature_weight, cost=cost, search_val_accuracy=None,
+                    epochs=epochs, out_dir=out_dir, lr=lr, batch_size=batch_size,
+                    schedule=schedule, seed=seed, formats=formats, progress=progress,
+                    extra={"reference": name})
+
+
+def _distill(spec: dict, name: str, cfg: SearchConfig, teacher, data, *, kd: str,
+             feature_weight: float | None, cost: dict, search_val_accuracy: float | None,
+             epochs: float, out_dir: Path, lr: float | None, batch_size: int | None,
+             schedule: str, seed: int | None, formats: tuple[str, ...],
+             progress: Callable[[int, int, float], None] | None, extra: dict) -> dict:
     space = get_space(spec["space"])
+    if seed is not None and seed != cfg.seed:
+        name = f"{name}-seed{seed}"  # its own checkpoint and record
     seed = cfg.seed if seed is None else seed
     tcfg = TrainConfig(epochs=epochs, batch_size=batch_size or cfg.batch_size,
-                       lr=lr or cfg.lr, train_fraction=1.0, kd=rec.kd or cfg.kd,
+                       lr=lr or cfg.lr, train_fraction=1.0, kd=kd,
                        temperature=cfg.temperature, kd_alpha=cfg.kd_alpha,
-                       feature_weight=rec.feature_weight, schedule=schedule, seed=seed)
+                       feature_weight=feature_weight, schedule=schedule, seed=seed)
     torch.manual_seed(seed)
     model = space.build(spec)
-    work = cfg.study_dir / "distill" / f"trial-{trial_number}"
+    work = cfg.study_dir / "distill" / name
     result = fit(model, data, tcfg, teacher=teacher, student_taps=space.taps(spec),
                  checkpoint=work / "checkpoint.pt", progress=progress)
     test_acc = evaluate(model, data, "test")
-    info = {"study": cfg.study, "trial": trial_number, "epochs": epochs,
+    info = {"study": cfg.study, "name": name, **extra, "epochs": epochs,
             "val_accuracy": result.val_accuracy, "test_accuracy": test_acc,
-            "search_val_accuracy": rec.val_accuracy,
+            "search_val_accuracy": search_val_accuracy, "macs": cost.get("macs"),
             "recipe": {"lr": tcfg.lr, "batch_size": tcfg.batch_size, "schedule": schedule,
                        "kd": tcfg.method, "feature_weight": tcfg.weight, "seed": seed},
             "curve": result.curve}
     torch.save({"spec": spec, "state_dict": model.state_dict()}, work / "student.pt")
     meta = {"val_accuracy": result.val_accuracy, "test_accuracy": test_acc,
-            "study": cfg.study, "trial": trial_number, "budget": cfg.budget,
+            "study": cfg.study, **extra, "budget": cfg.budget,
             "teacher": cfg.teacher, "data": cfg.data,
-            "latency_ms": rec.cost.get("latency_ms"),
-            "latency_setting": rec.cost.get("latency_setting"),
+            "latency_ms": cost.get("latency_ms"),
+            "latency_setting": cost.get("latency_setting"),
             "accuracy_note": f"after full distillation, {epochs:g} epochs",
-            "closing": "Trained from scratch with the study's teacher and this trial's "
-                       f"distillation method for {epochs:g} epochs (`kdnas distill`).",
+            "closing": "Trained from scratch with the study's teacher and "
+                       f"{tcfg.method} distillation for {epochs:g} epochs (`kdnas distill`).",
             "training": {"epochs": epochs, "train_fraction": 1.0, "kd": tcfg.method,
                          "temperature": tcfg.temperature, "kd_alpha": tcfg.kd_alpha,
-                         "feature_weight": tcfg.weight}}
+                         "feature_weight": tcfg.weight, "seed": seed}}
     diffs, files = write_exports(model, spec, data, Path(out_dir), formats=formats, meta=meta)
     info["exports"] = {k: str(Path(out_dir) / f.name) for k, f in zip(diffs, files[1:],
                                                                       strict=False)}
-    write_text(cfg.report_dir / "distilled" / f"trial-{trial_number}.json",
-               json.dumps(info, indent=2))
+    write_text(cfg.report_dir / "distilled" / f"{name}.json", json.dumps(info, indent=2))
     info["files"] = [str(f) for f in files]
     return info

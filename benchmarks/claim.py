@@ -1,0 +1,129 @@
+"""The claim: at a hand-designed reference's MACs, the student kdnas finds beats the reference
+when both are distilled fully the same way, by more than the seed spread of either.
+
+1. ``kdnas search`` (its library call, resumable) with the budget set to the reference's
+   MACs, the default brief recipe, the reference trained alongside (``--references``);
+2. the most accurate trial within budget is the found student;
+3. ``kdnas distill`` (its library calls, each checkpointed per epoch and resumable) trains the
+   found student and ``--reference`` for ``--epochs`` epochs with every seed of ``--seeds``.
+
+Test accuracies, means and spreads go under ``claim`` in ``reports/search_quality.json`` (the
+proxy study's file; its data, teacher and --work are shared) and a section of
+``reports/search_quality.md``. Interrupt at any time; the same command goes on.
+
+    python benchmarks/claim.py                       # CIFAR-10, resnet8, 3 seeds
+    python benchmarks/claim.py --data digits --trials 2 --steps 5 --epochs 1  # a tiny run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+import numpy as np
+
+from search_quality import add_setup_args, data_and_teacher, write_markdown
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_setup_args(ap)
+    ap.add_argument("--reference", default="resnet8", help="preset of the resnet space")
+    ap.add_argument("--trials", type=int, default=20, help="search trials")
+    ap.add_argument("--steps", type=int, help="brief steps (default: the CLI's default)")
+    ap.add_argument("--epochs", type=float, default=30, help="full distillation epochs")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = ap.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+
+    from kdnas.core.settings import SearchConfig
+    from kdnas.cost import count_macs
+    from kdnas.report import pick_trial
+    from kdnas.search.loop import run_search
+    from kdnas.search.prepare import prepare
+    from kdnas.search.storage import load_record
+    from kdnas.ship.final import distill_reference, distill_trial
+    from search_spaces import describe, get_space
+
+    spec, teacher_path = data_and_teacher(args)
+    cfg = SearchConfig(study=f"claim-{args.reference}", teacher=str(teacher_path), data=spec,
+                       budget="1GMACs", trials=args.trials, steps=args.steps, latency=False,
+                       workdir=str(args.work / "runs"), reports=str(args.work / "reports"),
+                       references=(args.reference,))
+    cfg, teacher, data, _ = prepare(cfg)
+    space = get_space("resnet")
+    ref_spec = space.preset(args.reference, in_channels=data.in_channels,
+                            num_classes=data.num_classes, input_size=data.input_size)
+    budget = count_macs(space.build(ref_spec), data.input_shape)
+    cfg = dataclasses.replace(cfg, budget=f"{budget / 1e6:.6f}MMACs")  # exact: whole MACs
+    out = run_search(cfg, teacher, data)
+    record = load_record(out.study)
+    found = pick_trial(record, "best")
+    rec = record.trained_trial(found)
+    res = json.loads(args.out.read_text()) if args.out.exists() else {}
+    runs = res.setdefault("claim_runs", {})
+
+    def save() -> None:
+        res["claim"] = summarise(runs, args, argv, budget, found, describe(rec.spec),
+                                 rec.cost["macs"], out.study)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res, indent=1))
+        tmp.replace(args.out)
+        write_markdown(args.out.with_suffix(".md"), res, res.get("argv", []))
+
+    opts = dict(epochs=args.epochs, formats=())
+    for seed in args.seeds:
+        for who in ("found", "reference"):
+            key = f"{who}/s{seed}"
+            if key in runs:
+                continue
+            print(f"distilling the {who} student, seed {seed}, {args.epochs:g} epochs",
+                  flush=True)
+            if who == "found":
+                info = distill_trial(record, cfg, found, teacher, data, seed=seed,
+                                     out_dir=args.work / "claim" / key, **opts)
+            else:
+                info = distill_reference(cfg, args.reference, teacher, data, seed=seed,
+                                         out_dir=args.work / "claim" / key, **opts)
+            runs[key] = {k: info[k] for k in ("test_accuracy", "val_accuracy", "macs")}
+            save()
+    save()
+
+
+def summarise(runs: dict, args, argv, budget: int, found: int, arch: str, macs: int,
+              study) -> dict:
+    def accs(who):
+        return [runs[f"{who}/s{s}"]["test_accuracy"] for s in args.seeds
+                if f"{who}/s{s}" in runs]
+
+    f, r = accs("found"), accs("reference")
+    c = {"budget_macs": budget, "seeds": list(args.seeds), "epochs": args.epochs,
+         "reference": args.reference, "found_trial": found, "found_arch": arch,
+         "found_macs": macs, "search_trials": args.trials,
+         "found_accuracies": f, "reference_accuracies": r,
+         "found_accuracy_mean": float(np.mean(f)) if f else None,
+         "found_spread": float(np.ptp(f)) if f else None,
+         "reference_accuracy_mean": float(np.mean(r)) if r else None,
+         "reference_spread": float(np.ptp(r)) if r else None,
+         "device": "CPU (2 cores)", "argv": " ".join(argv)}
+    done = len(f) == len(r) == len(args.seeds)
+    if not done:
+        c["verdict"] = (f"In progress: {len(f)} of {len(args.seeds)} found and {len(r)} "
+                        "reference seeds done; no verdict yet.")
+    else:
+        gap = c["found_accuracy_mean"] - c["reference_accuracy_mean"]
+        spread = max(c["found_spread"], c["reference_spread"])
+        c["margin"] = gap
+        c["verdict"] = (
+            f"The found student {'beats' if gap > 0 else 'does not beat'} the reference by "
+            f"{100 * gap:+.2f} points, " + ("more" if abs(gap) > spread else "not more")
+            + f" than the larger seed spread ({100 * spread:.2f} points): "
+            + ("the claim holds." if gap > spread else "the claim does not hold here."))
+    return c
+
+
+if __name__ == "__main__":
+    main()
