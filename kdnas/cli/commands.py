@@ -76,9 +76,11 @@ def cmd_search(args) -> int:
     def on_event(kind: str, info: dict) -> None:
         if kind == "study_start" and args.workers > 1:  # the study exists: others may join
             helpers.extend(start_helpers(args.argv, args.workers, cfg.study_dir / "workers"))
+            others = "worker 1 logs" if args.workers == 2 else \
+                f"workers 1-{args.workers - 1} log"
             say(f"{args.workers} workers on this study, {threads_per_worker(args.workers)} "
-                f"threads each (workers 1-{args.workers - 1} log to "
-                f"{cfg.study_dir / 'workers'}/)")
+                f"thread(s) each ({others} to {cfg.study_dir / 'workers'}/; this one reports "
+                "its own trials and, at the end, all of them)")
         progress(kind, info)
 
     try:
