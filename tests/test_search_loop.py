@@ -263,3 +263,15 @@ def test_a_front_far_above_chance_and_outside_the_spread_has_no_caveat():
     assert summary(record(narrow), cfg)["caveat"] is None
     wide = dict(narrow, accuracies=[0.90, 0.78], spread=0.12)
     assert "within the seed spread" in summary(record(wide), cfg)["caveat"]
+
+
+def test_a_teacher_cache_over_its_limit_is_not_written(setup, caplog):
+    """--cache-limit: a study whose cache would exceed it runs the teacher in every trial,
+    says so once, and writes nothing to disk but a marker."""
+    cfg, teacher, data = setup
+    out = run_search(dataclasses.replace(cfg, trials=2, cache_limit_gb=1e-4), teacher, data)
+    assert out.trained == 2
+    warned = [r for r in caplog.records if "teacher cache would take" in r.message]
+    assert len(warned) == 1
+    cache = cfg.study_dir / "teacher_cache"
+    assert [p for p in cache.iterdir() if not p.name.startswith(".")] == []

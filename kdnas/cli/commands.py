@@ -32,7 +32,8 @@ def cmd_search(args) -> int:
         "study", "teacher", "data", "budget", "space", "trials", "seed", "steps", "epochs",
         "train_fraction", "batch_size", "lr", "kd", "val_fraction", "storage", "workdir",
         "reports", "latency_threads", "teacher_layers", "teacher_arch", "num_classes",
-        "normalize", "feature_weight", "objectives", "latency_batch", "references")}
+        "normalize", "feature_weight", "objectives", "latency_batch", "references",
+        "cache_limit_gb")}
     if args.no_teacher_cache:
         overrides["teacher_cache"] = False
     if args.no_latency:

@@ -80,6 +80,9 @@ def _add_search(sub) -> None:  # layout: table
                    "none is cross-entropy alone; auto searches the method and its weight")
     s.add_argument("--feature-weight", type=float, help="weight of the feature loss "
                    "(default per method: fitnets 1, at 5, sp 3000, pkt 30000)")
+    s.add_argument("--cache-limit", type=float, dest="cache_limit_gb", metavar="GB",
+                   help="largest teacher cache to write, in GB (default 8): a study whose "
+                   "cache would be larger runs the teacher in every trial instead")
     s.add_argument("--no-teacher-cache", action="store_true", help="run the teacher in every "
                    "trial instead of computing its outputs once per study")
     s.add_argument("--no-noise-check", action="store_true", help="do not train the front's "

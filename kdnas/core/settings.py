@@ -119,6 +119,7 @@ class SearchConfig:
     kd_alpha: float = 0.9
     feature_weight: float | None = None  # None: the method's default
     teacher_cache: bool = True  # compute the teacher's outputs once per study
+    cache_limit_gb: float = 8.0  # a cache that would be larger is not written (teacher runs)
     noise_check: bool = True  # train the front's knee again with another seed at the end
     teacher_layers: tuple[str, ...] = ()
     # hand-designed students trained with the same brief recipe, for the report: preset names

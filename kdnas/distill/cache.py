@@ -4,11 +4,14 @@ recipe, computed once per study and read back by every later trial."""
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class TeacherCache:
@@ -23,8 +26,9 @@ class TeacherCache:
     trial leaves nothing half-written behind.
     """
 
-    def __init__(self, root: str | Path, key: str) -> None:
+    def __init__(self, root: str | Path, key: str, *, limit_bytes: int | None = None) -> None:
         self.dir = Path(root) / key
+        self.limit_bytes = limit_bytes
         self._tmp: Path | None = None
         self._lock = None
         self.hits = self.writes = 0
@@ -51,7 +55,7 @@ class TeacherCache:
         except BlockingIOError:
             self._unlock()
             return False
-        if self.complete:
+        if self.complete or self._too_large():
             self._unlock()
             return False
         self._tmp = self.dir.with_name(f"{self.dir.name}.tmp-{os.getpid()}")
@@ -59,18 +63,40 @@ class TeacherCache:
         self._tmp.mkdir(parents=True)
         return True
 
+    def _marker(self) -> Path:
+        return self.dir.with_name(f".{self.dir.name}.too-large")
+
+    def _too_large(self) -> bool:
+        """A first step already showed this cache to exceed the (current) limit."""
+        m = self._marker()
+        return m.exists() and self.limit_bytes is not None and \
+            int(m.read_text() or 0) > self.limit_bytes
+
     def _unlock(self) -> None:
         if self._lock is not None:
             self._lock.close()  # releases the lock
             self._lock = None
 
-    def put(self, step: int, logits: torch.Tensor, feats: list[torch.Tensor]) -> None:
+    def put(self, step: int, logits: torch.Tensor, feats: list[torch.Tensor],
+            total: int | None = None) -> bool:
+        """Store one step; returns False (and stops writing) when the first step shows that
+        ``total`` steps would exceed ``limit_bytes``."""
         if self._tmp is None:
-            return
+            return False
+        if self.writes == 0 and total and self.limit_bytes is not None:
+            size = sum(t.numel() * 2 for t in (logits, *feats)) * total  # fp16
+            if size > self.limit_bytes:
+                self._marker().write_text(str(size))  # later trials need not try again
+                log.warning("the teacher cache would take %.1f GB (limit %.1f GB): not written; "
+                            "the teacher runs in every trial (raise --cache-limit to trade "
+                            "disk for speed)", size / 1e9, self.limit_bytes / 1e9)
+                self.abort()
+                return False
         torch.save({"logits": logits.detach().half().contiguous(),
                     "feats": [f.detach().half() for f in feats]},  # layout kept
                    self._tmp / f"{step:06d}.pt")
         self.writes += 1
+        return True
 
     def commit(self, steps: int) -> None:
         if self._tmp is None:

@@ -124,7 +124,8 @@ class _TeacherSignal:
         # only a run from the start writes, and only one worker at a time
         self.writing = self.writing and not resumed and self.cache.begin()
 
-    def get(self, step: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def get(self, step: int, x: torch.Tensor, total: int
+            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if self.reading:
             return self.cache.get(step, features=self.features)
         with torch.no_grad():
@@ -134,7 +135,7 @@ class _TeacherSignal:
             self.taps.clear()
         if self.writing:  # train on what later trials will read: fp16 values
             logits, feats = logits.half(), [f.half() for f in feats]
-            self.cache.put(step, logits, feats)
+            self.writing = self.cache.put(step, logits, feats, total)
             logits = logits.float()
         return logits, feats
 
@@ -212,7 +213,7 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
                 logits = student(x)
                 loss = F.cross_entropy(logits, y)
                 if signal is not None:
-                    t_logits, t_feats = signal.get(step, x)
+                    t_logits, t_feats = signal.get(step, x, total)
                     loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd_loss(logits, t_logits)
                     if extra is not None:
                         loss = loss + cfg.weight * extra(s_taps.features(), t_feats)

@@ -80,4 +80,5 @@ def teacher_cache(cfg: SearchConfig, teacher, data) -> TeacherCache | None:
                       cfg.brief_steps(len(data.train_y)),
                       [t.module for t in teacher.taps]])
     return TeacherCache(cfg.study_dir / "teacher_cache",
-                        hashlib.sha1(key.encode()).hexdigest()[:16])
+                        hashlib.sha1(key.encode()).hexdigest()[:16],
+                        limit_bytes=int(cfg.cache_limit_gb * 1e9))
