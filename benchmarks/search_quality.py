@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
@@ -47,47 +48,19 @@ def pick_candidates(data, lo: float, hi: float, count: int, seed: int) -> list[d
     """``count`` distinct candidates with MACs in [lo, hi], spread over FAMILIES (resnet
     split by block type), drawn at random with a fixed seed; a draw over the band has random
     numeric choices stepped down until it is not (as kdnas' sampler repairs a draw)."""
-    from kdnas.cost import count_macs, count_params
-    from kdnas.search.sampler import _lower, random_params
-    from search_spaces import describe, get_space, spec_id
+    from kdnas.bench.workload import draw_in_band
+    from kdnas.cost import count_params
+    from search_spaces import build, describe
 
     rng = np.random.RandomState(seed)
     quota = [count // len(FAMILIES) + (i < count % len(FAMILIES))
              for i in range(len(FAMILIES))]
     out: list[dict] = []
     for (family, block), want in zip(FAMILIES, quota, strict=True):
-        space, got, seen = get_space(family), 0, set()
-        dists = space.distributions()
-
-        def build(params, space=space):
-            spec = space.sample(optuna.trial.FixedTrial(params), in_channels=data.in_channels,
-                                num_classes=data.num_classes, input_size=data.input_size)
-            model = space.build(spec)
-            return spec, model, count_macs(model, data.input_shape)
-
-        for _ in range(500):
-            if got == want:
-                break
-            params = random_params(dists, rng)
-            if block is not None:
-                params["block"] = block
-            spec, model, macs = build(params)
-            while macs > hi:
-                movable = [(k, v) for k, d in dists.items()
-                           if (v := _lower(d, params[k])) is not None]
-                if not movable:
-                    break
-                k, v = movable[rng.randint(len(movable))]
-                params[k] = v
-                spec, model, macs = build(params)
-            if lo <= macs <= hi and spec_id(spec) not in seen:
-                seen.add(spec_id(spec))
-                out.append({"id": spec_id(spec), "space": family, "params": params,
-                            "arch": describe(spec), "macs": macs,
-                            "params_count": count_params(model)})
-                got += 1
-        if got < want:
-            raise SystemExit(f"only {got} of {want} {family} candidates in the band")
+        fixed = {"block": block} if block is not None else None
+        for c in draw_in_band(family, data, lo, hi, want, rng, fixed=fixed):
+            spec = c.pop("spec")
+            out.append({**c, "arch": describe(spec), "params_count": count_params(build(spec))})
     return out
 
 
@@ -253,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--recipe", action="append", default=[], help="another proxy recipe, "
                     "NAME=key:value,... (SearchConfig fields, or factor:N)")
     ap.add_argument("--only", nargs="+", help="run only these recipes (default: all)")
+    ap.add_argument("--spaces", nargs="+", help="train only these spaces' candidates (two "
+                    "processes on disjoint spaces share one study folder, teacher cache and "
+                    "results file)")
     args = ap.parse_args(argv)
 
     from kdnas.core.settings import SearchConfig
@@ -281,27 +257,42 @@ def main(argv: list[str] | None = None) -> None:
             for n, o in recipes.items()}}
 
     def save() -> None:
-        res["summary"] = summarise(res)
-        res["proxy"] = proxy_keys(res)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(res, indent=1))
-        tmp.replace(args.out)
+        with open(args.out.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another process may write its results too
+            merge_saved(res, args.out)
+            res["summary"] = summarise(res)
+            res["proxy"] = proxy_keys(res)
+            tmp = args.out.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(res, indent=1))
+            tmp.replace(args.out)
         res["argv"] = sys.argv[1:] if argv is None else list(argv)
         write_markdown(args.out.with_suffix(".md"), res, res["argv"])
 
     # the first seed of every recipe first, so that a partial run already answers
     order = [(s, n) for s in args.seeds for n in recipes if not args.only or n in args.only]
     try:
-        run_all(order, res, recipes, base, teacher, data, args.work, save)
+        run_all(order, res, recipes, base, teacher, data, args.work, save, args.spaces)
     except KeyboardInterrupt:
         save()
         raise SystemExit("interrupted: run the same command again to go on") from None
     save()
 
 
-def run_all(order, res, recipes, base, teacher, data, work: Path, save) -> None:
-    """Every (seed, recipe) run in order, each as one study per space."""
+def merge_saved(res: dict, path: Path) -> None:
+    """Add the results another process wrote to ``path`` since ``res`` was read."""
+    if not path.exists():
+        return
+    disk = json.loads(path.read_text())
+    for key, runs in disk.get("runs", {}).items():
+        res["runs"][key] = {**runs, **res["runs"].get(key, {})}
+    res["seconds"] = {**disk.get("seconds", {}), **res.get("seconds", {})}
+
+
+def run_all(order, res, recipes, base, teacher, data, work: Path, save,
+            spaces=None) -> None:
+    """Every (seed, recipe) run in order, each as one study per space (``spaces``: only
+    these)."""
     from kdnas.search.prepare import teacher_cache
 
     n_train = len(data.train_y)
@@ -309,6 +300,8 @@ def run_all(order, res, recipes, base, teacher, data, work: Path, save) -> None:
         key = f"{name}/s{seed}"
         cache_keys = set()
         for space in dict.fromkeys(c["space"] for c in res["candidates"]):
+            if spaces and space not in spaces:
+                continue
             cands = [c for c in res["candidates"] if c["space"] == space]
             cfg = recipe_config(base, name, recipes[name], seed, space, n_train, len(cands))
             t0 = time.perf_counter()
@@ -325,7 +318,9 @@ def run_all(order, res, recipes, base, teacher, data, work: Path, save) -> None:
             cache = teacher_cache(cfg, teacher, data)
             if cache is not None:
                 cache_keys.add(cache.dir)
-        if recipes[name].get("factor"):  # a long recipe's cache is large: not kept
+        save()  # merges what another process has trained
+        if recipes[name].get("factor") and len(res["runs"].get(key, {})) == len(
+                res["candidates"]):  # a long recipe's cache is large: not kept
             for d in cache_keys:
                 shutil.rmtree(d, ignore_errors=True)
 

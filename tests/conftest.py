@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from kdnas.bench.workload import make_subset  # the benchmarks' seeded subset
+
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR_ARCHIVE = Path(os.environ.get(
     "KDNAS_CIFAR10_JPG", ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"))
-sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks' seeded CIFAR-10 subset
-
-from cifar_subset import make_subset  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

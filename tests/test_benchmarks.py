@@ -66,3 +66,37 @@ def test_claim_runs_resumes_and_reports(tmp_path):
     assert "The claim" in md and "reference resnet8" in md
     claim.main(argv)  # everything done: nothing trained again
     assert json.loads((tmp_path / "sq.json").read_text())["claim_runs"] == res["claim_runs"]
+
+
+@pytest.mark.slow
+def test_kdnas_bench_runs_on_a_tiny_workload_and_reports_every_figure(tmp_path):
+    """``kdnas bench --quick`` on real CIFAR-10 images: every figure the issue names is in
+    benchmarks.json, each within its possible range, and BENCHMARKS.md shows it beside its
+    target. (The quick workload's values mean nothing; the full run's go to reports/.)"""
+    from kdnas.cli import main
+    from conftest import CIFAR_ARCHIVE
+
+    if not CIFAR_ARCHIVE.exists():
+        pytest.skip(f"CIFAR-10 archive not found at {CIFAR_ARCHIVE}")
+    out = tmp_path / "out"
+    assert main(["bench", "--quick", "--archive", str(CIFAR_ARCHIVE), "--work",
+                 str(tmp_path / "work"), "--out", str(out)]) == 0
+    res = json.loads((out / "benchmarks.json").read_text())
+    families = {"resnet", "resnet_bottleneck", "mobilenet", "shufflenet"}
+    assert set(res["efficiency"]) == families
+    assert all(0 < v < 2 for v in res["efficiency"].values())
+    assert set(res["teacher_overhead"]) == {"logit", "fitnets", "at", "sp", "pkt"}
+    assert all(0.5 < v < 5 for v in res["teacher_overhead"].values())
+    assert 0 < res["framework_overhead"] < 1
+    assert res["throughput_vs_plain_loop"] > 0
+    mem = res["memory"]
+    assert mem["peak_rss_mb"] > 100 and 0 < mem["teacher_cache_mb"] < 100
+    d = res["details"]
+    assert d["search"]["trained"] == 2 and len(d["plain_loop"]["trials"]) == 2
+    assert all(t["macs"] <= 25e6 for t in d["plain_loop"]["trials"])
+    assert abs(sum(d["search"]["shares"].values()) - 1) < 0.05  # the phases cover the wall
+    md = (out / "BENCHMARKS.md").read_text()
+    for key in ("efficiency.resnet", "teacher_overhead.pkt", "framework_overhead",
+                "throughput_vs_plain_loop", "memory.peak_rss_mb"):
+        assert f"`{key}`" in md
+    assert "| >= 0.6 |" in md and "| <= 1.15 |" in md and "| >= 3 |" in md

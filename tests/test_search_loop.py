@@ -275,3 +275,25 @@ def test_a_teacher_cache_over_its_limit_is_not_written(setup, caplog):
     assert len(warned) == 1
     cache = cfg.study_dir / "teacher_cache"
     assert [p for p in cache.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_each_trial_records_where_its_time_went_and_the_report_shows_it(setup):
+    """The phases add up to the trial's time (nothing counted twice, little unaccounted),
+    and pareto.md states the time per trial."""
+    from kdnas.report import write_report
+
+    cfg, teacher, data = setup
+    out = run_search(dataclasses.replace(cfg, trials=2), teacher, data)
+    record = load_record(out.study)
+    for t in record.trials:
+        if not t.trained:
+            continue
+        phases = {k: v for k, v in t.time.items() if k != "total"}
+        assert {"propose", "student", "teacher", "data", "eval", "storage"} <= set(phases)
+        assert all(v >= 0 for v in phases.values())
+        assert sum(phases.values()) == pytest.approx(t.time["total"], rel=0.02, abs=0.02)
+        assert t.time["total"] >= t.train_seconds
+        assert phases["student"] > 0 and phases["propose"] > 0
+    text = (write_report(record, cfg) / "pareto.md").read_text()
+    assert "s per trained trial (median of 2): " in text
+    assert "student forward/backward" in text and "proposal (sampling" in text

@@ -7,6 +7,8 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -299,3 +301,9 @@ def cmd_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+
+
+
+def cmd_bench(args) -> int:
+    """``kdnas bench ...`` is ``python -m kdnas.bench ...`` (the benchmark's own parser)."""
+    return subprocess.call([sys.executable, "-m", "kdnas.bench", *args.args])

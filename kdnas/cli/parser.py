@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_commands(sub)
     _add_teacher(sub)
     _add_demo(sub)
+    _add_bench(sub)
     return p
 
 
@@ -202,3 +203,11 @@ def _add_demo(sub) -> None:
     d.add_argument("--workdir", default="runs")
     d.add_argument("--reports", default="reports")
     d.set_defaults(func=commands.cmd_demo)
+
+
+
+def _add_bench(sub) -> None:
+    # the benchmark is its own entry point (python -m kdnas.bench), which has the options
+    b = sub.add_parser("bench", add_help=False, help="how fast trials train here: "
+                       "reports/BENCHMARKS.md (kdnas bench --help)")
+    b.set_defaults(func=commands.cmd_bench)

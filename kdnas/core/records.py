@@ -30,6 +30,7 @@ class TrialRecord:
     completed: float | None = None
     values: tuple[float, ...] = ()  # the objective values told to the study
     note: str | None = None  # why it failed, or which failed trial it retries
+    time: dict = field(default_factory=dict)  # seconds by phase: cost, student, teacher, ...
 
     @property
     def trained(self) -> bool:

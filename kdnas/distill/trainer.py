@@ -31,6 +31,30 @@ from search_spaces import TapInfo
 log = logging.getLogger(__name__)
 
 
+# Seconds spent in each phase of every fit() in this process, for the benchmark's framework
+# overhead: "student" (forward, losses, backward, step), "teacher" (run or read from the
+# cache), "data" (batches, augmentation), "eval" (validation), "other" (checkpoints, progress)
+PHASE_TOTALS: dict[str, float] = {}
+
+
+class _Clock:
+    """Seconds by phase: each ``lap(phase)`` charges the time since the previous lap."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+        self.t = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.spent[phase] = self.spent.get(phase, 0.0) + now - self.t
+        self.t = now
+
+    def close(self) -> dict[str, float]:
+        for phase, s in self.spent.items():
+            PHASE_TOTALS[phase] = PHASE_TOTALS.get(phase, 0.0) + s
+        return {k: round(v, 3) for k, v in self.spent.items()}
+
+
 @dataclass
 class FitResult:
     val_accuracy: float
@@ -38,6 +62,7 @@ class FitResult:
     steps: int
     curve: list[dict] = field(default_factory=list)  # per epoch: train loss
     points: list[dict] = field(default_factory=list)  # the learning curve, by steps
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: see PHASE_TOTALS
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -167,6 +192,31 @@ def _feature_loss(student: nn.Module, data, cfg: TrainConfig, teacher,
         memory_format=fmt)
 
 
+def _finite(value: float, step: int, total: int, cfg: TrainConfig) -> float:
+    if not math.isfinite(value):
+        raise KdnasError(f"training diverged: loss {value} at step {step + 1} of {total} "
+                         f"(learning rate {cfg.lr:g}); a lower --lr, or a smaller distillation "
+                         "weight, may train")
+    return value
+
+
+def _loss(student, x, y, cfg: TrainConfig, signal: _TeacherSignal | None, at: tuple[int, int],
+          kd_loss: KDLoss, extra, s_taps: FeatureTaps | None, clock: _Clock) -> torch.Tensor:
+    """One batch's loss: cross-entropy, and with a teacher Hinton KD and the feature loss."""
+    logits = student(x)
+    loss = F.cross_entropy(logits, y)
+    if signal is None:
+        return loss
+    clock.lap("student")
+    t_logits, t_feats = signal.get(at[0], x, at[1])
+    clock.lap("teacher")
+    loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd_loss(logits, t_logits)
+    if extra is not None:
+        loss = loss + cfg.weight * extra(s_taps.features(), t_feats)
+        s_taps.clear()
+    return loss
+
+
 def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
         student_taps: list[TapInfo] | None = None, cache: TeacherCache | None = None,
         checkpoint: Path | None = None,
@@ -196,11 +246,13 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
     total = cfg.total_steps(len(indices))
     s_taps = FeatureTaps(student, [t.module for t in student_taps]) if feats_on else None
     step, epoch, curve, points, t0 = 0, 0, [], [], time.perf_counter()
+    clock = _Clock()
     if checkpoint is not None and Path(checkpoint).exists():
         step, epoch, curve, points = _load_checkpoint(Path(checkpoint), student, extra, opt,
                                                       total)
     if signal is not None:
         signal.begin(resumed=step > 0)
+    clock.lap("other")
     try:
         while step < total:
             running, seen = 0.0, 0
@@ -208,41 +260,38 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
                                         augment=True, seed=cfg.seed * 1000 + epoch):
                 if step >= total:
                     break
+                clock.lap("data")
                 for group in opt.param_groups:
                     group["lr"] = _lr_at(step, total, cfg)
-                logits = student(x)
-                loss = F.cross_entropy(logits, y)
-                if signal is not None:
-                    t_logits, t_feats = signal.get(step, x, total)
-                    loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd_loss(logits, t_logits)
-                    if extra is not None:
-                        loss = loss + cfg.weight * extra(s_taps.features(), t_feats)
-                        s_taps.clear()
+                loss = _loss(student, x, y, cfg, signal, (step, total), kd_loss, extra,
+                             s_taps, clock)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise KdnasError(f"training diverged: loss {value} at step {step + 1} of "
-                                     f"{total} (learning rate {cfg.lr:g}); a lower --lr, or "
-                                     "a smaller distillation weight, may train")
+                value = _finite(loss.item(), step, total, cfg)
                 running, seen, step = running + value * len(y), seen + len(y), step + 1
+                clock.lap("student")
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                     points.append(_curve_point(student, data, cfg, step, running / seen))
+                    clock.lap("eval")
                 if progress is not None:
                     progress(step, total, value)
+                    clock.lap("other")
             curve.append({"epoch": epoch + 1, "step": step, "train_loss": running / max(1, seen)})
             epoch += 1
             if checkpoint is not None:
                 _save_checkpoint(Path(checkpoint), student, extra, opt, step, epoch, total,
                                  curve, points)
+            clock.lap("other")
         if signal is not None:
             signal.end(step)
+            clock.lap("teacher")
     finally:
         for closing in (signal, s_taps, pinned):
             if closing is not None:
                 closing.close()
     acc = evaluate(student, data, "val", channels_last=cfg.channels_last)
+    clock.lap("eval")
     curve[-1]["val_accuracy"] = acc
     points.append({"step": step, "images": step * cfg.batch_size, "val_accuracy": acc})
-    return FitResult(acc, time.perf_counter() - t0, step, curve, points)
+    return FitResult(acc, time.perf_counter() - t0, step, curve, points, clock.close())

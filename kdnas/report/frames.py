@@ -129,6 +129,7 @@ def summary(record: StudyRecord, cfg: SearchConfig, df: pd.DataFrame | None = No
         "hypervolume": hv, "hypervolume_reference": ref,
         "search_seconds": float(df.train_seconds.fillna(0).sum()),
         "wall_seconds": wall_seconds(record),
+        "time_per_trial": time_per_trial(record),
         "macs_latency_spearman": macs_latency_spearman(df),
         "num_classes": record.num_classes, "noise": record.noise,
         "brief_steps": next((t.recipe.get("steps") for t in record.trials if t.recipe), None),
@@ -189,6 +190,34 @@ def hypervolume_text(info: dict) -> str:
     refs = ", ".join(f"{COST_NAMES[c]} up to {_cost_text(c, ref[c])}" for c in costs)
     return (f"{info['hypervolume']:.4f} (share dominated of accuracy x {names}; accuracy "
             f"from 0, {refs}, each in units of its reference; 1.0 would be 100% at no cost)")
+
+
+PHASES = {"student": "student forward/backward", "teacher": "teacher (run or cache)",
+          "data": "batches", "eval": "validation",
+          "propose": "proposal (sampling, cost counting, latency)",
+          "storage": "checks and storage", "other": "checkpoints and progress"}
+
+
+def time_per_trial(record: StudyRecord) -> dict | None:
+    """Median seconds per trained trial and the share of the trials' time in each phase
+    (:data:`PHASES`), from the times each trial recorded."""
+    times = [t.time for t in record.trials if t.trained and t.time.get("total")]
+    if not times:
+        return None
+    total = sum(t["total"] for t in times)
+    shares = {p: sum(t.get(p, 0.0) for t in times) / total for p in PHASES}
+    return {"median_seconds": float(pd.Series([t["total"] for t in times]).median()),
+            "trials": len(times), "shares": {p: round(v, 4) for p, v in shares.items()}}
+
+
+def time_text(info: dict) -> str:
+    """Time per trial and where it went, in one line."""
+    t = info.get("time_per_trial")
+    if not t:
+        return "not recorded"
+    parts = ", ".join(f"{PHASES[p]} {100 * v:.0f}%" for p, v in
+                      sorted(t["shares"].items(), key=lambda kv: -kv[1]) if v >= 0.005)
+    return f"{t['median_seconds']:.1f} s per trained trial (median of {t['trials']}): {parts}"
 
 
 def wall_seconds(record: StudyRecord) -> float:

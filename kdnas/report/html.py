@@ -18,6 +18,7 @@ from kdnas.report.frames import (
     fmt_value,
     hypervolume_text,
     noise_text,
+    time_text,
 )
 
 CSS = """
@@ -156,6 +157,7 @@ def _facts(df: pd.DataFrame, info: dict, cfg) -> list[str]:
         "hypervolume": hypervolume_text(info),
         "search time": f"{info['wall_seconds'] / 60:.1f} min wall, "
                        f"{info['search_seconds'] / 60:.1f} min training",
+        "time per trial": time_text(info),
         "MACs predict latency": ("not enough measurements" if rho is None else
                                  f"Spearman rank correlation {rho:.2f} over "
                                  f"{int(df[['macs', 'latency_ms']].dropna().shape[0])} "

@@ -6,7 +6,13 @@ import pandas as pd
 
 from kdnas.core.budget import fmt_count
 from kdnas.core.settings import SearchConfig
-from kdnas.report.frames import export_command, fmt_value, hypervolume_text, noise_text
+from kdnas.report.frames import (
+    export_command,
+    fmt_value,
+    hypervolume_text,
+    noise_text,
+    time_text,
+)
 
 
 def front_markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
@@ -40,4 +46,5 @@ def front_markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
     setting = front.latency_setting.dropna()
     if len(setting):
         lines += ["", f"Latency measured on this machine: {setting.iloc[0]}."]
+    lines += ["", f"Time: {time_text(info)}."]
     return "\n".join(lines + [""])

@@ -277,6 +277,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
                index: int, emit: Event) -> str:
     """Sample, cost, gate and (if feasible and new) train one candidate; tell the study.
     Returns ``trained``, ``infeasible``, ``duplicate`` or ``surplus``."""
+    t0 = time.perf_counter()
     budget = cfg.budget_obj()
     space = get_space(cfg.space)
     tcfg = cfg.train_config(len(data.train_y))
@@ -286,6 +287,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
     torch.manual_seed(cfg.seed * 100003 + trial.number)
     model = space.build(spec)
     cost = measure(cfg, model, data, latency=cfg.latency or budget.metric == "latency_ms")
+    propose_seconds = time.perf_counter() - t0
     excess = budget.excess(cost)
     trial.set_user_attr("spec", spec)
     trial.set_user_attr("spec_id", spec_id(spec))
@@ -319,8 +321,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
                                    feature_weight=FEATURE_WEIGHTS.get(method, 0.0) * scale)
     emit("trial_start", {"trial": trial.number, "index": index, "target": cfg.trials,
                          "cost": cost, "spec": spec, "kd": tcfg.method,
-                         "retry_of": study._storage.get_trial(trial._trial_id).user_attrs.get(
-                             "retry_of")})
+                         "retry_of": trial.user_attrs.get("retry_of")})
     result = fit(model, data, tcfg, teacher=teacher, student_taps=space.taps(spec),
                  cache=teacher_cache(cfg, teacher, data),
                  progress=lambda s, n, loss: emit("step", {"step": s, "total": n, "loss": loss}))
@@ -337,6 +338,14 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
     trial.set_user_attr("kd", tcfg.method)
     trial.set_user_attr("feature_weight", tcfg.weight)
     trial.set_user_attr("weights", path.relative_to(cfg.study_dir).as_posix())
+    # where the trial's time went (seconds): the proposal (the sampler's draws and their cost
+    # counting, latency included), the training's phases, and the rest (checks, storage,
+    # saving the weights) up to here
+    t_end = time.perf_counter()
+    trial.set_user_attr("time", {
+        "propose": round(propose_seconds, 3), **result.phases,
+        "storage": round(t_end - t0 - propose_seconds - result.seconds, 3),
+        "total": round(t_end - t0, 3)})
     study.tell(trial, [result.val_accuracy, *_costs(cfg, cost)])
     emit("trial_end", {"trial": trial.number, "index": index, "target": cfg.trials,
                        "accuracy": result.val_accuracy, "seconds": result.seconds,

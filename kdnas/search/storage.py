@@ -290,7 +290,7 @@ def trial_record(t: optuna.trial.FrozenTrial) -> TrialRecord:
         recipe=dict(a.get("recipe", {})),
         started=t.datetime_start.timestamp() if t.datetime_start else None,
         completed=t.datetime_complete.timestamp() if t.datetime_complete else None,
-        values=tuple(t.values or ()), note=_note(a))
+        values=tuple(t.values or ()), note=_note(a), time=dict(a.get("time", {})))
 
 
 def _note(a: dict) -> str | None:

@@ -1,0 +1,3 @@
+from kdnas.bench.run import main
+
+main()

@@ -1,0 +1,79 @@
+"""BENCHMARKS.md: every figure of ``kdnas bench`` beside its target, then the details."""
+
+from __future__ import annotations
+
+
+def _target(key: str, targets: dict) -> tuple[str, float] | None:
+    family = key.split(".")[0] + ".*"
+    return targets.get(key) or targets.get(family)
+
+
+def _row(key: str, value: float, targets: dict) -> str:
+    t = _target(key, targets)
+    if t is None:
+        return f"| `{key}` | {value:.3g} | - | - |"
+    op, bound = t
+    met = value >= bound if op == ">=" else value <= bound
+    return f"| `{key}` | {value:.3g} | {op} {bound:g} | {'met' if met else '**not met**'} |"
+
+
+def benchmarks_markdown(res: dict, targets: dict) -> str:
+    d, w, m = res["details"], res["workload"], res["machine"]
+    s = d["search"]
+    lines = ["# kdnas benchmarks", "",
+             f"Machine: {m['cpu']}, {m['threads']} torch threads, {m['device']}; torch "
+             f"{m['torch']}, Python {m['python']}. Command: `{res['command']}` "
+             f"({res['seconds'] / 60:.1f} min). Every ratio is measured within this one run.",
+             "", f"Workload: CIFAR-10 JPEGs, {10 * w['per_class']} training images "
+             f"({10 * w['test_per_class']} test), {w['epochs']} epoch a trial, "
+             f"{w['trials']} trials a search, budget {w['budget_macs'] / 1e6:g}M MACs; teacher "
+             f"{d['teacher']['arch']} ({(d['teacher']['macs'] or 0) / 1e6:.0f}M MACs, seeded, "
+             "untrained unless --teacher: timing does not depend on weights).", "",
+             "| figure | value | target | |", "| --- | --- | --- | --- |"]
+    for fam, v in res["efficiency"].items():
+        lines.append(_row(f"efficiency.{fam}", v, targets))
+    for meth, v in res["teacher_overhead"].items():
+        lines.append(_row(f"teacher_overhead.{meth}", v, targets))
+    lines.append(_row("framework_overhead", res["framework_overhead"], targets))
+    lines.append(_row("throughput_vs_plain_loop", res["throughput_vs_plain_loop"], targets))
+    mem = res["memory"]
+    lines += [f"| `memory.peak_rss_mb` | {mem['peak_rss_mb']:.0f} | - | data set "
+              f"{mem['dataset_mb']:.0f} MB as uint8 |",
+              f"| `memory.teacher_cache_mb` | {mem['teacher_cache_mb']:.0f} | bounded | "
+              "`--cache-limit`, default 8 GB |", ""]
+    lines += ["## Training efficiency per family", "",
+              f"This machine's fp32 GEMM: {d['gemm_flops'] / 1e9:.1f} GFLOP/s (1024x1024). "
+              "Student training FLOP/s = 3 x forward MACs x 2 per image over the seconds of "
+              "student forward/backward (cross-entropy alone, batch 128, channels_last).", "",
+              "| family | student | MACs | images/s | GFLOP/s | efficiency |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for fam, t in d["training"].items():
+        lines.append(f"| {fam} | {d['students'][fam]['arch']} | "
+                     f"{t['macs'] / 1e6:.1f}M | {t['images_per_second']:.0f} | "
+                     f"{t['flops'] / 1e9:.1f} | {res['efficiency'][fam]:.2f} |")
+    o = d["teacher_overhead"]
+    lines += ["", "## Teacher overhead per method", "",
+              f"Trial time (training and validation) of the resnet student, teacher read from "
+              f"the study's cache, over cross-entropy alone; median over "
+              f"{w['rounds']} alternating round(s). The study's first trial, which writes the "
+              f"cache, took {o['fitnets_writes_cache']:.2f}x; running the teacher at every "
+              f"step instead of reading the cache: {o['fitnets_no_cache']:.2f}x.", "",
+              "| method | ratio | range | seconds |", "| --- | --- | --- | --- |"]
+    for meth, r in o["ratio"].items():
+        lo, hi = o["ratio_range"][meth]
+        lines.append(f"| {meth} | {r:.2f} | {lo:.2f}-{hi:.2f} | {o['seconds'][meth]:.1f} |")
+    lines += ["", "## Where a search's time goes", "",
+              f"A fresh kdnas search of {s['trained']} trained trials ({s['proposals']} "
+              f"proposals; blocks {', '.join(map(str, s['arch']))}) took "
+              f"{s['wall_seconds']:.1f} s from loading to the written report.", "",
+              "| phase | share of wall time |", "| --- | --- |"]
+    for phase, v in sorted(s["shares"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {phase} | {100 * v:.1f}% |")
+    p = d["plain_loop"]
+    lines += ["", "## Against a plain loop", "",
+              f"kdnas: {d['kdnas_mac_images_per_second'] / 1e9:.1f} G student MAC-images per "
+              f"wall second; the plain Optuna + torchvision loop: "
+              f"{d['plain_mac_images_per_second'] / 1e9:.1f} G ({len(p['trials'])} trials, "
+              f"{p['proposals']} proposals, {p['wall_seconds']:.1f} s). Both: logit KD, the "
+              "same teacher, space, budget, images and epochs.", ""]
+    return "\n".join(lines)

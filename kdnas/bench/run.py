@@ -1,0 +1,230 @@
+"""``kdnas bench``: how fast kdnas trains candidates on this machine, in one run.
+
+A fixed, seeded CIFAR-10 workload (images from the JPEG archive) measures, in this order:
+
+1. a fresh kdnas search (logit KD, 1 epoch a trial, the teacher cache written by its first
+   trial, latency measured, report written): ``framework_overhead``, the share of its wall
+   time outside student forward/backward, with where that time went, and the memory it took;
+2. the same search written as a plain Optuna + torchvision loop (:mod:`.plain_loop`):
+   ``throughput_vs_plain_loop``, student MAC-images trained per wall second, kdnas / plain;
+3. this machine's fp32 GEMM rate and, for a student of each family near ``student_macs``,
+   its training FLOP/s: ``efficiency.<family>``;
+4. a trial's time with each --kd method (teacher read from the cache) over cross-entropy
+   alone, teacher at least 3x the student's MACs: ``teacher_overhead.<method>``.
+
+Figures go to ``<out>/benchmarks.json`` and ``<out>/BENCHMARKS.md``, each beside its target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdnas.bench.plain_loop import run_plain_loop
+from kdnas.bench.workload import (
+    ARCHIVE,
+    FAMILIES,
+    ROOT,
+    draw_in_band,
+    gemm_flops,
+    make_subset,
+    method_times,
+    training_flops,
+)
+from kdnas.core.settings import SearchConfig, TrainConfig
+from kdnas.distill.trainer import PHASE_TOTALS
+from search_spaces import describe
+
+TARGETS = {"efficiency.resnet": (">=", 0.6), "efficiency.*": (">=", 0.5),
+           "teacher_overhead.*": ("<=", 1.15), "framework_overhead": ("<=", 0.05),
+           "throughput_vs_plain_loop": (">=", 3.0)}
+METHODS = ("logit", "fitnets", "at", "sp", "pkt")
+
+
+@dataclass(frozen=True)
+class Workload:
+    per_class: int = 500  # training images a class (5,000 in all)
+    test_per_class: int = 100
+    teacher_arch: str = "resnet56"  # 125M MACs: over 3x the students
+    budget_macs: float = 50e6
+    student_macs: float = 40e6  # the efficiency and teacher-overhead students
+    trials: int = 4
+    epochs: int = 1
+    steps: int = 20  # timed training steps per family
+    rounds: int = 2  # of the teacher-overhead runs
+
+    @classmethod
+    def quick(cls) -> Workload:  # the test's: seconds, every code path
+        return cls(per_class=16, test_per_class=4, teacher_arch="resnet8", budget_macs=25e6,
+                   student_macs=4e6, trials=2, steps=2, rounds=1)
+
+
+def make_teacher(root: Path, arch: str, out: Path):
+    """A seeded, untrained teacher of the resnet space saved as a kdnas checkpoint: timing
+    does not depend on its weights (``--teacher`` takes a trained one instead)."""
+    from kdnas.cost import count_macs
+    from kdnas.data import load_data
+    from kdnas.teacher import save_checkpoint
+    from search_spaces.resnet import ResNetSpace
+
+    data = load_data(f"imagefolder:{root}")
+    spec = ResNetSpace().preset(arch, in_channels=3, num_classes=data.num_classes,
+                                input_size=data.input_size)
+    torch.manual_seed(0)
+    model = ResNetSpace().build(spec)
+    save_checkpoint(out, model, spec=spec, classes=data.classes, input_shape=data.input_shape,
+                    mean=data.mean, std=data.std, data=f"imagefolder:{root}",
+                    extra={"arch": arch, "macs": count_macs(model, data.input_shape)})
+    return out
+
+
+def kdnas_search(cfg: SearchConfig) -> tuple[dict, object, object]:
+    """A fresh search as ``kdnas search`` runs it, timed from loading to the written report."""
+    from kdnas.report import write_report
+    from kdnas.search.loop import run_search
+    from kdnas.search.prepare import prepare
+    from kdnas.search.storage import load_record
+
+    shutil.rmtree(cfg.study_dir, ignore_errors=True)
+    before = dict(PHASE_TOTALS)
+    t0 = time.perf_counter()
+    cfg, teacher, data, _ = prepare(cfg)
+    out = run_search(cfg, teacher, data)
+    record = load_record(out.study)
+    write_report(record, cfg)
+    wall = time.perf_counter() - t0
+    phases = {k: v - before.get(k, 0.0) for k, v in PHASE_TOTALS.items()}
+    trained = [t for t in record.trials if t.trained]
+    in_trials = sum(t.time.get("total", 0.0) for t in trained)
+    shares = {k: v / wall for k, v in phases.items()}
+    for key in ("propose", "storage"):
+        shares[key] = sum(t.time.get(key, 0.0) for t in trained) / wall
+    shares["outside trials"] = (wall - in_trials) / wall
+    cache = cfg.study_dir / "teacher_cache"
+    res = {"wall_seconds": wall, "trained": len(trained), "proposals": len(record.trials),
+           "mac_images": float(sum(t.cost["macs"] * t.recipe["images"] for t in trained)),
+           "framework_overhead": 1 - phases.get("student", 0.0) / wall, "shares": shares,
+           "arch": [t.spec.get("block", t.spec.get("family")) for t in trained],
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "teacher_cache_mb": sum(f.stat().st_size for f in cache.rglob("*")
+                                   if f.is_file()) / 1e6 if cache.exists() else 0.0,
+           "dataset_mb": sum(getattr(data, f"{s}_x").numel() for s in ("train", "val", "test")
+                             if getattr(data, f"{s}_x", None) is not None) / 1e6}
+    return res, teacher, data
+
+
+def run(work: Path, out: Path, load: Workload, archive: Path = ARCHIVE,
+        teacher_path: Path | None = None, log=print) -> dict:
+    """The whole benchmark; returns (and writes) the figures."""
+    t_start = time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
+    root = make_subset(archive, work / f"cifar10-{load.per_class}-{load.test_per_class}",
+                       load.per_class, load.test_per_class)
+    teacher_path = teacher_path or make_teacher(root, load.teacher_arch,
+                                                work / f"teacher-{load.teacher_arch}.pt")
+    cfg = SearchConfig(study="bench", teacher=str(teacher_path), data=f"imagefolder:{root}",
+                       budget=f"{load.budget_macs / 1e6:g}MMACs", trials=load.trials,
+                       epochs=load.epochs, kd="logit", noise_check=False, val_fraction=0.1,
+                       workdir=str(work / "runs"), reports=str(work / "reports"))
+    log(f"1/4 kdnas search: {load.trials} trials of {load.epochs} epoch(s)")
+    search, teacher, data = kdnas_search(cfg)
+    log(f"2/4 the plain loop: {load.trials} trials")
+    plain = run_plain_loop(root, teacher.module, space=cfg.space,
+                           budget_macs=load.budget_macs, trials=load.trials,
+                           epochs=load.epochs, mean=data.mean, std=data.std)
+    log("3/4 GEMM rate and training efficiency per family")
+    gemm = gemm_flops()
+    lo, hi = 0.8 * load.student_macs, load.student_macs  # the teacher stays >= 3x
+    students = {name: draw_in_band(space, data, lo, hi, 1, np.random.RandomState(0),
+                                   fixed=fixed)[0] for name, space, fixed in FAMILIES}
+    eff = {name: training_flops(c, data, load.steps, 128) for name, c in students.items()}
+    log(f"4/4 teacher overhead per method ({load.rounds} rounds)")
+    tcfg = TrainConfig(epochs=load.epochs, seed=0)
+    over = method_times(students["resnet"], data, teacher, METHODS, tcfg, work, load.rounds)
+    res = figures(search, plain, gemm, eff, over, students, teacher, load)
+    res["seconds"] = time.perf_counter() - t_start
+    write(out, res)
+    return res
+
+
+def figures(search, plain, gemm, eff, over, students, teacher, load) -> dict:
+    kdnas_rate = search["mac_images"] / search["wall_seconds"]
+    plain_rate = plain["mac_images"] / plain["wall_seconds"]
+    return {
+        "efficiency": {k: v["flops"] / gemm for k, v in eff.items()},
+        "teacher_overhead": over["ratio"],
+        "framework_overhead": search["framework_overhead"],
+        "throughput_vs_plain_loop": kdnas_rate / plain_rate,
+        "memory": {"peak_rss_mb": search["peak_rss_mb"],
+                   "teacher_cache_mb": search["teacher_cache_mb"],
+                   "dataset_mb": search["dataset_mb"]},
+        "details": {
+            "gemm_flops": gemm, "training": eff, "students": {
+                k: {"arch": describe(c["spec"]), "spec": c["spec"], "macs": c["macs"]}
+                for k, c in students.items()},
+            "teacher": {"macs": teacher.meta.get("macs"), "arch": load.teacher_arch},
+            "teacher_overhead": over, "search": search, "plain_loop": plain,
+            "kdnas_mac_images_per_second": kdnas_rate,
+            "plain_mac_images_per_second": plain_rate},
+        "workload": dataclasses.asdict(load),
+        "machine": {"cpu": platform.processor() or platform.machine(),
+                    "threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "python": platform.python_version(), "device": "cpu"},
+        "command": "kdnas bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"]
+                                             else sys.argv[1:]),
+    }
+
+
+def write(out: Path, res: dict) -> None:
+    from kdnas.bench.markdown import benchmarks_markdown
+    from kdnas.core.files import write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "benchmarks.json", json.dumps(res, indent=1, default=str))
+    write_text(out / "BENCHMARKS.md", benchmarks_markdown(res, TARGETS))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="kdnas bench", description="Measure kdnas' trial speed on a fixed, seeded "
+        "CIFAR-10 workload (about 10 minutes on 2 cores): training efficiency per family "
+        "against this machine's GEMM rate, the teacher's overhead per --kd method, a "
+        "search's time outside student forward/backward, throughput against a plain Optuna "
+        "+ torchvision loop, and memory. Writes BENCHMARKS.md and benchmarks.json.")
+    add_arguments(ap)
+    run_from_args(ap.parse_args(argv))
+
+
+def add_arguments(ap) -> None:
+    ap.add_argument("--archive", type=Path, default=ARCHIVE, help="the CIFAR-10 JPEG archive "
+                    "(train/<class>/*.jpg, test/<class>/*.jpg; default: %(default)s)")
+    ap.add_argument("--work", type=Path, default=ROOT / ".bench" / "kdnas-bench",
+                    help="where the images, teacher and study are kept (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=Path("reports"),
+                    help="where benchmarks.json and BENCHMARKS.md go (default: reports)")
+    ap.add_argument("--teacher", type=Path, help="a trained teacher (default: an untrained, "
+                    "seeded resnet56: timing does not depend on weights)")
+    ap.add_argument("--trials", type=int, help="trials of each search (default 4)")
+    ap.add_argument("--quick", action="store_true", help="a tiny workload (seconds): checks "
+                    "that the benchmark runs, its figures mean nothing")
+
+
+def run_from_args(args) -> dict:
+    load = Workload.quick() if args.quick else Workload()
+    if args.trials:
+        load = dataclasses.replace(load, trials=args.trials)
+    res = run(args.work, args.out, load, args.archive, args.teacher)
+    print(f"wrote {args.out / 'BENCHMARKS.md'} and benchmarks.json in {res['seconds']:.0f} s")
+    return res
