@@ -32,7 +32,7 @@ def _loaders(root: Path, mean, std, batch: int):
     # num_workers=0: on a 2-core machine, loader processes would compete with the training
     # threads; this is the plain loop's most favourable setting here
     return (torch.utils.data.DataLoader(train, batch_size=batch, shuffle=True),
-            torch.utils.data.DataLoader(test, batch_size=500), len(train.classes))
+            torch.utils.data.DataLoader(test, batch_size=batch), len(train.classes))
 
 
 def run_plain_loop(root: Path, teacher: torch.nn.Module, *, space: str, budget_macs: float,

@@ -108,19 +108,16 @@ def _helper_worker(cfg, index: int) -> int:
     from kdnas.search.prepare import prepare
 
     cfg, teacher, data, _ = prepare(cfg)
-    say(f"worker {index} (pid {os.getpid()}, {torch_threads()} threads) on study {cfg.study}")
+    import torch
+
+    say(f"worker {index} (pid {os.getpid()}, {torch.get_num_threads()} threads) on study "
+        f"{cfg.study}")
     try:
         out = run_search(cfg, teacher, data, on_event=SearchProgress(cfg), worker=index)
     except KeyboardInterrupt:
         return 130
     say(f"worker {index} done: the study holds {out.trained} trained candidates")
     return 130 if out.interrupted else 0
-
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _print_summary(cfg, out: Path, seconds: float) -> None:

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import torch
 
-from kdnas.core.errors import KdnasError
-
 
 def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
@@ -25,8 +23,6 @@ def threads_per_worker(workers: int) -> int:
 
 def start_helpers(argv: list[str], workers: int, log_dir: Path) -> list[subprocess.Popen]:
     """Start workers 1..``workers``-1 of this command; sets this process's thread share."""
-    if workers < 1:
-        raise KdnasError(f"--workers must be at least 1, got {workers}")
     threads = threads_per_worker(workers)
     torch.set_num_threads(threads)
     base = _without_workers(argv)

@@ -79,10 +79,12 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, split: str = "val", *, batch_size: int = 500,
+def evaluate(model: nn.Module, data, split: str = "val", *, batch_size: int = 128,
              channels_last: bool = True, limit: int | None = None) -> float:
     """Top-1 accuracy (0..1) on a split, or on its first ``limit`` images (a fixed subset).
-    With ``channels_last`` false the inputs are fed contiguous (teachers that need it)."""
+    With ``channels_last`` false the inputs are fed contiguous (teachers that need it).
+    Batches of 128 (the training batch): on a 2-core CPU, 1.4-2.2x faster than 500 for
+    small CIFAR students (the activations stay in cache)."""
     was_training = model.training
     model.eval()
     if channels_last:

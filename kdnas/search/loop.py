@@ -140,7 +140,7 @@ def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = Non
 def _loop(study: optuna.Study, cfg: SearchConfig, teacher, data, emit: Event,
           counts: dict) -> bool:
     """Trials until the study holds ``cfg.trials`` trained candidates; True if interrupted."""
-    waiting_since = None
+    waiting = False
     while True:
         fail_stale_trials(study)
         done = trained_count(study)
@@ -149,12 +149,12 @@ def _loop(study: optuna.Study, cfg: SearchConfig, teacher, data, emit: Event,
         if done + len(training_now(study)) >= cfg.trials:
             # the last candidates are being trained by other workers: wait for their results
             # (a dead worker's trial is failed and queued again, and then trained here)
-            if waiting_since is None:
-                waiting_since = time.monotonic()
+            if not waiting:
+                waiting = True
                 emit("waiting", {"trained": done, "target": cfg.trials})
             time.sleep(WAIT_SECONDS)
             continue
-        waiting_since = None
+        waiting = False
         if counts["proposals"] >= cfg.proposal_cap:
             log.warning("stopped after %d proposals: the sampler keeps proposing candidates "
                         "over budget", counts["proposals"])
@@ -252,9 +252,8 @@ def _reuse(study: optuna.Study, trial: optuna.Trial, twin: optuna.trial.FrozenTr
     return "duplicate"
 
 
-def _running_twin(study: optuna.Study, trial: optuna.Trial) -> int | None:
-    """An earlier trial of another worker that is training the same candidate."""
-    key = study._storage.get_trial(trial._trial_id).user_attrs["spec_id"]
+def _running_twin(study: optuna.Study, trial: optuna.Trial, key: str) -> int | None:
+    """An earlier trial of another worker that is training the candidate ``key``."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.number < trial.number and t.user_attrs.get("spec_id") == key:
             return t.number
@@ -309,7 +308,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
     trial.set_user_attr("training", True)
     if trained_count(study) + len(training_now(study, before=trial.number)) >= cfg.trials:
         return _surplus(study, trial, "not trained: other workers reached the target first")
-    rival = _running_twin(study, trial)
+    rival = _running_twin(study, trial, spec_id(spec))
     if rival is not None:
         return _surplus(study, trial, f"not trained: the same candidate as trial {rival}, "
                                       "which another worker is training")
