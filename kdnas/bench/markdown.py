@@ -75,5 +75,7 @@ def benchmarks_markdown(res: dict, targets: dict) -> str:
               f"wall second; the plain Optuna + torchvision loop: "
               f"{d['plain_mac_images_per_second'] / 1e9:.1f} G ({len(p['trials'])} trials, "
               f"{p['proposals']} proposals, {p['wall_seconds']:.1f} s). Both: logit KD, the "
-              "same teacher, space, budget, images and epochs.", ""]
+              "same teacher, space, budget, images and epochs.", "",
+              "Each lever tried, with its figures before and after: "
+              "[benchmarks/levers.md](benchmarks/levers.md).", ""]
     return "\n".join(lines)
