@@ -74,6 +74,35 @@ def count_ops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, tupl
     return counter.get_total_flops() // 2, tuple(uncounted)
 
 
+def macs_lower_bound(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """The MACs of the model's convolution and linear modules alone, from one plain batch-1
+    forward with hooks: never more than :func:`count_ops`' count (every other op only adds),
+    and several times cheaper. A candidate whose bound exceeds a MACs budget is over it
+    without the full count (the search's sampler rejects most draws this way)."""
+    total = 0
+
+    def hook(m: nn.Module, args, out) -> None:
+        nonlocal total
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            k = m.weight[0].numel()  # in_channels / groups x kernel elements
+            total += out.numel() * k
+        elif isinstance(out, torch.Tensor):
+            total += out.numel() * m.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return total
+
+
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates at batch 1 (see :func:`count_ops`); a user error if some op that
     does such work could not be counted, naming it."""

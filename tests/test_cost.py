@@ -5,7 +5,14 @@ import torch
 from torch import nn
 
 from kdnas.core.budget import Cost, parse_budget
-from kdnas.cost import count_macs, count_ops, count_params, measure_cost, measure_latency
+from kdnas.cost import (
+    count_macs,
+    count_ops,
+    count_params,
+    macs_lower_bound,
+    measure_cost,
+    measure_latency,
+)
 from kdnas.core.errors import KdnasError
 from search_spaces import get_space
 
@@ -166,3 +173,35 @@ def test_latency_measurement_is_shaped_and_honours_threads():
     assert torch.get_num_threads() == before  # restored
     _, _, setting2 = measure_latency(model, (3, 16, 16), threads=2, batch=4, repeats=5)
     assert setting2 == "cpu, 2 threads, batch 4"
+
+
+@pytest.mark.parametrize("space_name", ["resnet", "mobilenet", "shufflenet"])
+def test_the_cheap_bound_never_exceeds_the_count_and_equals_it_on_builtin_spaces(space_name):
+    """The sampler rejects a draw whose convolution-and-linear MACs exceed a MACs budget
+    without the full count: that bound must never exceed the count (else a candidate within
+    budget could be rejected). The built-in spaces do all their MACs in those modules."""
+    import numpy as np
+    import optuna
+
+    from kdnas.search.sampler import random_params
+
+    space, rng = get_space(space_name), np.random.RandomState(0)
+    for _ in range(6):
+        spec = space.sample(optuna.trial.FixedTrial(random_params(space.distributions(), rng)),
+                            in_channels=3, num_classes=10, input_size=32)
+        model = space.build(spec)
+        assert macs_lower_bound(model, (3, 32, 32)) == count_macs(model, (3, 32, 32))
+
+
+def test_the_cheap_bound_leaves_out_functional_matmuls():
+    class Mixer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(16, 16)
+            self.w = nn.Parameter(torch.randn(16, 16))
+
+        def forward(self, x):
+            return self.proj(x.flatten(1) @ self.w)
+
+    m = Mixer()
+    assert macs_lower_bound(m, (16,)) == 256 < count_macs(m, (16,)) == 512

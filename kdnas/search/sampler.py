@@ -19,6 +19,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from kdnas.core.settings import SearchConfig
+from kdnas.cost import macs_lower_bound
 from kdnas.search.prepare import measure
 from search_spaces import get_space, spec_id
 
@@ -165,8 +166,13 @@ def make_sampler(cfg: SearchConfig, data, *, resumed_at: int = 0, worker: int = 
         if k not in cache:
             spec = space.sample(optuna.trial.FixedTrial(params), in_channels=data.in_channels,
                                 num_classes=data.num_classes, input_size=data.input_size)
-            cost = measure(cfg, space.build(spec), data, latency=budget.metric == "latency_ms")
-            cache[k] = budget.fits(cost)
+            model = space.build(spec)
+            if budget.metric == "macs" and \
+                    macs_lower_bound(model, data.input_shape) > budget.limit:
+                cache[k] = False  # over budget on its convolutions alone: no full count
+            else:
+                cost = measure(cfg, model, data, latency=budget.metric == "latency_ms")
+                cache[k] = budget.fits(cost)
         return cache[k]
 
     return FeasibleSampler(tpe, space.distributions(), fits, n_startup_trials=n_startup,
