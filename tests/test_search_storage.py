@@ -16,6 +16,7 @@ import optuna
 import pytest
 
 import kdnas.search.loop as loop_mod
+from kdnas.core.errors import KdnasError
 from kdnas.core.settings import SearchConfig
 from kdnas.report import front_frame, trials_frame
 from kdnas.search.loop import run_search
@@ -111,3 +112,36 @@ def test_resumed_study_keeps_its_hypervolume_reference(mixed_study):
     assert 0 < info["hypervolume"] < 1
     again = summary(load_record(study), dataclasses.replace(cfg))
     assert again["hypervolume"] == info["hypervolume"]
+
+
+def test_workers_racing_to_create_the_tables_retry(monkeypatch, tmp_path):
+    """Two workers on a new PostgreSQL database both create Optuna's tables; the loser gets
+    "relation already exists" (SQLSTATE 42P07) and must retry, not stop. Any other
+    programming error is the user's: it is reported, not retried."""
+    import sqlalchemy.exc
+
+    import kdnas.search.storage as storage_mod
+
+    class DuplicateTable(Exception):
+        sqlstate = "42P07"
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url, **kw):
+        calls.append(url)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.ProgrammingError("CREATE TABLE studies", {},
+                                                  DuplicateTable('relation "studies" exists'))
+        return real(url, **kw)
+
+    monkeypatch.setattr(storage_mod.time, "sleep", lambda s: None)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert storage_mod.make_storage(url) is not None and len(calls) == 2
+
+    def broken(url, **kw):
+        raise sqlalchemy.exc.ProgrammingError("SELECT", {}, Exception("syntax error"))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    with pytest.raises(KdnasError, match="syntax error"):
+        storage_mod.make_storage(url)

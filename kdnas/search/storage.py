@@ -50,6 +50,11 @@ def shown_url(url: str) -> str:
         return url
 
 
+def _duplicate_table(e: Exception) -> bool:
+    orig = getattr(e, "orig", e)
+    return getattr(orig, "sqlstate", None) == "42P07" or "already exists" in str(orig)
+
+
 def make_storage(url: str) -> optuna.storages.RDBStorage:
     """The RDB storage at ``url`` with heartbeats on; a clear error when it cannot be used.
 
@@ -71,10 +76,12 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
                         url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
                         grace_period=GRACE_SECONDS,
                         heartbeat_stale_trial_callback=_retry_stale)
-            except sqlalchemy.exc.IntegrityError:
-                # workers that start together on a new database race to create its tables:
-                # the loser finds them made a moment later
-                if attempt == 4:
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+                # workers that start together on a new database race to create its tables
+                # (a duplicate key, or PostgreSQL's "relation already exists", SQLSTATE
+                # 42P07): the loser finds them made a moment later
+                if attempt == 4 or not (isinstance(e, sqlalchemy.exc.IntegrityError)
+                                        or _duplicate_table(e)):
                     raise
                 time.sleep(0.5 + attempt)
     except ImportError as e:
