@@ -132,7 +132,8 @@ def method_times(student: dict, data, teacher, methods: tuple[str, ...], cfg: Tr
                  work: Path, rounds: int) -> dict:
     """Trial time (training and validation) of ``student`` per --kd method, the teacher read
     from a cache as in every trial after a study's first, against cross-entropy alone; the
-    runs alternate for ``rounds`` and each ratio is taken within a round (median reported).
+    runs alternate for ``rounds`` (cross-entropy first, then last, so that a drift of the
+    machine does not favour either) and each ratio is taken within a round (median).
     Also: the trial that writes the cache, and one that runs the teacher at every step."""
     space = get_space(student["space"])
 
@@ -154,11 +155,12 @@ def method_times(student: dict, data, teacher, methods: tuple[str, ...], cfg: Tr
         raise KdnasError("the benchmark's teacher cache was not written")
     ratios: dict[str, list[float]] = {m: [] for m in methods}
     seconds: dict[str, list[float]] = {"none": [], **{m: [] for m in methods}}
-    for _ in range(rounds):
-        ce = trial("none", None, use_teacher=False)
+    for r in range(rounds):  # cross-entropy first in even rounds, last in odd ones
+        ce = trial("none", None, use_teacher=False) if r % 2 == 0 else None
+        times = {m: trial(m, cache) for m in methods}
+        ce = ce if ce is not None else trial("none", None, use_teacher=False)
         seconds["none"].append(ce)
-        for m in methods:
-            s = trial(m, cache)
+        for m, s in times.items():
             seconds[m].append(s)
             ratios[m].append(s / ce)
     return {"ratio": {m: statistics.median(v) for m, v in ratios.items()},
