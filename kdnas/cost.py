@@ -120,13 +120,19 @@ def uncounted_message(ops: tuple[str, ...]) -> str:
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, batch: int = 1,
                     threads: int | None = None, warmup: int = 5, repeats: int = 30,
-                    channels_last: bool = True) -> tuple[float, float, str]:
-    """Median and p90 wall time (ms) of an eval-mode forward pass on this CPU.
+                    channels_last: bool = True, device: str | torch.device = "cpu"
+                    ) -> tuple[float, float, str]:
+    """Median and p90 wall time (ms) of an eval-mode float32 forward pass on ``device``.
 
-    Timed with ``torch.utils.benchmark``, which runs at ``threads`` threads for the
-    measurement without changing the process-wide setting. Returns ``(median_ms, p90_ms,
-    setting)`` where ``setting`` states device, threads and batch.
+    On a CPU, timed with ``torch.utils.benchmark``, which runs at ``threads`` threads for
+    the measurement without changing the process-wide setting; on CUDA, with CUDA events
+    around each pass after a warm-up (the model is moved there for the measurement and
+    back). Returns ``(median_ms, p90_ms, setting)`` where ``setting`` states the device (by
+    name on CUDA), threads and batch.
     """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return _cuda_latency(model, input_shape, batch, warmup, repeats, channels_last, device)
     threads = threads or torch.get_num_threads()
     was_training = model.training
     model.eval()
@@ -142,8 +148,38 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, batch: in
             times = sorted(timer.timeit(1).mean * 1e3 for _ in range(repeats))
     finally:
         model.train(was_training)
-    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
-    return statistics.median(times), p90, f"cpu, {threads} threads, batch {batch}"
+    return statistics.median(times), _p90(times), f"cpu, {threads} threads, batch {batch}"
+
+
+def _p90(times: list[float]) -> float:
+    return times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+
+
+def _cuda_latency(model: nn.Module, input_shape, batch: int, warmup: int, repeats: int,
+                  channels_last: bool, device: torch.device) -> tuple[float, float, str]:
+    was_training, home = model.training, next(model.parameters(), torch.empty(0)).device
+    fmt = torch.channels_last if channels_last and len(input_shape) == 3 else \
+        torch.contiguous_format
+    model.eval().to(device=device, memory_format=fmt)
+    x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=fmt)
+    times = []
+    try:
+        with torch.inference_mode():
+            for _ in range(max(1, warmup)):
+                model(x)
+            for _ in range(repeats):
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                model(x)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+    finally:
+        model.to(home).train(was_training)
+    times.sort()
+    return (statistics.median(times), _p90(times),
+            f"{device} ({torch.cuda.get_device_name(device)}), fp32, batch {batch}")
 
 
 def _benchmark():
@@ -159,7 +195,8 @@ def _benchmark():
 
 
 def measure_cost(model: nn.Module, input_shape: tuple[int, ...], *, latency: bool = True,
-                 latency_threads: int | None = None, latency_batch: int = 1) -> Cost:
+                 latency_threads: int | None = None, latency_batch: int = 1,
+                 latency_device: str | torch.device = "cpu") -> Cost:
     """MACs and params, and latency when asked. Ops whose MACs were not counted are kept in
     the cost, and a MACs budget refuses such a candidate (see :class:`Budget`)."""
     macs, uncounted = count_ops(model, input_shape)
@@ -167,5 +204,5 @@ def measure_cost(model: nn.Module, input_shape: tuple[int, ...], *, latency: boo
     if not latency:
         return Cost(macs, params, uncounted_ops=uncounted)
     p50, p90, setting = measure_latency(model, input_shape, batch=latency_batch,
-                                        threads=latency_threads)
+                                        threads=latency_threads, device=latency_device)
     return Cost(macs, params, p50, p90, setting, uncounted_ops=uncounted)

@@ -59,6 +59,7 @@ class DataBundle:
     seed: int = 0
     val_fraction: float = 0.1
     _hash: str | None = field(default=None, repr=False)
+    _copies: dict = field(default_factory=dict, repr=False)  # device -> this data there
 
     @property
     def num_classes(self) -> int:
@@ -94,9 +95,37 @@ class DataBundle:
                              f"data has {self.in_channels} channels: give one value per channel")
         if any(s <= 0 for s in std):
             raise KdnasError(f"normalisation std must be positive, got {std}")
-        b = DataBundle(**{k: getattr(self, k) for k in self.__dataclass_fields__})
+        b = DataBundle(**{k: getattr(self, k) for k in self.__dataclass_fields__
+                          if k != "_copies"})
         b.mean, b.std = mean, std
         return b
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
+
+    def on(self, device: torch.device) -> DataBundle:
+        """This data with its images and labels resident on ``device`` (copied once, then
+        kept), or this bundle itself when it is there already or would not fit (a quarter of
+        the device's free memory); batches are then moved one at a time."""
+        device = torch.device(device)
+        if device == self.device or device.type == "cpu":
+            return self
+        key = str(device)
+        if key not in self._copies:
+            tensors = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
+            size = sum(getattr(self, k).nbytes for k in tensors)
+            if size > 0.25 * torch.cuda.mem_get_info(device)[0]:
+                log.info("data (%.0f MB) kept on the CPU: it does not fit on %s", size / 1e6,
+                         device)
+                self._copies[key] = self
+            else:
+                self.digest()  # computed on the CPU copy, kept by the device copy
+                values = {k: getattr(self, k) for k in self.__dataclass_fields__
+                          if k != "_copies"}
+                values.update({k: getattr(self, k).to(device) for k in tensors})
+                self._copies[key] = DataBundle(**values)
+        return self._copies[key]
 
     def subset_indices(self, fraction: float, seed: int) -> torch.Tensor:
         """A seeded subset of the training split, ``fraction`` of it (at least one batch)."""
@@ -107,26 +136,29 @@ class DataBundle:
 
     def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
         x = x_uint8.float().div_(255.0)
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         x = (x - mean) / std
         return x.contiguous(memory_format=torch.channels_last)
 
     def augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Random crop after zero padding by ``pad`` pixels, and random horizontal flip."""
+        """Random crop after zero padding by ``pad`` pixels, and random horizontal flip. The
+        random draws come from ``g`` on the CPU whatever the device of ``x``, so a seed gives
+        the same batches on every device."""
         n, _, h, w = x.shape
+        dev = x.device
         if self.pad:
             p = self.pad
             padded = torch.nn.functional.pad(x, (p, p, p, p))
             dy = torch.randint(0, 2 * p + 1, (n,), generator=g)
             dx = torch.randint(0, 2 * p + 1, (n,), generator=g)
-            rows = (dy.view(n, 1) + torch.arange(h).view(1, h))  # n, h
-            cols = (dx.view(n, 1) + torch.arange(w).view(1, w))  # n, w
-            idx_n = torch.arange(n).view(n, 1, 1)
+            rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).to(dev)  # n, h
+            cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).to(dev)  # n, w
+            idx_n = torch.arange(n, device=dev).view(n, 1, 1)
             x = padded.permute(0, 2, 3, 1)[idx_n, rows.view(n, h, 1), cols.view(n, 1, w)]
             x = x.permute(0, 3, 1, 2)
         if self.flip:
-            mask = torch.rand(n, generator=g) < 0.5
+            mask = (torch.rand(n, generator=g) < 0.5).to(dev)
             x = torch.where(mask.view(n, 1, 1, 1), x.flip(3), x)
         return x
 
@@ -141,12 +173,13 @@ class DataBundle:
         g = torch.Generator().manual_seed(seed)
         if shuffle:
             idx = idx[torch.randperm(len(idx), generator=g)]
+        on_cpu = xs.device.type == "cpu"
         for start in range(0, len(idx), batch_size):
             b = idx[start:start + batch_size]
-            x = xs[b]
+            x = xs[b if on_cpu else b.to(xs.device)]
             if augment:
                 x = self.augment(x, g)
-            yield self.normalize(x), ys[b], b
+            yield self.normalize(x), ys[b if on_cpu else b.to(ys.device)], b
 
 
 NAMED_NORMALIZATION = {

@@ -24,7 +24,7 @@ def cmd_search(args) -> int:
     from kdnas.cli.workers import start_helpers, threads_per_worker, wait_helpers
     from kdnas.core.budget import fmt_count
     from kdnas.core.settings import load_config
-    from kdnas.distill import evaluate
+    from kdnas.device import describe, resolve
     from kdnas.report import write_report
     from kdnas.search.loop import run_search
     from kdnas.search.prepare import prepare
@@ -35,7 +35,7 @@ def cmd_search(args) -> int:
         "train_fraction", "batch_size", "lr", "kd", "val_fraction", "storage", "workdir",
         "reports", "latency_threads", "teacher_layers", "teacher_arch", "num_classes",
         "normalize", "feature_weight", "objectives", "latency_batch", "references",
-        "cache_limit_gb")}
+        "cache_limit_gb", "device", "latency_device")}
     if args.no_teacher_cache:
         overrides["teacher_cache"] = False
     if args.no_latency:
@@ -63,22 +63,17 @@ def cmd_search(args) -> int:
     if teacher.taps:
         say("teacher stages tapped for hints: " + ", ".join(
             f"{t.module} ({t.channels} ch, stride {t.stride})" for t in teacher.taps))
-    acc = evaluate(teacher.module, data, "val", channels_last=teacher.channels_last)
-    teacher.meta["val_accuracy_measured"] = acc
-    say(f"teacher validation accuracy: {100 * acc:.2f}%")
-    if acc < 1.5 / data.num_classes:
-        log.warning("the teacher is near chance on this data (%.1f%% with %d classes): check "
-                    "the data, its normalisation and the class order", 100 * acc,
-                    data.num_classes)
+    _check_teacher(cfg, teacher, data)
     say(f"budget: {budget.describe()}; space: {cfg.space}; training each candidate "
          f"{cfg.recipe_text(len(data.train_y))} of the train split "
-         f"with {cfg.kd} distillation")
+         f"with {cfg.kd} distillation on {describe(resolve(cfg.device))}")
     outcome, helpers = None, []
     progress = SearchProgress(cfg)
 
     def on_event(kind: str, info: dict) -> None:
         if kind == "study_start" and args.workers > 1:  # the study exists: others may join
-            helpers.extend(start_helpers(args.argv, args.workers, cfg.study_dir / "workers"))
+            helpers.extend(start_helpers(args.argv, args.workers, cfg.study_dir / "workers",
+                                         cfg.device))
             others = "worker 1 logs" if args.workers == 2 else \
                 f"workers 1-{args.workers - 1} log"
             say(f"{args.workers} workers on this study, {threads_per_worker(args.workers)} "
@@ -99,6 +94,21 @@ def cmd_search(args) -> int:
     out = write_report(load_record(study), cfg)
     _print_summary(cfg, out, time.perf_counter() - t0)
     return 130 if (outcome is None or outcome.interrupted) else 0
+
+
+def _check_teacher(cfg, teacher, data) -> None:
+    """The teacher's validation accuracy, said, and a warning when it is near chance."""
+    from kdnas.cli.progress import say
+    from kdnas.distill import evaluate
+
+    acc = evaluate(teacher.module, data, "val", channels_last=teacher.channels_last,
+                   device=cfg.device)
+    teacher.meta["val_accuracy_measured"] = acc
+    say(f"teacher validation accuracy: {100 * acc:.2f}%")
+    if acc < 1.5 / data.num_classes:
+        log.warning("the teacher is near chance on this data (%.1f%% with %d classes): check "
+                    "the data, its normalisation and the class order", 100 * acc,
+                    data.num_classes)
 
 
 def _helper_worker(cfg, index: int) -> int:
@@ -209,6 +219,8 @@ def cmd_distill(args) -> int:
     from kdnas.ship.final import distill_reference, distill_trial
 
     record, cfg = _study_and_config(args)
+    if args.device:  # the study may have trained elsewhere
+        cfg = dataclasses.replace(cfg, device=args.device)
     cfg, teacher, data, notes = prepare(cfg)
     for note in notes:
         say(note)
@@ -254,6 +266,7 @@ def cmd_teacher_train(args) -> int:
         path, acc = train_teacher(args.data, args.arch, epochs=args.epochs, out=out,
                                   lr=args.lr, batch_size=args.batch_size,
                                   val_fraction=args.val_fraction, seed=args.seed,
+                                  device=args.device,
                                   progress=StepBar(f"training {args.arch}"))
     except KeyboardInterrupt:
         saved = resume_path(out, args.arch).exists()

@@ -113,6 +113,11 @@ def _add_search(sub) -> None:  # layout: table
     s.add_argument("--latency-threads", type=int, help="threads for latency (default 1)")
     s.add_argument("--latency-batch", type=int, help="batch size for latency (default 1)")
     s.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    s.add_argument("--device", help="where candidates train: auto (a CUDA GPU when one is "
+                   "visible, else the CPU; the default), cpu, cuda or cuda:N. On CUDA the data "
+                   "and teacher outputs stay on the GPU and training runs in bf16 autocast")
+    s.add_argument("--latency-device", help="where latency is measured: cpu (the default: "
+                   "most students ship to CPUs), cuda or cuda:N")
     s.set_defaults(func=commands.cmd_search)
 
 
@@ -165,6 +170,8 @@ def _add_study_commands(sub) -> None:  # layout: table
     f.add_argument("--batch-size", type=int, help="default: the study's")
     f.add_argument("--schedule", choices=["cosine", "step"], default="cosine",
                    help="learning rate: cosine decay (default) or x0.1 at 50%% and 75%%")
+    f.add_argument("--device", help="where to train: auto, cpu, cuda or cuda:N (default: "
+                   "the study's)")
     f.add_argument("--out", help="output folder (default exports/<study>/trial-<N>-distilled)")
     f.add_argument("--format", type=_str_list, default=("pt2", "onnx"),
                    help="as for export (default pt2,onnx)")
@@ -186,6 +193,8 @@ def _add_teacher(sub) -> None:
     tt.add_argument("--val-fraction", type=float, default=0.1,
                     help="held out for validation, as kdnas search will (default 0.1)")
     tt.add_argument("--seed", type=int, default=0)
+    tt.add_argument("--device", default="auto", help="where to train: auto (a CUDA GPU when "
+                    "one is visible, else the CPU; the default), cpu, cuda or cuda:N")
     tt.add_argument("--out", help="checkpoint path (default teachers/<arch>-<data>.pt)")
     tt.set_defaults(func=commands.cmd_teacher_train)
     t.set_defaults(func=lambda a: (t.print_help(), 2)[1])

@@ -2,7 +2,9 @@
 
 Worker 0 is the command itself; workers 1..N-1 are the same command started again with a
 hidden ``--worker-index``, each with its share of the CPU threads and its own sampler seed,
-its output in the study folder's ``workers/``. The study's storage (SQLite with a lock
+its output in the study folder's ``workers/``. With several CUDA GPUs visible and ``--device``
+auto or cuda, each worker gets one GPU of its own (worker k the k-th, round robin), through
+``CUDA_VISIBLE_DEVICES``. The study's storage (SQLite with a lock
 timeout, or the ``--storage`` given) is what they share; the study, not a worker, counts the
 trained candidates, so all stop together at ``--trials``.
 """
@@ -21,7 +23,19 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def start_helpers(argv: list[str], workers: int, log_dir: Path) -> list[subprocess.Popen]:
+def gpu_for(worker: int, device: str) -> str | None:
+    """The one GPU (an entry of ``CUDA_VISIBLE_DEVICES``) worker ``worker`` trains on, when
+    several are visible and ``device`` names none in particular; else None."""
+    count = torch.cuda.device_count() if device in ("auto", "cuda") else 0
+    if count < 2:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",")] if visible else [str(i) for i in range(count)]
+    return ids[worker % min(count, len(ids))]
+
+
+def start_helpers(argv: list[str], workers: int, log_dir: Path, device: str = "auto"
+                  ) -> list[subprocess.Popen]:
     """Start workers 1..``workers``-1 of this command; sets this process's thread share."""
     threads = threads_per_worker(workers)
     torch.set_num_threads(threads)
@@ -30,10 +44,12 @@ def start_helpers(argv: list[str], workers: int, log_dir: Path) -> list[subproce
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     for k in range(1, workers):
+        gpu = gpu_for(k, device)
         with open(log_dir / f"worker-{k}.log", "ab") as out:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "kdnas", *base, "--worker-index", str(k)],
-                stdout=out, stderr=subprocess.STDOUT, env=env))
+                stdout=out, stderr=subprocess.STDOUT,
+                env=env if gpu is None else dict(env, CUDA_VISIBLE_DEVICES=gpu)))
     return procs
 
 

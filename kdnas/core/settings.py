@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,14 @@ def canonical_method(kd: str) -> str:
 DEFAULT_STEPS = 400
 MAX_DEFAULT_EPOCHS = 30  # a tiny data set stops here instead
 CURVE_POINTS = 5  # validation points of each candidate's learning curve
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device(text: str, flag: str = "--device") -> None:
+    """A device name kdnas can resolve (whether it exists is checked where it is used)."""
+    if not DEVICE_PATTERN.fullmatch(text):
+        raise KdnasError(f"{flag} {text!r}: use auto (a GPU when one is visible), cpu, cuda "
+                         "or cuda:N")
 
 
 @dataclass(frozen=True)
@@ -54,8 +63,10 @@ class TrainConfig:
     # ``eval_every`` steps (None: only at the end)
     eval_every: int | None = None
     eval_limit: int = 1000
+    device: str = "auto"  # auto, cpu, cuda, cuda:N (kdnas.device)
 
     def __post_init__(self) -> None:
+        check_device(self.device)
         if not self.epochs > 0:
             raise KdnasError(f"epochs must be positive, got {self.epochs}")
         if self.steps is not None and self.steps < 1:
@@ -137,6 +148,8 @@ class SearchConfig:
     latency: bool = True
     latency_threads: int = 1
     latency_batch: int = 1
+    latency_device: str = "cpu"  # where latency is measured: the deployment target's kind
+    device: str = "auto"  # where candidates train: a GPU when one is visible
     # where things go
     workdir: str = "runs"
     reports: str = "reports"
@@ -151,6 +164,10 @@ class SearchConfig:
             raise KdnasError(f"--trials must be at least 1, got {self.trials}")
         if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             raise KdnasError(f"val fraction must be between 0 and 1, got {self.val_fraction}")
+        check_device(self.device)
+        if self.latency_device == "auto" or not DEVICE_PATTERN.fullmatch(self.latency_device):
+            raise KdnasError(f"--latency-device {self.latency_device!r}: use cpu, cuda or "
+                             "cuda:N")
         if self.latency_threads < 1 or self.latency_batch < 1:
             raise KdnasError("latency threads and batch must be at least 1")
         bad = [o for o in self.objectives if o not in OBJECTIVE_COLUMNS]
@@ -188,7 +205,7 @@ class SearchConfig:
                            kd="logit" if self.kd == "auto" else self.kd,
                            temperature=self.temperature, kd_alpha=self.kd_alpha,
                            feature_weight=self.feature_weight, seed=self.seed,
-                           eval_every=max(1, steps // CURVE_POINTS))
+                           eval_every=max(1, steps // CURVE_POINTS), device=self.device)
 
     def recipe_text(self, n_train: int) -> str:
         """The brief recipe in words, e.g. ``400 steps of 128 images (1.1 epochs of 45000)``."""

@@ -92,8 +92,8 @@ class TeacherCache:
                             "disk for speed)", size / 1e9, self.limit_bytes / 1e9)
                 self.abort()
                 return False
-        torch.save({"logits": logits.detach().half().contiguous(),
-                    "feats": [f.detach().half() for f in feats]},  # layout kept
+        torch.save({"logits": logits.detach().half().contiguous().cpu(),
+                    "feats": [f.detach().half().cpu() for f in feats]},  # layout kept
                    self._tmp / f"{step:06d}.pt")
         self.writes += 1
         return True

@@ -13,6 +13,7 @@ from kdnas.core.errors import KdnasError
 from kdnas.core.settings import SearchConfig
 from kdnas.cost import measure_cost
 from kdnas.data import load_data, parse_normalize
+from kdnas.device import resolve
 from kdnas.distill import TeacherCache
 from kdnas.teacher import attach_to_data, load_teacher
 from search_spaces import get_space
@@ -56,7 +57,8 @@ def prepare(cfg: SearchConfig) -> tuple[SearchConfig, object, object, list[str]]
 def measure(cfg: SearchConfig, model, data, *, latency: bool) -> Cost:
     """A candidate's cost at the study's latency setting (latency only when asked)."""
     return measure_cost(model, data.input_shape, latency=latency,
-                        latency_threads=cfg.latency_threads, latency_batch=cfg.latency_batch)
+                        latency_threads=cfg.latency_threads, latency_batch=cfg.latency_batch,
+                        latency_device=resolve(cfg.latency_device) if latency else "cpu")
 
 
 def smallest_cost(cfg: SearchConfig, data) -> tuple[dict, Cost] | None:

@@ -129,7 +129,7 @@ def stored_config(study: optuna.Study) -> SearchConfig | None:
 # settings that change what a trial means: a resumed study must keep them
 _FIXED = ("budget", "space", "steps", "epochs", "train_fraction", "batch_size", "lr", "kd",
           "temperature", "kd_alpha", "feature_weight", "val_fraction", "split_seed", "seed",
-          "teacher_layers", "normalize", "objectives")
+          "teacher_layers", "normalize", "objectives", "latency_device")
 
 
 def check_resume(study: optuna.Study, cfg: SearchConfig, fingerprint: dict) -> None:

@@ -73,13 +73,14 @@ def _distill(spec: dict, name: str, cfg: SearchConfig, teacher, data, *, kd: str
     tcfg = TrainConfig(epochs=epochs, batch_size=batch_size or cfg.batch_size,
                        lr=lr or cfg.lr, train_fraction=1.0, kd=kd,
                        temperature=cfg.temperature, kd_alpha=cfg.kd_alpha,
-                       feature_weight=feature_weight, schedule=schedule, seed=seed)
+                       feature_weight=feature_weight, schedule=schedule, seed=seed,
+                       device=cfg.device)
     torch.manual_seed(seed)
     model = space.build(spec)
     work = cfg.study_dir / "distill" / name
     result = fit(model, data, tcfg, teacher=teacher, student_taps=space.taps(spec),
                  checkpoint=work / "checkpoint.pt", progress=progress)
-    test_acc = evaluate(model, data, "test")
+    test_acc = evaluate(model, data, "test", device=cfg.device)
     info = {"study": cfg.study, "name": name, **extra, "epochs": epochs,
             "val_accuracy": result.val_accuracy, "test_accuracy": test_acc,
             "search_val_accuracy": search_val_accuracy, "macs": cost.get("macs"),

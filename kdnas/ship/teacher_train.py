@@ -19,7 +19,8 @@ from search_spaces.resnet import PRESETS, ResNetSpace
 
 def train_teacher(data_spec: str, arch: str, *, epochs: float, out: Path, lr: float = 0.1,
                   batch_size: int = 128, val_fraction: float = 0.1, split_seed: int = 0,
-                  seed: int = 0, progress: Callable[[int, int, float], None] | None = None
+                  seed: int = 0, device: str = "auto",
+                  progress: Callable[[int, int, float], None] | None = None
                   ) -> tuple[Path, float]:
     """Train ``arch`` on ``data_spec`` and write the checkpoint to ``out``; returns the path
     and the validation accuracy.
@@ -37,7 +38,7 @@ def train_teacher(data_spec: str, arch: str, *, epochs: float, out: Path, lr: fl
     model = ResNetSpace().build(spec)
     resume = resume_path(out, arch)
     result = fit(model, data, TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size,
-                                          kd="none", seed=seed),
+                                          kd="none", seed=seed, device=device),
                  checkpoint=resume, progress=progress)
     save_checkpoint(out, model, spec=spec, classes=data.classes,
                     input_shape=data.input_shape, mean=data.mean, std=data.std,

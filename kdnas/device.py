@@ -1,0 +1,64 @@
+"""Where training runs (``--device auto|cpu|cuda|cuda:N``) and what that changes.
+
+On a CPU nothing changes: float32, channels_last, the loss read back every step. On CUDA the
+data and the teacher's outputs live on the device, the student and teacher forward passes run
+under bf16 autocast (parameters, BatchNorm statistics and the losses stay float32: the losses
+are computed on float32 logits and features), and the loss is read back every
+:func:`sync_every` steps instead of every step, so the host does not wait for the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from kdnas.core.errors import KdnasError
+
+
+def resolve(text: str | torch.device | None) -> torch.device:
+    """``auto`` (or None): the first CUDA device when one is visible, else the CPU;
+    ``cpu``, ``cuda`` or ``cuda:N``: that device, which must exist."""
+    if isinstance(text, torch.device):
+        return text
+    t = (text or "auto").strip().lower()
+    if t == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(t)
+    except (RuntimeError, ValueError):
+        raise KdnasError(f"unknown device {text!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type != "cuda":
+        raise KdnasError(f"device {text!r} is not supported: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise KdnasError(f"--device {text}: no CUDA device is visible to this process (torch "
+                         f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
+                         "use --device cpu, or check the driver and CUDA_VISIBLE_DEVICES")
+    index = 0 if dev.index is None else dev.index
+    if index >= torch.cuda.device_count():
+        raise KdnasError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) "
+                         f"are visible (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return torch.device("cuda", index)
+
+
+def describe(dev: torch.device) -> str:
+    """``cpu``, or ``cuda:0 (NVIDIA H100 80GB HBM3)``: what reports state beside a figure."""
+    if dev.type == "cuda":
+        return f"{dev} ({torch.cuda.get_device_name(dev)})"
+    return str(dev)
+
+
+def autocast(dev: torch.device):
+    """bf16 autocast on CUDA; nothing on a CPU (float32 is what its kernels are fast at)."""
+    if dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def sync_every(dev: torch.device) -> int:
+    """Steps between reading the loss back: every step on a CPU (it costs nothing there),
+    every 50 on a GPU (each read makes the host wait for the device)."""
+    return 1 if dev.type == "cpu" else 50
+

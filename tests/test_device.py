@@ -1,0 +1,174 @@
+"""--device: the CPU path everywhere, and the CUDA path where a GPU is (skipped otherwise)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kdnas.core.errors import KdnasError
+from kdnas.core.settings import SearchConfig, TrainConfig
+from kdnas.device import autocast, resolve, sync_every
+from kdnas.distill import evaluate, fit
+from kdnas.distill import trainer as trainer_mod
+from search_spaces import get_space
+
+HAS_CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU here: the GPU path is "
+                                "tested on a machine with one")
+
+
+def _student(data, seed: int = 0):
+    space = get_space("resnet")
+    spec = space.preset("resnet8", in_channels=data.in_channels,
+                        num_classes=data.num_classes, input_size=data.input_size)
+    torch.manual_seed(seed)
+    return space.build(spec), space.taps(spec)
+
+
+def test_auto_resolves_to_what_this_machine_has():
+    assert resolve("auto") == resolve(None) == torch.device("cuda:0" if HAS_CUDA else "cpu")
+    assert resolve(" CPU ") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("tpu", "use auto, cpu, cuda or cuda:N"),
+    ("meta", "not supported"),
+    ("cuda:64", "CUDA device"),
+])
+def test_unknown_or_missing_devices_are_user_errors(text, needle):
+    with pytest.raises(KdnasError, match=needle):
+        resolve(text)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="a GPU is visible")
+def test_cuda_without_a_gpu_says_what_to_do():
+    with pytest.raises(KdnasError, match="no CUDA device is visible.*--device cpu"):
+        resolve("cuda")
+
+
+def test_settings_check_device_names_without_torch():
+    assert TrainConfig(device="cuda:1").device == "cuda:1"
+    assert SearchConfig(device="cpu", latency_device="cuda").train_config(100).device == "cpu"
+    with pytest.raises(KdnasError, match="--device 'gpu'"):
+        SearchConfig(device="gpu")
+    with pytest.raises(KdnasError, match="--latency-device 'auto'"):
+        SearchConfig(latency_device="auto")  # latency is measured where the user says
+
+
+def test_the_cpu_path_reads_the_loss_every_step_and_runs_float32():
+    cpu = torch.device("cpu")
+    assert sync_every(cpu) == 1
+    with autocast(cpu):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_loss_log_reads_back_in_blocks_and_names_the_step_that_diverged():
+    log = trainer_mod._LossLog(every=3, total=10, cfg=TrainConfig())
+    assert not log.add(torch.tensor(1.0), 2, 0)
+    assert not log.add(torch.tensor(2.0), 2, 1)
+    assert log.add(torch.tensor(3.0), 4, 2)  # the third step reads all three back
+    assert log.last == 3.0 and log.mean() == pytest.approx((2 + 4 + 12) / 8)
+    log.add(torch.tensor(5.0), 1, 3)
+    assert log.epoch_mean() == pytest.approx((2 + 4 + 12 + 5) / 9)  # pending read too
+    assert log.mean() == 0.0  # a new epoch
+    log.add(torch.tensor(1.0), 1, 4)
+    log.add(torch.tensor(math.nan), 1, 5)
+    with pytest.raises(KdnasError, match="at step 6 of 10"):
+        log.flush()
+
+
+def test_reading_the_loss_every_50_steps_trains_the_same_student(digits, monkeypatch):
+    """The GPU's way of reading the loss back (in blocks) changes nothing but when the host
+    waits: same weights, same curve, progress at block ends and at the last step."""
+    cfg = TrainConfig(epochs=2, kd="none", seed=1, device="cpu", eval_every=7)
+    a, _ = _student(digits)
+    ra = fit(a, digits, cfg)
+    monkeypatch.setattr(trainer_mod, "sync_every", lambda dev: 5)
+    b, _ = _student(digits)
+    seen = []
+    rb = fit(b, digits, cfg, progress=lambda s, n, loss: seen.append(s))
+    assert rb.val_accuracy == ra.val_accuracy
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                 b.state_dict().values(), strict=True))
+    assert [c["train_loss"] for c in rb.curve] == pytest.approx(
+        [c["train_loss"] for c in ra.curve], rel=1e-9)
+    assert len(ra.points) > 2
+    assert [p.get("train_loss", 0) for p in rb.points] == pytest.approx(
+        [p.get("train_loss", 0) for p in ra.points], rel=1e-9)
+    assert seen[-1] == rb.steps and len(seen) < rb.steps / 3  # fewer reads, the last one too
+
+
+def test_data_on_the_cpu_is_the_bundle_itself(digits):
+    assert digits.on(torch.device("cpu")) is digits
+    assert digits.device == torch.device("cpu")
+
+
+def test_one_gpu_per_worker_when_several_are_visible(monkeypatch):
+    from kdnas.cli import workers
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3,5,7")
+    assert [workers.gpu_for(k, "auto") for k in range(6)] == ["2", "3", "5", "7", "2", "3"]
+    assert workers.gpu_for(1, "cuda:1") is None  # the user named one: all use it
+    assert workers.gpu_for(1, "cpu") is None
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert workers.gpu_for(1, "auto") is None
+
+
+# ---------------------------------------------------------------- on a GPU, where there is one
+
+@needs_cuda
+def test_cuda_batches_are_the_cpu_batches(digits):
+    gpu = digits.on(torch.device("cuda"))
+    assert gpu.train_x.is_cuda and gpu.digest() == digits.digest()
+    assert digits.on(torch.device("cuda")) is gpu  # copied once
+    for (xc, yc, ic), (xg, yg, ig) in zip(
+            digits.batches("train", 64, shuffle=True, augment=True, seed=3),
+            gpu.batches("train", 64, shuffle=True, augment=True, seed=3), strict=True):
+        assert torch.equal(ic, ig) and torch.equal(yc, yg.cpu())
+        torch.testing.assert_close(xc, xg.cpu())
+
+
+@needs_cuda
+def test_cuda_training_distils_with_the_cache_and_returns_a_cpu_student(teacher_and_data,
+                                                                         tmp_path):
+    from kdnas.distill import TeacherCache
+
+    teacher, data = teacher_and_data
+    cfg = TrainConfig(epochs=6, kd="fitnets", device="cuda")
+    cache = TeacherCache(tmp_path, "k")
+    model, taps = _student(data)
+    r1 = fit(model, data, cfg, teacher=teacher, student_taps=taps, cache=cache)
+    assert r1.val_accuracy > 0.8 and cache.complete
+    assert next(model.parameters()).device.type == "cpu"
+    assert next(teacher.module.parameters()).device.type == "cpu"
+    assert evaluate(model, data) == pytest.approx(r1.val_accuracy, abs=0.02)  # fp32, CPU
+    again, taps = _student(data)
+    r2 = fit(again, data, cfg, teacher=teacher, student_taps=taps, cache=cache)
+    assert cache.hits == r2.steps and r2.val_accuracy > 0.8
+
+
+@needs_cuda
+def test_cuda_latency_names_the_gpu():
+    from kdnas.cost import measure_latency
+
+    model, _ = _student(type("D", (), {"in_channels": 3, "num_classes": 10,
+                                       "input_size": 32})())
+    p50, p90, setting = measure_latency(model, (3, 32, 32), device="cuda")
+    assert 0 < p50 <= p90 and torch.cuda.get_device_name(0) in setting
+    assert next(model.parameters()).device.type == "cpu"
+
+
+@needs_cuda
+@pytest.mark.slow
+def test_search_on_cuda_end_to_end(tmp_path, digits_teacher, capsys):
+    from kdnas.cli import main
+
+    common = ["--workdir", str(tmp_path / "runs"), "--reports", str(tmp_path / "rep")]
+    assert main(["search", "--teacher", str(digits_teacher), "--budget", "0.5MFLOPs",
+                 "--trials", "3", "--study", "gpu", "--device", "cuda", "--latency-device",
+                 "cuda", "--no-noise-check", *common]) == 0
+    out = capsys.readouterr().out
+    assert "on cuda:0 (" in out
