@@ -42,7 +42,7 @@ from kdnas.bench.workload import (
     training_flops,
 )
 from kdnas.core.settings import SearchConfig, TrainConfig
-from kdnas.distill.trainer import PHASE_TOTALS
+from kdnas.distill.trainer import PHASES
 from search_spaces import describe
 
 TARGETS = {"efficiency.resnet": (">=", 0.6), "efficiency.*": (">=", 0.5),
@@ -96,15 +96,14 @@ def kdnas_search(cfg: SearchConfig) -> tuple[dict, object, object]:
     from kdnas.search.storage import load_record
 
     shutil.rmtree(cfg.study_dir, ignore_errors=True)
-    before = dict(PHASE_TOTALS)
     t0 = time.perf_counter()
     cfg, teacher, data, _ = prepare(cfg)
     out = run_search(cfg, teacher, data)
     record = load_record(out.study)
     write_report(record, cfg)
     wall = time.perf_counter() - t0
-    phases = {k: v - before.get(k, 0.0) for k, v in PHASE_TOTALS.items()}
     trained = [t for t in record.trials if t.trained]
+    phases = {k: sum(t.time.get(k, 0.0) for t in trained) for k in PHASES}
     in_trials = sum(t.time.get("total", 0.0) for t in trained)
     shares = {k: v / wall for k, v in phases.items()}
     for key in ("propose", "storage"):

@@ -67,29 +67,27 @@ def draw_in_band(space_name: str, data, lo: float, hi: float, count: int,
     """``count`` distinct candidates of a space with MACs in [lo, hi], drawn at random from
     ``rng``; a draw over the band has random numeric choices stepped down until it is not (as
     kdnas' sampler repairs a draw). Each: id, space, params, spec, macs."""
-    from kdnas.search.sampler import _lower, random_params
+    from kdnas.search.sampler import random_params, step_down
 
     space, out, seen = get_space(space_name), [], set()
     dists = space.distributions()
+    built: dict = {}
 
     def build(params):
-        spec = space.sample(optuna.trial.FixedTrial(params), in_channels=data.in_channels,
-                            num_classes=data.num_classes, input_size=data.input_size)
-        return spec, count_macs(space.build(spec), data.input_shape)
+        key = tuple(sorted(params.items()))
+        if key not in built:
+            spec = space.sample(optuna.trial.FixedTrial(params), in_channels=data.in_channels,
+                                num_classes=data.num_classes, input_size=data.input_size)
+            built[key] = spec, count_macs(space.build(spec), data.input_shape)
+        return built[key]
 
     for _ in range(tries):
         if len(out) == count:
             break
         params = {**random_params(dists, rng), **(fixed or {})}
+        params, _ = step_down(params, dists, lambda p: build(p)[1] <= hi, rng,
+                              frozen=set(fixed or {}))
         spec, macs = build(params)
-        while macs > hi:
-            movable = [(k, v) for k, d in dists.items() if k not in (fixed or {})
-                       and (v := _lower(d, params[k])) is not None]
-            if not movable:
-                break
-            k, v = movable[rng.randint(len(movable))]
-            params[k] = v
-            spec, macs = build(params)
         if lo <= macs <= hi and spec_id(spec) not in seen:
             seen.add(spec_id(spec))
             out.append({"id": spec_id(spec), "space": space_name, "params": params,

@@ -32,14 +32,14 @@ from search_spaces import TapInfo
 log = logging.getLogger(__name__)
 
 
-# Seconds spent in each phase of every fit() in this process, for the benchmark's framework
-# overhead: "student" (forward, losses, backward, step), "teacher" (run or read from the
-# cache), "data" (batches, augmentation), "eval" (validation), "other" (checkpoints, progress)
-PHASE_TOTALS: dict[str, float] = {}
+PHASES = ("student", "teacher", "data", "eval", "other")
 
 
 class _Clock:
-    """Seconds by phase: each ``lap(phase)`` charges the time since the previous lap."""
+    """Seconds by phase: each ``lap(phase)`` charges the time since the previous lap.
+    Phases: "student" (forward, losses, backward, step), "teacher" (run or read from the
+    cache), "data" (batches, augmentation), "eval" (validation), "other" (checkpoints,
+    progress)."""
 
     def __init__(self) -> None:
         self.spent: dict[str, float] = {}
@@ -51,8 +51,6 @@ class _Clock:
         self.t = now
 
     def close(self) -> dict[str, float]:
-        for phase, s in self.spent.items():
-            PHASE_TOTALS[phase] = PHASE_TOTALS.get(phase, 0.0) + s
         return {k: round(v, 3) for k, v in self.spent.items()}
 
 
@@ -63,7 +61,7 @@ class FitResult:
     steps: int
     curve: list[dict] = field(default_factory=list)  # per epoch: train loss
     points: list[dict] = field(default_factory=list)  # the learning curve, by steps
-    phases: dict[str, float] = field(default_factory=dict)  # seconds: see PHASE_TOTALS
+    phases: dict[str, float] = field(default_factory=dict)  # seconds by phase: see _Clock
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -101,19 +101,11 @@ class FeasibleSampler(optuna.samplers.BaseSampler):
     def repair(self, params: dict[str, Any], search_space) -> dict[str, Any]:
         """Step random numeric parameters down one choice at a time until the candidate fits
         (numeric choices of a space grow its cost: depth, width, expansion, kernel)."""
-        p = dict(params)
-        while not self.fits(p):
-            movable = []
-            for k, d in search_space.items():
-                lower = _lower(d, p[k])
-                if lower is not None:
-                    movable.append((k, lower))
-            if not movable:
-                log.info("no candidate within budget found; proposing the smallest tried")
-                break
-            k, lower = movable[self._rng.randint(len(movable))]
-            p[k] = lower
+        p, ok = step_down(params, search_space, self.fits, self._rng)
+        if not ok:
+            log.info("no candidate within budget found; proposing the smallest tried")
         return p
+
     def sample_independent(self, study, trial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
         return self.inner.sample_independent(study, trial, param_name, param_distribution)
@@ -123,6 +115,23 @@ class FeasibleSampler(optuna.samplers.BaseSampler):
 
     def after_trial(self, study, trial: FrozenTrial, state: TrialState, values) -> None:
         self.inner.after_trial(study, trial, state, values)
+
+
+def step_down(params: dict[str, Any], dists: dict[str, BaseDistribution],
+              fits: Callable[[dict], bool], rng: np.random.RandomState,
+              frozen: frozenset | set = frozenset()) -> tuple[dict[str, Any], bool]:
+    """Step numeric parameters (other than ``frozen`` ones), chosen at random from ``rng``,
+    down one choice at a time until ``fits``; returns the parameters and whether they fit
+    (False when nothing can go lower)."""
+    p = dict(params)
+    while not fits(p):
+        movable = [(k, v) for k, d in dists.items()
+                   if k not in frozen and (v := _lower(d, p[k])) is not None]
+        if not movable:
+            return p, False
+        k, v = movable[rng.randint(len(movable))]
+        p[k] = v
+    return p, True
 
 
 def _lower(d: BaseDistribution, value: Any) -> Any:
