@@ -151,13 +151,16 @@ def test_cuda_training_distils_with_the_cache_and_returns_a_cpu_student(teacher_
 
 
 @needs_cuda
-def test_cuda_latency_names_the_gpu():
+def test_cuda_latency_names_the_gpu_and_steps_are_timed_there():
     from kdnas.cost import measure_latency
+    from kdnas.distill.trainer import time_step
 
     model, _ = _student(type("D", (), {"in_channels": 3, "num_classes": 10,
                                        "input_size": 32})())
     p50, p90, setting = measure_latency(model, (3, 32, 32), device="cuda")
     assert 0 < p50 <= p90 and torch.cuda.get_device_name(0) in setting
+    assert next(model.parameters()).device.type == "cpu"
+    assert time_step(model, (3, 32, 32), TrainConfig(batch_size=64, device="cuda")) > 0
     assert next(model.parameters()).device.type == "cpu"
 
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from kdnas.core.settings import TrainConfig
 from kdnas.distill import FeatureTaps, HintLoss, KDLoss, evaluate, fit, match_taps
@@ -340,3 +341,41 @@ def test_narrow_strided_1x1_convs_get_right_gradients_in_channels_last():
         err = (p.grad.double() - q.grad).abs().max() / q.grad.abs().max().clamp_min(1e-12)
         assert err < 1e-3, name
     assert not any(m._forward_pre_hooks for m in model.modules())
+
+
+def test_step_time_leaves_the_model_and_random_state_alone_and_grows_with_work():
+    """The step-time estimate trains a copy: the candidate's weights, BatchNorm statistics
+    and torch's random stream (which seeds its training) are as they were. A model doing
+    about 60x the work takes longer per step (a wide margin: the check is not a timing
+    target, only that the figure measures the model)."""
+    from kdnas.distill.trainer import time_step
+
+    cfg = TrainConfig(batch_size=32, device="cpu")
+    small = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    big = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    state = {k: v.clone() for k, v in small.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    ms_small = time_step(small, (3, 16, 16), cfg)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert all(torch.equal(v, small.state_dict()[k]) for k, v in state.items())
+    assert small.training and ms_small > 0
+    ms_big = min(time_step(big, (3, 16, 16), cfg) for _ in range(2))
+    assert ms_big > 2 * ms_small
+
+
+def test_step_time_survives_the_cpu_kernels_channels_last_bug():
+    """A one-channel student with a strided 1x1 shortcut from a 6-channel stage: in
+    channels_last the CPU kernels corrupt the heap in its weight gradient (the process
+    aborted 3 times in 4 before the step timer pinned those convolutions as training does)."""
+    from kdnas.distill.trainer import time_step
+    from search_spaces import build
+
+    spec = {"space": "resnet", "in_channels": 1, "num_classes": 10, "stem": "cifar",
+            "block": "basic", "stem_width": 6, "stages": [{"depth": 3, "width": 6},
+                                                          {"depth": 1, "width": 16},
+                                                          {"depth": 3, "width": 24}]}
+    for _ in range(3):
+        assert time_step(build(spec), (1, 8, 8), TrainConfig(device="cpu")) > 0

@@ -280,7 +280,10 @@ def test_a_teacher_cache_over_its_limit_is_not_written(setup, caplog):
 def test_each_trial_records_where_its_time_went_and_the_report_shows_it(setup):
     """The phases add up to the trial's time (nothing counted twice, little unaccounted),
     and pareto.md states the time per trial."""
+    import pandas as pd
+
     from kdnas.report import write_report
+    from kdnas.report.frames import time_per_trial
 
     cfg, teacher, data = setup
     out = run_search(dataclasses.replace(cfg, trials=2), teacher, data)
@@ -289,11 +292,19 @@ def test_each_trial_records_where_its_time_went_and_the_report_shows_it(setup):
         if not t.trained:
             continue
         phases = {k: v for k, v in t.time.items() if k != "total"}
-        assert {"propose", "student", "teacher", "data", "eval", "storage"} <= set(phases)
+        assert {"propose", "estimate", "student", "teacher", "data", "eval", "storage"} \
+            <= set(phases)
+        assert t.cost["train_step_ms"] > 0  # measured before training
         assert all(v >= 0 for v in phases.values())
         assert sum(phases.values()) == pytest.approx(t.time["total"], rel=0.02, abs=0.02)
         assert t.time["total"] >= t.train_seconds
         assert phases["student"] > 0 and phases["propose"] > 0
-    text = (write_report(record, cfg) / "pareto.md").read_text()
+    out_dir = write_report(record, cfg)
+    text = (out_dir / "pareto.md").read_text()
     assert "s per trained trial (median of 2): " in text
     assert "student forward/backward" in text and "proposal (sampling" in text
+    assert "the student time estimated before training" in text
+    est = time_per_trial(record)["estimate"]
+    assert est["trials"] == 2 and est["median_ratio"] > 0
+    frame = pd.read_csv(out_dir / "trials.csv")
+    assert frame.loc[frame.state == "trained", "train_step_ms"].gt(0).all()

@@ -93,6 +93,8 @@ class SearchProgress:
         self._close_bar()
         c = info["cost"]
         lat = f", {c.latency_ms:.2f} ms" if c.latency_ms is not None else ""
+        if info.get("estimate") is not None:
+            lat += f", about {info['estimate']:.0f} s to train"
         again = f", again (trial {info['retry_of']} was cut off)" \
             if info.get("retry_of") is not None else ""
         say(f"trial {info['index']}/{info['target']} (#{info['trial']}) "

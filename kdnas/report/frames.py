@@ -20,7 +20,7 @@ from search_spaces import describe
 
 COLUMNS = ["trial", "state", "spec_id", "arch", "macs", "flops", "params", "latency_ms",
            "latency_p90_ms", "latency_setting", "val_accuracy", "within_budget",
-           "train_seconds", "kd", "note", "spec"]
+           "train_seconds", "train_step_ms", "student_seconds", "kd", "note", "spec"]
 
 
 def trials_frame(record: StudyRecord) -> pd.DataFrame:
@@ -34,7 +34,9 @@ def trials_frame(record: StudyRecord) -> pd.DataFrame:
             "latency_ms": cost.get("latency_ms"), "latency_p90_ms": cost.get("latency_p90_ms"),
             "latency_setting": cost.get("latency_setting"),
             "val_accuracy": t.val_accuracy, "within_budget": t.within_budget,
-            "train_seconds": t.train_seconds, "kd": t.kd, "note": t.note,
+            "train_seconds": t.train_seconds, "train_step_ms": cost.get("train_step_ms"),
+            "student_seconds": t.time.get("student") if t.trained else None,
+            "kd": t.kd, "note": t.note,
             "spec": json.dumps(t.spec, sort_keys=True) if t.spec else None,
         })
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -195,6 +197,7 @@ def hypervolume_text(info: dict) -> str:
 PHASES = {"student": "student forward/backward", "teacher": "teacher (run or cache)",
           "data": "batches", "eval": "validation",
           "propose": "proposal (sampling, cost counting, latency)",
+          "estimate": "step-time estimate",
           "storage": "checks and storage", "other": "checkpoints and progress"}
 
 
@@ -206,8 +209,23 @@ def time_per_trial(record: StudyRecord) -> dict | None:
         return None
     total = sum(t["total"] for t in times)
     shares = {p: sum(t.get(p, 0.0) for t in times) / total for p in PHASES}
-    return {"median_seconds": float(pd.Series([t["total"] for t in times]).median()),
-            "trials": len(times), "shares": {p: round(v, 4) for p, v in shares.items()}}
+    out = {"median_seconds": float(pd.Series([t["total"] for t in times]).median()),
+           "trials": len(times), "shares": {p: round(v, 4) for p, v in shares.items()}}
+    # the student time each trial was expected to take (its step time measured before
+    # training x its steps) against what it took
+    pairs = pd.DataFrame([(t.time["student"], t.cost["train_step_ms"] * t.recipe["steps"] / 1e3)
+                          for t in record.trials if t.trained and t.time.get("student")
+                          and t.cost.get("train_step_ms") and t.recipe.get("steps")],
+                         columns=["measured", "estimated"])
+    if len(pairs):
+        r = pairs.measured / pairs.estimated
+        rank = pairs.measured.corr(pairs.estimated, method="spearman") if len(pairs) >= 3 \
+            else float("nan")
+        out["estimate"] = {"median_ratio": round(float(r.median()), 3),
+                           "median_error": round(float((r - 1).abs().median()), 3),
+                           "spearman": None if pd.isna(rank) else round(float(rank), 3),
+                           "trials": len(pairs)}
+    return out
 
 
 def time_text(info: dict) -> str:
@@ -217,7 +235,16 @@ def time_text(info: dict) -> str:
         return "not recorded"
     parts = ", ".join(f"{PHASES[p]} {100 * v:.0f}%" for p, v in
                       sorted(t["shares"].items(), key=lambda kv: -kv[1]) if v >= 0.005)
-    return f"{t['median_seconds']:.1f} s per trained trial (median of {t['trials']}): {parts}"
+    text = f"{t['median_seconds']:.1f} s per trained trial (median of {t['trials']}): {parts}"
+    est = t.get("estimate")
+    if est:
+        rank = "" if est.get("spearman") is None else \
+            f", rank correlation with the measured times {est['spearman']:.2f}"
+        text += (f"; the student time estimated before training (training steps timed, "
+                 f"`train_step_ms` in trials.csv) was off by {100 * est['median_error']:.0f}% "
+                 f"(median of {est['trials']}; measured/estimated {est['median_ratio']:.2f}"
+                 f"{rank})")
+    return text
 
 
 def wall_seconds(record: StudyRecord) -> float:

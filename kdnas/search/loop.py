@@ -28,7 +28,7 @@ from kdnas.core.files import atomic_path
 from kdnas.core.settings import FEATURE_WEIGHTS, SearchConfig
 from kdnas.distill import fit
 from kdnas.search.noise import measure_noise
-from kdnas.search.prepare import measure, smallest_cost, teacher_cache
+from kdnas.search.prepare import estimate_step, measure, smallest_cost, teacher_cache
 from kdnas.search.references import train_references
 from kdnas.search.sampler import make_sampler
 from kdnas.search.storage import (
@@ -203,6 +203,16 @@ def _close_failed(study: optuna.Study, trial: optuna.Trial, reason: str, *,
         retry_trial(study, study._storage.get_trial(trial._trial_id), reason)
 
 
+def _record_result(trial: optuna.Trial, tcfg, result, weights: str) -> None:
+    """What a trained trial keeps besides its objectives."""
+    for key, value in (("trained", True), ("val_accuracy", result.val_accuracy),
+                       ("train_seconds", result.seconds), ("curve", result.curve),
+                       ("learning_curve", result.points), ("recipe", recipe(tcfg, result)),
+                       ("kd", tcfg.method), ("feature_weight", tcfg.weight),
+                       ("weights", weights)):
+        trial.set_user_attr(key, value)
+
+
 def recipe(tcfg, result) -> dict:
     """The brief training a trial got, as recorded with it."""
     return {"steps": result.steps, "images": result.steps * tcfg.batch_size,
@@ -318,8 +328,13 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
         scale = trial.suggest_float("kd_weight_scale", 0.1, 10.0, log=True)
         tcfg = dataclasses.replace(tcfg, kd=method,
                                    feature_weight=FEATURE_WEIGHTS.get(method, 0.0) * scale)
+    t_est = time.perf_counter()
+    cost = estimate_step(cfg, tcfg, model, data, cost)
+    trial.set_user_attr("cost", cost.to_dict())
+    estimate_seconds = time.perf_counter() - t_est
     emit("trial_start", {"trial": trial.number, "index": index, "target": cfg.trials,
                          "cost": cost, "spec": spec, "kd": tcfg.method,
+                         "estimate": cost.train_step_ms * tcfg.steps / 1e3,
                          "retry_of": trial.user_attrs.get("retry_of")})
     result = fit(model, data, tcfg, teacher=teacher, student_taps=space.taps(spec),
                  cache=teacher_cache(cfg, teacher, data),
@@ -328,22 +343,15 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
     with atomic_path(path) as tmp:
         torch.save({"spec": spec, "state_dict": {k: v.contiguous()
                                                  for k, v in model.state_dict().items()}}, tmp)
-    trial.set_user_attr("trained", True)
-    trial.set_user_attr("val_accuracy", result.val_accuracy)
-    trial.set_user_attr("train_seconds", result.seconds)
-    trial.set_user_attr("curve", result.curve)
-    trial.set_user_attr("learning_curve", result.points)
-    trial.set_user_attr("recipe", recipe(tcfg, result))
-    trial.set_user_attr("kd", tcfg.method)
-    trial.set_user_attr("feature_weight", tcfg.weight)
-    trial.set_user_attr("weights", path.relative_to(cfg.study_dir).as_posix())
+    _record_result(trial, tcfg, result, path.relative_to(cfg.study_dir).as_posix())
     # where the trial's time went (seconds): the proposal (the sampler's draws and their cost
     # counting, latency included), the training's phases, and the rest (checks, storage,
     # saving the weights) up to here
     t_end = time.perf_counter()
     trial.set_user_attr("time", {
-        "propose": round(propose_seconds, 3), **result.phases,
-        "storage": round(t_end - t0 - propose_seconds - result.seconds, 3),
+        "propose": round(propose_seconds, 3), "estimate": round(estimate_seconds, 3),
+        **result.phases,
+        "storage": round(t_end - t0 - propose_seconds - estimate_seconds - result.seconds, 3),
         "total": round(t_end - t0, 3)})
     study.tell(trial, [result.val_accuracy, *_costs(cfg, cost)])
     emit("trial_end", {"trial": trial.number, "index": index, "target": cfg.trials,
