@@ -170,9 +170,25 @@ def summarise(res: dict) -> dict:
                 row["tau_vs_truth_seed_mean"] = float(both.iloc[:, 1].corr(both.iloc[:, 2],
                                                                            "kendall"))
                 row["tau_over"] = int(len(both))
+                row["tau_within_space"] = _tau_within(both.iloc[:, 1], both.iloc[:, 2],
+                                                      cands.space)
         out["recipes"][name] = row
     out["accuracy"] = {name: df.mean(axis=1).round(5).to_dict() for name, df in table.items()}
     return out
+
+
+def _tau_within(proxy: pd.Series, truth: pd.Series, space: pd.Series) -> dict:
+    """Kendall's tau inside each space with at least 3 candidates, and their mean weighted by
+    pairs: what one study ranks, since a study searches one space."""
+    taus, pairs = {}, {}
+    for name, ids in proxy.groupby(space.reindex(proxy.index)).groups.items():
+        if len(ids) >= 3:
+            taus[name] = float(proxy[ids].corr(truth[ids], method="kendall"))
+            pairs[name] = len(ids) * (len(ids) - 1) / 2
+    if not taus:
+        return {}
+    mean = sum(taus[n] * pairs[n] for n in taus) / sum(pairs.values())
+    return {"spaces": taus, "mean": float(mean)}
 
 
 def proxy_keys(res: dict) -> dict:
@@ -180,6 +196,8 @@ def proxy_keys(res: dict) -> dict:
     r, texts = res["summary"]["recipes"], res["setup"]["recipes"]
     return {"kendall_tau": r.get("brief", {}).get("tau_vs_truth_seed_mean"),
             "kendall_tau_without_kd": r.get("brief_ce", {}).get("tau_vs_truth_seed_mean"),
+            "kendall_tau_within_space": r.get("brief", {}).get("tau_within_space", {}).get(
+                "mean"),
             "ground_truth_seed_tau": r.get(GROUND_TRUTH, {}).get("seed_tau"),
             "seed_spread": {n: v.get("seed_spread") for n, v in r.items()},
             "candidates": len(res["candidates"]),
@@ -229,7 +247,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--spaces", nargs="+", help="train only these spaces' candidates (two "
                     "processes on disjoint spaces share one study folder, teacher cache and "
                     "results file)")
+    ap.add_argument("--summarise", action="store_true", help="only recompute the figures "
+                    "and rewrite the .md from the json (no training)")
     args = ap.parse_args(argv)
+    if args.summarise:
+        res = json.loads(args.out.read_text())
+        res["summary"] = summarise(res)
+        res["proxy"] = proxy_keys(res)
+        args.out.write_text(json.dumps(res, indent=1))
+        write_markdown(args.out.with_suffix(".md"), res, res.get("argv"))
+        return
 
     from kdnas.core.settings import SearchConfig
     from kdnas.search.prepare import prepare
@@ -287,6 +314,9 @@ def merge_saved(res: dict, path: Path) -> None:
     for key, runs in disk.get("runs", {}).items():
         res["runs"][key] = {**runs, **res["runs"].get(key, {})}
     res["seconds"] = {**disk.get("seconds", {}), **res.get("seconds", {})}
+    if "setup" in res:  # recipes another process added (--recipe) keep their description
+        res["setup"]["recipes"] = {**disk.get("setup", {}).get("recipes", {}),
+                                   **res["setup"]["recipes"]}
 
 
 def run_all(order, res, recipes, base, teacher, data, work: Path, save,
@@ -325,6 +355,19 @@ def run_all(order, res, recipes, base, teacher, data, work: Path, save,
                 shutil.rmtree(d, ignore_errors=True)
 
 
+def _without_spaces(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if a == "--spaces":
+            skip = True
+        elif skip and not a.startswith("--"):
+            continue
+        else:
+            skip = False
+            out.append(a)
+    return out
+
+
 def write_markdown(path: Path, res: dict, argv) -> None:
     if "summary" not in res:  # the claim alone so far
         path.write_text("\n".join(["# Search quality", "", "The proxy study has not run "
@@ -342,8 +385,8 @@ def write_markdown(path: Path, res: dict, argv) -> None:
         f"{setup['band_macs'][0] / 1e6:.2f}-{setup['band_macs'][1] / 1e6:.2f}M MACs. "
         "CPU (2 cores) unless said otherwise.", "",
         "| recipe | what | seeds done | candidates | mean acc | range | seed spread | "
-        "seed tau | tau vs ground truth (seed 0 / seed mean) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        "seed tau | tau vs ground truth (seed 0 / seed mean) | tau within each space |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in s["recipes"].items():
         def pct(v):
             return "-" if v is None else f"{100 * v:.1f}"
@@ -353,21 +396,31 @@ def write_markdown(path: Path, res: dict, argv) -> None:
             f"| {name} | {setup['recipes'].get(name, {}).get('text', '')} | "
             f"{','.join(map(str, r['seeds']))} | {r['complete_candidates']} | "
             f"{pct(r['mean_accuracy'])} | {pct(r['range'])} | {pct(r.get('seed_spread'))} | "
-            + (f"{r['seed_tau']:.2f}" if "seed_tau" in r else "-") + f" | {tau} |")
+            + (f"{r['seed_tau']:.2f}" if "seed_tau" in r else "-") + f" | {tau} | "
+            + _within_text(r.get("tau_within_space")) + " |")
     lines += ["", f"Ground truth: `{GROUND_TRUTH}`, mean over its seeds. Seed tau is Kendall's "
               "tau between a recipe's first two seeds: for the ground truth it is the ceiling "
               "any proxy can reach. Seed spread: mean over candidates of max - min over seeds "
-              "(accuracy points).", "",
+              "(accuracy points). Tau within each space: the same tau among the candidates of "
+              "one space (a study searches one space), and its mean weighted by pairs.", "",
               "| candidate | family | MACs | " + " | ".join(s["accuracy"]) + " |",
               "| --- | --- | --- | " + " | ".join("---" for _ in s["accuracy"]) + " |"]
     for c in res["candidates"]:
         accs = [s["accuracy"][n].get(c["id"]) for n in s["accuracy"]]
         lines.append(f"| {c['arch']} | {c['space']} | {c['macs'] / 1e6:.2f}M | " + " | ".join(
             "-" if a is None or a != a else f"{100 * a:.1f}" for a in accs) + " |")
-    lines += ["", "Reproduce: `python benchmarks/search_quality.py "
-              + " ".join(argv or []) + "` (resumes from its --work folder)."]
+    lines += ["", "Reproduce: `python benchmarks/search_quality.py"
+              + "".join(" " + a for a in _without_spaces(argv or [])) + "` (resumes from its "
+              "--work folder; `--spaces resnet` and `--spaces mobilenet shufflenet` split it "
+              "over two processes). `--summarise` rewrites this page from the json."]
     lines += claim_lines(res.get("claim"))
     path.write_text("\n".join(lines) + "\n")
+
+
+def _within_text(w: dict | None) -> str:
+    if not w:
+        return "-"
+    return f"{w['mean']:.2f} (" + ", ".join(f"{k} {v:.2f}" for k, v in w["spaces"].items()) + ")"
 
 
 def claim_lines(c: dict | None) -> list[str]:

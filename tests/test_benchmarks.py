@@ -41,6 +41,23 @@ def test_search_quality_runs_resumes_and_reports(tmp_path):
     search_quality.main(argv)
     again = json.loads((tmp_path / "sq.json").read_text())
     assert again["runs"] == res["runs"]
+    (tmp_path / "sq.md").unlink()
+    search_quality.main(["--summarise", "--out", str(tmp_path / "sq.json")])
+    assert "tau within each space" in (tmp_path / "sq.md").read_text()
+    assert json.loads((tmp_path / "sq.json").read_text())["runs"] == res["runs"]
+
+
+def test_tau_within_space_sees_a_ranking_that_a_family_offset_hides():
+    """Brief accuracies in the ground truth's order inside each space, but one space's
+    candidates start slow: the pooled tau is low, the tau within each space is 1."""
+    truth = {"a1": .70, "a2": .72, "a3": .74, "b1": .71, "b2": .73, "b3": .75}
+    brief = {"a1": .50, "a2": .52, "a3": .54, "b1": .40, "b2": .42, "b3": .44}
+    res = {"candidates": [{"id": k, "space": k[0]} for k in truth],
+           "runs": {"long/s0": {k: {"val_accuracy": v} for k, v in truth.items()},
+                    "brief/s0": {k: {"val_accuracy": v} for k, v in brief.items()}}}
+    row = search_quality.summarise(res)["recipes"]["brief"]
+    assert row["tau_vs_truth"] < 0.5
+    assert row["tau_within_space"] == {"spaces": {"a": 1.0, "b": 1.0}, "mean": 1.0}
 
 
 @pytest.mark.slow
