@@ -112,6 +112,7 @@ def test_kdnas_bench_runs_on_a_tiny_workload_and_reports_every_figure(tmp_path):
     assert d["search"]["trained"] == 2 and len(d["plain_loop"]["trials"]) == 2
     assert all(t["macs"] <= 25e6 for t in d["plain_loop"]["trials"])
     assert abs(sum(d["search"]["shares"].values()) - 1) < 0.05  # the phases cover the wall
+    assert all(t["step_ms"] > 0 and t["estimated_step_ms"] > 0 for t in d["training"].values())
     md = (out / "BENCHMARKS.md").read_text()
     for key in ("efficiency.resnet", "teacher_overhead.pkt", "framework_overhead",
                 "throughput_vs_plain_loop", "memory.peak_rss_mb"):

@@ -44,13 +44,17 @@ def benchmarks_markdown(res: dict, targets: dict) -> str:
     lines += ["## Training efficiency per family", "",
               f"This machine's fp32 GEMM: {d['gemm_flops'] / 1e9:.1f} GFLOP/s (1024x1024). "
               "Student training FLOP/s = 3 x forward MACs x 2 per image over the seconds of "
-              "student forward/backward (cross-entropy alone, batch 128, channels_last).", "",
-              "| family | student | MACs | images/s | GFLOP/s | efficiency |",
-              "| --- | --- | --- | --- | --- | --- |"]
+              "student forward/backward (cross-entropy alone, batch 128, channels_last). "
+              "Step ms: measured over the run, and as the search estimates it before a "
+              "candidate trains (three timed steps on random images: `train_step_ms`).", "",
+              "| family | student | MACs | images/s | GFLOP/s | efficiency | step ms | "
+              "estimated |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for fam, t in d["training"].items():
+        est = t.get("estimated_step_ms")
         lines.append(f"| {fam} | {d['students'][fam]['arch']} | "
                      f"{t['macs'] / 1e6:.1f}M | {t['images_per_second']:.0f} | "
-                     f"{t['flops'] / 1e9:.1f} | {res['efficiency'][fam]:.2f} |")
+                     f"{t['flops'] / 1e9:.1f} | {res['efficiency'][fam]:.2f} | "
+                     f"{t.get('step_ms', 0):.0f} | {'-' if est is None else f'{est:.0f}'} |")
     o = d["teacher_overhead"]
     lines += ["", "## Teacher overhead per method", "",
               f"Trial time (training and validation) of the resnet student, teacher read from "

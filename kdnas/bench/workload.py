@@ -19,6 +19,7 @@ from kdnas.core.errors import KdnasError
 from kdnas.core.settings import TrainConfig
 from kdnas.cost import count_macs
 from kdnas.distill import TeacherCache, fit
+from kdnas.distill.trainer import time_step
 from search_spaces import get_space, spec_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,12 +119,14 @@ def training_flops(cand: dict, data, steps: int, batch: int) -> dict:
     torch.manual_seed(0)
     model = space.build(cand["spec"])
     cfg = TrainConfig(steps=3, batch_size=batch, kd="none")
+    estimate = time_step(model, data.input_shape, cfg)  # what the search sees before training
     fit(model, data, cfg)  # warm-up: kernels chosen, memory allocated
     r = fit(model, data, dataclasses.replace(cfg, steps=steps))
     images = steps * batch
     return {"macs": cand["macs"], "images_per_second": images / r.phases["student"],
             "flops": 6 * cand["macs"] * images / r.phases["student"],
-            "data_seconds": r.phases.get("data", 0.0), "student_seconds": r.phases["student"]}
+            "data_seconds": r.phases.get("data", 0.0), "student_seconds": r.phases["student"],
+            "step_ms": 1e3 * r.phases["student"] / steps, "estimated_step_ms": estimate}
 
 
 def method_times(student: dict, data, teacher, methods: tuple[str, ...], cfg: TrainConfig,
