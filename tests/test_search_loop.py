@@ -169,6 +169,29 @@ def test_latency_budget_and_objectives(setup):
     assert len(front) >= 1
 
 
+def test_training_time_as_an_objective(setup):
+    """--objectives macs,train_time: every candidate is told its step time (measured before
+    training, the same figure the trial records), the study's metric is named for it, and
+    the report draws accuracy against it."""
+    from kdnas.report import write_report
+
+    cfg, teacher, data = setup
+    cfg = dataclasses.replace(cfg, objectives=("macs", "train_time"), trials=2,
+                              study="train-time")
+    out = run_search(cfg, teacher, data)
+    assert out.study.metric_names == ["val_accuracy", "macs", "train_step_ms"]
+    told = [t for t in out.study.get_trials() if t.values is not None]
+    assert told
+    for t in told:
+        assert t.values[2] == pytest.approx(t.user_attrs["cost"]["train_step_ms"])
+        assert t.values[2] > 0
+    record = load_record(out.study)
+    assert set(record.hypervolume_reference) == {"train_step_ms"}  # MACs: the budget's
+    report = write_report(record, cfg)
+    assert (report / "pareto_train_time.png").stat().st_size > 1000
+    assert "training step time" in (report / "pareto.md").read_text()
+
+
 def test_unknown_objective_is_refused():
     with pytest.raises(KdnasError, match="objectives"):
         SearchConfig(objectives=("energy",))

@@ -105,8 +105,10 @@ def _add_search(sub) -> None:  # layout: table
     s.add_argument("--workdir", default=None, help="where study folders go (default runs)")
     s.add_argument("--reports", default=None, help="where reports go (default reports)")
     s.add_argument("--objectives", type=_str_list, help="what accuracy is traded against, "
-                   "comma-separated: macs (default), params, latency (measured here); the "
-                   "first is the report's front, e.g. --objectives latency,macs")
+                   "comma-separated: macs (default), params, latency (measured here), "
+                   "train_time (a training step, timed before training: candidates that "
+                   "train faster for their accuracy); the first is the report's front, e.g. "
+                   "--objectives latency,macs or macs,train_time")
     s.add_argument("--references", type=_str_list, help="hand-designed students to train with "
                    "the same brief recipe and show in the report, e.g. resnet8,resnet20 or "
                    "mobilenet:mobilenetv2_half (presets: docs/spaces.md)")

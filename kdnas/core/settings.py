@@ -104,7 +104,8 @@ class TrainConfig:
 
 
 # cost objectives: name on the command line -> Cost field / report column
-OBJECTIVE_COLUMNS = {"macs": "macs", "params": "params", "latency": "latency_ms"}
+OBJECTIVE_COLUMNS = {"macs": "macs", "params": "params", "latency": "latency_ms",
+                     "train_time": "train_step_ms"}
 
 
 @dataclass(frozen=True)

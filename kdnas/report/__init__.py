@@ -46,5 +46,8 @@ def write_report(record: StudyRecord, cfg: SearchConfig, out_dir: Path | None = 
     plot_front(df, front, info, cfg, out / "pareto.png", refs=refs)
     if df.latency_ms.notna().any():
         plot_front(df, front, info, cfg, out / "pareto_latency.png", x="latency_ms", refs=refs)
+    if "train_step_ms" in cfg.cost_columns:
+        plot_front(df, front, info, cfg, out / "pareto_train_time.png", x="train_step_ms",
+                   refs=refs)
     write_html(out, df, front, info, cfg, refs)
     return out

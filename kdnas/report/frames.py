@@ -177,11 +177,12 @@ def caveat(front: pd.DataFrame, record: StudyRecord) -> str | None:
     return None
 
 
-COST_NAMES = {"macs": "MACs", "params": "params", "latency_ms": "latency"}
+COST_NAMES = {"macs": "MACs", "params": "params", "latency_ms": "latency",
+              "train_step_ms": "training step time"}
 
 
 def _cost_text(cost: str, value: float) -> str:
-    return f"{value:.3g} ms" if cost == "latency_ms" else fmt_count(value)
+    return f"{value:.3g} ms" if cost.endswith("_ms") else fmt_count(value)
 
 
 def hypervolume_text(info: dict) -> str:

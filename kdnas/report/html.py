@@ -66,6 +66,8 @@ def _headline(out: Path, front: pd.DataFrame, info: dict, cfg) -> list[str]:
     imgs = [_img(out / "pareto.png", "accuracy versus MACs")]
     if (out / "pareto_latency.png").exists():
         imgs.append(_img(out / "pareto_latency.png", "accuracy versus latency"))
+    if "train_step_ms" in cfg.cost_columns and (out / "pareto_train_time.png").exists():
+        imgs.append(_img(out / "pareto_train_time.png", "accuracy versus training step time"))
     parts.append("<div class='grid'>" + "".join(imgs) + "</div>")
     parts.append("<p class='muted'>Grey: trained but dominated. Blue: the Pareto front of "
                  f"accuracy versus {COST_NAMES[info['front_cost']]}. Orange crosses: proposals "

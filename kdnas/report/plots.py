@@ -42,7 +42,7 @@ def plot_front(df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg: SearchCon
         lo = 100 * float(trained.val_accuracy.min()) if len(trained) else 0.0
         ax.scatter(infeasible[x] / scale, np.full(len(infeasible), lo), marker="x",
                    c="#ff7f0e", s=24, label="over budget (not trained)", zorder=2)
-    if refs is not None and not refs.empty and refs[x].notna().all():
+    if refs is not None and not refs.empty and x in refs and refs[x].notna().all():
         ax.scatter(refs[x] / scale, 100 * refs.val_accuracy, marker="D", c="black", s=30,
                    zorder=4, label="hand-designed, same recipe")
         for _, r in refs.iterrows():
@@ -63,11 +63,13 @@ def plot_front(df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg: SearchCon
     ax.tick_params(axis="x", which="minor", labelsize=7)
     if x == "macs":
         ax.set_xlabel("MACs (millions, batch 1; FLOPs = 2 x MACs)")
-    else:
+    elif x == "latency_ms":
         setting = df.latency_setting.dropna()
         ax.set_xlabel("latency, median ms" + (f" ({setting.iloc[0]})" if len(setting) else ""))
+    else:
+        ax.set_xlabel(f"training step, ms (batch {cfg.batch_size}, measured before training)")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"{cfg.study}: accuracy vs {'MACs' if x == 'macs' else 'latency'}")
+    ax.set_title(f"{cfg.study}: accuracy vs {COST_NAMES[x]}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -78,7 +78,10 @@ def smallest_cost(cfg: SearchConfig, data) -> tuple[dict, Cost] | None:
         return None
     model = space.build(spec)
     wanted = cfg.budget_obj().metric == "latency_ms" or "latency_ms" in cfg.cost_columns
-    return spec, measure(cfg, model, data, latency=wanted)
+    cost = measure(cfg, model, data, latency=wanted)
+    if "train_step_ms" in cfg.cost_columns:
+        cost = estimate_step(cfg, cfg.train_config(len(data.train_y)), model, data, cost)
+    return spec, cost
 
 
 def teacher_cache(cfg: SearchConfig, teacher, data) -> TeacherCache | None:
