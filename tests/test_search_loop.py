@@ -331,3 +331,19 @@ def test_each_trial_records_where_its_time_went_and_the_report_shows_it(setup):
     assert est["trials"] == 2 and est["median_ratio"] > 0
     frame = pd.read_csv(out_dir / "trials.csv")
     assert frame.loc[frame.state == "trained", "train_step_ms"].gt(0).all()
+
+
+def test_teacher_accuracy_is_kept_across_runs(setup, tmp_path, monkeypatch):
+    """The teacher check evaluates a teacher on a split once: a repeated search reads the
+    figure back; other normalisation (other inputs) is evaluated afresh."""
+    from kdnas.distill import evaluate
+    from kdnas.search.prepare import teacher_accuracy
+
+    monkeypatch.setenv("KDNAS_CACHE", str(tmp_path / "cache"))
+    _, teacher, data = setup
+    acc, cached = teacher_accuracy(teacher, data)
+    assert not cached
+    assert acc == evaluate(teacher.module, data, "val", channels_last=teacher.channels_last)
+    assert teacher_accuracy(teacher, data) == (acc, True)
+    other = data.with_normalization([m + 0.5 for m in data.mean], data.std)
+    assert teacher_accuracy(teacher, other)[1] is False

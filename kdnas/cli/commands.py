@@ -99,12 +99,12 @@ def cmd_search(args) -> int:
 def _check_teacher(cfg, teacher, data) -> None:
     """The teacher's validation accuracy, said, and a warning when it is near chance."""
     from kdnas.cli.progress import say
-    from kdnas.distill import evaluate
+    from kdnas.search.prepare import teacher_accuracy
 
-    acc = evaluate(teacher.module, data, "val", channels_last=teacher.channels_last,
-                   device=cfg.device)
+    acc, cached = teacher_accuracy(teacher, data, "val", device=cfg.device)
     teacher.meta["val_accuracy_measured"] = acc
-    say(f"teacher validation accuracy: {100 * acc:.2f}%")
+    say(f"teacher validation accuracy: {100 * acc:.2f}%"
+        + (" (measured before on these images)" if cached else ""))
     if acc < 1.5 / data.num_classes:
         log.warning("the teacher is near chance on this data (%.1f%% with %d classes): check "
                     "the data, its normalisation and the class order", 100 * acc,

@@ -1,23 +1,28 @@
 """What a search prepares before its first trial: the teacher and the data checked against
-each other, the space's cheapest candidate, the cost measurement at the study's setting, a
-candidate's training step time, and the study's teacher cache."""
+each other (the teacher's accuracy kept across runs), the space's cheapest candidate, the
+cost measurement at the study's setting, a candidate's training step time, and the study's
+teacher cache."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import logging
 
 from kdnas.core.budget import Cost
 from kdnas.core.errors import KdnasError
+from kdnas.core.files import write_text
 from kdnas.core.settings import SearchConfig
 from kdnas.cost import measure_cost
-from kdnas.data import load_data, parse_normalize
+from kdnas.data import cache_dir, load_data, parse_normalize
 from kdnas.device import resolve
-from kdnas.distill import TeacherCache
+from kdnas.distill import TeacherCache, evaluate
 from kdnas.distill.trainer import time_step
 from kdnas.teacher import attach_to_data, load_teacher
 from search_spaces import get_space
+
+log = logging.getLogger(__name__)
 
 
 def prepare(cfg: SearchConfig) -> tuple[SearchConfig, object, object, list[str]]:
@@ -95,3 +100,28 @@ def teacher_cache(cfg: SearchConfig, teacher, data) -> TeacherCache | None:
     return TeacherCache(cfg.study_dir / "teacher_cache",
                         hashlib.sha1(key.encode()).hexdigest()[:16],
                         limit_bytes=int(cfg.cache_limit_gb * 1e9))
+
+
+def teacher_accuracy(teacher, data, split: str = "val", device=None
+                     ) -> tuple[float, bool]:
+    """The teacher's accuracy on a split, and whether it came from the cache: results are
+    kept in ``$KDNAS_CACHE/teacher_accuracy.json`` by the teacher file's digest, its class,
+    the data's digest and normalisation, so a resumed or repeated search does not evaluate
+    the same teacher on the same images again."""
+    key = hashlib.sha1(json.dumps([teacher.digest, type(teacher.module).__qualname__,
+                                   teacher.channels_last, data.digest(), list(data.mean),
+                                   list(data.std), split]).encode()).hexdigest()[:16]
+    path = cache_dir() / "teacher_accuracy.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return float(known[key]), True
+    acc = evaluate(teacher.module, data, split, channels_last=teacher.channels_last,
+                   device=device)
+    try:
+        write_text(path, json.dumps({**known, key: acc}, indent=1))
+    except OSError as e:  # a read-only cache costs an evaluation next time, nothing more
+        log.info("could not keep the teacher's accuracy in %s: %s", path, e)
+    return acc, False

@@ -173,3 +173,4 @@ def attach_to_data(teacher: Teacher, data) -> list[str]:
         except Exception:  # noqa: BLE001 - not every format can be counted
             teacher.meta["macs"] = None
     return notes
+
