@@ -355,6 +355,46 @@ def run_all(order, res, recipes, base, teacher, data, work: Path, save,
                 shutil.rmtree(d, ignore_errors=True)
 
 
+def plot(path: Path, res: dict) -> bool:
+    """Each proxy recipe's accuracy against the ground truth's, one panel per recipe, one
+    colour per space: an order kept inside a colour but shifted between colours is a family
+    offset, not a wrong ranking within a study. False when there is nothing to draw yet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc, space = res["summary"]["accuracy"], {c["id"]: c["space"] for c in res["candidates"]}
+    truth = acc.get(GROUND_TRUTH, {})
+    proxies = [n for n in acc if n != GROUND_TRUTH]
+    if not truth or not proxies:
+        return False
+    fig, axes = plt.subplots(1, len(proxies), figsize=(4.2 * len(proxies), 4), dpi=110,
+                             squeeze=False)
+    colours = dict(zip(sorted(set(space.values())), plt.rcParams["axes.prop_cycle"]
+                       .by_key()["color"], strict=False))
+    for ax, name in zip(axes[0], proxies, strict=True):
+        row = res["summary"]["recipes"].get(name, {})
+        for sp, colour in colours.items():
+            pts = [(100 * acc[name][i], 100 * truth[i]) for i in acc[name]
+                   if space.get(i) == sp and not pd.isna(truth.get(i))
+                   and not pd.isna(acc[name][i])]
+            if pts:
+                ax.scatter(*zip(*pts, strict=True), color=colour, label=sp, s=28)
+        tau = row.get("tau_vs_truth_seed_mean")
+        within = (row.get("tau_within_space") or {}).get("mean")
+        ax.set_title(f"{name}: tau {'-' if tau is None else f'{tau:.2f}'} pooled, "
+                     f"{'-' if within is None else f'{within:.2f}'} within space", fontsize=9)
+        ax.set_xlabel(f"{name} validation accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"{GROUND_TRUTH} validation accuracy (%)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
 def _without_spaces(argv: list[str]) -> list[str]:
     out, skip = [], False
     for a in argv:
@@ -409,6 +449,8 @@ def write_markdown(path: Path, res: dict, argv) -> None:
         accs = [s["accuracy"][n].get(c["id"]) for n in s["accuracy"]]
         lines.append(f"| {c['arch']} | {c['space']} | {c['macs'] / 1e6:.2f}M | " + " | ".join(
             "-" if a is None or a != a else f"{100 * a:.1f}" for a in accs) + " |")
+    if plot(path.with_suffix(".png"), res):
+        lines += ["", f"![each proxy against the ground truth]({path.with_suffix('.png').name})"]
     lines += ["", "Reproduce: `python benchmarks/search_quality.py"
               + "".join(" " + a for a in _without_spaces(argv or [])) + "` (resumes from its "
               "--work folder; `--spaces resnet` and `--spaces mobilenet shufflenet` split it "

@@ -23,7 +23,8 @@ def front_markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
     if t is not None:
         lines += [f"Teacher validation accuracy: {100 * t:.2f}%", ""]
     counts = ", ".join(f"{v} {k}" for k, v in sorted(info["trials_by_state"].items()))
-    lines += [f"Trials: {counts}. Pareto front: {info['front_size']} students; hypervolume "
+    n = info["front_size"]
+    lines += [f"Trials: {counts}. Pareto front: {n} student{'' if n == 1 else 's'}; hypervolume "
               f"{hypervolume_text(info)}.", ""]
     if info.get("caveat"):
         lines += [f"**Read this first.** {info['caveat']}", ""]
