@@ -300,15 +300,17 @@ def test_a_teacher_cache_over_its_limit_is_not_written(setup, caplog):
     assert [p for p in cache.iterdir() if not p.name.startswith(".")] == []
 
 
-def test_each_trial_records_where_its_time_went_and_the_report_shows_it(setup):
+def test_each_trial_records_where_its_time_went_and_the_report_shows_it(setup, monkeypatch):
     """The phases add up to the trial's time (nothing counted twice, little unaccounted),
-    and pareto.md states the time per trial."""
+    and pareto.md states the time per trial. (The step-time estimate is taken from 200-step
+    trials on; these have 9 steps, so the threshold is lowered here and checked below.)"""
     import pandas as pd
 
     from kdnas.report import write_report
     from kdnas.report.frames import time_per_trial
 
     cfg, teacher, data = setup
+    monkeypatch.setattr(study_mod, "ESTIMATE_MIN_STEPS", 1)
     out = run_search(dataclasses.replace(cfg, trials=2), teacher, data)
     record = load_record(out.study)
     for t in record.trials:
@@ -347,3 +349,12 @@ def test_teacher_accuracy_is_kept_across_runs(setup, tmp_path, monkeypatch):
     assert teacher_accuracy(teacher, data) == (acc, True)
     other = data.with_normalization([m + 0.5 for m in data.mean], data.std)
     assert teacher_accuracy(teacher, other)[1] is False
+
+
+def test_short_trials_skip_the_step_time_estimate(setup):
+    """A 9-step trial would spend a third of its time estimating its steps: no estimate."""
+    cfg, teacher, data = setup
+    out = run_search(dataclasses.replace(cfg, trials=1, study="short"), teacher, data)
+    trained = [t for t in load_record(out.study).trials if t.trained]
+    assert trained and all(t.cost.get("train_step_ms") is None for t in trained)
+    assert all(t.time["estimate"] < 0.01 for t in trained)
