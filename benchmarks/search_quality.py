@@ -180,15 +180,16 @@ def summarise(res: dict) -> dict:
 def _tau_within(proxy: pd.Series, truth: pd.Series, space: pd.Series) -> dict:
     """Kendall's tau inside each space with at least 3 candidates, and their mean weighted by
     pairs: what one study ranks, since a study searches one space."""
-    taus, pairs = {}, {}
+    taus, pairs, spans = {}, {}, {}
     for name, ids in proxy.groupby(space.reindex(proxy.index)).groups.items():
         if len(ids) >= 3:
             taus[name] = float(proxy[ids].corr(truth[ids], method="kendall"))
             pairs[name] = len(ids) * (len(ids) - 1) / 2
+            spans[name] = float(truth[ids].max() - truth[ids].min())
     if not taus:
         return {}
     mean = sum(taus[n] * pairs[n] for n in taus) / sum(pairs.values())
-    return {"spaces": taus, "mean": float(mean)}
+    return {"spaces": taus, "mean": float(mean), "truth_range": spans}
 
 
 def proxy_keys(res: dict) -> dict:
@@ -395,6 +396,17 @@ def plot(path: Path, res: dict) -> bool:
     return True
 
 
+def _recipe_text(res: dict, name: str) -> str:
+    """The recipe in words, as its process recorded it, or else from the steps its runs
+    took (a process started without that recipe rewrote the setup)."""
+    text = res["setup"]["recipes"].get(name, {}).get("text")
+    if text:
+        return text
+    steps = {r.get("steps") for key, runs in res["runs"].items()
+             if key.rsplit("/s", 1)[0] == name for r in runs.values()} - {None}
+    return f"{'/'.join(map(str, sorted(steps)))} steps" if steps else ""
+
+
 def _without_spaces(argv: list[str]) -> list[str]:
     out, skip = [], False
     for a in argv:
@@ -433,7 +445,7 @@ def write_markdown(path: Path, res: dict, argv) -> None:
         tau = (f"{r['tau_vs_truth']:.2f} / {r['tau_vs_truth_seed_mean']:.2f} "
                f"(n={r['tau_over']})" if "tau_vs_truth" in r else "-")
         lines.append(
-            f"| {name} | {setup['recipes'].get(name, {}).get('text', '')} | "
+            f"| {name} | {_recipe_text(res, name)} | "
             f"{','.join(map(str, r['seeds']))} | {r['complete_candidates']} | "
             f"{pct(r['mean_accuracy'])} | {pct(r['range'])} | {pct(r.get('seed_spread'))} | "
             + (f"{r['seed_tau']:.2f}" if "seed_tau" in r else "-") + f" | {tau} | "
@@ -462,7 +474,10 @@ def write_markdown(path: Path, res: dict, argv) -> None:
 def _within_text(w: dict | None) -> str:
     if not w:
         return "-"
-    return f"{w['mean']:.2f} (" + ", ".join(f"{k} {v:.2f}" for k, v in w["spaces"].items()) + ")"
+    spans = w.get("truth_range", {})
+    return f"{w['mean']:.2f} (" + ", ".join(
+        f"{k} {v:.2f}" + (f" over a {100 * spans[k]:.1f}-point truth range" if k in spans
+                          else "") for k, v in w["spaces"].items()) + ")"
 
 
 def claim_lines(c: dict | None) -> list[str]:

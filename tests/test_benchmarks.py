@@ -57,7 +57,9 @@ def test_tau_within_space_sees_a_ranking_that_a_family_offset_hides():
                     "brief/s0": {k: {"val_accuracy": v} for k, v in brief.items()}}}
     row = search_quality.summarise(res)["recipes"]["brief"]
     assert row["tau_vs_truth"] < 0.5
-    assert row["tau_within_space"] == {"spaces": {"a": 1.0, "b": 1.0}, "mean": 1.0}
+    within = row["tau_within_space"]
+    assert within["spaces"] == {"a": 1.0, "b": 1.0} and within["mean"] == 1.0
+    assert within["truth_range"] == pytest.approx({"a": 0.04, "b": 0.04})
 
 
 @pytest.mark.slow
