@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 
-from search_quality import add_setup_args, data_and_teacher, write_markdown
+from search_quality import add_setup_args, data_and_teacher, update_results, write_markdown
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,16 +62,16 @@ def main(argv: list[str] | None = None) -> None:
     record = load_record(out.study)
     found = pick_trial(record, "best")
     rec = record.trained_trial(found)
-    res = json.loads(args.out.read_text()) if args.out.exists() else {}
-    runs = res.setdefault("claim_runs", {})
+    runs = json.loads(args.out.read_text()).get("claim_runs", {}) if args.out.exists() else {}
 
     def save() -> None:
-        res["claim"] = summarise(runs, args, argv, budget, found, describe(rec.spec),
-                                 rec.cost["macs"], out.study)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(res, indent=1))
-        tmp.replace(args.out)
+        def update(res: dict) -> dict:  # the claim's keys only: the proxy study shares the file
+            res["claim_runs"] = {**res.get("claim_runs", {}), **runs}
+            res["claim"] = summarise(res["claim_runs"], args, argv, budget, found,
+                                     describe(rec.spec), rec.cost["macs"], out.study)
+            return res
+
+        res = update_results(args.out, update)
         write_markdown(args.out.with_suffix(".md"), res, res.get("argv", []))
 
     opts = dict(epochs=args.epochs, formats=())

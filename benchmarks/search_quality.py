@@ -252,10 +252,10 @@ def main(argv: list[str] | None = None) -> None:
                     "and rewrite the .md from the json (no training)")
     args = ap.parse_args(argv)
     if args.summarise:
-        res = json.loads(args.out.read_text())
-        res["summary"] = summarise(res)
-        res["proxy"] = proxy_keys(res)
-        args.out.write_text(json.dumps(res, indent=1))
+        def again(res: dict) -> dict:
+            return {**res, "summary": summarise(res), "proxy": proxy_keys(res)}
+
+        res = update_results(args.out, again)
         write_markdown(args.out.with_suffix(".md"), res, res.get("argv"))
         return
 
@@ -282,20 +282,18 @@ def main(argv: list[str] | None = None) -> None:
         "teacher_macs": teacher.meta.get("macs"), "band_macs": [lo, hi],
         "recipes": {n: {"overrides": o, "text": recipe_config(
             base, n, o, 0, "resnet", n_train, 1).recipe_text(n_train)}
-            for n, o in recipes.items()}}
+            for n, o in recipes.items() if not args.only or n in args.only}}
 
     def save() -> None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another process may write its results too
-            merge_saved(res, args.out)
+        def update(disk: dict) -> dict:
+            merge_saved(res, disk)
             res["summary"] = summarise(res)
             res["proxy"] = proxy_keys(res)
-            tmp = args.out.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(res, indent=1))
-            tmp.replace(args.out)
-        res["argv"] = sys.argv[1:] if argv is None else list(argv)
-        write_markdown(args.out.with_suffix(".md"), res, res["argv"])
+            res["argv"] = sys.argv[1:] if argv is None else list(argv)
+            return res
+
+        write_markdown(args.out.with_suffix(".md"), update_results(args.out, update),
+                       res["argv"])
 
     # the first seed of every recipe first, so that a partial run already answers
     order = [(s, n) for s in args.seeds for n in recipes if not args.only or n in args.only]
@@ -307,15 +305,29 @@ def main(argv: list[str] | None = None) -> None:
     save()
 
 
-def merge_saved(res: dict, path: Path) -> None:
-    """Add the results another process wrote to ``path`` since ``res`` was read."""
-    if not path.exists():
-        return
-    disk = json.loads(path.read_text())
+def update_results(path: Path, update) -> dict:
+    """Read the results file, apply ``update(disk) -> new`` and write it back, under a lock:
+    the proxy study's processes and the claim share one file, each writing its own keys."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        new = update(json.loads(path.read_text()) if path.exists() else {})
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(new, indent=1))
+        tmp.replace(path)
+    return new
+
+
+def merge_saved(res: dict, disk: dict) -> None:
+    """Add the results another process wrote since ``res`` was read (``disk``: the file now);
+    the claim's keys are the claim's process's to write."""
+    for key in ("claim", "claim_runs"):
+        if key in disk:
+            res[key] = disk[key]
     for key, runs in disk.get("runs", {}).items():
         res["runs"][key] = {**runs, **res["runs"].get(key, {})}
     res["seconds"] = {**disk.get("seconds", {}), **res.get("seconds", {})}
-    if "setup" in res:  # recipes another process added (--recipe) keep their description
+    if "setup" in res:  # the recipes another process ran (--recipe, --only) keep its text
         res["setup"]["recipes"] = {**disk.get("setup", {}).get("recipes", {}),
                                    **res["setup"]["recipes"]}
 
@@ -407,17 +419,24 @@ def _recipe_text(res: dict, name: str) -> str:
     return f"{'/'.join(map(str, sorted(steps)))} steps" if steps else ""
 
 
-def _without_spaces(argv: list[str]) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if a == "--spaces":
+def reproduce_command(res: dict, argv) -> str:
+    """One command that runs every recipe on the page: the last process's setup flags (not
+    its split over spaces, recipes or seeds) and a ``--recipe`` for each recipe that is not
+    the script's own."""
+    keep, skip = [], False
+    for a in argv or []:
+        if a in ("--spaces", "--only", "--seeds", "--recipe"):
             skip = True
         elif skip and not a.startswith("--"):
             continue
         else:
             skip = False
-            out.append(a)
-    return out
+            keep.append(a)
+    for name, r in res["setup"]["recipes"].items():
+        if RECIPES.get(name) != r.get("overrides"):
+            body = ",".join(f"{k}:{v}" for k, v in r.get("overrides", {}).items())
+            keep += ["--recipe", f"{name}={body}"]
+    return " ".join(["python benchmarks/search_quality.py", *keep])
 
 
 def write_markdown(path: Path, res: dict, argv) -> None:
@@ -463,10 +482,10 @@ def write_markdown(path: Path, res: dict, argv) -> None:
             "-" if a is None or a != a else f"{100 * a:.1f}" for a in accs) + " |")
     if plot(path.with_suffix(".png"), res):
         lines += ["", f"![each proxy against the ground truth]({path.with_suffix('.png').name})"]
-    lines += ["", "Reproduce: `python benchmarks/search_quality.py"
-              + "".join(" " + a for a in _without_spaces(argv or [])) + "` (resumes from its "
-              "--work folder; `--spaces resnet` and `--spaces mobilenet shufflenet` split it "
-              "over two processes). `--summarise` rewrites this page from the json."]
+    lines += ["", f"Reproduce: `{reproduce_command(res, argv)}` (resumes from its --work "
+              "folder; `--spaces resnet` and `--spaces mobilenet shufflenet` split it over two "
+              "processes, `--only NAME` runs one recipe). `--summarise` rewrites this page "
+              "from the json."]
     lines += claim_lines(res.get("claim"))
     path.write_text("\n".join(lines) + "\n")
 

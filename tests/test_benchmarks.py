@@ -37,6 +37,13 @@ def test_search_quality_runs_resumes_and_reports(tmp_path):
         assert -1 <= p[key] <= 1
     md = (tmp_path / "sq.md").read_text()
     assert "tau vs ground truth" in md and "Reproduce" in md
+    # the page's command runs every recipe on it, whichever process wrote it last
+    search_quality.main([*argv[:argv.index("--seeds")], "--only", "brief", "--seeds", "0",
+                         *argv[argv.index("--work"):]])
+    md = (tmp_path / "sq.md").read_text()
+    command = md.split("Reproduce: `")[1].split("`")[0]
+    assert "--recipe long=factor:2" in command and "--only" not in command
+    assert "--seeds" not in command and "--data digits" in command
     # the same command again: everything is done, nothing is trained again
     search_quality.main(argv)
     again = json.loads((tmp_path / "sq.json").read_text())
@@ -60,6 +67,33 @@ def test_tau_within_space_sees_a_ranking_that_a_family_offset_hides():
     within = row["tau_within_space"]
     assert within["spaces"] == {"a": 1.0, "b": 1.0} and within["mean"] == 1.0
     assert within["truth_range"] == pytest.approx({"a": 0.04, "b": 0.04})
+
+
+def test_proxy_study_and_claim_processes_keep_each_others_results(tmp_path):
+    """The proxy study's processes and the claim write one json: each save keeps what the
+    others wrote since it read the file."""
+    out = tmp_path / "sq.json"
+    proxy = {"runs": {"brief/s0": {"a": {"val_accuracy": 0.5}}}, "seconds": {}}
+    search_quality.update_results(out, lambda disk: proxy)
+
+    def claim_save(disk):
+        disk["claim_runs"] = {**disk.get("claim_runs", {}), "found/s0": {"test_accuracy": .8}}
+        disk["claim"] = {"seeds": [0]}
+        return disk
+
+    search_quality.update_results(out, claim_save)
+    proxy["runs"]["brief/s0"]["b"] = {"val_accuracy": 0.6}  # the proxy process goes on
+
+    def proxy_save(disk):
+        search_quality.merge_saved(proxy, disk)
+        return proxy
+
+    search_quality.update_results(out, proxy_save)
+    res = json.loads(out.read_text())
+    assert res["claim_runs"] == {"found/s0": {"test_accuracy": .8}}
+    assert set(res["runs"]["brief/s0"]) == {"a", "b"}
+    search_quality.update_results(out, claim_save)
+    assert set(json.loads(out.read_text())["runs"]["brief/s0"]) == {"a", "b"}
 
 
 @pytest.mark.slow
