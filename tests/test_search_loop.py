@@ -333,6 +333,42 @@ def test_each_trial_records_where_its_time_went_and_the_report_shows_it(setup, m
     assert est["trials"] == 2 and est["median_ratio"] > 0
     frame = pd.read_csv(out_dir / "trials.csv")
     assert frame.loc[frame.state == "trained", "train_step_ms"].gt(0).all()
+    # the brief training's learning curves: drawn, and read in one sentence
+    assert (out_dir / "learning_curves.png").stat().st_size > 10_000
+    assert "Learning curves (learning_curves.png): " in text
+    assert "learning curves of the brief training" in (out_dir / "report.html").read_text()
+
+
+def test_the_report_says_which_front_students_were_still_learning():
+    """A front student whose accuracy rose by more than twice the curve subset's standard
+    error over its last interval is named as still learning; a levelled-off front is said
+    to be unlikely to reorder."""
+    from kdnas.core.records import StudyRecord, TrialRecord
+    from kdnas.report import summary
+    from kdnas.report.frames import curve_text
+
+    cfg = SearchConfig(study="c", budget="1MFLOPs", latency=False)
+
+    def trial(n, acc, macs, last_two):
+        pts = tuple({"step": s, "val_subset_accuracy": a, "val_images": 256}
+                    for s, a in zip((320, 400)[:len(last_two)], last_two, strict=True))
+        return TrialRecord(n, "trained", spec=None, spec_id=str(n), budget_excess=-0.5,
+                           cost={"macs": macs, "params": 1}, val_accuracy=acc,
+                           recipe={"steps": 400}, learning_curve=pts)
+
+    # 256 images: 2 standard errors = 1/16 = 6.25 points
+    climbing = StudyRecord("c", (trial(0, 0.60, 2e5, (0.50, 0.55)),
+                                 trial(1, 0.70, 5e5, (0.55, 0.65))), num_classes=10)
+    c = summary(climbing, cfg)["curves"]
+    assert c["climbing"] == [1] and c["threshold"] == pytest.approx(0.0625)
+    assert c["last_steps"] == 80 and c["steps"] == 400
+    assert "1 of the front's 2 students" in curve_text(c) and "(trials 1)" in curve_text(c)
+    assert "may change with longer training" in curve_text(c)
+    flat = StudyRecord("c", (trial(0, 0.60, 2e5, (0.60, 0.60)),
+                             trial(1, 0.70, 5e5, (0.70, 0.71))), num_classes=10)
+    c = summary(flat, cfg)["curves"]
+    assert c["climbing"] == [] and "levelled off" in curve_text(c)
+    assert summary(StudyRecord("c", (trial(0, 0.6, 2e5, ()),)), cfg)["curves"] is None
 
 
 def test_teacher_accuracy_is_kept_across_runs(setup, tmp_path, monkeypatch):

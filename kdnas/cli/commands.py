@@ -146,8 +146,8 @@ def _print_summary(cfg, out: Path, seconds: float) -> None:
         say(noise_text(s["noise"]).capitalize())
     if s.get("caveat"):
         say(f"WARNING: {s['caveat']}")
-    say(f"report: {out}/report.html (and pareto.md, pareto.png, pareto.csv, trials.csv, "
-         "report.json)")
+    say(f"report: {out}/report.html (and pareto.md, pareto.png, learning_curves.png, "
+        "pareto.csv, trials.csv, report.json)")
     if s["front_size"]:
         say(f"export the knee: {export_command(cfg)}")
 

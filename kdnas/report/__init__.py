@@ -1,7 +1,8 @@
 """Reports people read, from a study's records: ``trials.csv``, ``pareto.csv``, ``pareto.md``,
-``pareto.png`` (and ``pareto_latency.png``), ``summary.json``, ``report.json`` and the
-self-contained ``report.html``. Tables in :mod:`.frames`, the front's arithmetic in
-:mod:`.front`, plots in :mod:`.plots`, Markdown in :mod:`.markdown`, HTML in :mod:`.html`."""
+``pareto.png`` (and ``pareto_latency.png``), ``learning_curves.png``, ``summary.json``,
+``report.json`` and the self-contained ``report.html``. Tables in :mod:`.frames`, the
+front's arithmetic in :mod:`.front`, plots in :mod:`.plots`, Markdown in :mod:`.markdown`,
+HTML in :mod:`.html`."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from kdnas.report.frames import (
 )
 from kdnas.report.html import write_html
 from kdnas.report.markdown import front_markdown
-from kdnas.report.plots import plot_front
+from kdnas.report.plots import plot_curves, plot_front
 
 __all__ = ["export_command", "front_frame", "pick_trial", "references_frame", "summary",
            "trials_frame", "write_report"]
@@ -49,5 +50,7 @@ def write_report(record: StudyRecord, cfg: SearchConfig, out_dir: Path | None = 
     if "train_step_ms" in cfg.cost_columns:
         plot_front(df, front, info, cfg, out / "pareto_train_time.png", x="train_step_ms",
                    refs=refs)
+    (out / "learning_curves.png").unlink(missing_ok=True)
+    plot_curves(record, front, info, out / "learning_curves.png")
     write_html(out, df, front, info, cfg, refs)
     return out

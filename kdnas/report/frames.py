@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pandas as pd
 
 from kdnas.core.budget import fmt_count
@@ -136,7 +138,53 @@ def summary(record: StudyRecord, cfg: SearchConfig, df: pd.DataFrame | None = No
         "num_classes": record.num_classes, "noise": record.noise,
         "brief_steps": next((t.recipe.get("steps") for t in record.trials if t.recipe), None),
         "caveat": caveat(front, record),
+        "curves": curve_summary(record, [int(t) for t in front.trial]),
     }
+
+
+def subset_curve(points) -> list[dict]:
+    """The learning-curve points measured on the fixed validation subset (records written
+    before the final point carried it end at the last point during training)."""
+    return [p for p in points if "val_subset_accuracy" in p]
+
+
+def curve_summary(record: StudyRecord, front_trials: list[int]) -> dict | None:
+    """How the front's students were learning when their brief training stopped: the gain in
+    validation-subset accuracy over each one's last learning-curve interval. A gain above
+    twice the subset's standard error (1/sqrt(images), at least 2 points) counts as still
+    climbing: such students can change places with longer training."""
+    gains, spans = {}, []
+    for n in front_trials:
+        pts = subset_curve(record.trial(n).learning_curve)
+        if len(pts) >= 2:
+            gains[n] = pts[-1]["val_subset_accuracy"] - pts[-2]["val_subset_accuracy"]
+            spans.append((pts[-1]["step"] - pts[-2]["step"], pts[-1]["step"],
+                          pts[-1].get("val_images", 1000)))  # older records: the old limit
+    if not gains:
+        return None
+    last, total, images = (int(np.median(v)) for v in zip(*spans, strict=True))
+    threshold = max(0.02, 1 / images ** 0.5)
+    return {"last_gains": gains, "threshold": threshold, "last_steps": last, "steps": total,
+            "val_images": images,
+            "climbing": sorted(n for n, g in gains.items() if g >= threshold),
+            "median_last_gain": float(np.median(list(gains.values())))}
+
+
+def curve_text(curves: dict | None) -> str | None:
+    """The front's learning curves in one sentence (None when no trial recorded one)."""
+    if not curves:
+        return None
+    n, up = len(curves["last_gains"]), curves["climbing"]
+    head = (f"learning curves (learning_curves.png): {len(up)} of the front's {n} students "
+            f"gained {100 * curves['threshold']:.1f} points or more (on "
+            f"{curves['val_images']} validation images) in the last "
+            f"{curves['last_steps']} of their {curves['steps']} steps (median "
+            f"{100 * curves['median_last_gain']:+.1f} points)")
+    if not up:
+        return head + ": they had levelled off, so longer training is unlikely to reorder them"
+    return (head + f" (trials {', '.join(map(str, up))}): still learning, so their order may "
+            "change with longer training; compare the leaders with `kdnas distill` before "
+            "choosing")
 
 
 def far_above_chance(acc: float, classes: int) -> bool:

@@ -14,6 +14,7 @@ from kdnas.core.budget import fmt_count
 from kdnas.core.files import write_text
 from kdnas.report.frames import (
     COST_NAMES,
+    curve_text,
     export_command,
     fmt_value,
     hypervolume_text,
@@ -68,7 +69,11 @@ def _headline(out: Path, front: pd.DataFrame, info: dict, cfg) -> list[str]:
         imgs.append(_img(out / "pareto_latency.png", "accuracy versus latency"))
     if "train_step_ms" in cfg.cost_columns and (out / "pareto_train_time.png").exists():
         imgs.append(_img(out / "pareto_train_time.png", "accuracy versus training step time"))
+    if (out / "learning_curves.png").exists():
+        imgs.append(_img(out / "learning_curves.png", "learning curves of the brief training"))
     parts.append("<div class='grid'>" + "".join(imgs) + "</div>")
+    if curve_text(info.get("curves")):
+        parts.append(f"<p>{e(curve_text(info['curves']).capitalize())}.</p>")
     parts.append("<p class='muted'>Grey: trained but dominated. Blue: the Pareto front of "
                  f"accuracy versus {COST_NAMES[info['front_cost']]}. Orange crosses: proposals "
                  "over budget, never trained. Red dashes: the budget. Green dots: the teacher.</p>")

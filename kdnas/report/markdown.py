@@ -7,6 +7,7 @@ import pandas as pd
 from kdnas.core.budget import fmt_count
 from kdnas.core.settings import SearchConfig
 from kdnas.report.frames import (
+    curve_text,
     export_command,
     fmt_value,
     hypervolume_text,
@@ -47,5 +48,7 @@ def front_markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
     setting = front.latency_setting.dropna()
     if len(setting):
         lines += ["", f"Latency measured on this machine: {setting.iloc[0]}."]
+    if curve_text(info.get("curves")):
+        lines += ["", curve_text(info["curves"]).capitalize() + "."]
     lines += ["", f"Time: {time_text(info)}."]
     return "\n".join(lines + [""])

@@ -1,4 +1,5 @@
-"""The front drawn for people: accuracy against MACs or latency (PNG, via matplotlib)."""
+"""The front drawn for people (PNG, via matplotlib): accuracy against MACs, latency or
+training step time, and the learning curves of the brief training."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kdnas.core.records import StudyRecord
 from kdnas.core.settings import SearchConfig
-from kdnas.report.frames import COST_NAMES
+from kdnas.report.frames import COST_NAMES, subset_curve
 
 
 def plot_front(df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg: SearchConfig,
@@ -75,3 +77,45 @@ def plot_front(df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg: SearchCon
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_curves(record: StudyRecord, front: pd.DataFrame, info: dict, path: Path) -> bool:
+    """Each trained student's learning curve during its brief training (validation-subset
+    accuracy by step): the front's in colour, the knee thick, the rest grey. Curves still
+    rising at the right edge, or crossing there, are rankings longer training may change.
+    Returns False (and draws nothing) when no trial recorded a curve."""
+    curves = {t.number: subset_curve(t.learning_curve) for t in record.trials if t.trained}
+    curves = {n: pts for n, pts in curves.items() if len(pts) >= 2}
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    on_front = [int(t) for t in front.sort_values("val_accuracy", ascending=False).trial]
+    knee = info.get("knee_trial")
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for n, pts in curves.items():
+        if n not in on_front:
+            ax.plot([p["step"] for p in pts], [100 * p["val_subset_accuracy"] for p in pts],
+                    c="#c8c8c8", lw=1, zorder=1)
+    colours = plt.get_cmap("tab10")
+    for i, n in enumerate(x for x in on_front if x in curves):
+        pts = curves[n]
+        ax.plot([p["step"] for p in pts], [100 * p["val_subset_accuracy"] for p in pts],
+                "-o", ms=3, lw=3 if n == knee else 1.5, c=colours(i % 10), zorder=3,
+                label=f"trial {n}" + (" (knee)" if n == knee else ""))
+    t = info.get("teacher_val_accuracy")
+    if t is not None:
+        ax.axhline(100 * t, ls=":", c="#2ca02c", lw=1, label=f"teacher {100 * t:.1f}%")
+    images = next(iter(curves.values()))[-1].get("val_images")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation accuracy (%)" + (f", first {images} images" if images else ""))
+    ax.set_title(f"{record.name}: learning curves (front in colour, others grey)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
