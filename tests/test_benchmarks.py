@@ -154,3 +154,30 @@ def test_kdnas_bench_runs_on_a_tiny_workload_and_reports_every_figure(tmp_path):
                 "throughput_vs_plain_loop", "memory.peak_rss_mb"):
         assert f"`{key}`" in md
     assert "| >= 0.6 |" in md and "| <= 1.15 |" in md and "| >= 3 |" in md
+    assert "## On a GPU" in md and "Not measured: no GPU was visible" in md
+    # the GPU benchmark's code, run on this CPU: its figures join the CPU ones
+    from kdnas.bench.gpu import GpuWorkload, run_gpu
+    from kdnas.bench.run import write
+
+    gpu = run_gpu(tmp_path / "work", "cpu", GpuWorkload.quick(), CIFAR_ARCHIVE)
+    assert gpu["trained"] == 2 and gpu["device"] == "cpu" and gpu["utilisation"] is None
+    assert gpu["trial_seconds_median"] > 0 and gpu["trials_per_hour"] > 0
+    assert all(m <= 5e6 for m in gpu["trial_macs"])
+    write(out, {"gpu": gpu})
+    both = json.loads((out / "benchmarks.json").read_text())
+    assert both["efficiency"] == res["efficiency"] and both["gpu"]["trained"] == 2
+
+
+def test_the_gpu_section_states_its_figures_against_the_goal():
+    from kdnas.bench.gpu import gpu_lines
+
+    gpu = {"device": "cuda:0 (NVIDIA H100 80GB HBM3)", "trained": 6, "epochs": 5,
+           "train_images": 50000, "budget_macs": 50e6, "trial_macs": [31e6, 49e6],
+           "trial_seconds_median": 12.0, "trials_per_hour": 300.0,
+           "minutes_for_100_trials": 20.0, "shares": {"student": 0.8, "eval": 0.1},
+           "utilisation": {"mean_percent": 71.0, "median_percent": 80.0, "samples": 90}}
+    text = "\n".join(gpu_lines(gpu))
+    assert "| trials per hour | 300 |" in text and "20.0 min (goal: 15 min, **not met**)" in text
+    assert "71% mean" in text and "student 80%" in text
+    assert "met)" in "\n".join(gpu_lines(dict(gpu, minutes_for_100_trials=9.0)))
+    assert "Not measured" in "\n".join(gpu_lines(None))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -175,3 +176,19 @@ def test_search_on_cuda_end_to_end(tmp_path, digits_teacher, capsys):
                  "cuda", "--no-noise-check", *common]) == 0
     out = capsys.readouterr().out
     assert "on cuda:0 (" in out
+
+
+@needs_cuda
+def test_kdnas_bench_on_the_gpu_reports_trials_per_hour_and_utilisation(tmp_path):
+    from conftest import CIFAR_ARCHIVE
+    from kdnas.cli import main
+
+    if not CIFAR_ARCHIVE.exists():
+        pytest.skip(f"CIFAR-10 archive not found at {CIFAR_ARCHIVE}")
+    out = tmp_path / "out"
+    assert main(["bench", "--device", "cuda", "--quick", "--archive", str(CIFAR_ARCHIVE),
+                 "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    gpu = json.loads((out / "benchmarks.json").read_text())["gpu"]
+    assert gpu["device"].startswith("cuda") and gpu["trained"] == 2
+    assert gpu["trials_per_hour"] > 0
+    assert "trials per hour" in (out / "BENCHMARKS.md").read_text()

@@ -38,6 +38,7 @@ from kdnas.bench.workload import (
     draw_in_band,
     gemm_flops,
     make_subset,
+    make_teacher,
     method_times,
     training_flops,
 )
@@ -67,25 +68,6 @@ class Workload:
     def quick(cls) -> Workload:  # the test's: seconds, every code path
         return cls(per_class=16, test_per_class=4, teacher_arch="resnet8", budget_macs=25e6,
                    student_macs=4e6, trials=2, steps=2, rounds=1)
-
-
-def make_teacher(root: Path, arch: str, out: Path):
-    """A seeded, untrained teacher of the resnet space saved as a kdnas checkpoint: timing
-    does not depend on its weights (``--teacher`` takes a trained one instead)."""
-    from kdnas.cost import count_macs
-    from kdnas.data import load_data
-    from kdnas.teacher import save_checkpoint
-    from search_spaces.resnet import ResNetSpace
-
-    data = load_data(f"imagefolder:{root}")
-    spec = ResNetSpace().preset(arch, in_channels=3, num_classes=data.num_classes,
-                                input_size=data.input_size)
-    torch.manual_seed(0)
-    model = ResNetSpace().build(spec)
-    save_checkpoint(out, model, spec=spec, classes=data.classes, input_shape=data.input_shape,
-                    mean=data.mean, std=data.std, data=f"imagefolder:{root}",
-                    extra={"arch": arch, "macs": count_macs(model, data.input_shape)})
-    return out
 
 
 def kdnas_search(cfg: SearchConfig) -> tuple[dict, object, object]:
@@ -185,10 +167,17 @@ def figures(search, plain, gemm, eff, over, students, teacher, load) -> dict:
 
 
 def write(out: Path, res: dict) -> None:
+    """benchmarks.json and BENCHMARKS.md; the GPU figures of an earlier ``--device cuda`` run
+    are kept beside new CPU figures, and the other way round."""
     from kdnas.bench.markdown import benchmarks_markdown
     from kdnas.core.files import write_text
 
     out.mkdir(parents=True, exist_ok=True)
+    old = out / "benchmarks.json"
+    if old.exists():
+        before = json.loads(old.read_text())
+        res = {**before, **res} if "efficiency" not in res else {
+            **res, "gpu": res.get("gpu", before.get("gpu"))}
     write_text(out / "benchmarks.json", json.dumps(res, indent=1, default=str))
     write_text(out / "BENCHMARKS.md", benchmarks_markdown(res, TARGETS))
 
@@ -218,9 +207,27 @@ def add_arguments(ap) -> None:
     ap.add_argument("--trials", type=int, help="trials of each search (default 4)")
     ap.add_argument("--quick", action="store_true", help="a tiny workload (seconds): checks "
                     "that the benchmark runs, its figures mean nothing")
+    ap.add_argument("--device", default="cpu", help="cpu (default): the CPU figures above; "
+                    "cuda or cuda:N: instead, a search of 6 candidates (50M MACs, 5 epochs "
+                    "of all of CIFAR-10 each) on that GPU: seconds per trial, trials per hour "
+                    "and the GPU's utilisation, added beside the CPU figures")
 
 
 def run_from_args(args) -> dict:
+    from kdnas.device import resolve
+
+    if resolve(args.device).type == "cuda":
+        from kdnas.bench.gpu import GpuWorkload, run_gpu
+
+        gload = GpuWorkload.quick() if args.quick else GpuWorkload()
+        if args.trials:
+            gload = dataclasses.replace(gload, trials=args.trials)
+        t0 = time.perf_counter()
+        res = {"gpu": run_gpu(args.work, args.device, gload, args.archive, args.teacher)}
+        write(args.out, res)
+        print(f"wrote the GPU figures to {args.out / 'BENCHMARKS.md'} and benchmarks.json in "
+              f"{time.perf_counter() - t0:.0f} s")
+        return res
     load = Workload.quick() if args.quick else Workload()
     if args.trials:
         load = dataclasses.replace(load, trials=args.trials)

@@ -168,3 +168,22 @@ def method_times(student: dict, data, teacher, methods: tuple[str, ...], cfg: Tr
             "ratio_range": {m: [min(v), max(v)] for m, v in ratios.items()},
             "seconds": {m: statistics.median(v) for m, v in seconds.items()},
             **{f"fitnets_{k}": v for k, v in out.items()}}
+
+
+def make_teacher(root: Path, arch: str, out: Path):
+    """A seeded, untrained teacher of the resnet space saved as a kdnas checkpoint: timing
+    does not depend on its weights (``--teacher`` takes a trained one instead)."""
+    from kdnas.cost import count_macs
+    from kdnas.data import load_data
+    from kdnas.teacher import save_checkpoint
+    from search_spaces.resnet import ResNetSpace
+
+    data = load_data(f"imagefolder:{root}")
+    spec = ResNetSpace().preset(arch, in_channels=3, num_classes=data.num_classes,
+                                input_size=data.input_size)
+    torch.manual_seed(0)
+    model = ResNetSpace().build(spec)
+    save_checkpoint(out, model, spec=spec, classes=data.classes, input_shape=data.input_shape,
+                    mean=data.mean, std=data.std, data=f"imagefolder:{root}",
+                    extra={"arch": arch, "macs": count_macs(model, data.input_shape)})
+    return out

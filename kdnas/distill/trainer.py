@@ -134,6 +134,19 @@ def _curve_point(student, data, cfg: TrainConfig, step: int, train_loss: float) 
             "val_images": n_val, "train_loss": train_loss}
 
 
+def _final_point(student, data, cfg: TrainConfig, step: int, points: list[dict]) -> dict:
+    """The learning curve's last point: accuracy on the whole validation split and, from the
+    same evaluation, on the curve's subset, so that its last interval compares the same
+    images."""
+    right = hits(student, data, "val", channels_last=cfg.channels_last)
+    last = {"step": step, "images": step * cfg.batch_size,
+            "val_accuracy": float(right.float().mean()) if len(right) else 0.0}
+    if points:
+        n = points[-1]["val_images"]
+        last.update(val_subset_accuracy=float(right[:n].float().mean()), val_images=n)
+    return last
+
+
 def _save_checkpoint(path: Path, student, extra, opt, step, epoch, total, curve,
                      points) -> None:
     with atomic_path(path) as tmp:
@@ -381,16 +394,10 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
         for closing in (signal, s_taps, pinned):
             if closing is not None:
                 closing.close()
-    right = hits(student, data, "val", channels_last=cfg.channels_last)
-    acc = float(right.float().mean())
+    points.append(_final_point(student, data, cfg, step, points))
+    acc = curve[-1]["val_accuracy"] = points[-1]["val_accuracy"]
     student.to("cpu")
     clock.lap("eval")
-    curve[-1]["val_accuracy"] = acc
-    last = {"step": step, "images": step * cfg.batch_size, "val_accuracy": acc}
-    if points:  # the curve's subset too, so that its last interval compares like with like
-        last.update(val_subset_accuracy=float(right[:points[-1]["val_images"]].float().mean()),
-                    val_images=points[-1]["val_images"])
-    points.append(last)
     return FitResult(acc, time.perf_counter() - t0, step, curve, points, clock.close())
 
 
