@@ -149,6 +149,9 @@ def test_cuda_training_distils_with_the_cache_and_returns_a_cpu_student(teacher_
     again, taps = _student(data)
     r2 = fit(again, data, cfg, teacher=teacher, student_taps=taps, cache=cache)
     assert cache.hits == r2.steps and r2.val_accuracy > 0.8
+    from kdnas.distill.cache import _RESIDENT  # the complete cache was moved to the GPU
+
+    assert [k[1] for k in _RESIDENT] == ["cuda:0"]
 
 
 @needs_cuda

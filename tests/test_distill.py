@@ -262,6 +262,20 @@ def test_teacher_cache_is_written_once_and_read_after(teacher_and_data, tmp_path
     assert r2.val_accuracy == r1.val_accuracy
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(),
                                                  second.state_dict().values(), strict=True))
+    # held in (GPU) memory when it fits: read from there, not from disk; the same training
+    held = TeacherCache(tmp_path, "k")
+    size = sum(f.stat().st_size for f in held.dir.glob("*.pt"))
+    assert not held.load_resident(torch.device("cpu"), free_bytes=2 * size)  # over a quarter
+    assert held.load_resident(torch.device("cpu"), free_bytes=4 * size)
+    for f in held.dir.glob("*.pt"):
+        f.unlink()
+    teacher.module = Refuses()
+    try:
+        third, taps = _student(data)
+        r3 = fit(third, data, cfg, teacher=teacher, student_taps=taps, cache=held)
+    finally:
+        teacher.module = real
+    assert held.hits == r3.steps and r3.val_accuracy == r1.val_accuracy
 
 
 def test_interrupted_cache_is_not_used(teacher_and_data, tmp_path):

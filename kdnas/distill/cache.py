@@ -13,6 +13,10 @@ import torch
 
 log = logging.getLogger(__name__)
 
+RESIDENT_SHARE = 0.25  # a complete cache moves to a GPU when it takes at most this share of
+# the GPU's free memory (the data set follows the same rule)
+_RESIDENT: dict[tuple, dict[int, dict]] = {}  # one cache on one device at a time
+
 
 class TeacherCache:
     """Teacher logits and stage features for every step of the brief recipe, computed once.
@@ -32,6 +36,7 @@ class TeacherCache:
         self._tmp: Path | None = None
         self._lock = None
         self.hits = self.writes = 0
+        self._resident: dict[int, dict] | None = None
 
     @property
     def complete(self) -> bool:
@@ -41,9 +46,40 @@ class TeacherCache:
             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits (float32) and, if asked, stage features (fp16, memory-mapped, in the
         teacher's memory layout: the losses read them without a conversion pass)."""
-        d = torch.load(self.dir / f"{step:06d}.pt", mmap=True, weights_only=True)
+        if self._resident is not None:
+            d = self._resident[step]
+        else:
+            d = torch.load(self.dir / f"{step:06d}.pt", mmap=True, weights_only=True)
         self.hits += 1
         return d["logits"].float(), list(d["feats"]) if features else []
+
+    def to_device(self, device: torch.device) -> bool:
+        """On a GPU, keep the complete cache in its memory, read once from disk for the
+        whole process (every later trial of the study reads it there): when it takes at most
+        :data:`RESIDENT_SHARE` of the GPU's free memory. Returns whether it is resident."""
+        if device.type != "cuda" or not self.complete:
+            return False
+        free, _ = torch.cuda.mem_get_info(device)
+        return self.load_resident(device, free)
+
+    def load_resident(self, device: torch.device, free_bytes: int) -> bool:
+        """:meth:`to_device` with the free memory given: every step's tensors on ``device``
+        unless they take more than :data:`RESIDENT_SHARE` of ``free_bytes``."""
+        done = (self.dir / "COMPLETE").stat()  # a cache written again is another cache
+        key = (str(self.dir.resolve()), str(device), done.st_ino, done.st_mtime_ns)
+        if key not in _RESIDENT:
+            files = sorted(self.dir.glob("*.pt"))
+            size = sum(f.stat().st_size for f in files)
+            if not files or size > RESIDENT_SHARE * free_bytes:
+                return False
+            _RESIDENT.clear()  # another study's cache gives way
+            _RESIDENT[key] = {
+                int(f.stem): {"logits": d["logits"].to(device), "feats": [
+                    t.to(device) for t in d["feats"]]}
+                for f in files for d in [torch.load(f, weights_only=True)]}
+            log.info("teacher cache on %s: %.2f GB, %d steps", device, size / 1e9, len(files))
+        self._resident = _RESIDENT[key]
+        return True
 
     def begin(self) -> bool:
         """Start writing the cache, unless another worker is writing it (a file lock) or

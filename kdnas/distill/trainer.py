@@ -182,6 +182,8 @@ class _TeacherSignal:
         self.teacher, self.cache, self.features, self.device = teacher, cache, features, device
         self.reading = cache is not None and cache.complete
         self.writing = cache is not None and not self.reading
+        if self.reading:
+            cache.to_device(device)  # on a GPU with room: read from its memory, not disk
         tap = bool(teacher.taps) and not self.reading and (features or self.writing)
         self.taps = FeatureTaps(teacher.module, [t.module for t in teacher.taps]) if tap \
             else None
@@ -196,7 +198,7 @@ class _TeacherSignal:
             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if self.reading:
             logits, feats = self.cache.get(step, features=self.features)
-            if self.device.type != "cpu":
+            if self.device.type != "cpu":  # no copy when the cache is on the device
                 logits = logits.to(self.device, non_blocking=True)
                 feats = [f.to(self.device, non_blocking=True) for f in feats]
             return logits, feats
