@@ -246,17 +246,20 @@ def test_teacher_cache_is_written_once_and_read_after(teacher_and_data, tmp_path
     r1 = fit(first, data, cfg, teacher=teacher, student_taps=taps, cache=cache)
     assert cache.complete and cache.writes == r1.steps and cache.hits == 0
 
-    class Refuses(torch.nn.Module):  # the teacher must not run again
-        def forward(self, x):
-            raise AssertionError("teacher ran although its outputs were cached")
+    def from_cache_alone(cache):  # a fresh student trained with a teacher that must not run
+        class Refuses(torch.nn.Module):
+            def forward(self, x):
+                raise AssertionError("teacher ran although its outputs were cached")
 
-    real = teacher.module
-    teacher.module = Refuses()
-    try:
-        second, taps = _student(data)
-        r2 = fit(second, data, cfg, teacher=teacher, student_taps=taps, cache=cache)
-    finally:
-        teacher.module = real
+        real, teacher.module = teacher.module, Refuses()
+        try:
+            student, taps = _student(data)
+            return student, fit(student, data, cfg, teacher=teacher, student_taps=taps,
+                                cache=cache)
+        finally:
+            teacher.module = real
+
+    second, r2 = from_cache_alone(cache)
     assert cache.hits == r2.steps
     # the same student trained from cached fp16 outputs ends exactly where the first did
     assert r2.val_accuracy == r1.val_accuracy
@@ -269,12 +272,7 @@ def test_teacher_cache_is_written_once_and_read_after(teacher_and_data, tmp_path
     assert held.load_resident(torch.device("cpu"), free_bytes=4 * size)
     for f in held.dir.glob("*.pt"):
         f.unlink()
-    teacher.module = Refuses()
-    try:
-        third, taps = _student(data)
-        r3 = fit(third, data, cfg, teacher=teacher, student_taps=taps, cache=held)
-    finally:
-        teacher.module = real
+    _, r3 = from_cache_alone(held)
     assert held.hits == r3.steps and r3.val_accuracy == r1.val_accuracy
 
 
