@@ -199,6 +199,8 @@ def proxy_keys(res: dict) -> dict:
             "kendall_tau_without_kd": r.get("brief_ce", {}).get("tau_vs_truth_seed_mean"),
             "kendall_tau_within_space": r.get("brief", {}).get("tau_within_space", {}).get(
                 "mean"),
+            "kendall_tau_within_space_without_kd": r.get("brief_ce", {}).get(
+                "tau_within_space", {}).get("mean"),
             "ground_truth_seed_tau": r.get(GROUND_TRUTH, {}).get("seed_tau"),
             "seed_spread": {n: v.get("seed_spread") for n, v in r.items()},
             "candidates": len(res["candidates"]),
