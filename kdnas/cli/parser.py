@@ -65,7 +65,9 @@ def _add_search(sub) -> None:  # layout: table
                    "shufflenet, or your own as path/to/file.py:NAME (docs/spaces.md)")
     s.add_argument("--steps", type=int, help="brief training per candidate, in optimizer "
                    "steps of --batch-size images (default 400, or 30 epochs of a small data "
-                   "set if that is fewer)")
+                   "set if that is fewer; on CIFAR-10 it ranks candidates of one space like "
+                   "8x longer training at Kendall tau 0.71, and 800 steps did no better: "
+                   "reports/search_quality.md)")
     s.add_argument("--epochs", type=float, help="brief training per candidate in epochs "
                    "instead of steps")
     s.add_argument("--train-fraction", type=float,
