@@ -44,6 +44,16 @@ def test_unknown_or_missing_devices_are_user_errors(text, needle):
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="a GPU is visible")
+def test_bench_on_a_gpu_without_one_says_what_to_do(capsys):
+    from kdnas.bench.run import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--device", "cuda", "--quick"])
+    assert "kdnas bench: error: --device cuda: no CUDA device is visible" in str(e.value)
+    assert "use --device cpu" in str(e.value)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="a GPU is visible")
 def test_cuda_without_a_gpu_says_what_to_do():
     with pytest.raises(KdnasError, match="no CUDA device is visible.*--device cpu"):
         resolve("cuda")

@@ -192,7 +192,13 @@ def main(argv: list[str] | None = None) -> None:
         "search's time outside student forward/backward, throughput against a plain Optuna "
         "+ torchvision loop, and memory. Writes BENCHMARKS.md and benchmarks.json.")
     add_arguments(ap)
-    run_from_args(ap.parse_args(argv))
+    args = ap.parse_args(argv)
+    from kdnas.core.errors import KdnasError
+
+    try:
+        run_from_args(args)
+    except KdnasError as e:  # what was wrong and what to do, without a traceback
+        raise SystemExit(f"kdnas bench: error: {e}") from None
 
 
 def add_arguments(ap) -> None:
