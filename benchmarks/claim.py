@@ -9,7 +9,8 @@ when both are distilled fully the same way, by more than the seed spread of eith
 
 Test accuracies, means and spreads go under ``claim`` in ``reports/search_quality.json`` (the
 proxy study's file; its data, teacher and --work are shared) and a section of
-``reports/search_quality.md``. Interrupt at any time; the same command goes on.
+``reports/search_quality.md``. Interrupt at any time; the same command goes on. Two
+processes of the same command share the work (each distillation is locked to one of them).
 
     python benchmarks/claim.py                       # CIFAR-10, resnet8, 3 seeds
     python benchmarks/claim.py --data digits --trials 2 --steps 5 --epochs 1  # a tiny run
@@ -18,7 +19,9 @@ proxy study's file; its data, teacher and --work are shared) and a section of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import json
 import sys
 
@@ -65,17 +68,21 @@ def main(argv: list[str] | None = None) -> None:
     found = pick_trial(record, "best")
     rec = record.trained_trial(found)
     runs = json.loads(args.out.read_text()).get("claim_runs", {}) if args.out.exists() else {}
+    noise = record.noise if (record.noise or {}).get("trial") == found else None
+    brief = {"found": list(noise["accuracies"]) if noise else [rec.val_accuracy],
+             "reference": record.references.get(args.reference, {}).get("val_accuracy")}
 
     def save() -> None:
         def update(res: dict) -> dict:  # the claim's keys only: the proxy study shares the file
             res["claim_runs"] = {**res.get("claim_runs", {}), **runs}
             res["claim"] = summarise(res["claim_runs"], args, argv, budget, found,
-                                     describe(rec.spec), rec.cost["macs"], out.study)
+                                     describe(rec.spec), rec.cost["macs"], brief)
             return res
 
         res = update_results(args.out, update)
         write_markdown(args.out.with_suffix(".md"), res, res.get("argv", []))
 
+    save()  # the search's outcome is on the page before the first long distillation ends
     opts = dict(epochs=args.epochs, formats=())
     try:
         for seed in args.seeds:
@@ -83,14 +90,19 @@ def main(argv: list[str] | None = None) -> None:
                 key = f"{who}/s{seed}"
                 if runs.get(key, {}).get("epochs") == args.epochs:
                     continue
-                print(f"distilling the {who} student, seed {seed}, {args.epochs:g} epochs",
-                      flush=True)
-                if who == "found":
-                    info = distill_trial(record, cfg, found, teacher, data, seed=seed,
-                                         out_dir=args.work / "claim" / key, **opts)
-                else:
-                    info = distill_reference(cfg, args.reference, teacher, data, seed=seed,
+                with held(args.work / "claim" / f"{who}-s{seed}.lock") as mine:
+                    if not mine:  # a second worker takes the next one: two cores, two runs
+                        print(f"{key}: another process distils it; skipped", flush=True)
+                        continue
+                    print(f"distilling the {who} student, seed {seed}, {args.epochs:g} "
+                          "epochs", flush=True)
+                    if who == "found":
+                        info = distill_trial(record, cfg, found, teacher, data, seed=seed,
                                              out_dir=args.work / "claim" / key, **opts)
+                    else:
+                        info = distill_reference(cfg, args.reference, teacher, data,
+                                                 seed=seed, out_dir=args.work / "claim" / key,
+                                                 **opts)
                 runs[key] = {k: info[k] for k in ("test_accuracy", "val_accuracy", "macs",
                                                   "epochs")}
                 save()
@@ -101,8 +113,22 @@ def main(argv: list[str] | None = None) -> None:
     save()
 
 
+@contextlib.contextmanager
+def held(path):
+    """True while this process holds ``path``'s lock, False if another process does: workers
+    running this script side by side never distil the same student and seed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
 def summarise(runs: dict, args, argv, budget: int, found: int, arch: str, macs: int,
-              study) -> dict:
+              brief: dict) -> dict:
     def accs(who):
         return [runs[f"{who}/s{s}"]["test_accuracy"] for s in args.seeds  # this recipe's
                 if runs.get(f"{who}/s{s}", {}).get("epochs") == args.epochs]
@@ -111,6 +137,8 @@ def summarise(runs: dict, args, argv, budget: int, found: int, arch: str, macs: 
     c = {"budget_macs": budget, "seeds": list(args.seeds), "epochs": args.epochs,
          "reference": args.reference, "found_trial": found, "found_arch": arch,
          "found_macs": macs, "search_trials": args.trials,
+         "found_brief_accuracies": brief["found"],
+         "reference_brief_accuracy": brief["reference"],
          "found_accuracies": f, "reference_accuracies": r,
          "found_accuracy_mean": float(np.mean(f)) if f else None,
          "found_spread": float(np.ptp(f)) if f else None,

@@ -501,6 +501,17 @@ def _within_text(w: dict | None) -> str:
                           else "") for k, v in w["spaces"].items()) + ")"
 
 
+def _brief_lines(c: dict) -> list[str]:
+    """What the search itself saw: its brief validation accuracies (the full distillations
+    decide; these only say what to expect)."""
+    found, ref = c.get("found_brief_accuracies"), c.get("reference_brief_accuracy")
+    if not found or ref is None:
+        return []
+    seeds = f" (mean of {len(found)} seeds)" if len(found) > 1 else ""
+    return ["", f"In the search's brief recipe (validation accuracy): the found student "
+            f"{100 * sum(found) / len(found):.1f}%{seeds}, the reference {100 * ref:.1f}%."]
+
+
 def claim_lines(c: dict | None) -> list[str]:
     """The claim study's section (written by benchmarks/claim.py)."""
     if not c:
@@ -516,7 +527,7 @@ def claim_lines(c: dict | None) -> list[str]:
         f"Found: trial {c['found_trial']} of a {c['search_trials']}-trial search, "
         f"{c['found_arch']} ({c['found_macs'] / 1e6:.2f}M MACs). Both trained by "
         f"`kdnas distill` for {c['epochs']:g} epochs with the same teacher and method; "
-        f"test accuracy over seeds {c['seeds']}; {c['device']}.", "",
+        f"test accuracy over seeds {c['seeds']}; {c['device']}.", *_brief_lines(c), "",
         "| student | test accuracy per seed | mean | spread (max - min) |",
         "| --- | --- | --- | --- |",
         f"| found ({c['found_arch']}) | {', '.join(pct(v) for v in c['found_accuracies'])} | "

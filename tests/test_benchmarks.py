@@ -104,7 +104,13 @@ def test_claim_runs_resumes_and_reports(tmp_path):
             "--reference", "resnet8", "--trials", "2", "--steps", "5", "--epochs", "1",
             "--seeds", "0", "1", "--work", str(tmp_path / "work"),
             "--out", str(tmp_path / "sq.json")]
-    claim.main(argv)
+    with claim.held(tmp_path / "work" / "claim" / "found-s1.lock") as mine:
+        assert mine  # a second worker distils found/s1: this one leaves it alone
+        claim.main(argv)
+    part = json.loads((tmp_path / "sq.json").read_text())
+    assert set(part["claim_runs"]) == {"found/s0", "reference/s0", "reference/s1"}
+    assert part["claim"]["verdict"].startswith("In progress")
+    claim.main(argv)  # the lock is free again: the rest
     res = json.loads((tmp_path / "sq.json").read_text())
     c = res["claim"]
     for key in ("found_accuracy_mean", "found_spread", "reference_accuracy_mean",
@@ -115,8 +121,9 @@ def test_claim_runs_resumes_and_reports(tmp_path):
     assert c["reference_spread"] == pytest.approx(max(c["reference_accuracies"])
                                                   - min(c["reference_accuracies"]))
     assert "the claim" in c["verdict"]
+    assert 0 <= c["reference_brief_accuracy"] <= 1 and c["found_brief_accuracies"]
     md = (tmp_path / "sq.md").read_text()
-    assert "The claim" in md and "reference resnet8" in md
+    assert "The claim" in md and "reference resnet8" in md and "brief recipe" in md
     claim.main(argv)  # everything done: nothing trained again
     assert json.loads((tmp_path / "sq.json").read_text())["claim_runs"] == res["claim_runs"]
 
