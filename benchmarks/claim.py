@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
 
+    from kdnas.cli.progress import SearchProgress, StepBar
     from kdnas.core.settings import SearchConfig
     from kdnas.cost import count_macs
     from kdnas.report import pick_trial
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
                             num_classes=data.num_classes, input_size=data.input_size)
     budget = count_macs(space.build(ref_spec), data.input_shape)
     cfg = dataclasses.replace(cfg, budget=f"{budget / 1e6:.6f}MMACs")  # exact: whole MACs
-    out = run_search(cfg, teacher, data)
+    out = run_search(cfg, teacher, data, on_event=SearchProgress(cfg))
     record = load_record(out.study)
     found = pick_trial(record, "best")
     rec = record.trained_trial(found)
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
                         continue
                     print(f"distilling the {who} student, seed {seed}, {args.epochs:g} "
                           "epochs", flush=True)
+                    opts["progress"] = StepBar(f"  {key}", every_s=120)
                     if who == "found":
                         info = distill_trial(record, cfg, found, teacher, data, seed=seed,
                                              out_dir=args.work / "claim" / key, **opts)

@@ -93,6 +93,7 @@ def recipe_config(base, name: str, over: dict, seed: int, space: str, n_train: i
 def run_study(cfg, cands: list[dict], teacher, data, work: Path, on_result) -> None:
     """Train the candidates in kdnas' own (resumable) study ``cfg.study``: each is enqueued
     until it has been trained once; the teacher cache is shared by every study."""
+    from kdnas.cli.progress import SearchProgress, say
     from kdnas.search.loop import run_search
     from kdnas.search.storage import open_study
 
@@ -116,8 +117,16 @@ def run_study(cfg, cands: list[dict], teacher, data, work: Path, on_result) -> N
             if c["params"] not in waiting:
                 study.enqueue_trial(c["params"])
         target = len(done) + len(todo)
+        say(f"{cfg.study}: {len(todo)} of {len(cands)} candidates to train")
+        shown = SearchProgress(dataclasses.replace(cfg, trials=target))
+
+        def on_event(kind, info, shown=shown) -> None:
+            shown(kind, info)  # a line per candidate, a step line every half minute
+            if kind == "trial_end":
+                on_result(info)
+
         out = run_search(dataclasses.replace(cfg, trials=target), teacher, data,
-                         on_event=lambda kind, info: kind == "trial_end" and on_result(info))
+                         on_event=on_event)
         if out.interrupted:
             raise KeyboardInterrupt
 
