@@ -11,6 +11,8 @@ Test accuracies, means and spreads go under ``claim`` in ``reports/search_qualit
 proxy study's file; its data, teacher and --work are shared) and a section of
 ``reports/search_quality.md``. Interrupt at any time; the same command goes on. Two
 processes of the same command share the work (each distillation is locked to one of them).
+A larger ``--trials`` extends the search; if it finds another best student, that one is
+distilled and the earlier pick's results stay beside it.
 
     python benchmarks/claim.py                       # CIFAR-10, resnet8, 3 seeds
     python benchmarks/claim.py --data digits --trials 2 --steps 5 --epochs 1  # a tiny run
@@ -68,14 +70,14 @@ def main(argv: list[str] | None = None) -> None:
     record = load_record(out.study)
     found = pick_trial(record, "best")
     rec = record.trained_trial(found)
-    runs = json.loads(args.out.read_text()).get("claim_runs", {}) if args.out.exists() else {}
+    runs = (legacy_keys(json.loads(args.out.read_text())) if args.out.exists() else {})
     noise = record.noise if (record.noise or {}).get("trial") == found else None
     brief = {"found": list(noise["accuracies"]) if noise else [rec.val_accuracy],
              "reference": record.references.get(args.reference, {}).get("val_accuracy")}
 
     def save() -> None:
         def update(res: dict) -> dict:  # the claim's keys only: the proxy study shares the file
-            res["claim_runs"] = {**res.get("claim_runs", {}), **runs}
+            res["claim_runs"] = {**legacy_keys(res), **runs}
             res["claim"] = summarise(res["claim_runs"], args, argv, budget, found,
                                      describe(rec.spec), rec.cost["macs"], brief)
             return res
@@ -88,10 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for seed in args.seeds:
             for who in ("found", "reference"):
-                key = f"{who}/s{seed}"
+                key = f"trial-{found}/s{seed}" if who == "found" else f"reference/s{seed}"
                 if runs.get(key, {}).get("epochs") == args.epochs:
                     continue
-                with held(args.work / "claim" / f"{who}-s{seed}.lock") as mine:
+                with held(args.work / "claim" / f"{key.replace('/', '-')}.lock") as mine:
                     if not mine:  # a second worker takes the next one: two cores, two runs
                         print(f"{key}: another process distils it; skipped", flush=True)
                         continue
@@ -107,12 +109,27 @@ def main(argv: list[str] | None = None) -> None:
                                                  **opts)
                 runs[key] = {k: info[k] for k in ("test_accuracy", "val_accuracy", "macs",
                                                   "epochs")}
+                if who == "found":
+                    runs[key]["trial"] = found
                 save()
     except KeyboardInterrupt:
         save()
         raise SystemExit("interrupted: the distillation resumes from its last epoch when "
                          "the same command runs again") from None
     save()
+
+
+def legacy_keys(res: dict) -> dict:
+    """The claim's runs, found students keyed by their trial (``trial-19/s0``): a longer
+    search (a larger ``--trials``) may find another student, whose runs must not mix with
+    the earlier pick's. Runs saved as ``found/sN`` belong to the pick recorded beside them."""
+    runs = dict(res.get("claim_runs", {}))
+    for key in [k for k in runs if k.startswith("found/")]:
+        trial = runs[key].get("trial", res.get("claim", {}).get("found_trial"))
+        new = f"trial-{trial}/{key.split('/', 1)[1]}"
+        runs.setdefault(new, {**runs[key], "trial": trial})
+        del runs[key]
+    return runs
 
 
 @contextlib.contextmanager
@@ -135,7 +152,8 @@ def summarise(runs: dict, args, argv, budget: int, found: int, arch: str, macs: 
         return [runs[f"{who}/s{s}"]["test_accuracy"] for s in args.seeds  # this recipe's
                 if runs.get(f"{who}/s{s}", {}).get("epochs") == args.epochs]
 
-    f, r = accs("found"), accs("reference")
+    f, r = accs(f"trial-{found}"), accs("reference")
+    earlier = {int(k.split("/")[0][6:]) for k in runs if k.startswith("trial-")} - {found}
     c = {"budget_macs": budget, "seeds": list(args.seeds), "epochs": args.epochs,
          "reference": args.reference, "found_trial": found, "found_arch": arch,
          "found_macs": macs, "search_trials": args.trials,
@@ -146,7 +164,8 @@ def summarise(runs: dict, args, argv, budget: int, found: int, arch: str, macs: 
          "found_spread": float(np.ptp(f)) if f else None,
          "reference_accuracy_mean": float(np.mean(r)) if r else None,
          "reference_spread": float(np.ptp(r)) if r else None,
-         "device": "CPU (2 cores)", "argv": " ".join(argv)}
+         "device": "CPU (2 cores)", "argv": " ".join(argv),
+         "earlier_picks": {str(t): accs(f"trial-{t}") for t in sorted(earlier)}}
     done = len(f) == len(r) == len(args.seeds)
     if not done:
         c["verdict"] = (f"In progress: {len(f)} of {len(args.seeds)} found and {len(r)} "

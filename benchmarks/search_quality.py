@@ -544,6 +544,10 @@ def claim_lines(c: dict | None) -> list[str]:
         f"| reference {c['reference']} | "
         f"{', '.join(pct(v) for v in c['reference_accuracies'])} | "
         f"{pct(c['reference_accuracy_mean'])} | {pts(c['reference_spread'])} |",
+        *[f"| earlier pick: trial {t} (a shorter search's best) | "
+          f"{', '.join(pct(v) for v in a)} | {pct(sum(a) / len(a)) if a else '-'} | "
+          f"{pts(max(a) - min(a)) if a else '-'} |"
+          for t, a in c.get("earlier_picks", {}).items()],
         "", c["verdict"], "", f"Reproduce: `python benchmarks/claim.py {c['argv']}`."]
 
 

@@ -104,11 +104,13 @@ def test_claim_runs_resumes_and_reports(tmp_path):
             "--reference", "resnet8", "--trials", "2", "--steps", "5", "--epochs", "1",
             "--seeds", "0", "1", "--work", str(tmp_path / "work"),
             "--out", str(tmp_path / "sq.json")]
-    with claim.held(tmp_path / "work" / "claim" / "found-s1.lock") as mine:
-        assert mine  # a second worker distils found/s1: this one leaves it alone
+    with claim.held(tmp_path / "work" / "claim" / "reference-s1.lock") as mine:
+        assert mine  # a second worker distils reference/s1: this one leaves it alone
         claim.main(argv)
     part = json.loads((tmp_path / "sq.json").read_text())
-    assert set(part["claim_runs"]) == {"found/s0", "reference/s0", "reference/s1"}
+    found = part["claim"]["found_trial"]
+    assert set(part["claim_runs"]) == {f"trial-{found}/s0", "reference/s0",
+                                       f"trial-{found}/s1"}
     assert part["claim"]["verdict"].startswith("In progress")
     claim.main(argv)  # the lock is free again: the rest
     res = json.loads((tmp_path / "sq.json").read_text())
@@ -126,6 +128,25 @@ def test_claim_runs_resumes_and_reports(tmp_path):
     assert "The claim" in md and "reference resnet8" in md and "brief recipe" in md
     claim.main(argv)  # everything done: nothing trained again
     assert json.loads((tmp_path / "sq.json").read_text())["claim_runs"] == res["claim_runs"]
+    claim.main([*argv, "--trials", "4"])  # a longer search: its best is distilled
+    longer = json.loads((tmp_path / "sq.json").read_text())["claim"]
+    assert len(longer["found_accuracies"]) == 2 and longer["search_trials"] == 4
+    if longer["found_trial"] != found:  # the earlier pick's results stay, beside it
+        assert longer["earlier_picks"] == {str(found): c["found_accuracies"]}
+    else:
+        assert longer["found_accuracies"] == c["found_accuracies"]
+
+
+def test_claim_runs_saved_as_found_belong_to_the_pick_recorded_beside_them():
+    import claim
+
+    res = {"claim": {"found_trial": 19}, "claim_runs": {
+        "found/s0": {"test_accuracy": 0.77}, "reference/s0": {"test_accuracy": 0.76},
+        "trial-7/s0": {"test_accuracy": 0.78, "trial": 7}}}
+    assert claim.legacy_keys(res) == {
+        "trial-19/s0": {"test_accuracy": 0.77, "trial": 19},
+        "reference/s0": {"test_accuracy": 0.76}, "trial-7/s0": {"test_accuracy": 0.78,
+                                                                "trial": 7}}
 
 
 @pytest.mark.slow
