@@ -178,8 +178,22 @@ def summarise(runs: dict, args, argv, budget: int, found: int, arch: str, macs: 
             f"The found student {'beats' if gap > 0 else 'does not beat'} the reference by "
             f"{100 * gap:+.2f} points, " + ("more" if abs(gap) > spread else "not more")
             + f" than the larger seed spread ({100 * spread:.2f} points): "
-            + ("the claim holds." if gap > spread else "the claim does not hold here."))
+            + ("the claim holds." if gap > spread else "the claim does not hold here.")
+            + context(c))
     return c
+
+
+def context(c: dict) -> str:
+    """What the verdict rests on, in the run's own figures: how much of the budget the found
+    student uses, and how its brief lead over the reference compares with the full one."""
+    share = c["found_macs"] / c["budget_macs"]
+    out = f" The found student uses {100 * share:.0f}% of the budget's MACs"
+    found, ref = c.get("found_brief_accuracies"), c.get("reference_brief_accuracy")
+    if found and ref is not None:
+        brief_gap = sum(found) / len(found) - ref
+        out += (f"; in the search's brief recipe it led by {100 * brief_gap:+.1f} points, "
+                f"fully distilled by {100 * c['margin']:+.2f}")
+    return out + "."
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ def test_claim_runs_resumes_and_reports(tmp_path):
     assert c["found_macs"] <= c["budget_macs"]  # found within the reference's MACs
     assert c["reference_spread"] == pytest.approx(max(c["reference_accuracies"])
                                                   - min(c["reference_accuracies"]))
-    assert "the claim" in c["verdict"]
+    assert "the claim" in c["verdict"] and "of the budget's MACs" in c["verdict"]
     assert 0 <= c["reference_brief_accuracy"] <= 1 and c["found_brief_accuracies"]
     md = (tmp_path / "sq.md").read_text()
     assert "The claim" in md and "reference resnet8" in md and "brief recipe" in md
