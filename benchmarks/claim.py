@@ -72,8 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     rec = record.trained_trial(found)
     runs = (legacy_keys(json.loads(args.out.read_text())) if args.out.exists() else {})
     noise = record.noise if (record.noise or {}).get("trial") == found else None
+    ref_rec = record.references.get(args.reference, {})
     brief = {"found": list(noise["accuracies"]) if noise else [rec.val_accuracy],
-             "reference": record.references.get(args.reference, {}).get("val_accuracy")}
+             "reference": ref_rec.get("val_accuracy"), "found_params": rec.cost.get("params"),
+             "reference_params": ref_rec.get("cost", {}).get("params")}
 
     def save() -> None:
         def update(res: dict) -> dict:  # the claim's keys only: the proxy study shares the file
@@ -159,12 +161,14 @@ def summarise(runs: dict, args, argv, budget: int, found: int, arch: str, macs: 
          "found_macs": macs, "search_trials": args.trials,
          "found_brief_accuracies": brief["found"],
          "reference_brief_accuracy": brief["reference"],
+         "found_params": brief.get("found_params"),
+         "reference_params": brief.get("reference_params"),
          "found_accuracies": f, "reference_accuracies": r,
          "found_accuracy_mean": float(np.mean(f)) if f else None,
          "found_spread": float(np.ptp(f)) if f else None,
          "reference_accuracy_mean": float(np.mean(r)) if r else None,
          "reference_spread": float(np.ptp(r)) if r else None,
-         "device": "CPU (2 cores)", "argv": " ".join(argv),
+         "device": "CPU (2 cores)", "argv": " ".join(argv).strip(),
          "earlier_picks": {str(t): accs(f"trial-{t}") for t in sorted(earlier)}}
     done = len(f) == len(r) == len(args.seeds)
     if not done:
@@ -174,13 +178,24 @@ def summarise(runs: dict, args, argv, budget: int, found: int, arch: str, macs: 
         gap = c["found_accuracy_mean"] - c["reference_accuracy_mean"]
         spread = max(c["found_spread"], c["reference_spread"])
         c["margin"] = gap
+        c["welch_p"] = welch_p(f, r)
         c["verdict"] = (
             f"The found student {'beats' if gap > 0 else 'does not beat'} the reference by "
             f"{100 * gap:+.2f} points, " + ("more" if abs(gap) > spread else "not more")
             + f" than the larger seed spread ({100 * spread:.2f} points): "
-            + ("the claim holds." if gap > spread else "the claim does not hold here.")
-            + context(c))
+            + ("the claim holds" if gap > spread else "the claim does not hold here")
+            + ("" if c["welch_p"] is None else
+               f" (Welch's t-test over the seeds: p = {c['welch_p']:.3f})") + "." + context(c))
     return c
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test between the two students' seeds: how often seed
+    noise alone would part them this far (None where it is undefined)."""
+    from scipy.stats import ttest_ind
+
+    p = float(ttest_ind(a, b, equal_var=False).pvalue) if min(len(a), len(b)) > 1 else None
+    return None if p is None or np.isnan(p) else p
 
 
 def context(c: dict) -> str:

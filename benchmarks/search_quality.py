@@ -510,6 +510,11 @@ def _within_text(w: dict | None) -> str:
                           else "") for k, v in w["spaces"].items()) + ")"
 
 
+def _params(c: dict, who: str) -> str:
+    n = c.get(f"{who}_params")
+    return "" if n is None else f", {n / 1e3:.1f}k parameters"
+
+
 def _brief_lines(c: dict) -> list[str]:
     """What the search itself saw: its brief validation accuracies (the full distillations
     decide; these only say what to expect)."""
@@ -534,7 +539,8 @@ def claim_lines(c: dict | None) -> list[str]:
         "", "## The claim: a found student against a hand-designed one, both distilled fully",
         "", f"Budget {c['budget_macs'] / 1e6:.2f}M MACs (the reference {c['reference']}'s). "
         f"Found: trial {c['found_trial']} of a {c['search_trials']}-trial search, "
-        f"{c['found_arch']} ({c['found_macs'] / 1e6:.2f}M MACs). Both trained by "
+        f"{c['found_arch']} ({c['found_macs'] / 1e6:.2f}M MACs{_params(c, 'found')}; the "
+        f"reference {c['budget_macs'] / 1e6:.2f}M MACs{_params(c, 'reference')}). Both trained by "
         f"`kdnas distill` for {c['epochs']:g} epochs with the same teacher and method; "
         f"test accuracy over seeds {c['seeds']}; {c['device']}.", *_brief_lines(c), "",
         "| student | test accuracy per seed | mean | spread (max - min) |",
@@ -548,7 +554,8 @@ def claim_lines(c: dict | None) -> list[str]:
           f"{', '.join(pct(v) for v in a)} | {pct(sum(a) / len(a)) if a else '-'} | "
           f"{pts(max(a) - min(a)) if a else '-'} |"
           for t, a in c.get("earlier_picks", {}).items()],
-        "", c["verdict"], "", f"Reproduce: `python benchmarks/claim.py {c['argv']}`."]
+        "", c["verdict"], "",
+        f"Reproduce: `{('python benchmarks/claim.py ' + c['argv']).strip()}`."]
 
 
 if __name__ == "__main__":
