@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = (legacy_keys(json.loads(args.out.read_text())) if args.out.exists() else {})
     noise = record.noise if (record.noise or {}).get("trial") == found else None
     ref_rec = record.references.get(args.reference, {})
-    brief = {"found": list(noise["accuracies"]) if noise else [rec.val_accuracy],
+    seen = {"found": list(noise["accuracies"]) if noise else [rec.val_accuracy],
              "reference": ref_rec.get("val_accuracy"), "found_params": rec.cost.get("params"),
              "reference_params": ref_rec.get("cost", {}).get("params")}
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         def update(res: dict) -> dict:  # the claim's keys only: the proxy study shares the file
             res["claim_runs"] = {**legacy_keys(res), **runs}
             res["claim"] = summarise(res["claim_runs"], args, argv, budget, found,
-                                     describe(rec.spec), rec.cost["macs"], brief)
+                                     describe(rec.spec), rec.cost["macs"], seen)
             return res
 
         res = update_results(args.out, update)
@@ -149,7 +149,9 @@ def held(path):
 
 
 def summarise(runs: dict, args, argv, budget: int, found: int, arch: str, macs: int,
-              brief: dict) -> dict:
+              seen: dict) -> dict:
+    """The claim's figures; ``seen``: what the search saw of both students (brief accuracies,
+    parameters)."""
     def accs(who):
         return [runs[f"{who}/s{s}"]["test_accuracy"] for s in args.seeds  # this recipe's
                 if runs.get(f"{who}/s{s}", {}).get("epochs") == args.epochs]
@@ -159,10 +161,10 @@ def summarise(runs: dict, args, argv, budget: int, found: int, arch: str, macs: 
     c = {"budget_macs": budget, "seeds": list(args.seeds), "epochs": args.epochs,
          "reference": args.reference, "found_trial": found, "found_arch": arch,
          "found_macs": macs, "search_trials": args.trials,
-         "found_brief_accuracies": brief["found"],
-         "reference_brief_accuracy": brief["reference"],
-         "found_params": brief.get("found_params"),
-         "reference_params": brief.get("reference_params"),
+         "found_brief_accuracies": seen["found"],
+         "reference_brief_accuracy": seen["reference"],
+         "found_params": seen.get("found_params"),
+         "reference_params": seen.get("reference_params"),
          "found_accuracies": f, "reference_accuracies": r,
          "found_accuracy_mean": float(np.mean(f)) if f else None,
          "found_spread": float(np.ptp(f)) if f else None,

@@ -116,17 +116,16 @@ def run_study(cfg, cands: list[dict], teacher, data, work: Path, on_result) -> N
         for c in todo:
             if c["params"] not in waiting:
                 study.enqueue_trial(c["params"])
-        target = len(done) + len(todo)
+        run_cfg = dataclasses.replace(cfg, trials=len(done) + len(todo))
         say(f"{cfg.study}: {len(todo)} of {len(cands)} candidates to train")
-        shown = SearchProgress(dataclasses.replace(cfg, trials=target))
+        shown = SearchProgress(run_cfg)
 
         def on_event(kind, info, shown=shown) -> None:
             shown(kind, info)  # a line per candidate, a step line every half minute
             if kind == "trial_end":
                 on_result(info)
 
-        out = run_search(dataclasses.replace(cfg, trials=target), teacher, data,
-                         on_event=on_event)
+        out = run_search(run_cfg, teacher, data, on_event=on_event)
         if out.interrupted:
             raise KeyboardInterrupt
 
