@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     n_train = len(data.train_y)
     res = json.loads(args.out.read_text()) if args.out.exists() else {}
     res.setdefault("runs", {})
+    check_teacher(res, teacher.digest, teacher_path)
     if "candidates" not in res:
         res["candidates"] = pick_candidates(data, lo, hi, args.candidates, seed=0)
     recipes = dict(RECIPES, **dict(parse_recipe(r) for r in args.recipe))
@@ -289,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
         "data": spec, "train_images": n_train, "val_images": len(data.val_y),
         "classes": data.num_classes, "teacher": args.teacher_arch,
         "teacher_val_accuracy": teacher.meta.get("val_accuracy"),
-        "teacher_macs": teacher.meta.get("macs"), "band_macs": [lo, hi],
+        "teacher_macs": teacher.meta.get("macs"), "teacher_digest": teacher.digest,
+        "band_macs": [lo, hi],
         "recipes": {n: {"overrides": o, "text": recipe_config(
             base, n, o, 0, "resnet", n_train, 1).recipe_text(n_train)}
             for n, o in recipes.items() if not args.only or n in args.only}}
@@ -313,6 +315,17 @@ def main(argv: list[str] | None = None) -> None:
         save()
         raise SystemExit("interrupted: run the same command again to go on") from None
     save()
+
+
+def check_teacher(res: dict, digest: str, path: Path) -> None:
+    """Refuse to add runs distilled from another teacher than the recorded ones (a --work
+    folder lost and its teacher trained again differently, or another --teacher-arch)."""
+    recorded = res.get("setup", {}).get("teacher_digest")
+    if recorded and recorded != digest:
+        raise SystemExit(
+            f"the results in this file were distilled from a teacher with digest {recorded}; "
+            f"{path} has digest {digest}. Put the recorded teacher back in --work, or write "
+            "a new study with --out (and a new --work).")
 
 
 def update_results(path: Path, update) -> dict:
@@ -355,7 +368,12 @@ def run_all(order, res, recipes, base, teacher, data, work: Path, save,
         for space in dict.fromkeys(c["space"] for c in res["candidates"]):
             if spaces and space not in spaces:
                 continue
-            cands = [c for c in res["candidates"] if c["space"] == space]
+            # the results file is the record: a candidate in it is not trained again, even
+            # where its study in --work is gone
+            cands = [c for c in res["candidates"] if c["space"] == space
+                     and c["id"] not in res["runs"].get(key, {})]
+            if not cands:
+                continue
             cfg = recipe_config(base, name, recipes[name], seed, space, n_train, len(cands))
             t0 = time.perf_counter()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -48,6 +49,17 @@ def test_search_quality_runs_resumes_and_reports(tmp_path):
     search_quality.main(argv)
     again = json.loads((tmp_path / "sq.json").read_text())
     assert again["runs"] == res["runs"]
+    # the studies lost (the teacher kept): what the results file holds is not trained again
+    shutil.rmtree(tmp_path / "work" / "runs")
+    search_quality.main(argv)
+    assert json.loads((tmp_path / "sq.json").read_text())["runs"] == res["runs"]
+    assert not list((tmp_path / "work" / "runs").glob("*/*.db"))
+    # results distilled from another teacher are not mixed with these
+    again["setup"]["teacher_digest"] = "0" * 16
+    (tmp_path / "sq.json").write_text(json.dumps(again))
+    with pytest.raises(SystemExit, match="digest"):
+        search_quality.main(argv)
+    (tmp_path / "sq.json").write_text(json.dumps(res))
     (tmp_path / "sq.md").unlink()
     search_quality.main(["--summarise", "--out", str(tmp_path / "sq.json")])
     assert "tau within each space" in (tmp_path / "sq.md").read_text()
