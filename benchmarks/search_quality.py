@@ -17,7 +17,9 @@ reach), and each recipe's seed spread. More recipes: ``--recipe NAME=steps:800,k
 
 Every raw result is written to ``reports/search_quality.json`` as it comes; the figures and
 plot to ``reports/search_quality.md`` / ``.png``. Interrupt at any time: the same command
-goes on where it stopped (the studies, the teacher and the data stay in ``--work``).
+goes on where it stopped (the studies, the teacher and the data stay in ``--work``). A
+candidate recorded in the json is not trained again even where ``--work`` is gone, and the
+default study's teacher is kept in ``benchmarks/teachers/``, so a new checkout goes on too.
 """
 
 from __future__ import annotations
@@ -238,11 +240,28 @@ def data_and_teacher(args) -> tuple[str, Path]:
     spec = args.data or "imagefolder:" + str(make_subset(
         ARCHIVE, args.work / "data", args.per_class, args.per_class and args.per_class // 4))
     teacher_path = args.work / f"teacher-{args.teacher_arch}.pt"
+    kept = kept_teacher(args)
+    if not teacher_path.exists() and kept and kept.exists():
+        shutil.copyfile(kept, teacher_path)
+        print(f"teacher: {kept.relative_to(ROOT)} (the one the recorded results used)")
     if not teacher_path.exists():
         print(f"training the teacher ({args.teacher_arch}, {args.teacher_epochs} epochs)")
         train_teacher(spec, args.teacher_arch, epochs=args.teacher_epochs, out=teacher_path,
                       val_fraction=args.val_fraction)
+    if kept and not kept.exists():
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(teacher_path, kept)
     return spec, teacher_path
+
+
+def kept_teacher(args) -> Path | None:
+    """Where the teacher of the default study (all of the CIFAR-10 archive) is kept in the
+    repository: every recorded result depends on it, and a new checkout has no --work, so
+    without it the next run would train another teacher (over an hour on a CPU)."""
+    if args.data or args.per_class:
+        return None
+    tag = f"{args.teacher_epochs:g}ep-val{args.val_fraction:g}"
+    return ROOT / "benchmarks" / "teachers" / f"cifar10-{args.teacher_arch}-{tag}.pt"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -66,6 +66,38 @@ def test_search_quality_runs_resumes_and_reports(tmp_path):
     assert json.loads((tmp_path / "sq.json").read_text())["runs"] == res["runs"]
 
 
+def test_the_default_study_takes_its_kept_teacher_and_keeps_a_new_one(tmp_path, monkeypatch):
+    """A new checkout has no --work folder: the default study's teacher comes from the
+    repository (the recorded results used it), and one trained afresh is kept there."""
+    import argparse
+
+    import kdnas.ship.teacher_train as tt
+
+    monkeypatch.setattr(search_quality, "ROOT", tmp_path)
+    monkeypatch.setattr(search_quality, "make_subset", lambda *a: tmp_path / "data")
+    trained = []
+
+    def train(spec, arch, *, out, **kw):
+        trained.append(arch)
+        Path(out).write_bytes(b"new " + arch.encode())
+
+    monkeypatch.setattr(tt, "train_teacher", train)
+    ap = argparse.ArgumentParser()
+    search_quality.add_setup_args(ap)
+    args = ap.parse_args(["--work", str(tmp_path / "work")])
+    kept = search_quality.kept_teacher(args)
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"recorded")
+    spec, path = search_quality.data_and_teacher(args)
+    assert path.read_bytes() == b"recorded" and not trained
+    assert spec == f"imagefolder:{tmp_path / 'data'}"
+    args = ap.parse_args(["--work", str(tmp_path / "work"), "--teacher-arch", "resnet8"])
+    _, path = search_quality.data_and_teacher(args)
+    assert trained == ["resnet8"] and search_quality.kept_teacher(args).read_bytes() == (
+        b"new resnet8")
+    assert search_quality.kept_teacher(ap.parse_args(["--data", "digits"])) is None
+
+
 def test_tau_within_space_sees_a_ranking_that_a_family_offset_hides():
     """Brief accuracies in the ground truth's order inside each space, but one space's
     candidates start slow: the pooled tau is low, the tau within each space is 1."""
