@@ -162,6 +162,10 @@ def summarise(res: dict) -> dict:
     out: dict = {"recipes": {}}
     truth = table.get(GROUND_TRUTH)
     truth_mean = truth.mean(axis=1) if truth is not None else None
+    # the ground truth's own seed noise: a space whose true accuracies lie within it has no
+    # order for any proxy to find
+    truth_noise = (float((truth.max(axis=1) - truth.min(axis=1)).dropna().mean())
+                   if truth is not None and truth.shape[1] >= 2 else None)
     for name, df in table.items():
         full = df.dropna()
         row = {"seeds": sorted(df.columns.tolist()),
@@ -181,15 +185,18 @@ def summarise(res: dict) -> dict:
                                                                            "kendall"))
                 row["tau_over"] = int(len(both))
                 row["tau_within_space"] = _tau_within(both.iloc[:, 1], both.iloc[:, 2],
-                                                      cands.space)
+                                                      cands.space, truth_noise)
         out["recipes"][name] = row
     out["accuracy"] = {name: df.mean(axis=1).round(5).to_dict() for name, df in table.items()}
     return out
 
 
-def _tau_within(proxy: pd.Series, truth: pd.Series, space: pd.Series) -> dict:
+def _tau_within(proxy: pd.Series, truth: pd.Series, space: pd.Series,
+                noise: float | None = None) -> dict:
     """Kendall's tau inside each space with at least 3 candidates, and their mean weighted by
-    pairs: what one study ranks, since a study searches one space."""
+    pairs: what one study ranks, since a study searches one space. A space whose truth range
+    is within ``noise`` (the ground truth's seed spread) is listed in ``noise_spaces``: its
+    tau is luck, so ``mean_beyond_noise`` leaves it out."""
     taus, pairs, spans = {}, {}, {}
     for name, ids in proxy.groupby(space.reindex(proxy.index)).groups.items():
         if len(ids) >= 3:
@@ -198,8 +205,14 @@ def _tau_within(proxy: pd.Series, truth: pd.Series, space: pd.Series) -> dict:
             spans[name] = float(truth[ids].max() - truth[ids].min())
     if not taus:
         return {}
-    mean = sum(taus[n] * pairs[n] for n in taus) / sum(pairs.values())
-    return {"spaces": taus, "mean": float(mean), "truth_range": spans}
+
+    def weighted(names):
+        return (float(sum(taus[n] * pairs[n] for n in names) / sum(pairs[n] for n in names))
+                if names else None)
+    noisy = sorted(n for n in taus if noise is not None and spans[n] <= noise)
+    return {"spaces": taus, "mean": weighted(list(taus)), "truth_range": spans,
+            "noise_spaces": noisy, "mean_beyond_noise": weighted([n for n in taus
+                                                                  if n not in noisy])}
 
 
 def proxy_keys(res: dict) -> dict:
@@ -211,6 +224,8 @@ def proxy_keys(res: dict) -> dict:
                 "mean"),
             "kendall_tau_within_space_without_kd": r.get("brief_ce", {}).get(
                 "tau_within_space", {}).get("mean"),
+            "kendall_tau_within_space_beyond_noise": r.get("brief", {}).get(
+                "tau_within_space", {}).get("mean_beyond_noise"),
             "ground_truth_seed_tau": r.get(GROUND_TRUTH, {}).get("seed_tau"),
             "seed_spread": {n: v.get("seed_spread") for n, v in r.items()},
             "candidates": len(res["candidates"]),
@@ -520,7 +535,9 @@ def write_markdown(path: Path, res: dict, argv) -> None:
               "tau between a recipe's first two seeds: for the ground truth it is the ceiling "
               "any proxy can reach. Seed spread: mean over candidates of max - min over seeds "
               "(accuracy points). Tau within each space: the same tau among the candidates of "
-              "one space (a study searches one space), and its mean weighted by pairs.", "",
+              "one space (a study searches one space), and its mean weighted by pairs; a space "
+              "marked noise has true accuracies within the ground truth's own seed spread, "
+              "so its order is luck for any proxy, and the mean without it is given too.", "",
               "| candidate | family | MACs | " + " | ".join(s["accuracy"]) + " |",
               "| --- | --- | --- | " + " | ".join("---" for _ in s["accuracy"]) + " |"]
     for c in res["candidates"]:
@@ -540,10 +557,13 @@ def write_markdown(path: Path, res: dict, argv) -> None:
 def _within_text(w: dict | None) -> str:
     if not w:
         return "-"
-    spans = w.get("truth_range", {})
+    spans, noisy = w.get("truth_range", {}), w.get("noise_spaces", [])
+    beyond = w.get("mean_beyond_noise")
     return f"{w['mean']:.2f} (" + ", ".join(
         f"{k} {v:.2f}" + (f" over a {100 * spans[k]:.1f}-point truth range" if k in spans
-                          else "") for k, v in w["spaces"].items()) + ")"
+                          else "") + (": noise" if k in noisy else "")
+        for k, v in w["spaces"].items()) + ")" + (
+        f"; {beyond:.2f} without the noise" if noisy and beyond is not None else "")
 
 
 def _params(c: dict, who: str) -> str:

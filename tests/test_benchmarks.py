@@ -253,3 +253,19 @@ def test_the_gpu_section_states_its_figures_against_the_goal():
     assert "71% mean" in text and "student 80%" in text
     assert "met)" in "\n".join(gpu_lines(dict(gpu, minutes_for_100_trials=9.0)))
     assert "Not measured" in "\n".join(gpu_lines(None))
+
+
+def test_a_space_whose_truth_lies_within_seed_noise_is_marked_and_left_out_of_the_mean():
+    import pandas as pd
+
+    ids = list("abcdef")
+    space = pd.Series(["x", "x", "x", "y", "y", "y"], index=ids)
+    truth = pd.Series([0.70, 0.72, 0.74, 0.750, 0.751, 0.752], index=ids)
+    proxy = pd.Series([0.40, 0.42, 0.44, 0.52, 0.51, 0.50], index=ids)  # y's order reversed
+    w = search_quality._tau_within(proxy, truth, space, noise=0.004)
+    assert w["spaces"] == pytest.approx({"x": 1.0, "y": -1.0})
+    assert w["mean"] == pytest.approx(0.0)
+    assert w["noise_spaces"] == ["y"] and w["mean_beyond_noise"] == pytest.approx(1.0)
+    assert "y -1.00 over a 0.2-point truth range: noise" in search_quality._within_text(w)
+    # with no seed noise measured, nothing is called noise
+    assert search_quality._tau_within(proxy, truth, space)["noise_spaces"] == []
