@@ -68,7 +68,19 @@ def trained_specs(study: optuna.Study) -> list[str]:
             if t.user_attrs.get("trained")]
 
 
+@pytest.fixture
+def ctrl_c_reaches_children():
+    """A shell that starts the tests in the background (a script's ``&``) ignores SIGINT, and
+    the kdnas processes started here would inherit that and never see the Ctrl-C. Catch it in
+    this process for the test: a caught signal is reset on exec, so the children get Python's
+    own handler, as in a terminal."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("ctrl_c_reaches_children")
 def test_ctrl_c_and_kill_9_mid_trial_lose_no_candidate(tmp_path, digits_teacher):
     """Ctrl-C in trial 0, then kill -9 in trial 2 of the resumed run, then the same command:
     every finished trial kept, each cut-off trial failed with its reason and its candidate

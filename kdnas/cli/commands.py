@@ -310,10 +310,6 @@ def cmd_demo(args) -> int:
     return code
 
 
-# ----------------------------------------------------------------------------- parser
-
-
-
 def cmd_bench(args) -> int:
     """``kdnas bench ...`` is ``python -m kdnas.bench ...`` (the benchmark's own parser)."""
     return subprocess.call([sys.executable, "-m", "kdnas.bench", *args.args])
