@@ -164,8 +164,7 @@ def summarise(res: dict) -> dict:
     truth_mean = truth.mean(axis=1) if truth is not None else None
     # the ground truth's own seed noise: a space whose true accuracies lie within it has no
     # order for any proxy to find
-    truth_noise = (float((truth.max(axis=1) - truth.min(axis=1)).dropna().mean())
-                   if truth is not None and truth.shape[1] >= 2 else None)
+    truth_noise = _seed_spread(truth) if truth is not None else None
     for name, df in table.items():
         full = df.dropna()
         row = {"seeds": sorted(df.columns.tolist()),
@@ -173,8 +172,9 @@ def summarise(res: dict) -> dict:
                "mean_accuracy": float(full.mean().mean()) if len(full) else None,
                "range": float(full.mean(axis=1).max() - full.mean(axis=1).min())
                if len(full) else None}
-        if df.shape[1] >= 2 and len(full) >= 2:
-            row["seed_spread"] = float((full.max(axis=1) - full.min(axis=1)).mean())
+        spread = _seed_spread(df)
+        if spread is not None:
+            row["seed_spread"] = spread
             row["seed_tau"] = float(full.iloc[:, 0].corr(full.iloc[:, 1], method="kendall"))
         if truth_mean is not None and name != GROUND_TRUTH:
             first = df[df.columns.min()]
@@ -189,6 +189,15 @@ def summarise(res: dict) -> dict:
         out["recipes"][name] = row
     out["accuracy"] = {name: df.mean(axis=1).round(5).to_dict() for name, df in table.items()}
     return out
+
+
+def _seed_spread(df: pd.DataFrame) -> float | None:
+    """Mean over the candidates that have every seed of max - min over the seeds (None with
+    fewer than 2 seeds or 2 such candidates)."""
+    full = df.dropna()
+    if df.shape[1] < 2 or len(full) < 2:
+        return None
+    return float((full.max(axis=1) - full.min(axis=1)).mean())
 
 
 def _tau_within(proxy: pd.Series, truth: pd.Series, space: pd.Series,
@@ -213,6 +222,14 @@ def _tau_within(proxy: pd.Series, truth: pd.Series, space: pd.Series,
     return {"spaces": taus, "mean": weighted(list(taus)), "truth_range": spans,
             "noise_spaces": noisy, "mean_beyond_noise": weighted([n for n in taus
                                                                   if n not in noisy])}
+
+
+def with_figures(res: dict) -> dict:
+    """``res`` with its summary and then its headline keys (read from that summary)
+    recomputed from the raw runs."""
+    res["summary"] = summarise(res)
+    res["proxy"] = proxy_keys(res)
+    return res
 
 
 def proxy_keys(res: dict) -> dict:
@@ -296,10 +313,7 @@ def main(argv: list[str] | None = None) -> None:
                     "and rewrite the .md from the json (no training)")
     args = ap.parse_args(argv)
     if args.summarise:
-        def again(res: dict) -> dict:
-            return {**res, "summary": summarise(res), "proxy": proxy_keys(res)}
-
-        res = update_results(args.out, again)
+        res = update_results(args.out, with_figures)
         write_markdown(args.out.with_suffix(".md"), res, res.get("argv"))
         return
 
@@ -333,8 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     def save() -> None:
         def update(disk: dict) -> dict:
             merge_saved(res, disk)
-            res["summary"] = summarise(res)
-            res["proxy"] = proxy_keys(res)
+            with_figures(res)
             res["argv"] = sys.argv[1:] if argv is None else list(argv)
             return res
 

@@ -59,11 +59,16 @@ def test_search_quality_runs_resumes_and_reports(tmp_path):
     (tmp_path / "sq.json").write_text(json.dumps(again))
     with pytest.raises(SystemExit, match="digest"):
         search_quality.main(argv)
-    (tmp_path / "sq.json").write_text(json.dumps(res))
+    # --summarise recomputes every figure from the raw runs: the headline keys too, from the
+    # new summary (not from the one the file held)
+    stale = {k: v for k, v in res.items() if k not in ("summary", "proxy")}
+    (tmp_path / "sq.json").write_text(json.dumps(stale))
     (tmp_path / "sq.md").unlink()
     search_quality.main(["--summarise", "--out", str(tmp_path / "sq.json")])
     assert "tau within each space" in (tmp_path / "sq.md").read_text()
-    assert json.loads((tmp_path / "sq.json").read_text())["runs"] == res["runs"]
+    fresh = json.loads((tmp_path / "sq.json").read_text())
+    assert fresh["runs"] == res["runs"]
+    assert fresh["summary"] == res["summary"] and fresh["proxy"] == res["proxy"]
 
 
 def test_the_default_study_takes_its_kept_teacher_and_keeps_a_new_one(tmp_path, monkeypatch):
