@@ -156,15 +156,15 @@ def test_same_command_same_seed_gives_the_same_specs_and_accuracies(cfg, teacher
 def test_a_failing_trial_is_recorded_with_its_reason_and_the_search_goes_on(
         cfg, teacher_and_data, monkeypatch):
     teacher, data = teacher_and_data
-    real_fit, calls = loop_mod.fit, []
+    real_train, calls = loop_mod.train_candidate, []
 
     def flaky(*a, **k):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("out of memory in a conv")
-        return real_fit(*a, **k)
+        return real_train(*a, **k)
 
-    monkeypatch.setattr(loop_mod, "fit", flaky)
+    monkeypatch.setattr(loop_mod, "train_candidate", flaky)
     out = run_search(cfg, teacher, data)
     assert out.trained == 3
     failed = [t for t in load_record(out.study).trials if t.state == "failed"]

@@ -33,15 +33,16 @@ def test_no_candidate_over_budget_is_ever_trained(setup, monkeypatch):
     monkeypatch.setattr(study_mod, "make_sampler",
                         lambda cfg, data, **_: optuna.samplers.RandomSampler(seed=0))
     trained_macs = []
-    real_fit = study_mod.fit
+    real_train = study_mod.train_candidate
 
-    def spy(model, *a, **k):
+    def spy(ctx, spec, *a, **k):
         from kdnas.cost import count_macs
+        from search_spaces import build
 
-        trained_macs.append(count_macs(model, data.input_shape))
-        return real_fit(model, *a, **k)
+        trained_macs.append(count_macs(build(spec), data.input_shape))
+        return real_train(ctx, spec, *a, **k)
 
-    monkeypatch.setattr(study_mod, "fit", spy)
+    monkeypatch.setattr(study_mod, "train_candidate", spy)
     out = run_search(cfg, teacher, data)
     trials = out.study.get_trials()
     infeasible = [t for t in trials if not t.user_attrs.get("trained")]
@@ -234,8 +235,9 @@ def test_a_repeated_candidate_is_not_trained_again(setup, monkeypatch):
     monkeypatch.setattr(study_mod, "make_sampler", lambda cfg, data, **_: (
         optuna.samplers.PartialFixedSampler(smallest, optuna.samplers.RandomSampler(seed=0))))
     calls = []
-    real_fit = study_mod.fit
-    monkeypatch.setattr(study_mod, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    real_train = study_mod.train_candidate
+    monkeypatch.setattr(study_mod, "train_candidate",
+                        lambda *a, **k: calls.append(1) or real_train(*a, **k))
     out = run_search(cfg, teacher, data)
     record = load_record(out.study)
     assert len(calls) == 1 and out.trained == 1 and out.duplicates == 3

@@ -324,8 +324,9 @@ class _LossLog:
 
 def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
         student_taps: list[TapInfo] | None = None, cache: TeacherCache | None = None,
-        checkpoint: Path | None = None,
-        progress: Callable[[int, int, float], None] | None = None) -> FitResult:
+        checkpoint: Path | None = None, start: dict | None = None,
+        progress: Callable[[int, int, float], None] | None = None,
+        keep: dict | None = None) -> FitResult:
     """Train ``student`` on the training split; return its validation accuracy.
 
     ``teacher`` is a :class:`kdnas.teacher.Teacher` or None (cross-entropy alone). The loss
@@ -335,6 +336,10 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
     With a ``cache``, the teacher's outputs are read from it (or written to it on first use).
     With a ``checkpoint`` path, the state is saved at the end of every epoch and a run that
     finds one resumes after its epoch, ending exactly where an uninterrupted run would.
+    With ``start`` (``{"student": state, "extra": state}``, as a finished run leaves in
+    ``keep``), training starts from those weights (the student's and the feature loss's
+    connectors) instead of the initialisation: a promoted candidate trained on. ``keep``, a
+    dict, receives the feature loss's connector weights at the end.
     Training runs on ``cfg.device`` (see :mod:`kdnas.device`); the student is returned on
     the CPU.
     """
@@ -345,6 +350,10 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
     student_taps, extra = _feature_loss(student, data, cfg, teacher if kd_on else None,
                                         student_taps, dev)
     feats_on = extra is not None
+    if start is not None:
+        student.load_state_dict(start["student"])
+        if extra is not None and start.get("extra"):
+            extra.load_state_dict(start["extra"])
     pinned = PinnedConvs(student) if cfg.channels_last else None  # CPU kernels' bug
     kd_loss = KDLoss(cfg.temperature)
     signal = _TeacherSignal(teacher, cache, features=feats_on, device=dev) if kd_on else None
@@ -399,6 +408,9 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
     points.append(_final_point(student, data, cfg, step, points))
     acc = curve[-1]["val_accuracy"] = points[-1]["val_accuracy"]
     student.to("cpu")
+    if keep is not None:
+        keep["extra"] = {k: v.detach().cpu() for k, v in extra.state_dict().items()} \
+            if extra is not None else {}
     clock.lap("eval")
     return FitResult(acc, time.perf_counter() - t0, step, curve, points, clock.close())
 

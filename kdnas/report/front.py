@@ -8,8 +8,8 @@ optuna-dashboard; only the knee is ours.
 from __future__ import annotations
 
 import numpy as np
-from optuna._hypervolume import compute_hypervolume
-from optuna.study._multi_objective import _is_pareto_front
+
+from kdnas import optuna_internals
 
 
 def _losses(acc, costs) -> np.ndarray:
@@ -24,7 +24,7 @@ def pareto_mask(acc, costs) -> np.ndarray:
     on one. ``costs`` is one cost per point, or a row of costs per point."""
     if len(acc) == 0:
         return np.zeros(0, dtype=bool)
-    return _is_pareto_front(_losses(acc, costs), assume_unique_lexsorted=False)
+    return optuna_internals.pareto_mask(_losses(acc, costs))
 
 
 def hypervolume(acc, costs, *, ref_acc: float, ref_cost) -> float:
@@ -42,7 +42,7 @@ def hypervolume(acc, costs, *, ref_acc: float, ref_cost) -> float:
     if not inside.any():
         return 0.0
     front = losses[inside][pareto_mask(-losses[inside, 0], losses[inside, 1:])]
-    return float(compute_hypervolume(front, ref, assume_pareto=True))
+    return optuna_internals.hypervolume(front, ref, assume_pareto=True)
 
 
 def knee_index(acc, cost) -> int | None:

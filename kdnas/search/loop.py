@@ -15,20 +15,19 @@ import dataclasses
 import logging
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
-import torch
 from optuna.trial import TrialState
 
 from kdnas.core.budget import Cost
 from kdnas.core.errors import KdnasError
-from kdnas.core.files import atomic_path
 from kdnas.core.settings import FEATURE_WEIGHTS, SearchConfig
-from kdnas.distill import fit
+from kdnas.distill.candidate import TrainContext, init_seed, save_weights, train_candidate
+from kdnas.optuna_internals import frozen, set_dashboard_constraint
+from kdnas.search.events import Event, step_events
 from kdnas.search.noise import measure_noise
-from kdnas.search.prepare import estimate_step, measure, smallest_cost, teacher_cache
+from kdnas.search.prepare import estimate_step, measure, smallest_cost, train_context
 from kdnas.search.references import train_references
 from kdnas.search.sampler import make_sampler
 from kdnas.search.storage import (
@@ -48,7 +47,6 @@ from search_spaces import get_space, spec_id
 
 log = logging.getLogger(__name__)
 
-Event = Callable[[str, dict], None]
 MAX_CONSECUTIVE_FAILURES = 3
 WAIT_SECONDS = 2.0  # how often a worker looks whether the others' last trials finished
 
@@ -124,26 +122,27 @@ def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = Non
     """
     emit = on_event or (lambda kind, info: None)
     study, stale = _open(cfg, teacher, data, worker)
+    ctx = train_context(cfg, teacher, data)
     if worker == 0:
-        train_references(study, cfg, teacher, data, emit)
+        train_references(study, cfg, ctx, emit)
     emit("study_start", {"trained": trained_count(study), "target": cfg.trials, "stale": stale})
     counts = {"infeasible": 0, "duplicate": 0, "failures": 0, "proposals": 0}
     interrupted = False
     try:
-        interrupted = _loop(study, cfg, teacher, data, emit, counts)
+        interrupted = _loop(study, cfg, ctx, emit, counts)
     except KeyboardInterrupt:  # between trials, or while waiting for other workers
         interrupted = True
     if cfg.noise_check and worker == 0 and not interrupted \
             and trained_count(study) >= cfg.trials:
         try:
-            measure_noise(study, cfg, teacher, data, emit)
+            measure_noise(study, cfg, ctx, emit)
         except KeyboardInterrupt:
             interrupted = True
     return SearchOutcome(study, trained_count(study), counts["infeasible"], interrupted,
                          counts["duplicate"])
 
 
-def _loop(study: optuna.Study, cfg: SearchConfig, teacher, data, emit: Event,
+def _loop(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext, emit: Event,
           counts: dict) -> bool:
     """Trials until the study holds ``cfg.trials`` trained candidates; True if interrupted."""
     waiting = False
@@ -171,8 +170,7 @@ def _loop(study: optuna.Study, cfg: SearchConfig, teacher, data, emit: Event,
             trial = study.ask()
         try:
             with Heartbeat(study, trial):
-                outcome = _run_trial(study, trial, cfg, teacher, data, index=done + 1,
-                                     emit=emit)
+                outcome = _run_trial(study, trial, cfg, ctx, index=done + 1, emit=emit)
         except KeyboardInterrupt:
             _close_failed(study, trial, "interrupted (Ctrl-C)", interrupted=True)
             return True
@@ -198,15 +196,14 @@ def _close_failed(study: optuna.Study, trial: optuna.Trial, reason: str, *,
                   interrupted: bool = False, retry: bool = True) -> None:
     """Record ``trial`` as failed with ``reason`` (unless it was already told: an interrupt
     may come after the trial's result was stored) and queue its candidate again."""
-    frozen = study._storage.get_trial(trial._trial_id)
-    if frozen.state.is_finished():
+    if frozen(study, trial).state.is_finished():
         return
     trial.set_user_attr("error", reason)
     if interrupted:
         trial.set_user_attr("interrupted", True)
     study.tell(trial, state=TrialState.FAIL)
     if retry:
-        retry_trial(study, study._storage.get_trial(trial._trial_id), reason)
+        retry_trial(study, frozen(study, trial), reason)
 
 
 def _record_result(trial: optuna.Trial, tcfg, result, weights: str) -> None:
@@ -282,63 +279,94 @@ def _surplus(study: optuna.Study, trial: optuna.Trial, why: str) -> str:
     trial.set_user_attr("training", False)
     trial.set_user_attr("surplus", why)
     study.tell(trial, state=TrialState.PRUNED)
-    frozen = study._storage.get_trial(trial._trial_id)
-    if frozen.user_attrs.get("retry_of") is not None:
-        retry_trial(study, frozen, "a retried candidate left for a later run")
+    now = frozen(study, trial)
+    if now.user_attrs.get("retry_of") is not None:
+        retry_trial(study, now, "a retried candidate left for a later run")
     return "surplus"
 
 
-def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teacher, data, *,
-               index: int, emit: Event) -> str:
-    """Sample, cost, gate and (if feasible and new) train one candidate; tell the study.
-    Returns ``trained``, ``infeasible``, ``duplicate`` or ``surplus``."""
-    t0 = time.perf_counter()
+def _propose(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, data, tcfg
+             ) -> tuple[dict, str, Cost, float]:
+    """Sample the trial's candidate and count its cost; record both with the trial and the
+    budget constraint. Returns the spec, its id, its cost and how far over budget it is."""
     budget = cfg.budget_obj()
-    space = get_space(cfg.space)
-    tcfg = cfg.train_config(len(data.train_y))
-    trial.set_user_attr("worker", worker_id())
-    spec = space.sample(trial, in_channels=data.in_channels, num_classes=data.num_classes,
-                        input_size=data.input_size)
-    torch.manual_seed(cfg.seed * 100003 + trial.number)
-    model = space.build(spec)
+    spec = get_space(cfg.space).sample(trial, in_channels=data.in_channels,
+                                       num_classes=data.num_classes,
+                                       input_size=data.input_size)
+    model = get_space(spec["space"]).build(spec)
     cost = measure(cfg, model, data, latency=cfg.latency or budget.metric == "latency_ms")
     if "train_step_ms" in cfg.cost_columns:  # an objective: every candidate is told it
         cost = estimate_step(cfg, tcfg, model, data, cost)
-    propose_seconds = time.perf_counter() - t0
-    excess = budget.excess(cost)
+    key = spec_id(spec)
+    excess = float(budget.excess(cost))
     trial.set_user_attr("spec", spec)
-    trial.set_user_attr("spec_id", spec_id(spec))
+    trial.set_user_attr("spec_id", key)
     trial.set_user_attr("cost", cost.to_dict())
-    trial.set_constraint("budget", float(excess))
-    # optuna-dashboard (0.21) reads feasibility from the older list form of the same value
-    study._storage.set_trial_system_attr(trial._trial_id, "constraints", [float(excess)])
-    if excess > 0:  # over budget (or its MACs not countable): recorded, never trained
-        trial.set_user_attr("trained", False)
-        if budget.refusal(cost):
-            trial.set_user_attr("refused", budget.refusal(cost))
-        study.tell(trial, [0.0, *_costs(cfg, cost)])
-        emit("infeasible", {"trial": trial.number, "cost": cost, "spec": spec,
-                            "reason": budget.refusal(cost) or "over budget"})
-        return "infeasible"
-    twin = _trained_twin(study, spec_id(spec))
+    trial.set_constraint("budget", excess)
+    set_dashboard_constraint(study, trial, excess)
+    return spec, key, cost, excess
+
+
+def _infeasible(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, spec: dict,
+                cost: Cost, emit: Event) -> str:
+    """Over budget (or its MACs not countable): recorded, never trained."""
+    refusal = cfg.budget_obj().refusal(cost)
+    trial.set_user_attr("trained", False)
+    if refusal:
+        trial.set_user_attr("refused", refusal)
+    study.tell(trial, [0.0, *_costs(cfg, cost)])
+    emit("infeasible", {"trial": trial.number, "cost": cost, "spec": spec,
+                        "reason": refusal or "over budget"})
+    return "infeasible"
+
+
+def _not_here(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, key: str,
+              emit: Event) -> str | None:
+    """Why this feasible candidate is not trained by this trial (a twin's result reused, or
+    another worker got there first), after acting on it; None when it is to be trained."""
+    twin = _trained_twin(study, key)
     if twin is not None:
         return _reuse(study, trial, twin, emit)
     trial.set_user_attr("training", True)
     if trained_count(study) + len(training_now(study, before=trial.number)) >= cfg.trials:
         return _surplus(study, trial, "not trained: other workers reached the target first")
-    rival = _running_twin(study, trial, spec_id(spec))
+    rival = _running_twin(study, trial, key)
     if rival is not None:
         return _surplus(study, trial, f"not trained: the same candidate as trial {rival}, "
                                       "which another worker is training")
+    return None
 
-    if cfg.kd == "auto":  # the distillation method and its weight are searched too
-        method = trial.suggest_categorical("kd", AUTO_METHODS)
-        scale = trial.suggest_float("kd_weight_scale", 0.1, 10.0, log=True)
-        tcfg = dataclasses.replace(tcfg, kd=method,
-                                   feature_weight=FEATURE_WEIGHTS.get(method, 0.0) * scale)
+
+def _method(trial: optuna.Trial, cfg: SearchConfig, tcfg):
+    """The trial's recipe: with ``kd = auto`` the distillation method and its weight are
+    searched too."""
+    if cfg.kd != "auto":
+        return tcfg
+    method = trial.suggest_categorical("kd", AUTO_METHODS)
+    scale = trial.suggest_float("kd_weight_scale", 0.1, 10.0, log=True)
+    return dataclasses.replace(tcfg, kd=method,
+                               feature_weight=FEATURE_WEIGHTS.get(method, 0.0) * scale)
+
+
+def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, ctx: TrainContext,
+               *, index: int, emit: Event) -> str:
+    """Sample, cost, gate and (if feasible and new) train one candidate; tell the study.
+    Returns ``trained``, ``infeasible``, ``duplicate`` or ``surplus``."""
+    t0 = time.perf_counter()
+    data = ctx.data
+    tcfg = cfg.train_config(len(data.train_y))
+    trial.set_user_attr("worker", worker_id())
+    spec, key, cost, excess = _propose(study, trial, cfg, data, tcfg)
+    propose_seconds = time.perf_counter() - t0
+    if excess > 0:
+        return _infeasible(study, trial, cfg, spec, cost, emit)
+    skipped = _not_here(study, trial, cfg, key, emit)
+    if skipped is not None:
+        return skipped
+    tcfg = _method(trial, cfg, tcfg)
     t_est = time.perf_counter()
     if cost.train_step_ms is None and tcfg.steps >= ESTIMATE_MIN_STEPS:
-        cost = estimate_step(cfg, tcfg, model, data, cost)
+        cost = estimate_step(cfg, tcfg, get_space(spec["space"]).build(spec), data, cost)
         trial.set_user_attr("cost", cost.to_dict())
     estimate_seconds = time.perf_counter() - t_est
     emit("trial_start", {"trial": trial.number, "index": index, "target": cfg.trials,
@@ -346,25 +374,23 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, teac
                          "estimate": None if cost.train_step_ms is None
                          else cost.train_step_ms * tcfg.steps / 1e3,
                          "retry_of": trial.user_attrs.get("retry_of")})
-    result = fit(model, data, tcfg, teacher=teacher, student_taps=space.taps(spec),
-                 cache=teacher_cache(cfg, teacher, data),
-                 progress=lambda s, n, loss: emit("step", {"step": s, "total": n, "loss": loss}))
+    out = train_candidate(ctx, spec, tcfg, init=init_seed(cfg.seed, trial.number),
+                          progress=step_events(emit))
     path = cfg.study_dir / "trials" / str(trial.number) / "student.pt"
-    with atomic_path(path) as tmp:
-        torch.save({"spec": spec, "state_dict": {k: v.contiguous()
-                                                 for k, v in model.state_dict().items()}}, tmp)
-    _record_result(trial, tcfg, result, path.relative_to(cfg.study_dir).as_posix())
+    save_weights(path, out)
+    _record_result(trial, tcfg, out.result, path.relative_to(cfg.study_dir).as_posix())
     # where the trial's time went (seconds): the proposal (the sampler's draws and their cost
     # counting, latency included), the training's phases, and the rest (checks, storage,
     # saving the weights) up to here
     t_end = time.perf_counter()
     trial.set_user_attr("time", {
         "propose": round(propose_seconds, 3), "estimate": round(estimate_seconds, 3),
-        **result.phases,
-        "storage": round(t_end - t0 - propose_seconds - estimate_seconds - result.seconds, 3),
+        **out.result.phases,
+        "storage": round(t_end - t0 - propose_seconds - estimate_seconds - out.result.seconds,
+                         3),
         "total": round(t_end - t0, 3)})
-    study.tell(trial, [result.val_accuracy, *_costs(cfg, cost)])
+    study.tell(trial, [out.val_accuracy, *_costs(cfg, cost)])
     emit("trial_end", {"trial": trial.number, "index": index, "target": cfg.trials,
-                       "accuracy": result.val_accuracy, "seconds": result.seconds,
+                       "accuracy": out.val_accuracy, "seconds": out.result.seconds,
                        "cost": cost, "study": study})
     return "trained"

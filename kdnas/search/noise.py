@@ -4,21 +4,17 @@ the report can say how much of the front is seed noise."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import optuna
-import torch
 
 from kdnas.core.settings import SearchConfig
-from kdnas.distill import fit
+from kdnas.distill.candidate import TrainContext, init_seed, train_candidate
 from kdnas.report import front_frame, trials_frame
+from kdnas.search.events import Event, step_events
 from kdnas.search.storage import load_record
-from search_spaces import get_space
-
-Event = Callable[[str, dict], None]
 
 
-def measure_noise(study: optuna.Study, cfg: SearchConfig, teacher, data,
+def measure_noise(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext,
                   emit: Event) -> dict | None:
     """Train the front's knee again with seed ``cfg.seed + 1`` (another initialisation and
     data order) and keep both accuracies in the study as ``noise``. Done once per knee: a
@@ -32,16 +28,13 @@ def measure_noise(study: optuna.Study, cfg: SearchConfig, teacher, data,
     if old and old.get("trial") == knee:
         return old
     t = record.trial(knee)
-    space = get_space(t.spec["space"])
     seed = cfg.seed + 1
-    torch.manual_seed(seed * 100003 + knee)
-    model = space.build(t.spec)
-    tcfg = dataclasses.replace(cfg.train_config(len(data.train_y)), seed=seed,
+    tcfg = dataclasses.replace(cfg.train_config(len(ctx.data.train_y)), seed=seed,
                                kd=t.kd or cfg.kd, feature_weight=t.feature_weight)
     emit("noise_start", {"trial": knee, "seed": seed})
-    result = fit(model, data, tcfg, teacher=teacher, student_taps=space.taps(t.spec),
-                 progress=lambda s, n, loss: emit("step", {"step": s, "total": n,
-                                                           "loss": loss}))
+    # its own seed's teacher outputs would be read by no other run: not cached
+    result = train_candidate(dataclasses.replace(ctx, cache_root=None), t.spec, tcfg,
+                             init=init_seed(seed, knee), progress=step_events(emit)).result
     noise = {"trial": knee, "seeds": [cfg.seed, seed],
              "accuracies": [t.val_accuracy, result.val_accuracy],
              "spread": abs(result.val_accuracy - t.val_accuracy)}

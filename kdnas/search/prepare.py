@@ -18,6 +18,7 @@ from kdnas.cost import measure_cost
 from kdnas.data import cache_dir, load_data, parse_normalize
 from kdnas.device import resolve
 from kdnas.distill import TeacherCache, evaluate
+from kdnas.distill.candidate import TrainContext
 from kdnas.distill.trainer import time_step
 from kdnas.teacher import attach_to_data, load_teacher
 from search_spaces import get_space
@@ -89,17 +90,17 @@ def smallest_cost(cfg: SearchConfig, data) -> tuple[dict, Cost] | None:
     return spec, cost
 
 
+def train_context(cfg: SearchConfig, teacher, data) -> TrainContext:
+    """What the study's candidates are trained with: its teacher and data, and its teacher
+    cache folder (none with ``--no-teacher-cache`` or ``--kd none``)."""
+    cached = cfg.teacher_cache and cfg.kd != "none"
+    return TrainContext(teacher, data, cfg.study_dir / "teacher_cache" if cached else None,
+                        int(cfg.cache_limit_gb * 1e9))
+
+
 def teacher_cache(cfg: SearchConfig, teacher, data) -> TeacherCache | None:
-    """The study's cache of teacher outputs, keyed by everything that changes them."""
-    if not cfg.teacher_cache or cfg.kd == "none":
-        return None
-    key = json.dumps([teacher.digest, data.digest(), data.mean, data.std, data.pad, data.flip,
-                      cfg.train_fraction, cfg.seed, cfg.batch_size,
-                      cfg.brief_steps(len(data.train_y)),
-                      [t.module for t in teacher.taps]])
-    return TeacherCache(cfg.study_dir / "teacher_cache",
-                        hashlib.sha1(key.encode()).hexdigest()[:16],
-                        limit_bytes=int(cfg.cache_limit_gb * 1e9))
+    """The cache of the study's brief recipe (the one every trial reads)."""
+    return train_context(cfg, teacher, data).cache_for(cfg.train_config(len(data.train_y)))
 
 
 def teacher_accuracy(teacher, data, split: str = "val", device=None

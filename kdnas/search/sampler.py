@@ -19,6 +19,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from kdnas.core.settings import SearchConfig
+from kdnas.optuna_internals import trials as study_trials
 from kdnas.cost import macs_lower_bound
 from kdnas.search.prepare import measure
 from search_spaces import get_space, spec_id
@@ -74,13 +75,11 @@ class FeasibleSampler(optuna.samplers.BaseSampler):
     def sample_relative(self, study, trial, search_space) -> dict[str, Any]:
         if not search_space or trial.params or trial.system_attrs.get("fixed_params"):
             return {}  # an enqueued or retried candidate: its parameters are given
-        done = len(study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,),
-                                     use_cache=True))
+        done = len(study_trials(study, (TrialState.COMPLETE,), use_cache=True))
         taken = set()
         if self.key is not None:  # trained, or being trained by another worker
-            taken = {t.user_attrs.get("spec_id") for t in study._get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING),
-                use_cache=False)
+            taken = {t.user_attrs.get("spec_id") for t in study_trials(
+                study, (TrialState.COMPLETE, TrialState.RUNNING), use_cache=False)
                 if t.user_attrs.get("trained") or t.user_attrs.get("training")}
         if self._seed is not None:  # draws depend on the trial number: workers that ask
             # at the same moment (with the same seed) draw different candidates

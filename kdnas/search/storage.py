@@ -28,6 +28,8 @@ from kdnas.core.errors import KdnasError
 from kdnas.core.files import write_text
 from kdnas.core.records import StudyRecord, TrialRecord
 from kdnas.core.settings import SearchConfig
+from kdnas.optuna_internals import storage as storage_of
+from kdnas.optuna_internals import trial_id
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +205,7 @@ def fail_stale_trials(study: optuna.Study) -> int:
     dead processes of this host, after GRACE_SECONDS without a heartbeat for any other.
     Returns how many were found dead by pid."""
     host = socket.gethostname()
-    storage = study._storage
+    storage = storage_of(study)
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w = t.user_attrs.get("worker", "")
@@ -211,12 +213,12 @@ def fail_stale_trials(study: optuna.Study) -> int:
         if h == host and pid.isdigit() and not _alive(int(pid)):
             reason = f"its worker {w} died (killed, or crashed) during the trial"
             try:
-                storage.set_trial_user_attr(t._trial_id, "error", reason)
-                if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                storage.set_trial_user_attr(trial_id(t), "error", reason)
+                if not storage.set_trial_state_values(trial_id(t), state=TrialState.FAIL):
                     continue
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another worker got there first
-            retry_trial(study, storage.get_trial(t._trial_id), reason)
+            retry_trial(study, storage.get_trial(trial_id(t)), reason)
             n += 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -228,7 +230,7 @@ class Heartbeat:
     """Records a trial's heartbeat every HEARTBEAT_SECONDS while its worker lives."""
 
     def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
-        self._storage, self._id = study._storage, trial._trial_id
+        self._storage, self._id = storage_of(study), trial_id(trial)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 

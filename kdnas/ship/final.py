@@ -19,7 +19,8 @@ import torch
 from kdnas.core.files import write_text
 from kdnas.core.records import StudyRecord
 from kdnas.core.settings import SearchConfig, TrainConfig
-from kdnas.distill import evaluate, fit
+from kdnas.distill import evaluate
+from kdnas.distill.candidate import TrainContext, train_candidate
 from kdnas.ship.export import write_exports
 from search_spaces import get_space, preset_spec
 
@@ -66,7 +67,6 @@ def _distill(spec: dict, name: str, cfg: SearchConfig, teacher, data, *, kd: str
              epochs: float, out_dir: Path, lr: float | None, batch_size: int | None,
              schedule: str, seed: int | None, formats: tuple[str, ...],
              progress: Callable[[int, int, float], None] | None, extra: dict) -> dict:
-    space = get_space(spec["space"])
     if seed is not None and seed != cfg.seed:
         name = f"{name}-seed{seed}"  # its own checkpoint and record
     seed = cfg.seed if seed is None else seed
@@ -75,11 +75,10 @@ def _distill(spec: dict, name: str, cfg: SearchConfig, teacher, data, *, kd: str
                        temperature=cfg.temperature, kd_alpha=cfg.kd_alpha,
                        feature_weight=feature_weight, schedule=schedule, seed=seed,
                        device=cfg.device)
-    torch.manual_seed(seed)
-    model = space.build(spec)
     work = cfg.study_dir / "distill" / name
-    result = fit(model, data, tcfg, teacher=teacher, student_taps=space.taps(spec),
-                 checkpoint=work / "checkpoint.pt", progress=progress)
+    out = train_candidate(TrainContext(teacher, data), spec, tcfg, init=seed,
+                          checkpoint=work / "checkpoint.pt", progress=progress)
+    model, result = out.model, out.result
     test_acc = evaluate(model, data, "test", device=cfg.device)
     info = {"study": cfg.study, "name": name, **extra, "epochs": epochs,
             "val_accuracy": result.val_accuracy, "test_accuracy": test_acc,

@@ -1,0 +1,137 @@
+"""The one way to train a candidate: every caller (search trials, references, the noise check,
+promotions to longer rungs, full distillation, benchmarks) builds a :class:`TrainContext` once
+and calls :func:`train_candidate` with a spec and a recipe.
+
+A candidate is built from its spec with a seeded initialisation, trained by
+:func:`kdnas.distill.trainer.fit` (distilled from the context's teacher through the space's
+stage taps, reading the teacher's outputs from the context's cache when the recipe has one),
+and returned as a :class:`CandidateOutcome`: the trained module, what the training measured
+and its connector weights, so that :func:`save_weights` can keep everything a later rung needs
+to train it on (:func:`continuation`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdnas.core.files import atomic_path
+from kdnas.core.settings import CURVE_POINTS, TrainConfig
+from kdnas.distill.cache import TeacherCache
+from kdnas.distill.trainer import FitResult, fit
+from search_spaces import get_space
+
+# a candidate's initialisation: seeded by the study's seed and the trial's number, so that two
+# trials of a study never share one and the same command builds the same weights
+INIT_SEED_STRIDE = 100003
+# a continuation's data order: seeded apart from the first rung's (and every other rung's)
+SEGMENT_SEED_STRIDE = 7919
+
+Progress = Callable[[int, int, float], None]  # (step, total steps, training loss)
+
+
+def init_seed(seed: int, number: int) -> int:
+    """The initialisation seed of trial ``number`` of a study with seed ``seed``."""
+    return seed * INIT_SEED_STRIDE + number
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """What every candidate of a study is trained with: the teacher (a
+    :class:`kdnas.teacher.Teacher`, or None for cross-entropy alone), the data (a
+    :class:`kdnas.data.DataBundle` with the teacher's normalisation) and where the teacher's
+    outputs are cached (``cache_root``; None: no cache)."""
+
+    teacher: object | None
+    data: object
+    cache_root: Path | None = None
+    cache_limit_bytes: int | None = None
+
+    def cache_for(self, recipe: TrainConfig) -> TeacherCache | None:
+        """The teacher cache of ``recipe``: keyed by everything that changes the teacher's
+        outputs at each step (teacher, data and its augmentation, the recipe's data order,
+        batch and steps), so every candidate trained with that recipe shares it."""
+        if self.cache_root is None or self.teacher is None or recipe.method == "none":
+            return None
+        t, d = self.teacher, self.data
+        key = json.dumps([t.digest, d.digest(), d.mean, d.std, d.pad, d.flip,
+                          recipe.train_fraction, recipe.seed, recipe.batch_size,
+                          recipe.total_steps(len(d.train_y)), [x.module for x in t.taps]])
+        return TeacherCache(Path(self.cache_root), hashlib.sha1(key.encode()).hexdigest()[:16],
+                            limit_bytes=self.cache_limit_bytes)
+
+
+@dataclass
+class CandidateOutcome:
+    """A trained candidate: its module (on the CPU), what ``fit`` measured, its feature
+    loss's connector weights (for a continuation) and the whole call's seconds."""
+
+    spec: dict
+    model: nn.Module
+    result: FitResult
+    extra: dict
+    seconds: float
+    steps_before: int = 0  # steps it had been trained before this call (a continuation)
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.result.val_accuracy
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_before + self.result.steps
+
+
+def train_candidate(ctx: TrainContext, spec: dict, recipe: TrainConfig, *, init: int,
+                    start: str | Path | None = None, checkpoint: Path | None = None,
+                    progress: Progress | None = None) -> CandidateOutcome:
+    """Build ``spec`` with initialisation seed ``init`` (see :func:`init_seed`) and train it
+    with ``recipe``. ``start``: weights written by :func:`save_weights` to train on from (a
+    promotion to a longer rung; ``recipe`` is then a :func:`continuation`). ``checkpoint``:
+    saved every epoch, and a run that finds it resumes there."""
+    t0 = time.perf_counter()
+    space = get_space(spec["space"])
+    torch.manual_seed(init)
+    model = space.build(spec)
+    state, before = None, 0
+    if start is not None:
+        saved = torch.load(start, map_location="cpu", weights_only=True)
+        state = {"student": saved["state_dict"], "extra": saved.get("extra") or {}}
+        before = int(saved.get("steps", 0))
+    keep: dict = {}
+    result = fit(model, ctx.data, recipe, teacher=ctx.teacher, student_taps=space.taps(spec),
+                 cache=ctx.cache_for(recipe), checkpoint=checkpoint, start=state,
+                 progress=progress, keep=keep)
+    return CandidateOutcome(spec, model, result, keep.get("extra", {}),
+                            time.perf_counter() - t0, before)
+
+
+def save_weights(path: Path, outcome: CandidateOutcome) -> None:
+    """Write the trained student atomically: its spec and weights (what export reads), its
+    connector weights and the steps it has been trained (what a continuation reads)."""
+    with atomic_path(path) as tmp:
+        torch.save({"spec": outcome.spec,
+                    "state_dict": {k: v.contiguous()
+                                   for k, v in outcome.model.state_dict().items()},
+                    "extra": outcome.extra, "steps": outcome.total_steps}, tmp)
+
+
+def continuation(recipe: TrainConfig, *, done: int, to: int) -> TrainConfig:
+    """The recipe that trains a candidate on from ``done`` steps to ``to`` steps in all: the
+    same settings over the new steps only, with a fresh warm-up and cosine decay (a warm
+    restart, as in SGDR), on a data order of its own, and a learning curve of as many points
+    as the first rung's."""
+    if to <= done:
+        raise ValueError(f"a continuation must add steps: {done} -> {to}")
+    steps = to - done
+    every = max(1, steps // CURVE_POINTS)
+    return dataclasses.replace(recipe, steps=steps, seed=recipe.seed + SEGMENT_SEED_STRIDE * done,
+                               eval_every=every if recipe.eval_every else None)
