@@ -217,8 +217,14 @@ def test_kdnas_bench_runs_on_a_tiny_workload_and_reports_every_figure(tmp_path):
     assert all(0 < v < 2 for v in res["efficiency"].values())
     assert set(res["teacher_overhead"]) == {"logit", "fitnets", "at", "sp", "pkt"}
     assert all(0.5 < v < 5 for v in res["teacher_overhead"].values())
-    assert 0 < res["framework_overhead"] < 1
-    assert res["throughput_vs_plain_loop"] > 0
+    # the headline ratios are what the recorded counts give (each can be miscounted)
+    d = res["details"]
+    s, p = d["search"], d["plain_loop"]
+    assert p["mac_images"] == pytest.approx(sum(t["macs"] * t["images"] for t in p["trials"]))
+    assert res["throughput_vs_plain_loop"] == pytest.approx(
+        (s["mac_images"] / s["wall_seconds"]) / (p["mac_images"] / p["wall_seconds"]))
+    assert res["framework_overhead"] == pytest.approx(1 - s["shares"]["student"])
+    assert all(0 < t["images"] <= 5000 * 2 for t in p["trials"])  # 5,000 images, 2 epochs
     mem = res["memory"]
     assert mem["peak_rss_mb"] > 100 and 0 < mem["teacher_cache_mb"] < 100
     d = res["details"]
@@ -274,3 +280,61 @@ def test_a_space_whose_truth_lies_within_seed_noise_is_marked_and_left_out_of_th
     assert "y -1.00 over a 0.2-point truth range: noise" in search_quality._within_text(w)
     # with no seed noise measured, nothing is called noise
     assert search_quality._tau_within(proxy, truth, space)["noise_spaces"] == []
+
+
+def _claim_runs(found: list[float], ref: list[float], epochs: float = 10) -> dict:
+    runs = {f"trial-3/s{i}": {"test_accuracy": a, "epochs": epochs} for i, a in enumerate(found)}
+    runs.update({f"reference/s{i}": {"test_accuracy": a, "epochs": epochs}
+                 for i, a in enumerate(ref)})
+    return runs
+
+
+def _claim(found: list[float], ref: list[float]) -> dict:
+    import argparse
+
+    import claim
+
+    args = argparse.Namespace(seeds=list(range(len(found))), epochs=10, reference="resnet8",
+                              trials=20)
+    return claim.summarise(_claim_runs(found, ref), args, [], 12_500_000, 3, "resnet x",
+                           8_500_000, {"found": [0.6], "reference": 0.57})
+
+
+def test_the_claim_holds_only_when_the_gap_exceeds_the_seed_spread():
+    held = _claim([0.775, 0.770, 0.778], [0.760, 0.765, 0.762])
+    assert held["margin"] == pytest.approx(0.012) and "the claim holds" in held["verdict"]
+    assert held["welch_p"] < 0.05 and "beats the reference by +1.20 points" in held["verdict"]
+    inside = _claim([0.770, 0.760, 0.775], [0.765, 0.758, 0.770])  # gap 0.4, spread 1.5
+    assert "the claim does not hold here" in inside["verdict"]
+    assert "not more than the larger seed spread (1.50 points)" in inside["verdict"]
+    assert inside["welch_p"] > 0.3
+    worse = _claim([0.740, 0.742, 0.741], [0.760, 0.762, 0.761])
+    assert "does not beat" in worse["verdict"] and "does not hold" in worse["verdict"]
+    assert "uses 68% of the budget's MACs" in held["verdict"]
+    import argparse
+
+    import claim
+
+    args = argparse.Namespace(seeds=[0, 1], epochs=10, reference="resnet8", trials=20)
+    part = claim.summarise(_claim_runs([0.77], [0.76, 0.75]), args, [], 12_500_000, 3, "x",
+                           8_500_000, {"found": [0.6], "reference": 0.57})
+    assert part["verdict"].startswith("In progress: 1 of 2 found") and "margin" not in part
+
+
+def test_welch_p_is_welchs_test_by_its_formula():
+    """Welch's t and Welch-Satterthwaite degrees of freedom, by hand, against claim.welch_p."""
+    import math
+
+    import claim
+    from scipy.stats import t as student_t
+
+    a, b = [0.775, 0.770, 0.778, 0.772], [0.760, 0.765, 0.762]
+
+    def var(x):
+        m = sum(x) / len(x)
+        return sum((v - m) ** 2 for v in x) / (len(x) - 1)
+    va, vb = var(a) / len(a), var(b) / len(b)
+    t = (sum(a) / len(a) - sum(b) / len(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    assert claim.welch_p(a, b) == pytest.approx(2 * student_t.sf(abs(t), df), rel=1e-9)
+    assert claim.welch_p([0.7], b) is None  # one seed: no test

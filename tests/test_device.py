@@ -167,7 +167,7 @@ def test_cuda_training_distils_with_the_cache_and_returns_a_cpu_student(teacher_
 @needs_cuda
 def test_cuda_latency_names_the_gpu_and_steps_are_timed_there():
     from kdnas.cost import measure_latency
-    from kdnas.distill.trainer import time_step
+    from kdnas.distill.timing import time_step
 
     model, _ = _student(type("D", (), {"in_channels": 3, "num_classes": 10,
                                        "input_size": 32})())

@@ -364,7 +364,7 @@ def test_step_time_leaves_the_model_and_random_state_alone_and_grows_with_work()
     and torch's random stream (which seeds its training) are as they were. A model doing
     about 60x the work takes longer per step (a wide margin: the check is not a timing
     target, only that the figure measures the model)."""
-    from kdnas.distill.trainer import time_step
+    from kdnas.distill.timing import time_step
 
     cfg = TrainConfig(batch_size=32, device="cpu")
     small = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
@@ -386,7 +386,7 @@ def test_step_time_survives_the_cpu_kernels_channels_last_bug():
     """A one-channel student with a strided 1x1 shortcut from a 6-channel stage: in
     channels_last the CPU kernels corrupt the heap in its weight gradient (the process
     aborted 3 times in 4 before the step timer pinned those convolutions as training does)."""
-    from kdnas.distill.trainer import time_step
+    from kdnas.distill.timing import time_step
     from search_spaces import build
 
     spec = {"space": "resnet", "in_channels": 1, "num_classes": 10, "stem": "cifar",

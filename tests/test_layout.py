@@ -22,6 +22,7 @@ def test_layout_limits_hold():
     assert r["floors"] <= 5, r["floor_of"]
     assert r["long_files"] == {}
     assert r["long_functions"] == {}
+    assert r["private_optuna"] == {}
 
 
 def test_the_bottom_floor_imports_no_torch_and_the_cli_is_on_top():
@@ -49,3 +50,6 @@ def test_the_checker_finds_a_circle_and_counts_floors(tmp_path):
     long = "def long():\n" + "    x = 1\n" * 90
     (pkg / "b.py").write_text(long)
     assert check.report(tmp_path)["long_functions"] == {"kdnas/b.py:long": 91}
+    (pkg / "b.py").write_text("import optuna\n\n\ndef g(study):\n    return study._storage\n"
+                              "from optuna._hypervolume import compute_hypervolume\n")
+    assert check.report(tmp_path)["private_optuna"] == {"kdnas/b.py": [5, 6]}

@@ -191,7 +191,9 @@ def test_a_full_disk_fails_the_trial_with_a_message_and_leaves_no_partial_file(
         Path(f).write_bytes(b"half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(loop_mod.torch, "save", full)
+    import kdnas.distill.candidate as candidate_mod
+
+    monkeypatch.setattr(candidate_mod.torch, "save", full)
     with pytest.raises(KdnasError, match="No space left on device"):
         run_search(cfg, teacher, data)
     after = sorted(p.relative_to(cfg.study_dir) for p in (cfg.study_dir / "trials").rglob("*")

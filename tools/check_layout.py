@@ -9,6 +9,8 @@ Every import counts, function-level ones too. An import of ``a.b`` is an edge to
   one part, a top-level module (``kdnas.cost``) is one part. A part's floor is 1 + the
   highest floor among the parts it imports (1 when it imports none). ``__main__`` modules
   are entry points that nothing imports, and are left out.
+* Optuna's private names (``study._storage``, ``optuna._hypervolume``, ...) appear only in
+  ``kdnas/optuna_internals.py``, whose test fails when Optuna changes one of them.
 * A parser table may be longer than 80 lines if its ``def`` line says ``# layout: table``.
 
     python tools/check_layout.py            # prints the figures, exits 1 if a limit is broken
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -157,6 +160,24 @@ def long_functions(path: Path, limit: int) -> list[tuple[str, int]]:
     return out
 
 
+OPTUNA_PRIVATE = re.compile(r"optuna\.(?:[a-z_]+\.)*_[a-z]|\._storage\b|\._trial_id\b"
+                            r"|\._get_trials\b|_is_pareto_front")
+OPTUNA_HOME = "kdnas/optuna_internals.py"
+
+
+def private_optuna(root: Path, mods: dict[str, Path]) -> dict[str, list[int]]:
+    """Files other than OPTUNA_HOME that use a private Optuna name, with the lines."""
+    out = {}
+    for p in mods.values():
+        rel = p.relative_to(root).as_posix()
+        if rel != OPTUNA_HOME:
+            hits = [i for i, line in enumerate(p.read_text().splitlines(), 1)
+                    if OPTUNA_PRIVATE.search(line)]
+            if hits:
+                out[rel] = hits
+    return out
+
+
 def report(root: Path = ROOT) -> dict:
     mods = modules(root)
     g = graph(root)
@@ -173,6 +194,7 @@ def report(root: Path = ROOT) -> dict:
                        if (n := len(p.read_text().splitlines())) > LIMITS["file_lines"]},
         "long_functions": {f"{rel[m]}:{name}": n for m, p in mods.items()
                            for name, n in long_functions(p, LIMITS["function_lines"])},
+        "private_optuna": private_optuna(root, mods),
     }
 
 
@@ -198,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         ok = False
     for f, n in r["long_functions"].items():
         print(f"function over {LIMITS['function_lines']} lines: {f} ({n})")
+        ok = False
+    for f, lines in r["private_optuna"].items():
+        print(f"private Optuna name outside {OPTUNA_HOME}: {f} lines {lines}")
         ok = False
     print("layout limits hold" if ok else "layout limits broken")
     return 0 if ok else 1

@@ -19,7 +19,7 @@ from kdnas.core.errors import KdnasError
 from kdnas.core.settings import TrainConfig
 from kdnas.cost import count_macs
 from kdnas.distill import TeacherCache, fit
-from kdnas.distill.trainer import time_step
+from kdnas.distill.timing import time_step
 from search_spaces import get_space, spec_id
 
 ROOT = Path(__file__).resolve().parents[2]

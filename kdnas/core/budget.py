@@ -109,7 +109,7 @@ class Cost:
     latency_setting: str | None = None
     uncounted_ops: tuple[str, ...] = ()  # ops doing MACs that the counter has no formula for
     # one training step at the recipe's batch on the training device, measured before
-    # training (kdnas.distill.trainer.time_step): MACs do not predict training time
+    # training (kdnas.distill.timing.time_step): MACs do not predict training time
     train_step_ms: float | None = None
 
     @property

@@ -7,10 +7,8 @@ student came from: it only needs its taps.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -322,26 +320,35 @@ class _LossLog:
         return self.sum / max(1, self.seen)
 
 
+def _load_start(start: dict | None, student: nn.Module, extra: nn.Module | None) -> bool:
+    """Begin from a finished run's weights: the student's, and its connectors' if any.
+    Returns whether there is a feature loss (connectors)."""
+    if start is not None:
+        student.load_state_dict(start["student"])
+        if extra is not None and start.get("extra"):
+            extra.load_state_dict(start["extra"])
+    return extra is not None
+
+
+def _cpu_state(module: nn.Module | None) -> dict:
+    return {} if module is None else {k: v.detach().cpu()
+                                      for k, v in module.state_dict().items()}
+
+
 def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
         student_taps: list[TapInfo] | None = None, cache: TeacherCache | None = None,
-        checkpoint: Path | None = None, start: dict | None = None,
-        progress: Callable[[int, int, float], None] | None = None,
-        keep: dict | None = None) -> FitResult:
+        checkpoint: Path | None = None, start: dict | None = None, keep: dict | None = None,
+        progress: Callable[[int, int, float], None] | None = None) -> FitResult:
     """Train ``student`` on the training split; return its validation accuracy.
 
-    ``teacher`` is a :class:`kdnas.teacher.Teacher` or None (cross-entropy alone). The loss
-    is ``(1-a) CE + a T^2 KL`` (Hinton KD) plus ``w * feature loss`` for the feature methods
-    (FitNets hints, AT, SP, PKT) when both nets have stage taps (the student's are detected
-    when ``student_taps`` is empty); ``kd="none"`` is CE alone.
-    With a ``cache``, the teacher's outputs are read from it (or written to it on first use).
-    With a ``checkpoint`` path, the state is saved at the end of every epoch and a run that
-    finds one resumes after its epoch, ending exactly where an uninterrupted run would.
-    With ``start`` (``{"student": state, "extra": state}``, as a finished run leaves in
-    ``keep``), training starts from those weights (the student's and the feature loss's
-    connectors) instead of the initialisation: a promoted candidate trained on. ``keep``, a
-    dict, receives the feature loss's connector weights at the end.
-    Training runs on ``cfg.device`` (see :mod:`kdnas.device`); the student is returned on
-    the CPU.
+    ``teacher``: a :class:`kdnas.teacher.Teacher` or None (CE alone). Loss: ``(1-a) CE +
+    a T^2 KL`` plus ``w * feature loss`` (FitNets, AT, SP, PKT) when both nets have taps
+    (the student's detected when ``student_taps`` is empty). ``cache``: the teacher's outputs
+    read from it (or written on first use). ``checkpoint``: saved every epoch; a run that
+    finds one resumes and ends exactly where an uninterrupted run would. ``start``
+    (``{"student": state, "extra": state}``): train on from those weights (a promotion);
+    ``keep`` receives the connectors' weights at the end. On ``cfg.device``; the student is
+    returned on the CPU.
     """
     torch.manual_seed(cfg.seed)
     dev = resolve(cfg.device)
@@ -349,11 +356,7 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
     kd_on = teacher is not None and cfg.method != "none"
     student_taps, extra = _feature_loss(student, data, cfg, teacher if kd_on else None,
                                         student_taps, dev)
-    feats_on = extra is not None
-    if start is not None:
-        student.load_state_dict(start["student"])
-        if extra is not None and start.get("extra"):
-            extra.load_state_dict(start["extra"])
+    feats_on = _load_start(start, student, extra)
     pinned = PinnedConvs(student) if cfg.channels_last else None  # CPU kernels' bug
     kd_loss = KDLoss(cfg.temperature)
     signal = _TeacherSignal(teacher, cache, features=feats_on, device=dev) if kd_on else None
@@ -409,44 +412,6 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
     acc = curve[-1]["val_accuracy"] = points[-1]["val_accuracy"]
     student.to("cpu")
     if keep is not None:
-        keep["extra"] = {k: v.detach().cpu() for k, v in extra.state_dict().items()} \
-            if extra is not None else {}
+        keep["extra"] = _cpu_state(extra)
     clock.lap("eval")
     return FitResult(acc, time.perf_counter() - t0, step, curve, points, clock.close())
-
-
-def time_step(model: nn.Module, input_shape: tuple[int, ...], cfg: TrainConfig,
-              steps: int = 3) -> float:
-    """Median wall time (ms) of one training step of ``cfg``'s recipe (forward under its
-    autocast, cross-entropy, backward, SGD update) on a copy of ``model`` at ``cfg``'s batch
-    of random images, on its device and in its memory layout, after one warm-up step: the
-    student's share of a trial's time per step, known before training. MACs do not predict
-    it (a bottleneck block trains at about a third of a basic block's speed per MAC on a
-    CPU). ``model``, its weights and torch's random state are left as they were."""
-    dev = resolve(cfg.device)
-    fmt = torch.channels_last if cfg.channels_last and len(input_shape) == 3 else \
-        torch.contiguous_format
-    m = copy.deepcopy(model).train().to(device=dev, memory_format=fmt)
-    pinned = PinnedConvs(m) if cfg.channels_last else None  # CPU kernels' bug: see layout
-    x = torch.randn((cfg.batch_size, *input_shape), generator=torch.Generator().manual_seed(0))
-    x = x.to(dev).contiguous(memory_format=fmt)
-    opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=cfg.momentum)
-    times: list[float] = []
-    try:
-        for i in range(steps + 1):
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            t0 = time.perf_counter()
-            with autocast(dev):
-                out = m(x)
-            loss = F.cross_entropy(out.float(), torch.zeros(len(out), dtype=torch.long,
-                                                            device=dev))
-            _sgd_step(opt, loss, 1e-3)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            if i:  # the first step warms up (allocations, kernel choice)
-                times.append((time.perf_counter() - t0) * 1e3)
-    finally:
-        if pinned is not None:
-            pinned.close()
-    return statistics.median(times)

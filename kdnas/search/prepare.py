@@ -19,7 +19,7 @@ from kdnas.data import cache_dir, load_data, parse_normalize
 from kdnas.device import resolve
 from kdnas.distill import TeacherCache, evaluate
 from kdnas.distill.candidate import TrainContext
-from kdnas.distill.trainer import time_step
+from kdnas.distill.timing import time_step
 from kdnas.teacher import attach_to_data, load_teacher
 from search_spaces import get_space
 

@@ -230,21 +230,21 @@ class Heartbeat:
     """Records a trial's heartbeat every HEARTBEAT_SECONDS while its worker lives."""
 
     def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
-        self._storage, self._id = storage_of(study), trial_id(trial)
+        self._store, self._id = storage_of(study), trial_id(trial)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:
         while True:
             try:
-                self._storage.record_heartbeat(self._id)
+                self._store.record_heartbeat(self._id)
             except Exception as e:  # a lost beat is retried; the trial goes on
                 log.debug("heartbeat not recorded: %s", e)
             if self._stop.wait(HEARTBEAT_SECONDS):
                 return
 
     def __enter__(self) -> Heartbeat:
-        if getattr(self._storage, "get_heartbeat_interval", lambda: None)():
+        if getattr(self._store, "get_heartbeat_interval", lambda: None)():
             self._thread.start()
         return self
 

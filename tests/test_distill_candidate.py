@@ -1,0 +1,72 @@
+"""The one way to train a candidate: seeded builds, saved weights, continuation to a longer
+rung from those weights, and the teacher cache keyed by the recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from kdnas.core.settings import TrainConfig
+from kdnas.distill.candidate import (
+    TrainContext,
+    continuation,
+    init_seed,
+    save_weights,
+    train_candidate,
+)
+from search_spaces import get_space
+
+
+def _spec(data):
+    space = get_space("resnet")
+    return space.smallest(in_channels=data.in_channels, num_classes=data.num_classes,
+                          input_size=data.input_size)
+
+
+def test_the_same_init_seed_gives_the_same_candidate_and_another_does_not(digits):
+    ctx, spec = TrainContext(None, digits), _spec(digits)
+    recipe = TrainConfig(steps=6, kd="none", device="cpu")
+    a = train_candidate(ctx, spec, recipe, init=init_seed(0, 3))
+    b = train_candidate(ctx, spec, recipe, init=init_seed(0, 3))
+    c = train_candidate(ctx, spec, recipe, init=init_seed(0, 4))
+    sa, sb, sc = (o.model.state_dict() for o in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa if sa[k].is_floating_point())
+    assert a.val_accuracy == b.val_accuracy and a.total_steps == 6
+
+
+def test_a_continuation_starts_from_the_saved_weights_and_counts_all_steps(
+        teacher_and_data, tmp_path):
+    """Rung 2 trains on from rung 1's student and hint connectors (not from a fresh
+    initialisation): its first loss is rung 1's last, not a new network's, and its steps add
+    up. The connectors are saved beside the student."""
+    teacher, data = teacher_and_data
+    ctx, spec = TrainContext(teacher, data), _spec(data)
+    brief = TrainConfig(steps=30, kd="feature", device="cpu", eval_every=10)
+    first = train_candidate(ctx, spec, brief, init=7)
+    save_weights(tmp_path / "r1.pt", first)
+    saved = torch.load(tmp_path / "r1.pt", weights_only=True)
+    assert saved["steps"] == 30 and saved["extra"], "the hint connectors must be kept"
+    rung2 = continuation(brief, done=30, to=90)
+    assert rung2.steps == 60 and rung2.seed != brief.seed and rung2.eval_every == 12
+    losses: dict[str, list[float]] = {"on": [], "fresh": []}
+    on = train_candidate(ctx, spec, rung2, init=7, start=tmp_path / "r1.pt",
+                         progress=lambda s, n, loss: losses["on"].append(loss))
+    fresh = train_candidate(ctx, spec, rung2, init=7,
+                            progress=lambda s, n, loss: losses["fresh"].append(loss))
+    assert on.total_steps == 90 and fresh.total_steps == 60
+    assert losses["on"][0] < losses["fresh"][0]
+    assert on.val_accuracy >= first.val_accuracy - 0.05
+
+
+def test_the_cache_is_keyed_by_the_recipe_and_shared_by_candidates(teacher_and_data, tmp_path):
+    teacher, data = teacher_and_data
+    ctx = TrainContext(teacher, data, tmp_path / "cache")
+    brief = TrainConfig(steps=20, device="cpu")
+    assert ctx.cache_for(brief).dir == ctx.cache_for(dataclasses.replace(brief, lr=0.01)).dir
+    assert ctx.cache_for(brief).dir != ctx.cache_for(continuation(brief, done=20, to=40)).dir
+    assert ctx.cache_for(dataclasses.replace(brief, kd="none")) is None
+    assert TrainContext(teacher, data).cache_for(brief) is None
+    train_candidate(ctx, _spec(data), brief, init=1)
+    assert ctx.cache_for(brief).complete
