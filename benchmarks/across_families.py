@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     from kdnas.core.settings import SearchConfig
-    from kdnas.search.prepare import prepare, train_context
+    from kdnas.teacher.prepare import prepare
+    from kdnas.search.costs import train_context
 
     spec, teacher_path = data_and_teacher(args)
     lo, hi = (float(x) * 1e6 for x in args.band.split(","))

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     from kdnas.cost import count_macs
     from kdnas.report import pick_trial
     from kdnas.search.loop import run_search
-    from kdnas.search.prepare import prepare
+    from kdnas.teacher.prepare import prepare
     from kdnas.search.storage import load_record
     from kdnas.ship.final import distill_reference, distill_trial
     from search_spaces import describe, get_space

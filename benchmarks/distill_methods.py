@@ -30,7 +30,7 @@ from kdnas.core.budget import fmt_count
 from kdnas.core.settings import SearchConfig, TrainConfig
 from kdnas.cost import count_macs
 from kdnas.distill import TeacherCache, fit
-from kdnas.search.prepare import prepare
+from kdnas.teacher.prepare import prepare
 from search_spaces import get_space
 
 PAIRS = (("same family", "resnet", "resnet8"), ("cross family", "mobilenet", "mobilenetv2_half"))

@@ -266,7 +266,7 @@ def add_setup_args(ap: argparse.ArgumentParser) -> None:
 
 def data_and_teacher(args) -> tuple[str, Path]:
     """The data spec, and the teacher kdnas trains on it once (kept in --work)."""
-    from kdnas.ship.teacher_train import train_teacher
+    from kdnas.teacher.train import train_teacher
 
     args.work.mkdir(parents=True, exist_ok=True)
     spec = args.data or "imagefolder:" + str(make_subset(
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     from kdnas.core.settings import SearchConfig
-    from kdnas.search.prepare import prepare
+    from kdnas.teacher.prepare import prepare
 
     spec, teacher_path = data_and_teacher(args)
     lo, hi = (float(x) * 1e6 for x in args.band.split(","))
@@ -406,7 +406,7 @@ def run_all(order, res, recipes, base, teacher, data, work: Path, save,
             spaces=None) -> None:
     """Every (seed, recipe) run in order, each as one study per space (``spaces``: only
     these)."""
-    from kdnas.search.prepare import teacher_cache
+    from kdnas.search.costs import teacher_cache
 
     n_train = len(data.train_y)
     for seed, name in order:

@@ -80,8 +80,8 @@ def main() -> None:
 
     from kdnas.core.settings import SearchConfig
     from kdnas.search.loop import run_search
-    from kdnas.search.prepare import prepare
-    from kdnas.ship.teacher_train import train_teacher
+    from kdnas.teacher.prepare import prepare
+    from kdnas.teacher.train import train_teacher
 
     subset = make_subset(args.archive, args.work / "data", args.per_class, 100)
     spec = f"imagefolder:{subset}"

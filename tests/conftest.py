@@ -45,7 +45,7 @@ def cifar_subset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def digits_teacher(tmp_path_factory) -> Path:
     """A resnet14 teacher trained on digits (about 10 s), as `kdnas teacher train` makes it."""
-    from kdnas.ship.teacher_train import train_teacher
+    from kdnas.teacher.train import train_teacher
 
     path = tmp_path_factory.mktemp("teacher") / "digits-resnet14.pt"
     _, acc = train_teacher("digits", "resnet14", epochs=15, out=path, val_fraction=0.2)

@@ -76,7 +76,7 @@ def test_the_default_study_takes_its_kept_teacher_and_keeps_a_new_one(tmp_path, 
     repository (the recorded results used it), and one trained afresh is kept there."""
     import argparse
 
-    import kdnas.ship.teacher_train as tt
+    import kdnas.teacher.train as tt
 
     monkeypatch.setattr(search_quality, "ROOT", tmp_path)
     monkeypatch.setattr(search_quality, "make_subset", lambda *a: tmp_path / "data")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -206,3 +207,43 @@ def test_bad_inputs_are_one_message_each_and_leave_the_study_alone(tmp_path, dig
         assert needle in err and "Traceback" not in err, (argv, err)
         assert err.startswith("kdnas: error:"), err
     assert snapshot() == before
+
+
+def test_the_shipped_study_configs_parse_and_the_package_finds_them():
+    """studies/ (top level, seen by the package as kdnas/studies, and copied into a wheel
+    from there) holds the demo's config and a CIFAR-10 example; each is a valid study."""
+    from kdnas.cli.commands import DEMO_CONFIG
+    from kdnas.core.settings import load_config
+
+    root = Path(__file__).resolve().parent.parent / "studies"
+    assert DEMO_CONFIG.resolve() == (root / "demo.toml").resolve()
+    found = sorted(f.name for f in root.glob("*.toml"))
+    assert found == ["cifar10-50m.toml", "demo.toml"]
+    for name in found:
+        cfg = load_config(root / name, {})
+        assert cfg.budget_obj().limit > 0 and cfg.trials >= 1
+    assert load_config(root / "cifar10-50m.toml", {}).budget_obj().limit == 50e6
+
+
+def test_each_setting_is_declared_once_and_its_flag_reaches_the_config():
+    """The parser's flags, the config's fields and the resume check all come from the
+    declarations in kdnas.core.settings: a flag of every declared setting, each given value
+    in the config, and the settings a resumed study must keep."""
+    from kdnas.cli.parser import build_parser
+    from kdnas.core.settings import SearchConfig, fixed_settings, flag_settings, load_config
+
+    parser = build_parser()
+    search = parser._subparsers._group_actions[0].choices["search"]
+    dests = {a.dest for a in search._actions} - {"help", "config", "workers", "worker_index"}
+    assert dests == {f.name for f in flag_settings()}
+    args = parser.parse_args(["search", "--no-latency", "--trust-pickle", "--lr", "0.05",
+                              "--objectives", "macs,params", "--cache-limit", "2",
+                              "--no-teacher-cache", "--references", "resnet8,resnet20"])
+    cfg = load_config(None, {f.name: getattr(args, f.name) for f in flag_settings()})
+    assert (cfg.latency, cfg.trust_pickle, cfg.lr, cfg.objectives, cfg.cache_limit_gb,
+            cfg.teacher_cache, cfg.references) == (False, True, 0.05, ("macs", "params"), 2.0,
+                                                   False, ("resnet8", "resnet20"))
+    assert load_config(None, {f.name: None for f in flag_settings()}) == SearchConfig()
+    fixed = set(fixed_settings())
+    assert {"budget", "space", "seed", "lr", "kd", "objectives", "split_seed"} <= fixed
+    assert not fixed & {"trials", "workdir", "storage", "device", "references"}

@@ -377,7 +377,7 @@ def test_teacher_accuracy_is_kept_across_runs(setup, tmp_path, monkeypatch):
     """The teacher check evaluates a teacher on a split once: a repeated search reads the
     figure back; other normalisation (other inputs) is evaluated afresh."""
     from kdnas.distill import evaluate
-    from kdnas.search.prepare import teacher_accuracy
+    from kdnas.teacher.prepare import teacher_accuracy
 
     monkeypatch.setenv("KDNAS_CACHE", str(tmp_path / "cache"))
     _, teacher, data = setup

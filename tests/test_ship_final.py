@@ -14,7 +14,7 @@ from kdnas.search.storage import load_record
 
 @pytest.fixture(scope="module")
 def study_with_a_student(tmp_path_factory, digits_teacher):
-    from kdnas.search.prepare import prepare
+    from kdnas.teacher.prepare import prepare
 
     tmp = tmp_path_factory.mktemp("final")
     cfg = SearchConfig(study="f", teacher=str(digits_teacher), budget="1MFLOPs", trials=1,
@@ -63,7 +63,7 @@ def test_interrupted_teacher_training_resumes_to_the_same_teacher(tmp_path, monk
     the saved epoch and writes the teacher an uninterrupted run writes."""
     import kdnas.cli.progress as progress_mod
     from kdnas.cli import main
-    from kdnas.ship.teacher_train import resume_path
+    from kdnas.teacher.train import resume_path
 
     argv = ["teacher", "train", "--data", "digits", "--arch", "resnet8", "--epochs", "3",
             "--out", str(tmp_path / "a.pt")]

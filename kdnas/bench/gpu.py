@@ -83,7 +83,7 @@ def run_gpu(work: Path, device: str, load: GpuWorkload, archive: Path,
     from kdnas.device import describe, resolve
     from kdnas.report.frames import time_per_trial
     from kdnas.search.loop import run_search
-    from kdnas.search.prepare import prepare
+    from kdnas.teacher.prepare import prepare
     from kdnas.search.storage import load_record
 
     dev = resolve(device)

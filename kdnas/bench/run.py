@@ -74,7 +74,7 @@ def kdnas_search(cfg: SearchConfig) -> tuple[dict, object, object]:
     """A fresh search as ``kdnas search`` runs it, timed from loading to the written report."""
     from kdnas.report import write_report
     from kdnas.search.loop import run_search
-    from kdnas.search.prepare import prepare
+    from kdnas.teacher.prepare import prepare
     from kdnas.search.storage import load_record
 
     shutil.rmtree(cfg.study_dir, ignore_errors=True)

@@ -16,35 +16,21 @@ from kdnas.core.errors import KdnasError
 
 log = logging.getLogger("kdnas")
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"  # ../studies/
 
 
 def cmd_search(args) -> int:
     from kdnas.cli.progress import SearchProgress, say
     from kdnas.cli.workers import start_helpers, threads_per_worker, wait_helpers
     from kdnas.core.budget import fmt_count
-    from kdnas.core.settings import load_config
+    from kdnas.core.settings import flag_settings, load_config
     from kdnas.device import describe, resolve
     from kdnas.report import write_report
     from kdnas.search.loop import run_search
-    from kdnas.search.prepare import prepare
+    from kdnas.teacher.prepare import prepare
     from kdnas.search.storage import load_record, open_study
 
-    overrides = {k: getattr(args, k) for k in (
-        "study", "teacher", "data", "budget", "space", "trials", "seed", "steps", "epochs",
-        "train_fraction", "batch_size", "lr", "kd", "val_fraction", "storage", "workdir",
-        "reports", "latency_threads", "teacher_layers", "teacher_arch", "num_classes",
-        "normalize", "feature_weight", "objectives", "latency_batch", "references",
-        "cache_limit_gb", "device", "latency_device")}
-    if args.no_teacher_cache:
-        overrides["teacher_cache"] = False
-    if args.no_latency:
-        overrides["latency"] = False
-    if args.no_noise_check:
-        overrides["noise_check"] = False
-    if args.trust_pickle:
-        overrides["trust_pickle"] = True
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, {f.name: getattr(args, f.name) for f in flag_settings()})
     if args.worker_index > 0:
         return _helper_worker(cfg, args.worker_index)
     budget = cfg.budget_obj()
@@ -99,7 +85,7 @@ def cmd_search(args) -> int:
 def _check_teacher(cfg, teacher, data) -> None:
     """The teacher's validation accuracy, said, and a warning when it is near chance."""
     from kdnas.cli.progress import say
-    from kdnas.search.prepare import teacher_accuracy
+    from kdnas.teacher.prepare import teacher_accuracy
 
     acc, cached = teacher_accuracy(teacher, data, "val", device=cfg.device)
     teacher.meta["val_accuracy_measured"] = acc
@@ -115,7 +101,7 @@ def _helper_worker(cfg, index: int) -> int:
     """Worker ``index`` > 0 of ``--workers``: trials only (worker 0 reports)."""
     from kdnas.cli.progress import SearchProgress, say
     from kdnas.search.loop import run_search
-    from kdnas.search.prepare import prepare
+    from kdnas.teacher.prepare import prepare
 
     cfg, teacher, data, _ = prepare(cfg)
     import torch
@@ -215,7 +201,7 @@ def cmd_export(args) -> int:
 def cmd_distill(args) -> int:
     from kdnas.cli.progress import StepBar, say
     from kdnas.report import write_report
-    from kdnas.search.prepare import prepare
+    from kdnas.teacher.prepare import prepare
     from kdnas.ship.final import distill_reference, distill_trial
 
     record, cfg = _study_and_config(args)
@@ -257,7 +243,7 @@ def cmd_distill(args) -> int:
 
 def cmd_teacher_train(args) -> int:
     from kdnas.cli.progress import StepBar, say
-    from kdnas.ship.teacher_train import resume_path, train_teacher
+    from kdnas.teacher.train import resume_path, train_teacher
 
     out = Path(args.out or f"teachers/{args.arch}-{args.data.split(':')[0]}.pt")
     if resume_path(out, args.arch).exists():
@@ -282,7 +268,7 @@ def cmd_teacher_train(args) -> int:
 def cmd_demo(args) -> int:
     from kdnas.cli.progress import StepBar, say
     from kdnas.data import cache_dir
-    from kdnas.ship.teacher_train import train_teacher
+    from kdnas.teacher.train import train_teacher
 
     teacher = cache_dir() / "demo" / "teacher-digits-resnet20.pt"
     if not teacher.exists():

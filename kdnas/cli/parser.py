@@ -6,18 +6,8 @@ import argparse
 
 from kdnas import __version__
 from kdnas.cli import commands
+from kdnas.core.settings import DATA_HELP, flag_name, flag_settings, str_list
 
-BUDGET_HELP = ("cost limit at batch 1: 50MFLOPs or 50MMACs (the same thing: multiply-"
-               "accumulates, the fvcore/torchvision convention; FLOPs = MACs here), 1.5GFLOPs, "
-               "0.5Mparams, or 5ms (measured latency)")
-DATA_HELP = ("digits (scikit-learn's 8x8 digits, bundled), cifar10:PATH (torchvision's "
-             "cifar-10-batches-py layout) or imagefolder:PATH (PATH/train/<class>/*, "
-             "PATH/test/<class>/* or val/); decoded image folders are cached in $KDNAS_CACHE "
-             "or ~/.cache/kdnas")
-
-
-def _str_list(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,93 +26,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _add_search(sub) -> None:  # layout: table
+def _add_search(sub) -> None:
     s = sub.add_parser("search", help="search students for a teacher under a budget",
                        description="Search student architectures for a teacher under a budget. "
                        "Running the same command again resumes the study.")
     s.add_argument("--config", help="study config TOML (see studies/); flags override it")
-    s.add_argument("--teacher", help="the teacher: a kdnas checkpoint (from `kdnas teacher "
-                   "train`), a state_dict with --teacher-arch, torchvision:NAME:FILE, a "
-                   "torch.export program (.pt2), a TorchScript archive, or a pickled module "
-                   "with --trust-pickle")
-    s.add_argument("--teacher-arch", help="architecture of a state_dict teacher: a torchvision "
-                   "model name (resnet18) or your class as my_pkg.models:Net or file.py:Net")
-    s.add_argument("--num-classes", type=int, help="classes of that architecture's head "
-                   "(default: read from the weights)")
-    s.add_argument("--trust-pickle", action="store_true", help="allow loading a whole pickled "
-                   "module; unpickling runs code from the file, so only for files you trust")
-    s.add_argument("--normalize", help="input normalisation the teacher was trained with: "
-                   "imagenet, cifar10, none, MEAN,STD or M1,M2,M3:S1,S2,S3 (default: a kdnas "
-                   "checkpoint's own, else the data's statistics)")
-    s.add_argument("--data", help=DATA_HELP + "; default: the data recorded in the teacher")
-    s.add_argument("--budget", help=BUDGET_HELP + " (default 50MFLOPs)")
-    s.add_argument("--trials", type=int, help="candidates to train in all, counting those of "
-                   "earlier runs of this study; over-budget proposals are not counted "
-                   "(default 20)")
-    s.add_argument("--study", help="study name (default kdnas): folder WORKDIR/NAME holds "
-                   "study.db, manifest.json and trial weights")
-    s.add_argument("--space", help="student search space: resnet (default), mobilenet, "
-                   "shufflenet, or your own as path/to/file.py:NAME (docs/spaces.md)")
-    s.add_argument("--steps", type=int, help="brief training per candidate, in optimizer "
-                   "steps of --batch-size images (default 400, or 30 epochs of a small data "
-                   "set if that is fewer; on CIFAR-10 it ranks candidates of one space like "
-                   "8x longer training at Kendall tau 0.71, and 800 steps did no better: "
-                   "reports/search_quality.md)")
-    s.add_argument("--epochs", type=float, help="brief training per candidate in epochs "
-                   "instead of steps")
-    s.add_argument("--train-fraction", type=float,
-                   help="fraction of the train split used per candidate (default 1.0)")
-    s.add_argument("--batch-size", type=int, help="default 128")
-    s.add_argument("--lr", type=float, help="peak SGD learning rate (default 0.1)")
-    s.add_argument("--kd", choices=["feature", "fitnets", "at", "sp", "pkt", "logit", "none",
-                                     "auto"],
-                   help="distillation, always with Hinton logit KD: feature (= fitnets, the "
-                   "default) adds FitNets hints at stage boundaries through 1x1-conv + BN "
-                   "connectors; at adds attention transfer; sp (similarity preserving) and "
-                   "pkt add relational losses that need no connector; logit is KD alone; "
-                   "none is cross-entropy alone; auto searches the method and its weight")
-    s.add_argument("--feature-weight", type=float, help="weight of the feature loss "
-                   "(default per method: fitnets 1, at 5, sp 3000, pkt 30000)")
-    s.add_argument("--cache-limit", type=float, dest="cache_limit_gb", metavar="GB",
-                   help="largest teacher cache to write, in GB (default 8): a study whose "
-                   "cache would be larger runs the teacher in every trial instead")
-    s.add_argument("--no-teacher-cache", action="store_true", help="run the teacher in every "
-                   "trial instead of computing its outputs once per study")
-    s.add_argument("--no-noise-check", action="store_true", help="do not train the front's "
-                   "knee again with another seed at the end (the report then cannot say how "
-                   "much of the front is seed noise)")
-    s.add_argument("--teacher-layers", type=_str_list,
-                   help="comma-separated teacher module names to tap instead of the detected "
-                   "stages")
-    s.add_argument("--val-fraction", type=float, help="share of the training data held out "
-                   "for validation (default: the teacher's, else 0.1)")
-    s.add_argument("--seed", type=int, help="sampler and training seed (default 0)")
-    s.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. "
-                   "postgresql://user:pw@host/db (default sqlite in the study folder); start "
-                   "the same command on each machine to share one study")
+    add_setting_flags(s)
     s.add_argument("--workers", type=int, default=1, help="trial processes on this machine, "
                    "sharing the study and the CPU threads; the study stops at --trials "
                    "whichever worker trains them (default 1)")
     s.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
-    s.add_argument("--workdir", default=None, help="where study folders go (default runs)")
-    s.add_argument("--reports", default=None, help="where reports go (default reports)")
-    s.add_argument("--objectives", type=_str_list, help="what accuracy is traded against, "
-                   "comma-separated: macs (default), params, latency (measured here), "
-                   "train_time (a training step, timed before training: candidates that "
-                   "train faster for their accuracy); the first is the report's front, e.g. "
-                   "--objectives latency,macs or macs,train_time")
-    s.add_argument("--references", type=_str_list, help="hand-designed students to train with "
-                   "the same brief recipe and show in the report, e.g. resnet8,resnet20 or "
-                   "mobilenet:mobilenetv2_half (presets: docs/spaces.md)")
-    s.add_argument("--latency-threads", type=int, help="threads for latency (default 1)")
-    s.add_argument("--latency-batch", type=int, help="batch size for latency (default 1)")
-    s.add_argument("--no-latency", action="store_true", help="skip latency measurement")
-    s.add_argument("--device", help="where candidates train: auto (a CUDA GPU when one is "
-                   "visible, else the CPU; the default), cpu, cuda or cuda:N. On CUDA the data "
-                   "and teacher outputs stay on the GPU and training runs in bf16 autocast")
-    s.add_argument("--latency-device", help="where latency is measured: cpu (the default: "
-                   "most students ship to CPUs), cuda or cuda:N")
     s.set_defaults(func=commands.cmd_search)
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag for every study setting declared with a help text (kdnas.core.settings): its
+    value, when given, overrides the config file and the default."""
+    for f in flag_settings():
+        kind, meta = f.metadata["kind"], f.metadata
+        kw: dict = {"dest": f.name, "default": None, "help": meta["help"]}
+        if kind in ("on", "off"):
+            kw.update(action="store_const", const=kind == "on")
+        else:
+            kw["type"] = str_list if kind == "list" else kind
+            if meta["choices"]:
+                kw["choices"] = list(meta["choices"])
+            if meta["metavar"]:
+                kw["metavar"] = meta["metavar"]
+        parser.add_argument(flag_name(f), **kw)
 
 
 def _add_study_commands(sub) -> None:  # layout: table
@@ -151,7 +82,7 @@ def _add_study_commands(sub) -> None:  # layout: table
     study_args(e)
     pick_args(e)
     e.add_argument("--out", help="output folder (default exports/<study>/trial-<N>)")
-    e.add_argument("--format", type=_str_list, default=("pt2", "onnx"),
+    e.add_argument("--format", type=str_list, default=("pt2", "onnx"),
                    help="comma-separated: pt2 (torch.export), onnx (checked with "
                    "onnxruntime), torchscript; the state_dict and spec are always written "
                    "(default pt2,onnx)")
@@ -177,7 +108,7 @@ def _add_study_commands(sub) -> None:  # layout: table
     f.add_argument("--device", help="where to train: auto, cpu, cuda or cuda:N (default: "
                    "the study's)")
     f.add_argument("--out", help="output folder (default exports/<study>/trial-<N>-distilled)")
-    f.add_argument("--format", type=_str_list, default=("pt2", "onnx"),
+    f.add_argument("--format", type=str_list, default=("pt2", "onnx"),
                    help="as for export (default pt2,onnx)")
     f.set_defaults(func=commands.cmd_distill)
 

@@ -108,54 +108,128 @@ OBJECTIVE_COLUMNS = {"macs": "macs", "params": "params", "latency": "latency_ms"
                      "train_time": "train_step_ms"}
 
 
+BUDGET_HELP = ("cost limit at batch 1: 50MFLOPs or 50MMACs (the same thing: multiply-"
+               "accumulates, the fvcore/torchvision convention; FLOPs = MACs here), 1.5GFLOPs, "
+               "0.5Mparams, or 5ms (measured latency)")
+DATA_HELP = ("digits (scikit-learn's 8x8 digits, bundled), cifar10:PATH (torchvision's "
+             "cifar-10-batches-py layout) or imagefolder:PATH (PATH/train/<class>/*, "
+             "PATH/test/<class>/* or val/); decoded image folders are cached in $KDNAS_CACHE "
+             "or ~/.cache/kdnas")
+
+
+def setting(default, help: str | None = None, *, fixed: bool = False, kind: type | str = str,
+            flag: str | None = None, choices: tuple[str, ...] | None = None,
+            metavar: str | None = None):
+    """A study setting, declared once: its default, its ``kdnas search`` flag's help (None: a
+    setting of config files only), whether a resumed study must keep it (``fixed``), and how
+    the flag reads its value (``kind``: str, int, float, ``"list"`` for comma-separated,
+    ``"on"`` for a flag that sets True, ``"off"`` for a ``--no-...`` flag that sets False).
+    The parser, :func:`load_config` and the resume check all read these declarations."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "fixed": fixed, "kind": kind, "flag": flag, "choices": choices,
+        "metavar": metavar})
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """Everything that defines a study. Stored with the study, so workers and reports agree."""
 
-    study: str = "kdnas"
-    teacher: str | None = None
-    data: str | None = None
-    budget: str = "50MFLOPs"
-    space: str = "resnet"
-    trials: int = 20
-    seed: int = 0
+    study: str = setting("kdnas", "study name (default kdnas): folder WORKDIR/NAME holds "
+                         "study.db, manifest.json and trial weights")
+    teacher: str | None = setting(None, "the teacher: a kdnas checkpoint (from `kdnas teacher "
+                                  "train`), a state_dict with --teacher-arch, "
+                                  "torchvision:NAME:FILE, a torch.export program (.pt2), a "
+                                  "TorchScript archive, or a pickled module with --trust-pickle")
+    data: str | None = setting(None, DATA_HELP + "; default: the data recorded in the teacher")
+    budget: str = setting("50MFLOPs", BUDGET_HELP + " (default 50MFLOPs)", fixed=True)
+    space: str = setting("resnet", "student search space: resnet (default), mobilenet, "
+                         "shufflenet, or your own as path/to/file.py:NAME (docs/spaces.md)",
+                         fixed=True)
+    trials: int = setting(20, "candidates to train in all, counting those of earlier runs of "
+                          "this study; over-budget proposals are not counted (default 20)",
+                          kind=int)
+    seed: int = setting(0, "sampler and training seed (default 0)", fixed=True, kind=int)
     # brief training used to rank candidates: steps, or epochs, or (neither) the default of
     # DEFAULT_STEPS steps, at most MAX_DEFAULT_EPOCHS epochs
-    steps: int | None = None
-    epochs: float | None = None
-    train_fraction: float = 1.0
-    batch_size: int = 128
-    lr: float = 0.1
-    kd: str = "feature"
-    temperature: float = 4.0
-    kd_alpha: float = 0.9
-    feature_weight: float | None = None  # None: the method's default
-    teacher_cache: bool = True  # compute the teacher's outputs once per study
-    cache_limit_gb: float = 8.0  # a cache that would be larger is not written (teacher runs)
-    noise_check: bool = True  # train the front's knee again with another seed at the end
-    teacher_layers: tuple[str, ...] = ()
+    steps: int | None = setting(
+        None, "brief training per candidate, in optimizer steps of --batch-size images "
+        "(default 400, or 30 epochs of a small data set if that is fewer; on CIFAR-10 it "
+        "ranks candidates of one space like 8x longer training at Kendall tau 0.81, and 800 "
+        "steps did no better: reports/search_quality.md)", fixed=True, kind=int)
+    epochs: float | None = setting(None, "brief training per candidate in epochs instead of "
+                                   "steps", fixed=True, kind=float)
+    train_fraction: float = setting(1.0, "fraction of the train split used per candidate "
+                                    "(default 1.0)", fixed=True, kind=float)
+    batch_size: int = setting(128, "default 128", fixed=True, kind=int)
+    lr: float = setting(0.1, "peak SGD learning rate (default 0.1)", fixed=True, kind=float)
+    kd: str = setting("feature", "distillation, always with Hinton logit KD: feature (= "
+                      "fitnets, the default) adds FitNets hints at stage boundaries through "
+                      "1x1-conv + BN connectors; at adds attention transfer; sp (similarity "
+                      "preserving) and pkt add relational losses that need no connector; logit "
+                      "is KD alone; none is cross-entropy alone; auto searches the method and "
+                      "its weight", fixed=True, choices=(*KD_METHODS, "auto"))
+    temperature: float = setting(4.0, fixed=True)
+    kd_alpha: float = setting(0.9, fixed=True)
+    feature_weight: float | None = setting(  # None: the method's default
+        None, "weight of the feature loss (default per method: fitnets 1, at 5, sp 3000, pkt "
+        "30000)", fixed=True, kind=float)
+    teacher_cache: bool = setting(True, "run the teacher in every trial instead of computing "
+                                  "its outputs once per study", kind="off")
+    cache_limit_gb: float = setting(8.0, "largest teacher cache to write, in GB (default 8): a "
+                                    "study whose cache would be larger runs the teacher in "
+                                    "every trial instead", kind=float, flag="--cache-limit",
+                                    metavar="GB")
+    noise_check: bool = setting(True, "do not train the front's knee again with another seed "
+                                "at the end (the report then cannot say how much of the front "
+                                "is seed noise)", kind="off")
+    teacher_layers: tuple[str, ...] = setting((), "comma-separated teacher module names to tap "
+                                              "instead of the detected stages", fixed=True,
+                                              kind="list")
     # hand-designed students trained with the same brief recipe, for the report: preset names
     # of the study's space or space:preset (e.g. resnet20, mobilenet:mobilenetv2_half)
-    references: tuple[str, ...] = ()
-    teacher_arch: str | None = None  # for a state_dict: torchvision name or module:Class
-    num_classes: int | None = None  # size of that architecture's head
-    trust_pickle: bool = False  # allow unpickling a whole module (runs code from the file)
-    normalize: str | None = None  # a foreign teacher's input normalisation
+    references: tuple[str, ...] = setting(
+        (), "hand-designed students to train with the same brief recipe and show in the "
+        "report, e.g. resnet8,resnet20 or mobilenet:mobilenetv2_half (presets: docs/spaces.md)",
+        kind="list")
+    teacher_arch: str | None = setting(None, "architecture of a state_dict teacher: a "
+                                       "torchvision model name (resnet18) or your class as "
+                                       "my_pkg.models:Net or file.py:Net")
+    num_classes: int | None = setting(None, "classes of that architecture's head (default: "
+                                      "read from the weights)", kind=int)
+    trust_pickle: bool = setting(False, "allow loading a whole pickled module; unpickling runs "
+                                 "code from the file, so only for files you trust", kind="on")
+    normalize: str | None = setting(None, "input normalisation the teacher was trained with: "
+                                    "imagenet, cifar10, none, MEAN,STD or M1,M2,M3:S1,S2,S3 "
+                                    "(default: a kdnas checkpoint's own, else the data's "
+                                    "statistics)", fixed=True)
     # data split: val is carved from train with this fixed seed, whatever --seed is
-    val_fraction: float | None = None  # None: the teacher's (kdnas checkpoint), else 0.1
-    split_seed: int = 0
+    val_fraction: float | None = setting(None, "share of the training data held out for "
+                                         "validation (default: the teacher's, else 0.1)",
+                                         fixed=True, kind=float)
+    split_seed: int = setting(0, fixed=True)
     # cost: what the front trades accuracy against (the first is the report's x axis)
-    objectives: tuple[str, ...] = ("macs",)
-    latency: bool = True
-    latency_threads: int = 1
-    latency_batch: int = 1
-    latency_device: str = "cpu"  # where latency is measured: the deployment target's kind
-    device: str = "auto"  # where candidates train: a GPU when one is visible
+    objectives: tuple[str, ...] = setting(
+        ("macs",), "what accuracy is traded against, comma-separated: macs (default), params, "
+        "latency (measured here), train_time (a training step, timed before training: "
+        "candidates that train faster for their accuracy); the first is the report's front, "
+        "e.g. --objectives latency,macs or macs,train_time", fixed=True, kind="list")
+    latency: bool = setting(True, "skip latency measurement", kind="off")
+    latency_threads: int = setting(1, "threads for latency (default 1)", kind=int)
+    latency_batch: int = setting(1, "batch size for latency (default 1)", kind=int)
+    latency_device: str = setting("cpu", "where latency is measured: cpu (the default: most "
+                                  "students ship to CPUs), cuda or cuda:N", fixed=True)
+    device: str = setting("auto", "where candidates train: auto (a CUDA GPU when one is "
+                          "visible, else the CPU; the default), cpu, cuda or cuda:N. On CUDA "
+                          "the data and teacher outputs stay on the GPU and training runs in "
+                          "bf16 autocast")
     # where things go
-    workdir: str = "runs"
-    reports: str = "reports"
-    storage: str | None = None
-    max_proposals: int = 0  # 0: 20 x trials
+    workdir: str = setting("runs", "where study folders go (default runs)")
+    reports: str = setting("reports", "where reports go (default reports)")
+    storage: str | None = setting(None, "Optuna storage URL shared by workers, e.g. "
+                                  "postgresql://user:pw@host/db (default sqlite in the study "
+                                  "folder); start the same command on each machine to share "
+                                  "one study")
+    max_proposals: int = setting(0)  # 0: 20 x trials
 
     def __post_init__(self) -> None:
         if not self.study or any(c in self.study for c in "/\\:") or self.study.startswith("."):
@@ -267,6 +341,27 @@ class SearchConfig:
             names = [o.strip() for o in d["objectives"] if o.strip() not in ("acc", "accuracy")]
             d["objectives"] = tuple(n for n in names if n)
         return cls(**d)
+
+
+def str_list(text: str) -> tuple[str, ...]:
+    """A comma-separated flag value as a tuple of its non-empty items."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def fixed_settings() -> tuple[str, ...]:
+    """The settings a resumed study must keep."""
+    return tuple(f.name for f in dataclasses.fields(SearchConfig) if f.metadata["fixed"])
+
+
+def flag_settings() -> list[dataclasses.Field]:
+    """The settings that ``kdnas search`` takes as flags, in declaration order."""
+    return [f for f in dataclasses.fields(SearchConfig) if f.metadata["help"] is not None]
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    dashed = f.name.replace("_", "-")
+    return f.metadata["flag"] or (f"--no-{dashed}" if f.metadata["kind"] == "off"
+                                  else f"--{dashed}")
 
 
 def load_config(path: str | Path | None, overrides: dict) -> SearchConfig:

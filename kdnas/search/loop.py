@@ -27,7 +27,7 @@ from kdnas.distill.candidate import TrainContext, init_seed, save_weights, train
 from kdnas.optuna_internals import frozen, set_dashboard_constraint
 from kdnas.search.events import Event, step_events
 from kdnas.search.noise import measure_noise
-from kdnas.search.prepare import estimate_step, measure, smallest_cost, train_context
+from kdnas.search.costs import estimate_step, measure, smallest_cost, train_context
 from kdnas.search.references import train_references
 from kdnas.search.sampler import make_sampler
 from kdnas.search.storage import (

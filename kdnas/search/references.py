@@ -8,7 +8,7 @@ import optuna
 from kdnas.core.settings import SearchConfig
 from kdnas.distill.candidate import TrainContext, train_candidate
 from kdnas.search.events import Event, step_events
-from kdnas.search.prepare import measure
+from kdnas.search.costs import measure
 from search_spaces import get_space, preset_spec
 
 

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kdnas.core.settings import SearchConfig
 from kdnas.optuna_internals import trials as study_trials
 from kdnas.cost import macs_lower_bound
-from kdnas.search.prepare import measure
+from kdnas.search.costs import measure
 from search_spaces import get_space, spec_id
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from kdnas.core.errors import KdnasError
 from kdnas.core.files import write_text
 from kdnas.core.records import StudyRecord, TrialRecord
-from kdnas.core.settings import SearchConfig
+from kdnas.core.settings import SearchConfig, fixed_settings
 from kdnas.optuna_internals import storage as storage_of
 from kdnas.optuna_internals import trial_id
 
@@ -129,16 +129,13 @@ def stored_config(study: optuna.Study) -> SearchConfig | None:
 
 
 # settings that change what a trial means: a resumed study must keep them
-_FIXED = ("budget", "space", "steps", "epochs", "train_fraction", "batch_size", "lr", "kd",
-          "temperature", "kd_alpha", "feature_weight", "val_fraction", "split_seed", "seed",
-          "teacher_layers", "normalize", "objectives", "latency_device")
 
 
 def check_resume(study: optuna.Study, cfg: SearchConfig, fingerprint: dict) -> None:
     old = stored_config(study)
     if old is None:
         return
-    changed = [k for k in _FIXED if getattr(old, k) != getattr(cfg, k)]
+    changed = [k for k in fixed_settings() if getattr(old, k) != getattr(cfg, k)]
     old_fp = study.user_attrs.get("fingerprint", {})
     changed += [k for k in ("teacher_digest", "data_digest")
                 if k in old_fp and old_fp[k] != fingerprint[k]]

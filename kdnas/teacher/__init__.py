@@ -1,5 +1,6 @@
-"""Teachers: loading every supported format (:mod:`.load`) and checking a teacher against the
-data, with its stage taps (:mod:`.check`). Nothing here trains."""
+"""Teachers, the study's input: loading every supported format (:mod:`.load`), checking a
+teacher against the data with its stage taps (:mod:`.check`), preparing a study's teacher and
+data (:mod:`.prepare`) and training a teacher (:mod:`.train`, ``kdnas teacher train``)."""
 
 from kdnas.teacher.check import attach_to_data, select_taps
 from kdnas.teacher.load import Teacher, file_digest, load_teacher, save_checkpoint

@@ -1,6 +1,6 @@
 """Teacher files in every supported format, loaded into a :class:`Teacher`.
 
-Nothing here trains: ``kdnas teacher train`` (:mod:`kdnas.ship.teacher_train`) trains with
+This module does not train: ``kdnas teacher train`` (:mod:`kdnas.teacher.train`) trains with
 :func:`kdnas.distill.fit` and saves with :func:`save_checkpoint`.
 
 A *kdnas teacher checkpoint* is a weights-only ``torch.save`` of a dict::

@@ -1,0 +1,62 @@
+"""What the search measures of its candidates before it trains them: the cost at the study's
+setting, the space's cheapest candidate (the budget's floor), a candidate's training step
+time, and what every candidate is trained with (the study's TrainContext and teacher
+cache)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from kdnas.core.budget import Cost
+from kdnas.core.settings import SearchConfig
+from kdnas.cost import measure_cost
+from kdnas.device import resolve
+from kdnas.distill import TeacherCache
+from kdnas.distill.candidate import TrainContext
+from kdnas.distill.timing import time_step
+from search_spaces import get_space
+
+log = logging.getLogger(__name__)
+
+
+def measure(cfg: SearchConfig, model, data, *, latency: bool) -> Cost:
+    """A candidate's cost at the study's latency setting (latency only when asked)."""
+    return measure_cost(model, data.input_shape, latency=latency,
+                        latency_threads=cfg.latency_threads, latency_batch=cfg.latency_batch,
+                        latency_device=resolve(cfg.latency_device) if latency else "cpu")
+
+
+def estimate_step(cfg: SearchConfig, tcfg, model, data, cost: Cost) -> Cost:
+    """``cost`` with the candidate's training step time (ms) measured at the recipe's batch
+    on the training device: about 1% of a brief trial, and what its student time will be."""
+    return dataclasses.replace(cost, train_step_ms=round(time_step(model, data.input_shape,
+                                                                   tcfg), 3))
+
+
+def smallest_cost(cfg: SearchConfig, data) -> tuple[dict, Cost] | None:
+    """The cheapest candidate of the space and its cost (None if the space cannot say)."""
+    space = get_space(cfg.space)
+    spec = space.smallest(in_channels=data.in_channels, num_classes=data.num_classes,
+                          input_size=data.input_size)
+    if spec is None:
+        return None
+    model = space.build(spec)
+    wanted = cfg.budget_obj().metric == "latency_ms" or "latency_ms" in cfg.cost_columns
+    cost = measure(cfg, model, data, latency=wanted)
+    if "train_step_ms" in cfg.cost_columns:
+        cost = estimate_step(cfg, cfg.train_config(len(data.train_y)), model, data, cost)
+    return spec, cost
+
+
+def train_context(cfg: SearchConfig, teacher, data) -> TrainContext:
+    """What the study's candidates are trained with: its teacher and data, and its teacher
+    cache folder (none with ``--no-teacher-cache`` or ``--kd none``)."""
+    cached = cfg.teacher_cache and cfg.kd != "none"
+    return TrainContext(teacher, data, cfg.study_dir / "teacher_cache" if cached else None,
+                        int(cfg.cache_limit_gb * 1e9))
+
+
+def teacher_cache(cfg: SearchConfig, teacher, data) -> TeacherCache | None:
+    """The cache of the study's brief recipe (the one every trial reads)."""
+    return train_context(cfg, teacher, data).cache_for(cfg.train_config(len(data.train_y)))
