@@ -26,6 +26,7 @@ def test_help_lists_commands_and_explains_the_budget_units(capsys):
         assert cmd in r.stdout
 
 
+@pytest.mark.slow
 def test_search_report_export_as_users_type_them(tmp_path, digits_teacher, capsys):
     """`kdnas search --teacher model.pt --budget …` works without --data: the data set comes
     from the teacher checkpoint."""

@@ -134,13 +134,11 @@ def test_ctrl_c_and_kill_9_mid_trial_lose_no_candidate(tmp_path, digits_teacher)
 
 
 @pytest.fixture
-def cfg(tmp_path, digits_teacher):
-    return SearchConfig(study="r", teacher=str(digits_teacher), data="digits",
-                        budget="0.5MFLOPs", trials=3, steps=60, val_fraction=0.2,
-                        workdir=str(tmp_path / "runs"), reports=str(tmp_path / "reports"),
-                        latency=False, noise_check=False)
+def cfg(search_cfg):
+    return search_cfg
 
 
+@pytest.mark.slow
 def test_same_command_same_seed_gives_the_same_specs_and_accuracies(cfg, teacher_and_data,
                                                                     tmp_path):
     teacher, data = teacher_and_data
@@ -153,6 +151,7 @@ def test_same_command_same_seed_gives_the_same_specs_and_accuracies(cfg, teacher
     assert len(runs[0]) >= 3 and runs[0] == runs[1]
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_recorded_with_its_reason_and_the_search_goes_on(
         cfg, teacher_and_data, monkeypatch):
     teacher, data = teacher_and_data
@@ -218,6 +217,7 @@ def _hammer(url: str, worker: int, n: int, q) -> None:
         q.put(repr(e))
 
 
+@pytest.mark.slow
 def test_sqlite_storage_is_safe_for_the_workers_of_one_machine(tmp_path):
     """Four processes asking and telling as fast as they can on one SQLite study: no lock
     errors, no trial lost, every number unique."""

@@ -57,6 +57,7 @@ def test_no_candidate_over_budget_is_ever_trained(setup, monkeypatch):
     assert front and all(t.user_attrs["trained"] for t in front)
 
 
+@pytest.mark.slow
 def test_budget_aware_sampler_rarely_proposes_over_budget(setup):
     cfg, teacher, data = setup
     out = run_search(dataclasses.replace(cfg, trials=4), teacher, data)
@@ -64,6 +65,7 @@ def test_budget_aware_sampler_rarely_proposes_over_budget(setup):
     assert out.infeasible <= 1
 
 
+@pytest.mark.slow
 def test_resume_keeps_trials_and_continues_the_count(setup):
     cfg, teacher, data = setup
     first = run_search(dataclasses.replace(cfg, trials=2), teacher, data)
@@ -129,6 +131,7 @@ def test_search_with_a_user_space_and_export(setup, tmp_path):
     assert r.max_abs_diff["pt2"] < 1e-4 and r.max_abs_diff["onnx"] < 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space", ["mobilenet", "shufflenet"])
 def test_search_other_families(setup, space):
     cfg, teacher, data = setup
@@ -151,6 +154,7 @@ def test_kd_auto_searches_the_method_and_shares_one_teacher_cache(setup):
     assert len(caches) == 1 and (caches[0] / "COMPLETE").exists()
 
 
+@pytest.mark.slow
 def test_latency_budget_and_objectives(setup):
     """--budget in ms gates on measured latency before training; --objectives latency,macs
     makes a three-objective study whose report front is accuracy versus latency."""
@@ -396,3 +400,17 @@ def test_short_trials_skip_the_step_time_estimate(setup):
     trained = [t for t in load_record(out.study).trials if t.trained]
     assert trained and all(t.cost.get("train_step_ms") is None for t in trained)
     assert all(t.time["estimate"] < 0.01 for t in trained)
+
+
+def test_a_library_search_keeps_the_teacher_accuracy_in_its_record(setup):
+    """A caller that skips the CLI (a benchmark script) still gets the teacher's accuracy in
+    the study: measured when the study is made, on the validation split."""
+    from kdnas.distill import evaluate
+
+    cfg, teacher, data = setup
+    assert teacher.meta.get("val_accuracy_measured") is None
+    cfg = dataclasses.replace(cfg, trials=1, noise_check=False, steps=5, epochs=None)
+    out = run_search(cfg, teacher, data)
+    acc = load_record(out.study).teacher_val_accuracy
+    assert acc > 0.85 and acc == pytest.approx(
+        evaluate(teacher.module, data, "val", channels_last=teacher.channels_last))

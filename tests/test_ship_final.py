@@ -25,6 +25,7 @@ def study_with_a_student(tmp_path_factory, digits_teacher):
     return load_record(out.study), cfg, teacher, data, tmp
 
 
+@pytest.mark.slow
 def test_interrupted_distillation_resumes_to_the_same_student(study_with_a_student):
     study, cfg, teacher, data, tmp = study_with_a_student
     trial = pick_trial(study, "best")
@@ -49,8 +50,12 @@ def test_interrupted_distillation_resumes_to_the_same_student(study_with_a_stude
     b = torch.load(tmp / "b" / "student_state_dict.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [c["epoch"] for c in resumed["curve"]] == [1, 2, 3]
-    # the report shows the distilled student with its test accuracy
-    write_report(study, cfg)
+    # kept in the study (as `kdnas distill` does), the report shows it with its test accuracy
+    from kdnas.search.storage import add_distilled, load_record, open_study
+
+    live = open_study(cfg, create=False)
+    add_distilled(live, resumed)
+    write_report(load_record(live), cfg)
     page = (cfg.report_dir / "report.html").read_text()
     assert "Fully distilled" in page and f"{100 * resumed['test_accuracy']:.2f}%" in page
     card = (tmp / "a" / "MODEL_CARD.md").read_text()
@@ -90,6 +95,7 @@ def test_interrupted_teacher_training_resumes_to_the_same_teacher(tmp_path, monk
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow
 def test_references_and_seeds_are_distilled_side_by_side(study_with_a_student, capsys):
     """`kdnas distill --reference resnet8 --seed 1` trains the hand-designed bar with the
     study's teacher and recipe; every seed keeps its own checkpoint and record."""
@@ -106,11 +112,12 @@ def test_references_and_seeds_are_distilled_side_by_side(study_with_a_student, c
     trial = pick_trial(study, "best")
     names = sorted(p.name for p in (cfg.study_dir / "distill").iterdir())
     assert {"ref-resnet8-seed1", f"trial-{trial}-seed1", f"trial-{trial}-seed2"} <= set(names)
-    records = {p.stem: p for p in (cfg.report_dir / "distilled").glob("*.json")}
-    ref = __import__("json").loads(records["ref-resnet8-seed1"].read_text())
+    from kdnas.search.storage import load_record, open_study
+
+    records = load_record(open_study(cfg, create=False)).distilled  # kept in the study
+    ref = records["ref-resnet8-seed1"]
     assert ref["reference"] == "resnet8" and ref["recipe"]["seed"] == 1 and ref["macs"] > 0
-    seeds = [__import__("json").loads(records[f"trial-{trial}-seed{s}"].read_text())
-             for s in (1, 2)]
+    seeds = [records[f"trial-{trial}-seed{s}"] for s in (1, 2)]
     assert seeds[0]["recipe"]["seed"] == 1 and seeds[1]["recipe"]["seed"] == 2
     page = (cfg.report_dir / "report.html").read_text()
     assert "reference resnet8" in page

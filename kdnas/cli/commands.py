@@ -4,7 +4,6 @@ what happened. Imports are inside the commands so that ``kdnas --help`` stays fa
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import subprocess
@@ -77,8 +76,9 @@ def cmd_search(args) -> int:
     if any(code not in (0, 130) for code in wait_helpers(helpers)):
         log.warning("a worker ended with an error: see %s", cfg.study_dir / "workers")
     study = outcome.study if outcome else open_study(cfg, create=False)
-    out = write_report(load_record(study), cfg)
-    _print_summary(cfg, out, time.perf_counter() - t0)
+    record = load_record(study)
+    out = write_report(record, cfg)
+    _print_summary(cfg, out, record, time.perf_counter() - t0)
     return 130 if (outcome is None or outcome.interrupted) else 0
 
 
@@ -116,13 +116,13 @@ def _helper_worker(cfg, index: int) -> int:
     return 130 if out.interrupted else 0
 
 
-def _print_summary(cfg, out: Path, seconds: float) -> None:
-    """The closing lines, from the summary the report just wrote."""
+def _print_summary(cfg, out: Path, record, seconds: float) -> None:
+    """The closing lines: the study's summary, from its records."""
     from kdnas.cli.progress import say
     from kdnas.report import export_command
-    from kdnas.report.frames import noise_text
+    from kdnas.report.frames import noise_text, summary
 
-    s = json.loads((out / "summary.json").read_text())
+    s = summary(record, cfg)
     states = ", ".join(f"{v} {k}" for k, v in sorted(s["trials_by_state"].items()))
     n = s["front_size"]
     say(f"\nstudy {cfg.study}: {states}; front of {n} student{'' if n == 1 else 's'}"
@@ -168,7 +168,7 @@ def cmd_report(args) -> int:
 
     record, cfg = _study_and_config(args)
     out = write_report(record, cfg)
-    _print_summary(cfg, out, 0.0)
+    _print_summary(cfg, out, record, 0.0)
     return 0
 
 
@@ -202,6 +202,7 @@ def cmd_distill(args) -> int:
     from kdnas.cli.progress import StepBar, say
     from kdnas.report import write_report
     from kdnas.teacher.prepare import prepare
+    from kdnas.search.storage import add_distilled, load_record, open_study
     from kdnas.ship.final import distill_reference, distill_trial
 
     record, cfg = _study_and_config(args)
@@ -231,7 +232,9 @@ def cmd_distill(args) -> int:
             f"{cfg.study_dir / 'distill'}: run the same command to resume")
         info = distill_trial(record, cfg, trial, teacher, data, out_dir=out,
                              progress=StepBar(f"distilling {who}"), **opts)
-    write_report(record, cfg)
+    study = open_study(cfg, create=False)
+    add_distilled(study, info)
+    write_report(load_record(study), cfg)
     search = (f" (search: {100 * info['search_val_accuracy']:.2f}%)"
               if info.get("search_val_accuracy") is not None else "")
     say(f"{who}: validation accuracy {100 * info['val_accuracy']:.2f}%{search}, test "

@@ -53,6 +53,7 @@ class StudyRecord:
     hypervolume_reference: dict | None = None  # cost column -> value fixed at creation
     num_classes: int | None = None
     noise: dict | None = None  # the knee trained again with another seed (search/noise.py)
+    distilled: dict = field(default_factory=dict)  # name -> a `kdnas distill` run's result
 
     def trial(self, number: int) -> TrialRecord:
         for t in self.trials:

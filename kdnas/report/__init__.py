@@ -52,5 +52,5 @@ def write_report(record: StudyRecord, cfg: SearchConfig, out_dir: Path | None = 
                    refs=refs)
     (out / "learning_curves.png").unlink(missing_ok=True)
     plot_curves(record, front, info, out / "learning_curves.png")
-    write_html(out, df, front, info, cfg, refs)
+    write_html(out, df, front, info, cfg, refs, record.distilled)
     return out

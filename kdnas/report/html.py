@@ -123,17 +123,15 @@ def _references_table(refs: pd.DataFrame | None) -> list[str]:
     return parts
 
 
-def _distilled_table(out: Path) -> list[str]:
+def _distilled_table(distilled: dict) -> list[str]:
     e = html.escape
     parts: list[str] = []
-    distilled = sorted((out / "distilled").glob("*.json"))
     if distilled:
         parts.append("<h2>Fully distilled students</h2><table><tr><th>student</th>"
                      "<th>seed</th><th>epochs</th>"
                      "<th>search val acc</th><th>val acc</th><th>test acc</th>"
                      "<th class='l'>distillation</th><th class='l'>files</th></tr>")
-        for f in distilled:
-            d = json.loads(f.read_text())
+        for _, d in sorted(distilled.items()):
             files = ", ".join(Path(p).name for p in d.get("exports", {}).values())
             who = (f"reference {e(d['reference'])}" if d.get("reference")
                    else f"trial {d.get('trial')}")
@@ -181,13 +179,13 @@ def _facts(df: pd.DataFrame, info: dict, cfg) -> list[str]:
 
 
 def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg,
-               refs: pd.DataFrame | None = None) -> Path:
+               refs: pd.DataFrame | None = None, distilled: dict | None = None) -> Path:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>kdnas: {e(cfg.study)}"
              f"</title><style>{CSS}</style></head><body>",
              f"<h1>Study {e(cfg.study)}: which student to ship</h1>",
              *_headline(out, front, info, cfg), *_front_table(front, info, cfg),
-             *_references_table(refs), *_distilled_table(out), *_facts(df, info, cfg)]
+             *_references_table(refs), *_distilled_table(distilled or {}), *_facts(df, info, cfg)]
     parts.append("<p class='muted'>MACs: multiply-accumulates at batch 1 (torch's flop "
                  "counter); FLOPs = 2 x MACs. Accuracy: validation split carved from the "
                  "training data, after brief search training, for ranking; train the chosen "

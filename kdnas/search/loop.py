@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from kdnas.core.budget import Cost
 from kdnas.core.errors import KdnasError
 from kdnas.core.settings import FEATURE_WEIGHTS, SearchConfig
+from kdnas.distill import evaluate
 from kdnas.distill.candidate import TrainContext, init_seed, save_weights, train_candidate
 from kdnas.optuna_internals import frozen, set_dashboard_constraint
 from kdnas.search.events import Event, step_events
@@ -100,7 +101,7 @@ def _open(cfg: SearchConfig, teacher, data, worker: int) -> tuple[optuna.Study, 
         study.set_user_attr("config", cfg.to_dict())
         study.set_user_attr("fingerprint", fingerprint)
         study.set_user_attr("normalization", {"mean": list(data.mean), "std": list(data.std)})
-        study.set_user_attr("teacher_val_accuracy", teacher.meta.get("val_accuracy_measured"))
+        study.set_user_attr("teacher_val_accuracy", _teacher_accuracy(cfg, teacher, data))
         study.set_user_attr("num_classes", data.num_classes)
         study.set_user_attr("hypervolume_reference", hypervolume_reference(cfg, cheapest))
     if cfg.storage is None or cfg.study_dir.exists():
@@ -109,6 +110,16 @@ def _open(cfg: SearchConfig, teacher, data, worker: int) -> tuple[optuna.Study, 
     if stale:
         log.info("marked %d interrupted trial(s) of a dead process as failed", stale)
     return study, stale
+
+
+def _teacher_accuracy(cfg: SearchConfig, teacher, data) -> float:
+    """The teacher's validation accuracy, kept in the study: as the caller measured it (the
+    CLI, with its cache across runs), or measured here (library callers)."""
+    measured = teacher.meta.get("val_accuracy_measured")
+    if measured is not None:
+        return float(measured)
+    return evaluate(teacher.module, data, "val", channels_last=teacher.channels_last,
+                    device=cfg.device)
 
 
 def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = None,

@@ -317,4 +317,12 @@ def load_record(study: optuna.Study) -> StudyRecord:
                        teacher_val_accuracy=attrs.get("teacher_val_accuracy"),
                        normalization=attrs.get("normalization"),
                        hypervolume_reference=attrs.get("hypervolume_reference"),
-                       num_classes=attrs.get("num_classes"), noise=attrs.get("noise"))
+                       num_classes=attrs.get("num_classes"), noise=attrs.get("noise"),
+                       distilled=dict(attrs.get("distilled", {})))
+
+
+def add_distilled(study: optuna.Study, info: dict) -> None:
+    """Keep a full distillation's result (``kdnas distill``) in the study, by its name: the
+    report reads it from the study's record."""
+    study.set_user_attr("distilled", {**study.user_attrs.get("distilled", {}),
+                                      info["name"]: info})

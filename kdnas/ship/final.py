@@ -9,14 +9,12 @@ test accuracy goes into the exported model card and the study's report.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from kdnas.core.files import write_text
 from kdnas.core.records import StudyRecord
 from kdnas.core.settings import SearchConfig, TrainConfig
 from kdnas.distill import evaluate
@@ -101,6 +99,5 @@ def _distill(spec: dict, name: str, cfg: SearchConfig, teacher, data, *, kd: str
     diffs, files = write_exports(model, spec, data, Path(out_dir), formats=formats, meta=meta)
     info["exports"] = {k: str(Path(out_dir) / f.name) for k, f in zip(diffs, files[1:],
                                                                       strict=False)}
-    write_text(cfg.report_dir / "distilled" / f"{name}.json", json.dumps(info, indent=2))
     info["files"] = [str(f) for f in files]
     return info

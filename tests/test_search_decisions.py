@@ -1,0 +1,138 @@
+"""The search loop's decisions, in seconds: the trainer is replaced by a stand-in that
+returns at once (the loop's one seam, ``train_candidate``), so what is checked is what the
+loop decides: which candidate is trained, reused, left to another worker, failed or queued
+again, and what the study records."""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import kdnas.search.loop as loop_mod
+from kdnas.core.errors import KdnasError
+from kdnas.distill.candidate import CandidateOutcome
+from kdnas.distill.trainer import FitResult
+from kdnas.search.loop import run_search
+from kdnas.search.storage import load_record, open_study, retry_trial, worker_id
+from search_spaces import get_space, spec_id
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """A trainer that answers at once with an accuracy fixed by the spec; ``calls`` lists
+    the specs it was asked to train, ``fail`` a set of call indices that raise."""
+    state = {"calls": [], "fail": set()}
+
+    def train(ctx, spec, recipe, *, init, **kw):
+        state["calls"].append(spec)
+        if len(state["calls"]) - 1 in state["fail"]:
+            raise RuntimeError("out of memory in a conv")
+        acc = 0.5 + (zlib.crc32(spec_id(spec).encode()) % 400) / 1000
+        result = FitResult(acc, 0.01, recipe.steps, [{"epoch": 1, "train_loss": 1.0}],
+                           [{"step": recipe.steps, "images": recipe.steps * 128,
+                             "val_accuracy": acc}], {"student": 0.01})
+        return CandidateOutcome(spec, get_space(spec["space"]).build(spec), result, {}, 0.01)
+
+    monkeypatch.setattr(loop_mod, "train_candidate", train)
+    return state
+
+
+@pytest.fixture
+def cfg(search_cfg):
+    return dataclasses.replace(search_cfg, study="d", trials=4, steps=5)
+
+
+def _one_candidate_sampler(monkeypatch):
+    space = get_space("resnet")
+    smallest = {k: min(d.choices) for k, d in space.distributions().items()}
+    monkeypatch.setattr(loop_mod, "make_sampler", lambda cfg, data, **_: (
+        optuna.samplers.PartialFixedSampler(smallest, optuna.samplers.RandomSampler(seed=0))))
+
+
+def test_each_trained_candidate_is_told_and_recorded(cfg, teacher_and_data, fake):
+    teacher, data = teacher_and_data
+    out = run_search(cfg, teacher, data)
+    record = load_record(out.study)
+    trained = [t for t in record.trials if t.trained]
+    assert out.trained == len(trained) == len(fake["calls"]) == 4
+    assert [t.spec for t in trained] == fake["calls"]  # each told what it trained
+    for t in trained:
+        assert t.values[0] == t.val_accuracy and t.cost["macs"] <= 0.5e6
+        assert (cfg.study_dir / t.weights).exists() and t.recipe["steps"] == 5
+
+
+def test_a_repeated_candidate_reuses_its_twins_result(cfg, teacher_and_data, fake,
+                                                      monkeypatch):
+    teacher, data = teacher_and_data
+    _one_candidate_sampler(monkeypatch)
+    out = run_search(dataclasses.replace(cfg, trials=2, max_proposals=4), teacher, data)
+    record = load_record(out.study)
+    assert len(fake["calls"]) == 1 and out.duplicates == 3
+    first, *repeats = record.trials
+    assert [t.state for t in repeats] == ["duplicate"] * 3
+    assert all(t.val_accuracy == first.val_accuracy for t in repeats)
+
+
+def test_a_candidate_another_worker_is_training_is_left_to_it(cfg, teacher_and_data, fake,
+                                                              monkeypatch):
+    """A RUNNING trial of a live worker holds the only candidate: this worker's proposal of
+    it is a surplus (pruned, not trained), and the study does not count it."""
+    teacher, data = teacher_and_data
+    _one_candidate_sampler(monkeypatch)
+    small = dataclasses.replace(cfg, trials=1, max_proposals=2)
+    study = open_study(small, create=True)
+    space = get_space("resnet")
+    spec = space.smallest(in_channels=data.in_channels, num_classes=data.num_classes,
+                          input_size=data.input_size)
+    other = study.ask()
+    other.set_user_attr("worker", worker_id())  # alive: this process
+    other.set_user_attr("spec_id", spec_id(spec))
+    other.set_user_attr("training", True)
+    small2 = dataclasses.replace(small, trials=2)
+    out = run_search(small2, teacher, data)
+    pruned = [t for t in out.study.get_trials() if t.state == TrialState.PRUNED]
+    assert pruned and "which another worker is training" in pruned[0].user_attrs["surplus"]
+    assert fake["calls"] == []
+
+
+def test_a_failed_trial_keeps_its_reason_and_three_in_a_row_stop(cfg, teacher_and_data,
+                                                                 fake):
+    teacher, data = teacher_and_data
+    fake["fail"] = {1}
+    out = run_search(dataclasses.replace(cfg, trials=2), teacher, data)
+    record = load_record(out.study)
+    failed = [t for t in record.trials if t.state == "failed"]
+    assert out.trained == 2 and len(failed) == 1
+    assert "RuntimeError: out of memory in a conv" in failed[0].note
+    fake["fail"] = {3, 4, 5}
+    with pytest.raises(KdnasError, match="3 trials in a row failed.*run the same command"):
+        run_search(dataclasses.replace(cfg, trials=6), teacher, data)
+    assert load_record(open_study(cfg, create=False)).trials  # the study keeps its trials
+
+
+def test_a_queued_retry_trains_the_same_candidate_again(cfg, teacher_and_data, fake):
+    """A dead worker's trial, queued again by retry_trial, is the next one trained: the same
+    parameters (so the same spec), and its record says which trial it retries."""
+    teacher, data = teacher_and_data
+    space = get_space("resnet")
+    smallest = {k: min(d.choices) for k, d in space.distributions().items()}
+    study = open_study(cfg, create=True)
+    study.enqueue_trial(smallest)
+    dead = study.ask()
+    for name, dist in space.distributions().items():
+        dead.suggest_categorical(name, dist.choices)
+    dead.set_user_attr("worker", "elsewhere:1")
+    study.tell(dead, state=TrialState.FAIL)
+    assert retry_trial(study, study.get_trials()[-1], "its worker died")
+    run_search(dataclasses.replace(cfg, trials=1), teacher, data)
+    record = load_record(open_study(cfg, create=False))
+    retried = [t for t in record.trials if t.note and t.note.startswith("retry of trial")]
+    assert len(retried) == 1 and retried[0].state == "trained"
+    assert "retry of trial 0: its worker died" in retried[0].note
+    expected = space.sample(optuna.trial.FixedTrial(smallest), in_channels=data.in_channels,
+                            num_classes=data.num_classes, input_size=data.input_size)
+    assert fake["calls"][0] == expected == retried[0].spec
