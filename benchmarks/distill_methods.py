@@ -27,14 +27,14 @@ from pathlib import Path
 import torch
 
 from kdnas.core.budget import fmt_count
-from kdnas.core.settings import SearchConfig, TrainConfig
+from kdnas.core.settings import AUTO_METHODS, SearchConfig, TrainConfig
 from kdnas.cost import count_macs
 from kdnas.distill import TeacherCache, fit
 from kdnas.teacher.prepare import prepare
 from search_spaces import get_space
 
 PAIRS = (("same family", "resnet", "resnet8"), ("cross family", "mobilenet", "mobilenetv2_half"))
-METHODS = ("none", "logit", "fitnets", "at", "sp", "pkt")
+METHODS = ("none", *AUTO_METHODS)
 
 
 # students timed against cross-entropy alone: the smallest reference student, and one of the

@@ -395,3 +395,16 @@ def test_step_time_survives_the_cpu_kernels_channels_last_bug():
                                                           {"depth": 3, "width": 24}]}
     for _ in range(3):
         assert time_step(build(spec), (1, 8, 8), TrainConfig(device="cpu")) > 0
+
+
+def test_every_kd_method_is_declared_once_with_its_loss():
+    """One table (kdnas.core.settings.KD_TABLE) names the methods; every feature method has
+    its loss module and its default weight, --kd accepts each, --kd auto searches each."""
+    from kdnas.core.settings import AUTO_METHODS, FEATURE_WEIGHTS, KD_METHODS, KD_TABLE
+    from kdnas.distill.losses import FEATURE_LOSSES
+
+    names = [m.name for m in KD_TABLE]
+    assert AUTO_METHODS == tuple(names) == ("logit", "fitnets", "at", "sp", "pkt")
+    assert set(FEATURE_LOSSES) == set(FEATURE_WEIGHTS) == {m.name for m in KD_TABLE
+                                                           if m.feature_weight is not None}
+    assert set(KD_METHODS) == {*names, "feature", "none"}

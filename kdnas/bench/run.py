@@ -42,14 +42,14 @@ from kdnas.bench.workload import (
     method_times,
     training_flops,
 )
-from kdnas.core.settings import SearchConfig, TrainConfig
+from kdnas.core.settings import AUTO_METHODS, SearchConfig, TrainConfig
 from kdnas.distill.trainer import PHASES
 from search_spaces import describe
 
 TARGETS = {"efficiency.resnet": (">=", 0.6), "efficiency.*": (">=", 0.5),
            "teacher_overhead.*": ("<=", 1.15), "framework_overhead": ("<=", 0.05),
            "throughput_vs_plain_loop": (">=", 3.0)}
-METHODS = ("logit", "fitnets", "at", "sp", "pkt")
+METHODS = AUTO_METHODS  # every method the search can use
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,26 @@ from kdnas.core.budget import Budget, parse_budget
 from kdnas.core.errors import KdnasError
 
 
-# --kd: feature losses add to logit KD; "feature" is FitNets, the default
-KD_METHODS = ("feature", "fitnets", "at", "sp", "pkt", "logit", "none")
-FEATURE_METHODS = ("fitnets", "at", "sp", "pkt")
-# default weight of each feature loss, scaled so that it starts near the size of the KD term
-FEATURE_WEIGHTS = {"fitnets": 1.0, "at": 5.0, "sp": 3000.0, "pkt": 30000.0}
+@dataclass(frozen=True)
+class KDMethod:
+    """A distillation method of ``--kd``, declared once: its name and, for a feature method
+    (added to Hinton KD on the logits), the default weight of its loss, scaled so that it
+    starts near the size of the KD term. Its loss module is ``FEATURE_LOSSES[name]`` in
+    :mod:`kdnas.distill.losses`."""
+
+    name: str
+    feature_weight: float | None = None  # None: logits only
+
+
+# in the order ``--kd auto`` searches them (a resumed study's categorical keeps its indices)
+KD_TABLE = (KDMethod("logit"), KDMethod("fitnets", 1.0), KDMethod("at", 5.0),
+            KDMethod("sp", 3000.0), KDMethod("pkt", 30000.0))
+AUTO_METHODS = tuple(m.name for m in KD_TABLE)
+FEATURE_METHODS = tuple(m.name for m in KD_TABLE if m.feature_weight is not None)
+FEATURE_WEIGHTS = {m.name: m.feature_weight for m in KD_TABLE if m.feature_weight is not None}
+# --kd: "feature" is FitNets, the default; "none" is cross-entropy alone
+KD_METHODS = ("feature", *FEATURE_METHODS,
+              *(m.name for m in KD_TABLE if m.feature_weight is None), "none")
 
 
 def canonical_method(kd: str) -> str:

@@ -208,7 +208,11 @@ class PKTLoss(nn.Module):
         return (p_t * torch.log((p_t + self.eps) / (p_s + self.eps))).mean()
 
 
+# the loss module of each feature method of kdnas.core.settings.KD_TABLE
+FEATURE_LOSSES: dict[str, type[nn.Module]] = {"fitnets": HintLoss, "at": ATLoss, "sp": SPLoss,
+                                              "pkt": PKTLoss}
+
+
 def feature_loss(method: str, student: list[TapInfo], teacher: list[TapInfo]) -> nn.Module:
-    """The feature loss module of a ``--kd`` method (FitNets, AT, SP or PKT)."""
-    return {"fitnets": HintLoss, "at": ATLoss, "sp": SPLoss,
-            "pkt": PKTLoss}[canonical_method(method)](student, teacher)
+    """The feature loss module of a ``--kd`` feature method."""
+    return FEATURE_LOSSES[canonical_method(method)](student, teacher)

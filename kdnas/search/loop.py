@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from kdnas.core.budget import Cost
 from kdnas.core.errors import KdnasError
-from kdnas.core.settings import FEATURE_WEIGHTS, SearchConfig
+from kdnas.core.settings import AUTO_METHODS, FEATURE_WEIGHTS, SearchConfig
 from kdnas.distill import evaluate
 from kdnas.distill.candidate import TrainContext, init_seed, save_weights, train_candidate
 from kdnas.optuna_internals import frozen, set_dashboard_constraint
@@ -248,7 +248,6 @@ def hypervolume_reference(cfg: SearchConfig, cheapest: tuple[dict, Cost] | None
             if c != budget.metric and cost.value(c) is not None}
 
 
-AUTO_METHODS = ("logit", "fitnets", "at", "sp", "pkt")
 
 
 def _costs(cfg: SearchConfig, cost: Cost) -> list[float]:

@@ -10,6 +10,7 @@ test accuracy goes into the exported model card and the study's report.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,32 @@ from search_spaces import get_space, preset_spec
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class FullRecipe:
+    """How a chosen student is trained in full: epochs, and the study's own learning rate,
+    batch and seed where these are None."""
+
+    epochs: float
+    lr: float | None = None
+    batch_size: int | None = None
+    schedule: str = "cosine"
+    seed: int | None = None
+    formats: tuple[str, ...] = ("pt2", "onnx")
+
+
+@dataclass(frozen=True)
+class _Pick:
+    """The student to distil: its spec, record name, method, cost, what the search saw."""
+
+    spec: dict
+    name: str
+    kd: str
+    feature_weight: float | None
+    cost: dict
+    search_val_accuracy: float | None
+    extra: dict
+
+
 def distill_trial(record: StudyRecord, cfg: SearchConfig, trial_number: int, teacher, data, *,
                   epochs: float, out_dir: Path, lr: float | None = None,
                   batch_size: int | None = None, schedule: str = "cosine",
@@ -32,11 +59,11 @@ def distill_trial(record: StudyRecord, cfg: SearchConfig, trial_number: int, tea
                   progress: Callable[[int, int, float], None] | None = None) -> dict:
     """Train trial ``trial_number``'s student fully (see the module text)."""
     rec = record.trained_trial(trial_number)
-    return _distill(rec.spec, f"trial-{trial_number}", cfg, teacher, data,
-                    kd=rec.kd or cfg.kd, feature_weight=rec.feature_weight, cost=rec.cost,
-                    search_val_accuracy=rec.val_accuracy, epochs=epochs, out_dir=out_dir,
-                    lr=lr, batch_size=batch_size, schedule=schedule, seed=seed,
-                    formats=formats, progress=progress, extra={"trial": trial_number})
+    pick = _Pick(rec.spec, f"trial-{trial_number}", rec.kd or cfg.kd, rec.feature_weight,
+                 rec.cost, rec.val_accuracy, {"trial": trial_number})
+    return _distill(pick, cfg, teacher, data, FullRecipe(epochs, lr, batch_size, schedule,
+                                                         seed, tuple(formats)),
+                    out_dir=out_dir, progress=progress)
 
 
 def distill_reference(cfg: SearchConfig, name: str, teacher, data, *, epochs: float,
@@ -53,40 +80,39 @@ def distill_reference(cfg: SearchConfig, name: str, teacher, data, *, epochs: fl
                        num_classes=data.num_classes, input_size=data.input_size)
     cost = measure_cost(get_space(spec["space"]).build(spec), data.input_shape,
                         latency=False).to_dict()
-    return _distill(spec, f"ref-{name.replace(':', '-')}", cfg, teacher, data, kd=cfg.kd,
-                    feature_weight=cfg.feature_weight, cost=cost, search_val_accuracy=None,
-                    epochs=epochs, out_dir=out_dir, lr=lr, batch_size=batch_size,
-                    schedule=schedule, seed=seed, formats=formats, progress=progress,
-                    extra={"reference": name})
+    pick = _Pick(spec, f"ref-{name.replace(':', '-')}", cfg.kd, cfg.feature_weight, cost,
+                 None, {"reference": name})
+    return _distill(pick, cfg, teacher, data, FullRecipe(epochs, lr, batch_size, schedule,
+                                                         seed, tuple(formats)),
+                    out_dir=out_dir, progress=progress)
 
 
-def _distill(spec: dict, name: str, cfg: SearchConfig, teacher, data, *, kd: str,
-             feature_weight: float | None, cost: dict, search_val_accuracy: float | None,
-             epochs: float, out_dir: Path, lr: float | None, batch_size: int | None,
-             schedule: str, seed: int | None, formats: tuple[str, ...],
-             progress: Callable[[int, int, float], None] | None, extra: dict) -> dict:
-    if seed is not None and seed != cfg.seed:
-        name = f"{name}-seed{seed}"  # its own checkpoint and record
-    seed = cfg.seed if seed is None else seed
-    tcfg = TrainConfig(epochs=epochs, batch_size=batch_size or cfg.batch_size,
-                       lr=lr or cfg.lr, train_fraction=1.0, kd=kd,
+def _distill(pick: _Pick, cfg: SearchConfig, teacher, data, full: FullRecipe, *,
+             out_dir: Path, progress: Callable[[int, int, float], None] | None) -> dict:
+    spec, name, cost, epochs, schedule = pick.spec, pick.name, pick.cost, full.epochs, \
+        full.schedule
+    if full.seed is not None and full.seed != cfg.seed:
+        name = f"{name}-seed{full.seed}"  # its own checkpoint and record
+    seed = cfg.seed if full.seed is None else full.seed
+    tcfg = TrainConfig(epochs=epochs, batch_size=full.batch_size or cfg.batch_size,
+                       lr=full.lr or cfg.lr, train_fraction=1.0, kd=pick.kd,
                        temperature=cfg.temperature, kd_alpha=cfg.kd_alpha,
-                       feature_weight=feature_weight, schedule=schedule, seed=seed,
+                       feature_weight=pick.feature_weight, schedule=schedule, seed=seed,
                        device=cfg.device)
     work = cfg.study_dir / "distill" / name
     out = train_candidate(TrainContext(teacher, data), spec, tcfg, init=seed,
                           checkpoint=work / "checkpoint.pt", progress=progress)
     model, result = out.model, out.result
     test_acc = evaluate(model, data, "test", device=cfg.device)
-    info = {"study": cfg.study, "name": name, **extra, "epochs": epochs,
+    info = {"study": cfg.study, "name": name, **pick.extra, "epochs": epochs,
             "val_accuracy": result.val_accuracy, "test_accuracy": test_acc,
-            "search_val_accuracy": search_val_accuracy, "macs": cost.get("macs"),
+            "search_val_accuracy": pick.search_val_accuracy, "macs": cost.get("macs"),
             "recipe": {"lr": tcfg.lr, "batch_size": tcfg.batch_size, "schedule": schedule,
                        "kd": tcfg.method, "feature_weight": tcfg.weight, "seed": seed},
             "curve": result.curve}
     torch.save({"spec": spec, "state_dict": model.state_dict()}, work / "student.pt")
     meta = {"val_accuracy": result.val_accuracy, "test_accuracy": test_acc,
-            "study": cfg.study, **extra, "budget": cfg.budget,
+            "study": cfg.study, **pick.extra, "budget": cfg.budget,
             "teacher": cfg.teacher, "data": cfg.data,
             "latency_ms": cost.get("latency_ms"),
             "latency_setting": cost.get("latency_setting"),
@@ -96,7 +122,8 @@ def _distill(spec: dict, name: str, cfg: SearchConfig, teacher, data, *, kd: str
             "training": {"epochs": epochs, "train_fraction": 1.0, "kd": tcfg.method,
                          "temperature": tcfg.temperature, "kd_alpha": tcfg.kd_alpha,
                          "feature_weight": tcfg.weight, "seed": seed}}
-    diffs, files = write_exports(model, spec, data, Path(out_dir), formats=formats, meta=meta)
+    diffs, files = write_exports(model, spec, data, Path(out_dir), formats=full.formats,
+                                  meta=meta)
     info["exports"] = {k: str(Path(out_dir) / f.name) for k, f in zip(diffs, files[1:],
                                                                       strict=False)}
     info["files"] = [str(f) for f in files]
