@@ -96,6 +96,7 @@ def run_study(cfg, cands: list[dict], teacher, data, work: Path, on_result) -> N
     """Train the candidates in kdnas' own (resumable) study ``cfg.study``: each is enqueued
     until it has been trained once; the teacher cache is shared by every study."""
     from kdnas.cli.progress import SearchProgress, say
+    from kdnas.search.events import TrialEnd
     from kdnas.search.loop import run_search
     from kdnas.search.storage import open_study
 
@@ -122,10 +123,10 @@ def run_study(cfg, cands: list[dict], teacher, data, work: Path, on_result) -> N
         say(f"{cfg.study}: {len(todo)} of {len(cands)} candidates to train")
         shown = SearchProgress(run_cfg)
 
-        def on_event(kind, info, shown=shown) -> None:
-            shown(kind, info)  # a line per candidate, a step line every half minute
-            if kind == "trial_end":
-                on_result(info)
+        def on_event(event, shown=shown) -> None:
+            shown(event)  # a line per candidate, a step line every half minute
+            if isinstance(event, TrialEnd):
+                on_result(event)
 
         out = run_search(run_cfg, teacher, data, on_event=on_event)
         if out.interrupted:

@@ -248,3 +248,33 @@ def test_each_setting_is_declared_once_and_its_flag_reaches_the_config():
     fixed = set(fixed_settings())
     assert {"budget", "space", "seed", "lr", "kd", "objectives", "split_seed"} <= fixed
     assert not fixed & {"trials", "workdir", "storage", "device", "references"}
+
+
+def test_the_progress_display_has_a_line_for_every_search_event(capsys):
+    """Events are typed records (kdnas.search.events); the CLI's display handles each one."""
+    import typing
+
+    from kdnas.cli.progress import SearchProgress
+    from kdnas.core.budget import Cost
+    from kdnas.core.settings import SearchConfig
+    from kdnas.search import events as ev
+
+    kinds = typing.get_args(ev.SearchEvent)
+    assert {k.__name__ for k in kinds} - {"Step"} == {
+        n[4:] for n in dir(SearchProgress) if n.startswith("_on_")}
+    show, cost = SearchProgress(SearchConfig()), Cost(1_500_000, 20_000)
+    spec = {"space": "resnet", "block": "basic", "in_channels": 3, "num_classes": 10,
+            "stem": "cifar", "stages": [{"depth": 1, "width": 8}] * 3}
+    for e in (ev.StudyStart(2, 5, 1), ev.Waiting(4, 5),
+              ev.TrialStart(7, 3, 5, cost, spec, "fitnets", 12.0, 6), ev.Step(1, 10, 2.3),
+              ev.TrialEnd(7, 3, 5, 0.8125, 11.5, cost, 2, 0.84),
+              ev.Infeasible(8, cost, spec, "over budget"), ev.Duplicate(9, 7),
+              ev.ReferenceStart("resnet8", cost, spec), ev.ReferenceEnd("resnet8", 0.8, cost),
+              ev.NoiseStart(7, 1), ev.NoiseEnd(7, [0, 1], [0.8125, 0.80], 0.0125)):
+        show(e)
+    out = capsys.readouterr().out
+    for needle in ("2 of 5 candidates already trained", "trial 3/5 (#7)", "1.5M MACs",
+                   "again (trial 6 was cut off)", "val acc 81.25% in 11.5s | front 2 | best "
+                   "within budget 84.00%", "over budget, not trained",
+                   "the same candidate as trial 7", "reference resnet8", "seed spread of 1.25"):
+        assert needle in out, needle

@@ -25,6 +25,7 @@ def cmd_search(args) -> int:
     from kdnas.core.settings import flag_settings, load_config
     from kdnas.device import describe, resolve
     from kdnas.report import write_report
+    from kdnas.search.events import StudyStart
     from kdnas.search.loop import run_search
     from kdnas.teacher.prepare import prepare
     from kdnas.search.storage import load_record, open_study
@@ -55,8 +56,8 @@ def cmd_search(args) -> int:
     outcome, helpers = None, []
     progress = SearchProgress(cfg)
 
-    def on_event(kind: str, info: dict) -> None:
-        if kind == "study_start" and args.workers > 1:  # the study exists: others may join
+    def on_event(event) -> None:
+        if isinstance(event, StudyStart) and args.workers > 1:  # others may join now
             helpers.extend(start_helpers(args.argv, args.workers, cfg.study_dir / "workers",
                                          cfg.device))
             others = "worker 1 logs" if args.workers == 2 else \
@@ -64,7 +65,7 @@ def cmd_search(args) -> int:
             say(f"{args.workers} workers on this study, {threads_per_worker(args.workers)} "
                 f"thread(s) each ({others} to {cfg.study_dir / 'workers'}/; this one reports "
                 "its own trials and, at the end, all of them)")
-        progress(kind, info)
+        progress(event)
 
     try:
         outcome = run_search(cfg, teacher, data, on_event=on_event)

@@ -9,9 +9,7 @@ import time
 from tqdm import tqdm
 
 from kdnas.core.budget import fmt_count
-from kdnas.report import front_frame
-from kdnas.report.frames import trials_frame
-from kdnas.search.storage import load_record
+from kdnas.search import events as ev
 from search_spaces import describe
 
 
@@ -68,73 +66,66 @@ class SearchProgress:
             self.bar.close()
             self.bar = None
 
-    def __call__(self, kind: str, info: dict) -> None:
-        if kind == "step":
+    def __call__(self, event: ev.SearchEvent) -> None:
+        if isinstance(event, ev.Step):
             if self.bar is not None:
-                self.bar(info["step"], info["total"], info["loss"])
+                self.bar(event.step, event.total, event.loss)
             return
-        handler = getattr(self, f"_on_{kind}", None)
+        handler = getattr(self, f"_on_{type(event).__name__}", None)
         if handler is not None:
-            handler(info)
+            handler(event)
 
-    def _on_study_start(self, info: dict) -> None:
-        if info["trained"]:
-            say(f"resuming study {self.cfg.study!r}: {info['trained']} of {info['target']} "
-                "candidates already trained")
-        if info.get("stale"):
-            say(f"  {info['stale']} trial(s) of a process that died were marked failed; their "
+    def _on_StudyStart(self, e: ev.StudyStart) -> None:
+        if e.trained:
+            say(f"resuming study {self.cfg.study!r}: {e.trained} of {e.target} candidates "
+                "already trained")
+        if e.stale:
+            say(f"  {e.stale} trial(s) of a process that died were marked failed; their "
                 "candidates are trained again")
 
-    def _on_waiting(self, info: dict) -> None:
-        say(f"  {info['trained']} of {info['target']} trained; waiting for other workers' "
-            "last trials")
+    def _on_Waiting(self, e: ev.Waiting) -> None:
+        say(f"  {e.trained} of {e.target} trained; waiting for other workers' last trials")
 
-    def _on_trial_start(self, info: dict) -> None:
+    def _on_TrialStart(self, e: ev.TrialStart) -> None:
         self._close_bar()
-        c = info["cost"]
+        c = e.cost
         lat = f", {c.latency_ms:.2f} ms" if c.latency_ms is not None else ""
-        if info.get("estimate") is not None:
-            lat += f", about {info['estimate']:.0f} s to train"
-        again = f", again (trial {info['retry_of']} was cut off)" \
-            if info.get("retry_of") is not None else ""
-        say(f"trial {info['index']}/{info['target']} (#{info['trial']}) "
-            f"{describe(info['spec'])}: {fmt_count(c.macs)} MACs, "
-            f"{fmt_count(c.params)} params{lat}, kd {info['kd']}{again}")
+        if e.estimate is not None:
+            lat += f", about {e.estimate:.0f} s to train"
+        again = f", again (trial {e.retry_of} was cut off)" if e.retry_of is not None else ""
+        say(f"trial {e.index}/{e.target} (#{e.trial}) {describe(e.spec)}: "
+            f"{fmt_count(c.macs)} MACs, {fmt_count(c.params)} params{lat}, kd {e.kd}{again}")
         self._open_bar()
 
-    def _on_reference_start(self, info: dict) -> None:
-        c = info["cost"]
-        say(f"reference {info['name']}: {fmt_count(c.macs)} MACs, {fmt_count(c.params)} "
+    def _on_ReferenceStart(self, e: ev.ReferenceStart) -> None:
+        say(f"reference {e.name}: {fmt_count(e.cost.macs)} MACs, {fmt_count(e.cost.params)} "
             "params, same brief recipe")
         self._open_bar()
 
-    def _on_reference_end(self, info: dict) -> None:
+    def _on_ReferenceEnd(self, e: ev.ReferenceEnd) -> None:
         self._close_bar()
-        say(f"  val acc {100 * info['accuracy']:.2f}%")
+        say(f"  val acc {100 * e.accuracy:.2f}%")
 
-    def _on_infeasible(self, info: dict) -> None:
-        c = info["cost"]
-        say(f"  trial {info['trial']}: {fmt_count(c.macs)} MACs, {fmt_count(c.params)} "
-            f"params: {info.get('reason', 'over budget')}, not trained")
+    def _on_Infeasible(self, e: ev.Infeasible) -> None:
+        say(f"  trial {e.trial}: {fmt_count(e.cost.macs)} MACs, {fmt_count(e.cost.params)} "
+            f"params: {e.reason}, not trained")
 
-    def _on_duplicate(self, info: dict) -> None:
-        say(f"  trial {info['trial']}: the same candidate as trial {info['twin']}: its result "
-            "is reused, not trained again (not counted)")
+    def _on_Duplicate(self, e: ev.Duplicate) -> None:
+        say(f"  trial {e.trial}: the same candidate as trial {e.twin}: its result is reused, "
+            "not trained again (not counted)")
 
-    def _on_noise_start(self, info: dict) -> None:
-        say(f"noise check: training the knee (trial {info['trial']}) again with seed "
-            f"{info['seed']}")
+    def _on_NoiseStart(self, e: ev.NoiseStart) -> None:
+        say(f"noise check: training the knee (trial {e.trial}) again with seed {e.seed}")
         self._open_bar()
 
-    def _on_noise_end(self, info: dict) -> None:
+    def _on_NoiseEnd(self, e: ev.NoiseEnd) -> None:
         self._close_bar()
-        a, b = (100 * v for v in info["accuracies"])
-        say(f"  {a:.2f}% and {b:.2f}%: a seed spread of {100 * info['spread']:.2f} points")
+        a, b = (100 * v for v in e.accuracies)
+        say(f"  {a:.2f}% and {b:.2f}%: a seed spread of {100 * e.spread:.2f} points")
 
-    def _on_trial_end(self, info: dict) -> None:
+    def _on_TrialEnd(self, e: ev.TrialEnd) -> None:
         self._close_bar()
-        front = front_frame(trials_frame(load_record(info["study"])), self.cfg.cost_columns)
-        best = f"{100 * front.val_accuracy.max():.2f}%" if len(front) else "-"
-        say(f"  val acc {100 * info['accuracy']:.2f}% in {info['seconds']:.1f}s | "
-            f"front {len(front)} | best within budget {best} | "
+        best = "-" if e.best_accuracy is None else f"{100 * e.best_accuracy:.2f}%"
+        say(f"  val acc {100 * e.accuracy:.2f}% in {e.seconds:.1f}s | front {e.front_size} | "
+            f"best within budget {best} | "
             f"{(time.perf_counter() - self.t_start) / 60:.1f} min so far")

@@ -26,7 +26,16 @@ from kdnas.core.settings import AUTO_METHODS, FEATURE_WEIGHTS, SearchConfig
 from kdnas.distill import evaluate
 from kdnas.distill.candidate import TrainContext, init_seed, save_weights, train_candidate
 from kdnas.optuna_internals import frozen, set_dashboard_constraint
-from kdnas.search.events import Event, step_events
+from kdnas.search.events import (
+    Duplicate,
+    Event,
+    Infeasible,
+    StudyStart,
+    TrialEnd,
+    TrialStart,
+    Waiting,
+    step_events,
+)
 from kdnas.search.noise import measure_noise
 from kdnas.search.costs import estimate_step, measure, smallest_cost, train_context
 from kdnas.search.references import train_references
@@ -126,17 +135,17 @@ def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = Non
                worker: int = 0) -> SearchOutcome:
     """Run (or resume) the study until it holds ``cfg.trials`` trained candidates.
 
-    ``data`` must already carry the teacher's normalisation. ``on_event(kind, info)`` receives
-    ``study_start``, ``trial_start``, ``step``, ``trial_end``, ``infeasible``, ``duplicate``
-    and ``waiting`` events. ``worker`` > 0: one of several processes on the study (its own
-    sampler seed; references and the noise check are left to worker 0).
+    ``data`` must already carry the teacher's normalisation. ``on_event(event)`` receives
+    the typed records of :mod:`kdnas.search.events` as they happen. ``worker`` > 0: one of
+    several processes on the study (its own sampler seed; references and the noise check
+    are left to worker 0).
     """
-    emit = on_event or (lambda kind, info: None)
+    emit = on_event or (lambda event: None)
     study, stale = _open(cfg, teacher, data, worker)
     ctx = train_context(cfg, teacher, data)
     if worker == 0:
         train_references(study, cfg, ctx, emit)
-    emit("study_start", {"trained": trained_count(study), "target": cfg.trials, "stale": stale})
+    emit(StudyStart(trained_count(study), cfg.trials, stale))
     counts = {"infeasible": 0, "duplicate": 0, "failures": 0, "proposals": 0}
     interrupted = False
     try:
@@ -167,7 +176,7 @@ def _loop(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext, emit: Event
             # (a dead worker's trial is failed and queued again, and then trained here)
             if not waiting:
                 waiting = True
-                emit("waiting", {"trained": done, "target": cfg.trials})
+                emit(Waiting(done, cfg.trials))
             time.sleep(WAIT_SECONDS)
             continue
         waiting = False
@@ -271,7 +280,7 @@ def _reuse(study: optuna.Study, trial: optuna.Trial, twin: optuna.trial.FrozenTr
         if key in twin.user_attrs:
             trial.set_user_attr(key, twin.user_attrs[key])
     study.tell(trial, list(twin.values))
-    emit("duplicate", {"trial": trial.number, "twin": twin.number})
+    emit(Duplicate(trial.number, twin.number))
     return "duplicate"
 
 
@@ -325,8 +334,7 @@ def _infeasible(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, spe
     if refusal:
         trial.set_user_attr("refused", refusal)
     study.tell(trial, [0.0, *_costs(cfg, cost)])
-    emit("infeasible", {"trial": trial.number, "cost": cost, "spec": spec,
-                        "reason": refusal or "over budget"})
+    emit(Infeasible(trial.number, cost, spec, refusal or "over budget"))
     return "infeasible"
 
 
@@ -379,11 +387,10 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, ctx:
         cost = estimate_step(cfg, tcfg, get_space(spec["space"]).build(spec), data, cost)
         trial.set_user_attr("cost", cost.to_dict())
     estimate_seconds = time.perf_counter() - t_est
-    emit("trial_start", {"trial": trial.number, "index": index, "target": cfg.trials,
-                         "cost": cost, "spec": spec, "kd": tcfg.method,
-                         "estimate": None if cost.train_step_ms is None
-                         else cost.train_step_ms * tcfg.steps / 1e3,
-                         "retry_of": trial.user_attrs.get("retry_of")})
+    emit(TrialStart(trial.number, index, cfg.trials, cost, spec, tcfg.method,
+                    None if cost.train_step_ms is None
+                    else cost.train_step_ms * tcfg.steps / 1e3,
+                    trial.user_attrs.get("retry_of")))
     out = train_candidate(ctx, spec, tcfg, init=init_seed(cfg.seed, trial.number),
                           progress=step_events(emit))
     path = cfg.study_dir / "trials" / str(trial.number) / "student.pt"
@@ -400,7 +407,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, ctx:
                          3),
         "total": round(t_end - t0, 3)})
     study.tell(trial, [out.val_accuracy, *_costs(cfg, cost)])
-    emit("trial_end", {"trial": trial.number, "index": index, "target": cfg.trials,
-                       "accuracy": out.val_accuracy, "seconds": out.result.seconds,
-                       "cost": cost, "study": study})
+    front = [t for t in study.best_trials if t.user_attrs.get("trained")]
+    emit(TrialEnd(trial.number, index, cfg.trials, out.val_accuracy, out.result.seconds, cost,
+                  len(front), max((t.values[0] for t in front), default=None)))
     return "trained"

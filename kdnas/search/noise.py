@@ -10,7 +10,7 @@ import optuna
 from kdnas.core.settings import SearchConfig
 from kdnas.distill.candidate import TrainContext, init_seed, train_candidate
 from kdnas.report import front_frame, trials_frame
-from kdnas.search.events import Event, step_events
+from kdnas.search.events import Event, NoiseEnd, NoiseStart, step_events
 from kdnas.search.storage import load_record
 
 
@@ -31,7 +31,7 @@ def measure_noise(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext,
     seed = cfg.seed + 1
     tcfg = dataclasses.replace(cfg.train_config(len(ctx.data.train_y)), seed=seed,
                                kd=t.kd or cfg.kd, feature_weight=t.feature_weight)
-    emit("noise_start", {"trial": knee, "seed": seed})
+    emit(NoiseStart(knee, seed))
     # its own seed's teacher outputs would be read by no other run: not cached
     result = train_candidate(dataclasses.replace(ctx, cache_root=None), t.spec, tcfg,
                              init=init_seed(seed, knee), progress=step_events(emit)).result
@@ -39,5 +39,5 @@ def measure_noise(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext,
              "accuracies": [t.val_accuracy, result.val_accuracy],
              "spread": abs(result.val_accuracy - t.val_accuracy)}
     study.set_user_attr("noise", noise)
-    emit("noise_end", noise)
+    emit(NoiseEnd(**noise))
     return noise

@@ -7,7 +7,7 @@ import optuna
 
 from kdnas.core.settings import SearchConfig
 from kdnas.distill.candidate import TrainContext, train_candidate
-from kdnas.search.events import Event, step_events
+from kdnas.search.events import Event, ReferenceEnd, ReferenceStart, step_events
 from kdnas.search.costs import measure
 from search_spaces import get_space, preset_spec
 
@@ -25,10 +25,10 @@ def train_references(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext,
                            num_classes=data.num_classes, input_size=data.input_size)
         cost = measure(cfg, get_space(spec["space"]).build(spec), data, latency=cfg.latency)
         tcfg = cfg.train_config(len(data.train_y))
-        emit("reference_start", {"name": ref, "cost": cost, "spec": spec})
+        emit(ReferenceStart(ref, cost, spec))
         out = train_candidate(ctx, spec, tcfg, init=cfg.seed, progress=step_events(emit))
         done[ref] = {"spec": spec, "cost": cost.to_dict(), "val_accuracy": out.val_accuracy,
                      "train_seconds": out.result.seconds, "kd": tcfg.method,
                      "within_budget": cfg.budget_obj().fits(cost)}
         study.set_user_attr("references", done)
-        emit("reference_end", {"name": ref, "accuracy": out.val_accuracy, "cost": cost})
+        emit(ReferenceEnd(ref, out.val_accuracy, cost))
