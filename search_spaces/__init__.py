@@ -14,6 +14,7 @@ from torch import nn
 from kdnas.core.errors import KdnasError
 from search_spaces import mobilenet, resnet, shufflenet
 from search_spaces.base import BuiltinSpace, Space, TapInfo, spec_id
+from search_spaces.multi import MultiSpace
 from search_spaces.user import load_user_space
 
 
@@ -25,13 +26,18 @@ BUILTIN = tuple(_BUILTIN)
 
 
 def get_space(name: str) -> Space:
-    """A built-in space by name, or a user's space as ``path/to/file.py:NAME``."""
+    """A built-in space by name, a user's space as ``path/to/file.py:NAME``, or several as
+    one: ``all`` (every built-in family) or a comma-separated list of those."""
+    if name == "all" or "," in name:
+        names = BUILTIN if name == "all" else [n.strip() for n in name.split(",") if n.strip()]
+        return MultiSpace({n: get_space(n) for n in dict.fromkeys(names)})
     if name in _BUILTIN:
         return _BUILTIN[name][0]()
     if ":" in name and name.rpartition(":")[0].endswith(".py"):
         return load_user_space(name)
-    raise KdnasError(f"unknown search space {name!r}: choose one of {', '.join(BUILTIN)}, or "
-                     "give your own as path/to/file.py:NAME (see docs/spaces.md)")
+    raise KdnasError(f"unknown search space {name!r}: choose one of {', '.join(BUILTIN)}, "
+                     "all (every one of them), a list such as resnet,mobilenet, or give your "
+                     "own as path/to/file.py:NAME (see docs/spaces.md)")
 
 
 def preset_spec(name: str, default_space: str, *, in_channels: int, num_classes: int,

@@ -158,8 +158,9 @@ class SearchConfig:
     data: str | None = setting(None, DATA_HELP + "; default: the data recorded in the teacher")
     budget: str = setting("50MFLOPs", BUDGET_HELP + " (default 50MFLOPs)", fixed=True)
     space: str = setting("resnet", "student search space: resnet (default), mobilenet, "
-                         "shufflenet, or your own as path/to/file.py:NAME (docs/spaces.md)",
-                         fixed=True)
+                         "shufflenet, your own as path/to/file.py:NAME (docs/spaces.md), or "
+                         "several searched as one study with one front: all, or a list such "
+                         "as resnet,mobilenet", fixed=True)
     trials: int = setting(20, "candidates to train in all, counting those of earlier runs of "
                           "this study; over-budget proposals are not counted (default 20)",
                           kind=int)

@@ -222,6 +222,13 @@ def caveat(front: pd.DataFrame, record: StudyRecord) -> str | None:
         return (f"The front's accuracies ({100 * worst:.1f}-{100 * best:.1f}%) lie within the "
                 f"seed spread measured on its knee ({100 * spread:.1f} points), so their order "
                 f"may be noise; {fix}.")
+    families = sorted({(record.trial(int(n)).spec or {}).get("space", "?")
+                       for n in front.trial})
+    if len(families) > 1:
+        return (f"This front mixes families ({', '.join(families)}): brief training orders "
+                "students within a family (Kendall tau 0.81 against 8x longer training on "
+                "CIFAR-10) but not across families (0.45), so compare students of different "
+                "families only after distilling them fully (`kdnas distill`).")
     return None
 
 

@@ -37,16 +37,23 @@ def estimate_step(cfg: SearchConfig, tcfg, model, data, cost: Cost) -> Cost:
 def smallest_cost(cfg: SearchConfig, data) -> tuple[dict, Cost] | None:
     """The cheapest candidate of the space and its cost (None if the space cannot say)."""
     space = get_space(cfg.space)
-    spec = space.smallest(in_channels=data.in_channels, num_classes=data.num_classes,
-                          input_size=data.input_size)
-    if spec is None:
-        return None
-    model = space.build(spec)
-    wanted = cfg.budget_obj().metric == "latency_ms" or "latency_ms" in cfg.cost_columns
-    cost = measure(cfg, model, data, latency=wanted)
-    if "train_step_ms" in cfg.cost_columns:
-        cost = estimate_step(cfg, cfg.train_config(len(data.train_y)), model, data, cost)
-    return spec, cost
+    shape = {"in_channels": data.in_channels, "num_classes": data.num_classes,
+             "input_size": data.input_size}
+    specs = space.smallest_each(**shape) if hasattr(space, "smallest_each") else \
+        [space.smallest(**shape)]
+    metric = cfg.budget_obj().metric
+    best = None
+    for spec in specs:
+        if spec is None:
+            return None
+        model = space.build(spec)
+        wanted = metric == "latency_ms" or "latency_ms" in cfg.cost_columns
+        cost = measure(cfg, model, data, latency=wanted)
+        if "train_step_ms" in cfg.cost_columns:
+            cost = estimate_step(cfg, cfg.train_config(len(data.train_y)), model, data, cost)
+        if best is None or cost.value(metric) < best[1].value(metric):
+            best = spec, cost
+    return best
 
 
 def train_context(cfg: SearchConfig, teacher, data) -> TrainContext:

@@ -23,6 +23,7 @@ from kdnas.optuna_internals import trials as study_trials
 from kdnas.cost import macs_lower_bound
 from kdnas.search.costs import measure
 from search_spaces import get_space, spec_id
+from search_spaces.multi import FAMILY, own_parameters
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +87,29 @@ class FeasibleSampler(optuna.samplers.BaseSampler):
             self._rng = np.random.RandomState((self._seed + 7 * trial.number) % 2**32)
         params: dict[str, Any] = {}
         for _ in range(self.max_tries):
-            params = {}
-            if done >= self.n_startup_trials:
-                params = self.inner.sample_relative(study, trial, search_space)
-            missing = {k: v for k, v in search_space.items() if k not in params}
-            params.update(random_params(missing, self._rng))
+            params = self._draw(study, trial, search_space, tpe=done >= self.n_startup_trials)
             self.proposed += 1
             if self.fits(params) and (not taken or self.key(params) not in taken):
                 return params
             self.rejected += 1
         return self.repair(params, search_space)
+
+    def _draw(self, study, trial, search_space, *, tpe: bool) -> dict[str, Any]:
+        """One draw: TPE (after the start-up trials) or seeded random. Over several families
+        the family is drawn first, then that family's own parameters, each by TPE over the
+        trials that have them (multivariate TPE leaves out trials that lack a parameter of
+        the space it is given, so one draw over every family's parameters would learn from
+        no trial at all)."""
+        def draw(group: dict, params: dict) -> dict:
+            got = dict(self.inner.sample_relative(study, trial, group)) if tpe else {}
+            got.update(random_params({k: v for k, v in group.items() if k not in got},
+                                     self._rng))
+            return {**params, **got}
+
+        if FAMILY not in search_space:
+            return draw(search_space, {})
+        params = draw({FAMILY: search_space[FAMILY]}, {})
+        return draw(own_parameters(search_space, params[FAMILY]), params)
 
     def repair(self, params: dict[str, Any], search_space) -> dict[str, Any]:
         """Step random numeric parameters down one choice at a time until the candidate fits
@@ -124,8 +138,8 @@ def step_down(params: dict[str, Any], dists: dict[str, BaseDistribution],
     (False when nothing can go lower)."""
     p = dict(params)
     while not fits(p):
-        movable = [(k, v) for k, d in dists.items()
-                   if k not in frozen and (v := _lower(d, p[k])) is not None]
+        movable = [(k, v) for k, d in dists.items()  # (a family's own, over several)
+                   if k in p and k not in frozen and (v := _lower(d, p[k])) is not None]
         if not movable:
             return p, False
         k, v = movable[rng.randint(len(movable))]
