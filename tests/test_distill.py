@@ -408,3 +408,22 @@ def test_every_kd_method_is_declared_once_with_its_loss():
     assert set(FEATURE_LOSSES) == set(FEATURE_WEIGHTS) == {m.name for m in KD_TABLE
                                                            if m.feature_weight is not None}
     assert set(KD_METHODS) == {*names, "feature", "none"}
+
+
+def test_images_seen_counts_each_epochs_short_last_batch(digits):
+    """A trial records the images it trained on, not steps x batch: 4,500 images in batches
+    of 128 are 36 steps an epoch, the last of 20 images (steps x batch would say 4,608)."""
+    from kdnas.distill.trainer import images_seen
+
+    assert images_seen(4500, 128, 36) == 4500 and images_seen(4500, 128, 40) == 4500 + 512
+    assert images_seen(1000, 100, 25) == 2500
+    cfg = TrainConfig(steps=13, batch_size=100, kd="none", device="cpu")
+    n = len(digits.train_y)  # 1,150: 12 batches an epoch, the last of 50
+    from search_spaces import get_space
+
+    spec = get_space("resnet").smallest(in_channels=1, num_classes=10, input_size=8)
+    r = fit(get_space("resnet").build(spec), digits, cfg)
+    assert n == 1150 and r.images == images_seen(n, 100, 13) == 1150 + 100
+    r = fit(get_space("resnet").build(spec), digits, __import__("dataclasses").replace(
+        cfg, steps=16))
+    assert r.images == n + 4 * 100

@@ -62,9 +62,18 @@ class FitResult:
     curve: list[dict] = field(default_factory=list)  # per epoch: train loss
     points: list[dict] = field(default_factory=list)  # the learning curve, by steps
     phases: dict[str, float] = field(default_factory=dict)  # seconds by phase: see _Clock
+    images: int = 0  # training images seen (an epoch's last batch may be short)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def images_seen(n_images: int, batch_size: int, steps: int) -> int:
+    """Training images seen in ``steps`` steps over ``n_images`` images an epoch: every epoch
+    is ``ceil(n / batch)`` batches and its last one holds the remainder."""
+    per_epoch = max(1, math.ceil(n_images / batch_size))
+    full, rest = divmod(steps, per_epoch)
+    return full * n_images + rest * batch_size
 
 
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -366,9 +375,8 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
     indices = data.subset_indices(cfg.train_fraction, cfg.seed)
     total = cfg.total_steps(len(indices))
     s_taps = FeatureTaps(student, [t.module for t in student_taps]) if feats_on else None
-    step, epoch, curve, points, t0 = 0, 0, [], [], time.perf_counter()
+    step, epoch, curve, points, t0, clock = 0, 0, [], [], time.perf_counter(), _Clock()
     losses = _LossLog(sync_every(dev), total, cfg)
-    clock = _Clock()
     if checkpoint is not None and Path(checkpoint).exists():
         step, epoch, curve, points = _load_checkpoint(Path(checkpoint), student, extra, opt,
                                                       total)
@@ -414,4 +422,5 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
     if keep is not None:
         keep["extra"] = _cpu_state(extra)
     clock.lap("eval")
-    return FitResult(acc, time.perf_counter() - t0, step, curve, points, clock.close())
+    seen = images_seen(len(indices), cfg.batch_size, step)
+    return FitResult(acc, time.perf_counter() - t0, step, curve, points, clock.close(), seen)

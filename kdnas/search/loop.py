@@ -238,7 +238,7 @@ def _record_result(trial: optuna.Trial, tcfg, result, weights: str) -> None:
 
 def recipe(tcfg, result) -> dict:
     """The brief training a trial got, as recorded with it."""
-    return {"steps": result.steps, "images": result.steps * tcfg.batch_size,
+    return {"steps": result.steps, "images": result.images,
             "batch_size": tcfg.batch_size, "train_fraction": tcfg.train_fraction}
 
 
