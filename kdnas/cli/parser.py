@@ -48,7 +48,7 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         if kind in ("on", "off"):
             kw.update(action="store_const", const=kind == "on")
         else:
-            kw["type"] = str_list if kind == "list" else kind
+            kw["type"] = str_list if kind in ("list", "ints") else kind
             if meta["choices"]:
                 kw["choices"] = list(meta["choices"])
             if meta["metavar"]:

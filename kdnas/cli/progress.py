@@ -123,6 +123,15 @@ class SearchProgress:
         a, b = (100 * v for v in e.accuracies)
         say(f"  {a:.2f}% and {b:.2f}%: a seed spread of {100 * e.spread:.2f} points")
 
+    def _on_PromotionStart(self, e: ev.PromotionStart) -> None:
+        self._close_bar()
+        say(f"promoted: trial {e.trial} trained on to rung {e.rung}x ({e.steps} steps in all)")
+        self._open_bar()
+
+    def _on_PromotionEnd(self, e: ev.PromotionEnd) -> None:
+        self._close_bar()
+        say(f"  val acc {100 * e.accuracy:.2f}% at rung {e.rung}x in {e.seconds:.1f}s")
+
     def _on_TrialEnd(self, e: ev.TrialEnd) -> None:
         self._close_bar()
         best = "-" if e.best_accuracy is None else f"{100 * e.best_accuracy:.2f}%"

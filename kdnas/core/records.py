@@ -31,6 +31,12 @@ class TrialRecord:
     values: tuple[float, ...] = ()  # the objective values told to the study
     note: str | None = None  # why it failed, or which failed trial it retries
     time: dict = field(default_factory=dict)  # seconds by phase: cost, student, teacher, ...
+    # --rungs: the highest rung reached (a multiple of the brief steps; None without rungs),
+    # the brief accuracy, and every rung's result (factor -> accuracy, steps, seconds,
+    # weights). With rungs, val_accuracy and weights are the highest rung's.
+    rung: int | None = None
+    brief_accuracy: float | None = None
+    rungs: dict = field(default_factory=dict)
 
     @property
     def trained(self) -> bool:

@@ -184,6 +184,15 @@ class SearchConfig:
                       "preserving) and pkt add relational losses that need no connector; logit "
                       "is KD alone; none is cross-entropy alone; auto searches the method and "
                       "its weight", fixed=True, choices=(*KD_METHODS, "auto"))
+    rungs: tuple[int, ...] = setting(
+        (), "multi-fidelity promotion: rungs as multiples of the brief steps, e.g. 1,4,8: when "
+        "the study holds --trials candidates, the best of each cost band (by Pareto rank over "
+        "accuracy and cost, at least one per family at the first rung) are trained on from "
+        "their weights to 4x, and the best of those to 8x the brief steps; the front and the "
+        "knee are read at the top rung (default: none, brief training only)", fixed=True,
+        kind="ints")
+    promote_eta: float = setting(3.0, "share of each cost band promoted to the next rung: "
+                                 "1/ETA (default 3)", fixed=True, kind=float)
     temperature: float = setting(4.0, fixed=True)
     kd_alpha: float = setting(0.9, fixed=True)
     feature_weight: float | None = setting(  # None: the method's default
@@ -261,6 +270,12 @@ class SearchConfig:
                              "cuda:N")
         if self.latency_threads < 1 or self.latency_batch < 1:
             raise KdnasError("latency threads and batch must be at least 1")
+        if self.rungs and (self.rungs[0] != 1 or len(self.rungs) < 2
+                           or list(self.rungs) != sorted(set(self.rungs))):
+            raise KdnasError(f"rungs {list(self.rungs)}: start at 1 (the brief recipe) and "
+                             "grow, e.g. 1,4,8")
+        if self.promote_eta <= 1:
+            raise KdnasError(f"--promote-eta must be above 1, got {self.promote_eta}")
         bad = [o for o in self.objectives if o not in OBJECTIVE_COLUMNS]
         if not self.objectives or bad:
             raise KdnasError(f"objectives {list(self.objectives)}: choose one or more of "
@@ -334,6 +349,7 @@ class SearchConfig:
         d = dataclasses.asdict(self)
         d["teacher_layers"] = list(self.teacher_layers)
         d["objectives"] = list(self.objectives)
+        d["rungs"] = list(self.rungs)
         d["references"] = list(self.references)
         return d
 
@@ -351,6 +367,14 @@ class SearchConfig:
             d["references"] = d["references"].split(",")
         if d.get("references") is not None:
             d["references"] = tuple(r.strip() for r in d["references"] if r.strip())
+        if isinstance(d.get("rungs"), str):
+            d["rungs"] = str_list(d["rungs"])
+        if d.get("rungs") is not None:
+            try:
+                d["rungs"] = tuple(int(r) for r in d["rungs"])
+            except ValueError:
+                raise KdnasError(f"rungs {d['rungs']!r}: give whole multiples of the brief "
+                                 "steps, e.g. 1,4,8") from None
         if isinstance(d.get("objectives"), str):
             d["objectives"] = d["objectives"].split(",")
         if d.get("objectives") is not None:

@@ -20,6 +20,7 @@ from kdnas.report.frames import (
     summary,
     trials_frame,
 )
+from kdnas.report.rungs import rung_html, rung_lines
 from kdnas.report.html import write_html
 from kdnas.report.markdown import front_markdown
 from kdnas.report.plots import plot_curves, plot_front
@@ -38,7 +39,8 @@ def write_report(record: StudyRecord, cfg: SearchConfig, out_dir: Path | None = 
     front.to_csv(out / "pareto.csv", index=False)
     info = summary(record, cfg, df)
     write_text(out / "summary.json", json.dumps(info, indent=2))
-    write_text(out / "pareto.md", front_markdown(front, info, cfg))
+    write_text(out / "pareto.md", front_markdown(front, info, cfg)
+               + "".join(f"{line}\n" for line in rung_lines(record, info)))
     refs = references_frame(record)
     write_text(out / "report.json", json.dumps({
         "summary": info, "pareto": json.loads(front.to_json(orient="records")),
@@ -52,5 +54,5 @@ def write_report(record: StudyRecord, cfg: SearchConfig, out_dir: Path | None = 
                    refs=refs)
     (out / "learning_curves.png").unlink(missing_ok=True)
     plot_curves(record, front, info, out / "learning_curves.png")
-    write_html(out, df, front, info, cfg, refs, record.distilled)
+    write_html(out, df, front, info, cfg, refs, record.distilled, rung_html(record, info))
     return out

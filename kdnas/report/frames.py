@@ -18,11 +18,13 @@ from kdnas.core.errors import KdnasError
 from kdnas.core.records import StudyRecord
 from kdnas.core.settings import SearchConfig
 from kdnas.report.front import hypervolume, knee_index, pareto_mask
+from kdnas.report.rungs import rung_summary
 from search_spaces import describe
 
 COLUMNS = ["trial", "state", "spec_id", "arch", "macs", "flops", "params", "latency_ms",
            "latency_p90_ms", "latency_setting", "val_accuracy", "within_budget",
-           "train_seconds", "train_step_ms", "student_seconds", "kd", "note", "spec"]
+           "train_seconds", "train_step_ms", "student_seconds", "kd", "note", "spec", "rung",
+           "brief_val_accuracy"]
 
 
 def trials_frame(record: StudyRecord) -> pd.DataFrame:
@@ -40,6 +42,7 @@ def trials_frame(record: StudyRecord) -> pd.DataFrame:
             "student_seconds": t.time.get("student") if t.trained else None,
             "kd": t.kd, "note": t.note,
             "spec": json.dumps(t.spec, sort_keys=True) if t.spec else None,
+            "rung": t.rung, "brief_val_accuracy": t.brief_accuracy,
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -59,10 +62,13 @@ def references_frame(record: StudyRecord) -> pd.DataFrame:
 def front_frame(df: pd.DataFrame, costs: list[str] | str = "macs") -> pd.DataFrame:
     """Trained, within-budget trials on the Pareto front of accuracy versus every cost column
     in ``costs`` (macs, params, latency_ms: the study's objectives), cheapest first in the
-    first, with a ``knee`` flag (the best trade-off of accuracy against the first cost)."""
+    first, with a ``knee`` flag (the best trade-off of accuracy against the first cost). With
+    ``--rungs``, only the trials at the top rung reached compete (at that rung's accuracy)."""
     costs = [costs] if isinstance(costs, str) else list(costs)
     ok = df[(df.state == "trained") & df.within_budget.eq(True)].copy()
     ok = ok[ok[costs].notna().all(axis=1)]
+    if "rung" in ok and ok.rung.notna().any():  # --rungs: read at the top rung reached
+        ok = ok[ok.rung == ok.rung.max()]
     if ok.empty:
         ok["knee"] = []
         return ok
@@ -139,6 +145,7 @@ def summary(record: StudyRecord, cfg: SearchConfig, df: pd.DataFrame | None = No
         "brief_steps": next((t.recipe.get("steps") for t in record.trials if t.recipe), None),
         "caveat": caveat(front, record),
         "curves": curve_summary(record, [int(t) for t in front.trial]),
+        "rungs": rung_summary(record),
     }
 
 

@@ -179,13 +179,15 @@ def _facts(df: pd.DataFrame, info: dict, cfg) -> list[str]:
 
 
 def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg,
-               refs: pd.DataFrame | None = None, distilled: dict | None = None) -> Path:
+               refs: pd.DataFrame | None = None, distilled: dict | None = None,
+               rungs: list[str] | None = None) -> Path:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>kdnas: {e(cfg.study)}"
              f"</title><style>{CSS}</style></head><body>",
              f"<h1>Study {e(cfg.study)}: which student to ship</h1>",
              *_headline(out, front, info, cfg), *_front_table(front, info, cfg),
-             *_references_table(refs), *_distilled_table(distilled or {}), *_facts(df, info, cfg)]
+             *(rungs or []), *_references_table(refs), *_distilled_table(distilled or {}),
+             *_facts(df, info, cfg)]
     parts.append("<p class='muted'>MACs: multiply-accumulates at batch 1 (torch's flop "
                  "counter); FLOPs = 2 x MACs. Accuracy: validation split carved from the "
                  "training data, after brief search training, for ranking; train the chosen "

@@ -98,8 +98,24 @@ class NoiseEnd:
     spread: float
 
 
+@dataclass(frozen=True)
+class PromotionStart:
+    trial: int
+    rung: int  # the rung it is promoted to, as a multiple of the brief steps
+    steps: int  # steps in all at that rung
+
+
+@dataclass(frozen=True)
+class PromotionEnd:
+    trial: int
+    rung: int
+    accuracy: float
+    seconds: float
+
+
 SearchEvent = (StudyStart | Waiting | TrialStart | Step | TrialEnd | Infeasible | Duplicate
-               | ReferenceStart | ReferenceEnd | NoiseStart | NoiseEnd)
+               | ReferenceStart | ReferenceEnd | NoiseStart | NoiseEnd | PromotionStart
+               | PromotionEnd)
 Event = Callable[[SearchEvent], None]
 
 

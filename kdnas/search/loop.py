@@ -39,6 +39,7 @@ from kdnas.search.events import (
 from kdnas.search.noise import measure_noise
 from kdnas.search.costs import estimate_step, measure, smallest_cost, train_context
 from kdnas.search.references import train_references
+from kdnas.search.rungs import train_rungs
 from kdnas.search.sampler import make_sampler
 from kdnas.search.storage import (
     Heartbeat,
@@ -152,10 +153,11 @@ def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = Non
         interrupted = _loop(study, cfg, ctx, emit, counts)
     except KeyboardInterrupt:  # between trials, or while waiting for other workers
         interrupted = True
-    if cfg.noise_check and worker == 0 and not interrupted \
-            and trained_count(study) >= cfg.trials:
-        try:
-            measure_noise(study, cfg, ctx, emit)
+    if worker == 0 and not interrupted and trained_count(study) >= cfg.trials:
+        try:  # the promotions up the rungs, then the noise check on the front they leave
+            train_rungs(study, cfg, ctx, emit)
+            if cfg.noise_check:
+                measure_noise(study, cfg, ctx, emit)
         except KeyboardInterrupt:
             interrupted = True
     return SearchOutcome(study, trained_count(study), counts["infeasible"], interrupted,

@@ -8,7 +8,13 @@ import dataclasses
 import optuna
 
 from kdnas.core.settings import SearchConfig
-from kdnas.distill.candidate import TrainContext, init_seed, train_candidate
+from kdnas.distill.candidate import (
+    TrainContext,
+    continuation,
+    init_seed,
+    save_weights,
+    train_candidate,
+)
 from kdnas.report import front_frame, trials_frame
 from kdnas.search.events import Event, NoiseEnd, NoiseStart, step_events
 from kdnas.search.storage import load_record
@@ -32,12 +38,26 @@ def measure_noise(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext,
     tcfg = dataclasses.replace(cfg.train_config(len(ctx.data.train_y)), seed=seed,
                                kd=t.kd or cfg.kd, feature_weight=t.feature_weight)
     emit(NoiseStart(knee, seed))
-    # its own seed's teacher outputs would be read by no other run: not cached
-    result = train_candidate(dataclasses.replace(ctx, cache_root=None), t.spec, tcfg,
-                             init=init_seed(seed, knee), progress=step_events(emit)).result
+    result = _train_like(cfg, ctx, t, tcfg, init_seed(seed, knee), emit)
     noise = {"trial": knee, "seeds": [cfg.seed, seed],
              "accuracies": [t.val_accuracy, result.val_accuracy],
              "spread": abs(result.val_accuracy - t.val_accuracy)}
     study.set_user_attr("noise", noise)
     emit(NoiseEnd(**noise))
     return noise
+
+
+def _train_like(cfg: SearchConfig, ctx: TrainContext, t, tcfg, init: int, emit: Event):
+    """Train trial ``t``'s candidate again as it was trained: the brief recipe with ``tcfg``'s
+    seed, then on up the rungs it reached (``--rungs``), each from the last one's weights.
+    Its own seed's teacher outputs would be read by no other run: not cached."""
+    ctx = dataclasses.replace(ctx, cache_root=None)
+    out = train_candidate(ctx, t.spec, tcfg, init=init, progress=step_events(emit))
+    factors = [f for f in cfg.rungs if f <= (t.rung or 1)]
+    for lo, hi in zip(factors, factors[1:], strict=False):
+        path = cfg.study_dir / "noise" / f"rung{lo}x.pt"
+        save_weights(path, out)
+        out = train_candidate(ctx, t.spec, continuation(tcfg, done=lo * tcfg.steps,
+                                                        to=hi * tcfg.steps),
+                              init=init, start=path, progress=step_events(emit))
+    return out.result

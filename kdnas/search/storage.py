@@ -10,6 +10,7 @@ queued to be trained again. On one host a dead worker's trials are found at once
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -308,11 +309,29 @@ def _note(a: dict) -> str | None:
     return "; ".join(parts) or None
 
 
+def _with_rungs(t: TrialRecord, rungs: dict, first: int | None) -> TrialRecord:
+    """A trained trial as its highest rung left it (``--rungs``): that rung's accuracy and
+    weights, the brief accuracy and every rung's result beside them."""
+    if first is None or not t.trained:
+        return t
+    mine = {int(k): v for k, v in rungs.get(str(t.number), {}).items()}
+    if not mine:
+        return dataclasses.replace(t, rung=first, brief_accuracy=t.val_accuracy)
+    top = max(mine)
+    return dataclasses.replace(t, rung=top, brief_accuracy=t.val_accuracy, rungs=mine,
+                               val_accuracy=mine[top]["val_accuracy"],
+                               weights=mine[top]["weights"])
+
+
 def load_record(study: optuna.Study) -> StudyRecord:
     """The study as plain records, for reports and shipping."""
     attrs = study.user_attrs
+    factors = (attrs.get("config") or {}).get("rungs") or []
+    first = factors[0] if len(factors) > 1 else None
+    rungs = attrs.get("rungs", {})
     return StudyRecord(name=study.study_name,
-                       trials=tuple(trial_record(t) for t in study.get_trials(deepcopy=False)),
+                       trials=tuple(_with_rungs(trial_record(t), rungs, first)
+                                    for t in study.get_trials(deepcopy=False)),
                        references=dict(attrs.get("references", {})),
                        teacher_val_accuracy=attrs.get("teacher_val_accuracy"),
                        normalization=attrs.get("normalization"),
