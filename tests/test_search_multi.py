@@ -147,3 +147,6 @@ def test_a_front_of_several_families_says_brief_accuracies_do_not_rank_across_th
     one = StudyRecord("o", (trial(0, "resnet", 4e5, 0.90), trial(1, "resnet", 2e5, 0.85)),
                       num_classes=10)
     assert summary(one, cfg)["caveat"] is None
+    laddered = StudyRecord("l", tuple(dataclasses.replace(t, rung=3) for t in mixed.trials),
+                           num_classes=10)
+    assert "read after 3x the brief steps (--rungs)" in summary(laddered, cfg)["caveat"]

@@ -231,11 +231,18 @@ def caveat(front: pd.DataFrame, record: StudyRecord) -> str | None:
                 f"may be noise; {fix}.")
     families = sorted({(record.trial(int(n)).spec or {}).get("space", "?")
                        for n in front.trial})
+    rung = front.rung.max() if "rung" in front and front.rung.notna().any() else None
+    if len(families) > 1 and rung is not None and rung > 1:
+        return (f"This front mixes families ({', '.join(families)}) and is read after "
+                f"{int(rung)}x the brief steps (--rungs); how well such rungs rank students "
+                "across families is still being measured (reports/across_families.md), so "
+                "distil the students you would choose between fully (`kdnas distill`).")
     if len(families) > 1:
         return (f"This front mixes families ({', '.join(families)}): brief training orders "
                 "students within a family (Kendall tau 0.81 against 8x longer training on "
                 "CIFAR-10) but not across families (0.45), so compare students of different "
-                "families only after distilling them fully (`kdnas distill`).")
+                "families only after distilling them fully (`kdnas distill`) or read the "
+                "front after longer rungs (--rungs 1,4,8).")
     return None
 
 
