@@ -265,7 +265,7 @@ def test_the_progress_display_has_a_line_for_every_search_event(capsys):
     show, cost = SearchProgress(SearchConfig()), Cost(1_500_000, 20_000)
     spec = {"space": "resnet", "block": "basic", "in_channels": 3, "num_classes": 10,
             "stem": "cifar", "stages": [{"depth": 1, "width": 8}] * 3}
-    for e in (ev.StudyStart(2, 5, 1), ev.Waiting(4, 5),
+    for e in (ev.StudyStart(2, 5, 1, "gpu-box"), ev.Waiting(4, 5),
               ev.TrialStart(7, 3, 5, cost, spec, "fitnets", 12.0, 6), ev.Step(1, 10, 2.3),
               ev.TrialEnd(7, 3, 5, 0.8125, 11.5, cost, 2, 0.84),
               ev.Infeasible(8, cost, spec, "over budget"), ev.Duplicate(9, 7),
@@ -273,7 +273,8 @@ def test_the_progress_display_has_a_line_for_every_search_event(capsys):
               ev.NoiseStart(7, 1), ev.NoiseEnd(7, [0, 1], [0.8125, 0.80], 0.0125)):
         show(e)
     out = capsys.readouterr().out
-    for needle in ("2 of 5 candidates already trained", "trial 3/5 (#7)", "1.5M MACs",
+    for needle in ("2 of 5 candidates already trained", "trained on gpu-box", "trial 3/5 (#7)",
+                   "1.5M MACs",
                    "again (trial 6 was cut off)", "val acc 81.25% in 11.5s | front 2 | best "
                    "within budget 84.00%", "over budget, not trained",
                    "the same candidate as trial 7", "reference resnet8", "seed spread of 1.25"):

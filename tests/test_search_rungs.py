@@ -132,3 +132,24 @@ def test_a_real_search_with_rungs_exports_its_top_rung_knee(tmp_path, digits_tea
     assert record.noise["accuracies"][0] == record.trial(knee).val_accuracy
     assert main(["export", "--study", "r", "--pick", "knee", "--format", "pt2", "--out",
                  str(tmp_path / "exp"), *common]) == 0
+
+
+def test_only_the_machine_that_made_the_study_trains_its_promotions(cfg, teacher_and_data,
+                                                                    fake):
+    """Machines sharing a database each run worker 0: the one that made the study (its
+    lead_host) trains the promotions, the others train candidates only."""
+    teacher, data = teacher_and_data
+    run_search(dataclasses.replace(cfg, trials=3), teacher, data)
+    study = open_study(cfg, create=False)
+    assert study.user_attrs["lead_host"] == __import__("socket").gethostname()
+    promoted = dict(study.user_attrs.get("rungs", {}))
+    study.set_user_attr("lead_host", "another-machine")
+    seen = []
+    run_search(cfg, teacher, data, on_event=seen.append)
+    study = open_study(cfg, create=False)
+    assert sum(1 for t in load_record(study).trials if t.trained) == 6
+    assert study.user_attrs.get("rungs", {}) == promoted  # nothing promoted here
+    assert seen[0].lead == "another-machine"
+    study.set_user_attr("lead_host", __import__("socket").gethostname())
+    run_search(cfg, teacher, data)
+    assert set(open_study(cfg, create=False).user_attrs["rungs"]) > set(promoted)

@@ -82,6 +82,9 @@ class SearchProgress:
         if e.stale:
             say(f"  {e.stale} trial(s) of a process that died were marked failed; their "
                 "candidates are trained again")
+        if e.lead:
+            say(f"  this study's references, promotions and noise check are trained on "
+                f"{e.lead}, the machine that made it; this one trains candidates")
 
     def _on_Waiting(self, e: ev.Waiting) -> None:
         say(f"  {e.trained} of {e.target} trained; waiting for other workers' last trials")

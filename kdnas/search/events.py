@@ -15,6 +15,8 @@ class StudyStart:
     trained: int  # candidates the study already holds
     target: int
     stale: int  # trials of dead processes failed (their candidates queued again)
+    lead: str | None = None  # the machine that trains references, promotions and the noise
+    # check, when it is another one than this
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from kdnas.search.rungs import train_rungs
 from kdnas.search.sampler import make_sampler
 from kdnas.search.storage import (
     Heartbeat,
+    is_lead_host,
     check_resume,
     fail_stale_trials,
     manifest,
@@ -109,6 +111,7 @@ def _open(cfg: SearchConfig, teacher, data, worker: int) -> tuple[optuna.Study, 
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(["val_accuracy", *cfg.cost_columns])
         study.set_user_attr("config", cfg.to_dict())
+        study.set_user_attr("lead_host", socket.gethostname())
         study.set_user_attr("fingerprint", fingerprint)
         study.set_user_attr("normalization", {"mean": list(data.mean), "std": list(data.std)})
         study.set_user_attr("teacher_val_accuracy", _teacher_accuracy(cfg, teacher, data))
@@ -144,16 +147,18 @@ def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = Non
     emit = on_event or (lambda event: None)
     study, stale = _open(cfg, teacher, data, worker)
     ctx = train_context(cfg, teacher, data)
-    if worker == 0:
+    lead = worker == 0 and is_lead_host(study)
+    if lead:
         train_references(study, cfg, ctx, emit)
-    emit(StudyStart(trained_count(study), cfg.trials, stale))
+    other = None if is_lead_host(study) else study.user_attrs.get("lead_host")
+    emit(StudyStart(trained_count(study), cfg.trials, stale, other))
     counts = {"infeasible": 0, "duplicate": 0, "failures": 0, "proposals": 0}
     interrupted = False
     try:
         interrupted = _loop(study, cfg, ctx, emit, counts)
     except KeyboardInterrupt:  # between trials, or while waiting for other workers
         interrupted = True
-    if worker == 0 and not interrupted and trained_count(study) >= cfg.trials:
+    if lead and not interrupted and trained_count(study) >= cfg.trials:
         try:  # the promotions up the rungs, then the noise check on the front they leave
             train_rungs(study, cfg, ctx, emit)
             if cfg.noise_check:

@@ -43,6 +43,14 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def is_lead_host(study: optuna.Study) -> bool:
+    """Whether this machine leads the study: the one that made it trains its references,
+    promotions and noise check (worker 0 there), so that machines sharing a database never
+    train one of them twice. A study made before this was recorded is led by any machine."""
+    lead = study.user_attrs.get("lead_host")
+    return lead is None or lead == socket.gethostname()
+
+
 def shown_url(url: str) -> str:
     """A storage URL as it may be printed: without its password."""
     try:
