@@ -36,3 +36,44 @@ def test_knee_is_the_point_of_best_trade_off():
 def test_knee_with_few_points_is_the_most_accurate():
     assert knee_index(np.array([0.5, 0.7]), np.array([1.0, 2.0])) == 1
     assert knee_index(np.array([]), np.array([])) is None
+
+
+def test_wilson_interval_and_ties_by_the_formula():
+    from kdnas.report.frames import accuracy_se, tied, wilson
+
+    lo, hi = wilson(0.5, 100)
+    assert (round(lo, 4), round(hi, 4)) == (0.4038, 0.5962)  # the textbook Wilson values
+    lo, hi = wilson(1.0, 288)
+    assert hi == 1.0 and 0.98 < lo < 0.99  # all right on 288 images is not certainty
+    se = accuracy_se(0.75, 10000)
+    assert abs(se - ((0.75 * 10000 + 2) / 10004 * (1 - (0.75 * 10000 + 2) / 10004) / 10004)
+               ** 0.5) < 1e-12
+    # 1.96 * sqrt(2) * 0.00433 = 1.2 points: 0.75 vs 0.74 is a tie on 10,000 images, vs 0.73 not
+    assert tied(0.75, 0.74, 10000) and not tied(0.75, 0.73, 10000)
+
+
+def _front_df(n):
+    import pandas as pd
+
+    from kdnas.report.frames import wilson
+
+    rows = [(0, 1e5, 0.90), (1, 2e5, 0.93), (2, 8e5, 0.99)]
+    return pd.DataFrame([{"trial": t, "state": "trained", "within_budget": True, "macs": m,
+                          "val_accuracy": a, "val_images": n, "rung": None,
+                          **dict(zip(("val_lo", "val_hi"), wilson(a, n), strict=True))}
+                         for t, m, a in rows])
+
+
+def test_the_knee_is_the_cheapest_of_its_ties():
+    """The trade-off's knee is trial 1 (93% at 2e5 MACs); on 150 validation images 90% at half
+    the MACs is within sampling error of it, so trial 0 is the knee; on 100,000 it is not."""
+    from kdnas.report.frames import front_frame
+
+    many = front_frame(_front_df(100_000), ["macs"])
+    assert int(many.loc[many.knee.idxmax(), "trial"]) == 1 and many.tied_with_knee.sum() == 1
+    few = front_frame(_front_df(150), ["macs"])
+    assert int(few.loc[few.knee.idxmax(), "trial"]) == 0
+    assert list(few.tied_with_knee) == [True, True, False]
+    from kdnas.report.frames import acc_text
+
+    assert acc_text(few.iloc[1]).endswith(" tie") and "(" in acc_text(few.iloc[0])

@@ -58,6 +58,7 @@ class StudyRecord:
     normalization: dict | None = None  # {"mean": [...], "std": [...]}
     hypervolume_reference: dict | None = None  # cost column -> value fixed at creation
     num_classes: int | None = None
+    val_images: int | None = None  # the validation split every accuracy is measured on
     noise: dict | None = None  # the knee trained again with another seed (search/noise.py)
     distilled: dict = field(default_factory=dict)  # name -> a `kdnas distill` run's result
 

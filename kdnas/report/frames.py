@@ -24,7 +24,32 @@ from search_spaces import describe
 COLUMNS = ["trial", "state", "spec_id", "arch", "macs", "flops", "params", "latency_ms",
            "latency_p90_ms", "latency_setting", "val_accuracy", "within_budget",
            "train_seconds", "train_step_ms", "student_seconds", "kd", "note", "spec", "rung",
-           "brief_val_accuracy"]
+           "brief_val_accuracy", "val_lo", "val_hi", "val_images"]
+
+
+def wilson(acc: float | None, n: int | None, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of an accuracy measured on ``n`` images: the validation
+    set's own sampling error (NaNs when either is unknown). Unlike acc +- z*se it stays inside
+    [0, 1] and is honest near 100%, where small students' accuracies on small sets sit."""
+    if acc is None or not n or pd.isna(acc):
+        return float("nan"), float("nan")
+    centre = (acc + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def accuracy_se(acc, n):
+    """Standard error of accuracies measured on ``n`` images (Agresti-Coull: two hits and two
+    misses added, so that 100% on a small set is not certain); arrays welcome."""
+    p = (np.asarray(acc, float) * n + 2) / (n + 4)
+    return np.sqrt(p * (1 - p) / (n + 4))
+
+
+def tied(acc_a, acc_b, n, z: float = 1.96):
+    """Whether two accuracies on the same ``n`` validation images differ by less than the 95%
+    interval of their difference (their sampling errors combined): a tie."""
+    return np.abs(np.asarray(acc_a, float) - acc_b) <= z * np.hypot(accuracy_se(acc_a, n),
+                                                                    accuracy_se(acc_b, n))
 
 
 def trials_frame(record: StudyRecord) -> pd.DataFrame:
@@ -43,6 +68,8 @@ def trials_frame(record: StudyRecord) -> pd.DataFrame:
             "kd": t.kd, "note": t.note,
             "spec": json.dumps(t.spec, sort_keys=True) if t.spec else None,
             "rung": t.rung, "brief_val_accuracy": t.brief_accuracy,
+            **dict(zip(("val_lo", "val_hi"), wilson(t.val_accuracy, record.val_images),
+                       strict=True)), "val_images": record.val_images,
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -62,8 +89,10 @@ def references_frame(record: StudyRecord) -> pd.DataFrame:
 def front_frame(df: pd.DataFrame, costs: list[str] | str = "macs") -> pd.DataFrame:
     """Trained, within-budget trials on the Pareto front of accuracy versus every cost column
     in ``costs`` (macs, params, latency_ms: the study's objectives), cheapest first in the
-    first, with a ``knee`` flag (the best trade-off of accuracy against the first cost). With
-    ``--rungs``, only the trials at the top rung reached compete (at that rung's accuracy)."""
+    first, with a ``knee`` flag: the best trade-off of accuracy against the first cost, or the
+    cheapest student tied with it (a difference within the 95% interval of the validation
+    set's sampling error, :func:`tied`; ``tied_with_knee``). With ``--rungs``, only the
+    trials at the top rung reached compete (at that rung's accuracy)."""
     costs = [costs] if isinstance(costs, str) else list(costs)
     ok = df[(df.state == "trained") & df.within_budget.eq(True)].copy()
     ok = ok[ok[costs].notna().all(axis=1)]
@@ -76,6 +105,12 @@ def front_frame(df: pd.DataFrame, costs: list[str] | str = "macs") -> pd.DataFra
     first = costs[0]
     ok = ok.sort_values([first, "val_accuracy"], ascending=[True, False]).reset_index(drop=True)
     k = knee_index(ok.val_accuracy.to_numpy(), ok[first].to_numpy())
+    # students whose accuracy is the knee's within sampling error are ties: the cheapest wins
+    n = ok.val_images.iloc[0] if "val_images" in ok else None
+    ok["tied_with_knee"] = tied(ok.val_accuracy.to_numpy(), ok.val_accuracy[k], n) \
+        if n and not pd.isna(n) else False
+    if ok.tied_with_knee.any():
+        k = int(ok[ok.tied_with_knee].index[0])  # sorted cheapest first
     ok["knee"] = [i == k for i in range(len(ok))]
     return ok
 
@@ -244,6 +279,17 @@ def caveat(front: pd.DataFrame, record: StudyRecord) -> str | None:
                 "families only after distilling them fully (`kdnas distill`) or read the "
                 "front after longer rungs (--rungs 1,4,8).")
     return None
+
+
+def acc_text(r) -> str:
+    """A front row's accuracy with its 95% interval, and ``tie`` when it is the knee's within
+    that error (the knee is then the cheapest of its ties)."""
+    text = f"{100 * r.val_accuracy:.2f}%"
+    if "val_lo" in r and not pd.isna(r.val_lo):
+        text += f" ({100 * r.val_lo:.1f}-{100 * r.val_hi:.1f})"
+    if bool(r.get("tied_with_knee", False)) and not r.knee:
+        text += " tie"
+    return text
 
 
 COST_NAMES = {"macs": "MACs", "params": "params", "latency_ms": "latency",

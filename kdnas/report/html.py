@@ -14,6 +14,7 @@ from kdnas.core.budget import fmt_count
 from kdnas.core.files import write_text
 from kdnas.report.frames import (
     COST_NAMES,
+    acc_text,
     curve_text,
     export_command,
     fmt_value,
@@ -28,6 +29,8 @@ color:#222}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em}
 table{border-collapse:collapse;font-size:13px;width:100%}
 th,td{border-bottom:1px solid #ddd;padding:4px 6px;text-align:right;white-space:nowrap}
+td.l{white-space:normal;overflow-wrap:anywhere}td.l code{word-break:break-all}
+pre{white-space:pre-wrap;overflow-wrap:anywhere}
 th{background:#f4f4f4}td.l,th.l{text-align:left}tr.knee{background:#fff4e0}
 code{font-size:12px;background:#f4f4f4;padding:1px 3px}
 .grid{display:flex;gap:1em;flex-wrap:wrap}.grid img{max-width:540px;width:100%}
@@ -84,7 +87,9 @@ def _headline(out: Path, front: pd.DataFrame, info: dict, cfg) -> list[str]:
 def _front_table(front: pd.DataFrame, info: dict, cfg) -> list[str]:
     e = html.escape
     teacher_acc = info.get("teacher_val_accuracy")
-    parts = ["<h2>The front</h2><table><tr><th>rank</th><th>trial</th>"
+    parts = ["<h2>The front</h2><p class='muted'>Val acc with its 95% interval (the validation "
+             "set's sampling error); <i>tie</i>: within that error of the knee, which is the "
+             "cheapest of its ties.</p><table><tr><th>rank</th><th>trial</th>"
                  "<th class='l'>architecture</th><th>val acc</th><th>gap to teacher</th>"
                  "<th>MACs</th><th>FLOPs</th><th>params</th><th>latency p50 / p90 ms</th>"
                  "<th class='l'>distillation</th><th>train s</th><th class='l'>export</th></tr>"]
@@ -94,7 +99,7 @@ def _front_table(front: pd.DataFrame, info: dict, cfg) -> list[str]:
         parts.append(
             f"<tr class='{'knee' if r.knee else ''}'><td>{rank}</td><td>{int(r.trial)}"
             f"{' (knee)' if r.knee else ''}</td><td class='l'>{e(str(r.arch))}</td>"
-            f"<td>{_pct(r.val_accuracy)}</td><td>{gap}</td><td>{fmt_count(r.macs)}</td>"
+            f"<td>{e(acc_text(r))}</td><td>{gap}</td><td>{fmt_count(r.macs)}</td>"
             f"<td>{fmt_count(r.flops)}</td><td>{fmt_count(r.params)}</td>"
             f"<td>{fmt_value(r.latency_ms)} / {fmt_value(r.latency_p90_ms)}</td>"
             f"<td class='l'>{e(str(r.kd or ''))}</td>"

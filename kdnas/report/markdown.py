@@ -7,6 +7,7 @@ import pandas as pd
 from kdnas.core.budget import fmt_count
 from kdnas.core.settings import SearchConfig
 from kdnas.report.frames import (
+    acc_text,
     curve_text,
     export_command,
     fmt_value,
@@ -33,14 +34,16 @@ def front_markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
         lines += [noise_text(info["noise"]).capitalize() + ".", ""]
     if front.empty:
         return "\n".join(lines + ["No trained student within budget yet.", ""])
-    lines += ["| rank | trial | architecture | val acc | MACs | FLOPs | params | latency ms "
+    lines += ["Val acc: with its 95% interval (the validation set's sampling error); `tie`: "
+              "within that error of the knee, which is the cheapest of its ties.", "",
+              "| rank | trial | architecture | val acc | MACs | FLOPs | params | latency ms "
               "(p50/p90) | train s | export |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     order = front.sort_values("val_accuracy", ascending=False)
     for rank, (_, r) in enumerate(order.iterrows(), 1):
         knee = " (knee)" if r.knee else ""
         lines.append(
-            f"| {rank} | {int(r.trial)}{knee} | {r.arch} | {100 * r.val_accuracy:.2f}% | "
+            f"| {rank} | {int(r.trial)}{knee} | {r.arch} | {acc_text(r)} | "
             f"{fmt_count(r.macs)} | {fmt_count(r.flops)} | {fmt_count(r.params)} | "
             f"{fmt_value(r.latency_ms)}/{fmt_value(r.latency_p90_ms)} | "
             f"{fmt_value(r.train_seconds, '.0f')} | "

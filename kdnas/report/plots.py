@@ -34,6 +34,11 @@ def plot_front(df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg: SearchCon
                 "-o" if x == info["front_cost"] else "o",
                 c="#1f77b4", ms=6, zorder=3,
                 label=f"Pareto front (accuracy vs {COST_NAMES[info['front_cost']]})")
+        if "val_lo" in shown and shown.val_lo.notna().all():  # the validation set's error
+            ax.errorbar(shown[x] / scale, 100 * shown.val_accuracy, fmt="none", ecolor="#1f77b4",
+                        elinewidth=1, capsize=2, zorder=3,
+                        yerr=[100 * (shown.val_accuracy - shown.val_lo),
+                              100 * (shown.val_hi - shown.val_accuracy)])
         k = front[front.knee]
         if not k.empty:
             r = k.iloc[0]

@@ -77,5 +77,6 @@ def rung_html(record: StudyRecord, info: dict) -> list[str]:
                          for f in s["reached"]) + ".</p>",
              "<table><tr><th>trial</th><th class='l'>architecture</th><th>family</th>"
              "<th>MACs</th>" + "".join(f"<th>{f}x</th>" for f in factors) + "</tr>"]
-    parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
+    parts += ["<tr>" + "".join(f"<td{' class=l' if i == 1 else ''}>{e(c)}</td>"
+                               for i, c in enumerate(r)) + "</tr>" for r in rows]
     return parts + ["</table>"]

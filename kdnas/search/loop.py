@@ -116,6 +116,7 @@ def _open(cfg: SearchConfig, teacher, data, worker: int) -> tuple[optuna.Study, 
         study.set_user_attr("normalization", {"mean": list(data.mean), "std": list(data.std)})
         study.set_user_attr("teacher_val_accuracy", _teacher_accuracy(cfg, teacher, data))
         study.set_user_attr("num_classes", data.num_classes)
+        study.set_user_attr("val_images", len(data.val_y))  # each accuracy's sampling error
         study.set_user_attr("hypervolume_reference", hypervolume_reference(cfg, cheapest))
     if cfg.storage is None or cfg.study_dir.exists():
         write_manifest(cfg, info)

@@ -345,6 +345,7 @@ def load_record(study: optuna.Study) -> StudyRecord:
                        normalization=attrs.get("normalization"),
                        hypervolume_reference=attrs.get("hypervolume_reference"),
                        num_classes=attrs.get("num_classes"), noise=attrs.get("noise"),
+                       val_images=attrs.get("val_images"),
                        distilled=dict(attrs.get("distilled", {})))
 
 
