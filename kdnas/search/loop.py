@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import optuna
 from optuna.trial import TrialState
+from torch import nn
 
 from kdnas.core.budget import Cost
 from kdnas.core.errors import KdnasError
@@ -313,9 +314,10 @@ def _surplus(study: optuna.Study, trial: optuna.Trial, why: str) -> str:
 
 
 def _propose(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, data, tcfg
-             ) -> tuple[dict, str, Cost, float]:
+             ) -> tuple[dict, str, Cost, float, nn.Module]:
     """Sample the trial's candidate and count its cost; record both with the trial and the
-    budget constraint. Returns the spec, its id, its cost and how far over budget it is."""
+    budget constraint. Returns the spec, its id, its cost, how far over budget it is and the
+    module it counted (for the step-time estimate)."""
     budget = cfg.budget_obj()
     spec = get_space(cfg.space).sample(trial, in_channels=data.in_channels,
                                        num_classes=data.num_classes,
@@ -331,7 +333,7 @@ def _propose(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, data, 
     trial.set_user_attr("cost", cost.to_dict())
     trial.set_constraint("budget", excess)
     set_dashboard_constraint(study, trial, excess)
-    return spec, key, cost, excess
+    return spec, key, cost, excess, model
 
 
 def _infeasible(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, spec: dict,
@@ -382,7 +384,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, ctx:
     data = ctx.data
     tcfg = cfg.train_config(len(data.train_y))
     trial.set_user_attr("worker", worker_id())
-    spec, key, cost, excess = _propose(study, trial, cfg, data, tcfg)
+    spec, key, cost, excess, model = _propose(study, trial, cfg, data, tcfg)
     propose_seconds = time.perf_counter() - t0
     if excess > 0:
         return _infeasible(study, trial, cfg, spec, cost, emit)
@@ -392,7 +394,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, ctx:
     tcfg = _method(trial, cfg, tcfg)
     t_est = time.perf_counter()
     if cost.train_step_ms is None and tcfg.steps >= ESTIMATE_MIN_STEPS:
-        cost = estimate_step(cfg, tcfg, get_space(spec["space"]).build(spec), data, cost)
+        cost = estimate_step(cfg, tcfg, model, data, cost)
         trial.set_user_attr("cost", cost.to_dict())
     estimate_seconds = time.perf_counter() - t_est
     emit(TrialStart(trial.number, index, cfg.trials, cost, spec, tcfg.method,

@@ -17,6 +17,7 @@ from kdnas.distill.candidate import (
 )
 from kdnas.report import front_frame, trials_frame
 from kdnas.search.events import Event, NoiseEnd, NoiseStart, step_events
+from kdnas.search.rungs import trial_recipe
 from kdnas.search.storage import load_record
 
 
@@ -35,8 +36,7 @@ def measure_noise(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext,
         return old
     t = record.trial(knee)
     seed = cfg.seed + 1
-    tcfg = dataclasses.replace(cfg.train_config(len(ctx.data.train_y)), seed=seed,
-                               kd=t.kd or cfg.kd, feature_weight=t.feature_weight)
+    tcfg = dataclasses.replace(trial_recipe(cfg, len(ctx.data.train_y), t), seed=seed)
     emit(NoiseStart(knee, seed))
     result = _train_like(cfg, ctx, t, tcfg, init_seed(seed, knee), emit)
     noise = {"trial": knee, "seeds": [cfg.seed, seed],
