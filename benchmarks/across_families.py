@@ -111,10 +111,38 @@ def run_rungs(ctx, base, c: dict, index: int, data, work: Path, record) -> None:
               f"{100 * out.val_accuracy:.2f}%", flush=True)
 
 
+def claim(work: Path, key: str, cid: str) -> bool:
+    """Claim run ``key`` of candidate ``cid`` for this process (two processes may share the
+    ground truth, each on one core); a claim whose process is gone is taken over."""
+    import os
+
+    path = work / "claims" / f"{key.replace('/', '-')}-{cid}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text() or 0)
+                os.kill(pid, 0)
+                return pid == os.getpid()
+            except (ProcessLookupError, ValueError):
+                path.unlink(missing_ok=True)  # its process is gone: take it over
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
 def run_one(ctx, recipe, c: dict, init: int, data, work: Path, key: str, record) -> None:
-    """One run from scratch (the ground truth, or the per-family first rung)."""
+    """One run from scratch (the ground truth, or the per-family first rung), unless another
+    process has claimed it."""
     from kdnas.distill.candidate import train_candidate
 
+    if not claim(work, key, c["id"]):
+        print(f"{c['arch']} {key}: another process trains it", flush=True)
+        return
     t0 = time.perf_counter()
     out = train_candidate(ctx, _spec(c, data), recipe, init=init,
                           checkpoint=work / "ckpt" / c["id"] / f"{key.replace('/', '-')}.pt",
@@ -253,6 +281,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--band", default="3.2,4.0", help="MACs band in millions: LO,HI")
     ap.add_argument("--steps", type=int, default=None, help="brief steps (default 400)")
     ap.add_argument("--summarise", action="store_true")
+    ap.add_argument("--phase", choices=("all", "truth"), default="all",
+                    help="truth: only the ground-truth runs (a second process on the other "
+                    "core; runs are claimed, so none is trained twice)")
     ap.add_argument("--source", type=Path, default=SOURCE, help="the proxy study's results "
                     "(its candidates and `long` truth runs)")
     args = ap.parse_args(argv)
@@ -309,10 +340,11 @@ def main(argv: list[str] | None = None) -> None:
         return None
 
     cands = res["candidates"]
-    for i, c in enumerate(cands):  # the rungs, candidate by candidate
+    for i, c in enumerate(cands if args.phase == "all" else []):  # the rungs, one by one
         run_rungs(ctx, base, c, 1000 + i, data, work, record)
-    _drop_caches(work, "rungs")
-    for i, c in enumerate(cands):  # the per-family arm's first rung
+    if args.phase == "all":
+        _drop_caches(work / "teacher_cache", "rungs")
+    for i, c in enumerate(cands if args.phase == "all" else []):  # the per-family arm
         key = f"family_lr/s{PROXY_SEED}"
         lr = FAMILY_LR.get(c["space"])
         if c["id"] in (record("get", None, None).get(key, {})):
@@ -325,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         from kdnas.distill.candidate import init_seed
         run_one(ctx, dataclasses.replace(base, lr=lr), c, init_seed(PROXY_SEED, 1000 + i),
                 data, work, key, record)
+    truth_ctx = dataclasses.replace(ctx, cache_root=work / "truth_cache")  # both processes'
     for s in reversed(TRUTH_SEEDS):  # the ground truth of the candidates the source lacks
         from kdnas.distill.candidate import init_seed
         recipe = dataclasses.replace(base, steps=TRUTH_FACTOR * base.steps, seed=s,
@@ -333,13 +366,15 @@ def main(argv: list[str] | None = None) -> None:
             if c["id"] in res["source_truth"].get(f"long/s{s}", {}) or c["id"] in record(
                     "get", None, None).get(f"truth/s{s}", {}):
                 continue
-            run_one(ctx, recipe, c, init_seed(s, 1000 + i), data, work, f"truth/s{s}", record)
-        _drop_caches(work, f"truth seed {s}")
+            run_one(truth_ctx, recipe, c, init_seed(s, 1000 + i), data, work, f"truth/s{s}",
+                    record)
+        if all(c["id"] in res["source_truth"].get(f"long/s{s}", {}) or c["id"] in record(
+                "get", None, None).get(f"truth/s{s}", {}) for c in cands):
+            _drop_caches(truth_ctx.cache_for(recipe).dir, f"truth seed {s}")  # that seed's only
 
 
-def _drop_caches(work: Path, what: str) -> None:
+def _drop_caches(root: Path, what: str) -> None:
     """A finished phase's teacher caches are read by no later run: up to 22 GB each."""
-    root = work / "teacher_cache"
     if root.exists():
         shutil.rmtree(root, ignore_errors=True)
         print(f"removed the teacher caches of the {what}")
