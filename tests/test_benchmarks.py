@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import search_quality  # noqa: E402
+import search_replay  # noqa: E402
 
 
 @pytest.mark.slow
@@ -338,3 +339,63 @@ def test_welch_p_is_welchs_test_by_its_formula():
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     assert claim.welch_p(a, b) == pytest.approx(2 * student_t.sf(abs(t), df), rel=1e-9)
     assert claim.welch_p([0.7], b) is None  # one seed: no test
+
+
+def _replay_table(brief: dict, long: dict, truth: dict, family: dict):
+    """A hand-built across-families table: every candidate 3.5M MACs, 10 s a rung-1x run,
+    30 s to 4x, 40 s to 8x."""
+
+    ids = list(truth)
+    return search_replay.Table(
+        ids=ids, family=family, macs={k: 3.5e6 for k in ids},
+        acc={1: brief, 4: long, 8: long},
+        seconds={1: {k: 10.0 for k in ids}, 4: {k: 30.0 for k in ids},
+                 8: {k: 40.0 for k in ids}},
+        truth=truth, truth_spread=0.004, budget=4e6)
+
+
+def test_replayed_searches_see_their_own_families_spend_the_recorded_seconds_and_pick():
+    """A slow starter (m1: last at rung 1x, best at 4x and in truth): the brief searches pick
+    r1, the 1,4 search promotes m1 by the family quota and picks it; the ResNet-only search
+    never sees m1; each search's seconds are the table's own."""
+
+    fam = {"r1": "resnet", "r2": "resnet", "m1": "mobilenet", "s1": "shufflenet"}
+    brief = {"r1": 0.50, "r2": 0.48, "m1": 0.40, "s1": 0.45}
+    long = {"r1": 0.70, "r2": 0.69, "m1": 0.76, "s1": 0.72}
+    t = _replay_table(brief, long, {k: v + 0.001 for k, v in long.items()}, fam)
+    order = ["m1", "r2", "s1", "r1"]
+    by = {s.name: s for s in search_replay.STRATEGIES}
+    pick, front, spent, top = search_replay.run_search(t, by["resnet-brief"], order, 4)
+    assert (pick, spent, top) == ("r1", 20.0, 2)
+    pick, _, spent, _ = search_replay.run_search(t, by["all-brief"], order, 4)
+    assert (pick, spent) == ("r1", 40.0)
+    pick, front, spent, top = search_replay.run_search(t, by["all-rungs14"], order, 4)
+    # one band (equal MACs): ceil(4/3) = 2 places, but each of the 3 families keeps one
+    assert (pick, top, spent) == ("m1", 3, 40.0 + 3 * 30.0)
+    assert front == ["m1"]  # equal MACs: the most accurate dominates
+
+
+def test_replay_fits_the_trials_to_the_budget_and_marks_ties_by_the_seed_spread():
+
+    fam = {f"r{i}": "resnet" for i in range(3)} | {f"m{i}": "mobilenet" for i in range(3)}
+    brief = {k: 0.5 - 0.01 * i for i, k in enumerate(fam)}
+    truth = {k: 0.7 + (0.05 if k == "m2" else 0.0) for k in fam}
+    t = _replay_table(brief, truth, truth, fam)
+    out = search_replay.replay(t, seeds=20, budgets=(3, 12))
+    # B = 10 s: at 3B the brief searches train 3 candidates, a 1,4,8 search none (80 s for one)
+    rows = out["budgets"]["3"]
+    assert rows["all-brief"]["trials"] == 3 and rows["all-brief"]["seconds_used_in_B"] == 3.0
+    assert not rows["all-rungs148"]["fits"]
+    for name, r in out["budgets"]["12"].items():
+        if r["fits"]:
+            assert r["seconds_used_in_B"] <= 12.0 + 1e-9, name
+    assert out["budgets"]["12"]["resnet-brief"]["pick_truth_mean"] == pytest.approx(0.7)
+    # a 1,4,8 search of 2 trials (8-12B) that meets m2 beside a ResNet takes both to 4x and
+    # picks m2 (truth +5 points); m2 is last at rung 1x, so the brief searches never pick it
+    mf = out["budgets"]["12"]["all-rungs148"]
+    assert mf["trials"] == 2 and mf["pick_truth_mean"] > 0.7 + 0.004
+    assert out["budgets"]["12"]["all-brief"]["pick_truth_mean"] == pytest.approx(0.7)
+    p = search_replay.primary(out, w=12)
+    assert p["resnet-brief"]["verdict"] == p["all-brief"]["verdict"] == "better"
+    out["truth_seed_spread"] = 1.0
+    assert all(v is None or v["verdict"] == "tie" for v in search_replay.primary(out, 12).values())
