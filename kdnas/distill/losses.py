@@ -1,7 +1,8 @@
-"""Distillation losses, each a small module with its formula in the docstring: Hinton KD on
-logits, and the feature losses FitNets (hints through connectors), attention transfer,
-similarity preserving and probabilistic knowledge transfer. Stages of student and teacher are
-paired by resolution (:func:`match_taps`); nothing here knows the student's family."""
+"""Feature distillation losses, each a small module with its formula in the docstring: FitNets
+(hints through connectors), attention transfer, similarity preserving, probabilistic knowledge
+transfer and relational KD (the logit losses are in :mod:`kdnas.distill.logit_losses`).
+Stages of student and teacher are paired by resolution (:func:`match_taps`); nothing here
+knows the student's family."""
 
 from __future__ import annotations
 
@@ -15,20 +16,6 @@ from torch.autograd.function import once_differentiable
 from kdnas.core.settings import canonical_method
 from kdnas.distill.hint import hint_mse
 from search_spaces import TapInfo
-
-
-class KDLoss(nn.Module):
-    """Hinton et al. (2015): ``T^2 * KL(softmax(t/T) || softmax(s/T))``, mean over the batch."""
-
-    def __init__(self, temperature: float = 4.0) -> None:
-        super().__init__()
-        self.temperature = temperature
-
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor):
-        t = self.temperature
-        log_p_s = F.log_softmax(student_logits / t, dim=1)
-        log_p_t = F.log_softmax(teacher_logits / t, dim=1)
-        return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * t * t
 
 
 def match_taps(student: list[TapInfo], teacher: list[TapInfo]) -> list[tuple[int, int]]:
@@ -195,8 +182,7 @@ class PKTLoss(nn.Module):
         self.pairs = match_taps(student, teacher)[-1:]
 
     def _probs(self, f: torch.Tensor) -> torch.Tensor:
-        z = F.normalize(f.mean((2, 3), dtype=torch.float32) if f.dim() == 4 else f.float(),
-                        dim=1)
+        z = F.normalize(_pooled(f), dim=1)
         k = (z @ z.t() + 1) / 2
         return k / k.sum(1, keepdim=True)
 
@@ -208,9 +194,56 @@ class PKTLoss(nn.Module):
         return (p_t * torch.log((p_t + self.eps) / (p_s + self.eps))).mean()
 
 
+def _pooled(f: torch.Tensor) -> torch.Tensor:
+    """A stage's map as one embedding per sample (global average pool), in float32."""
+    return f.mean((2, 3), dtype=torch.float32) if f.dim() == 4 else f.float()
+
+
+class RKDLoss(nn.Module):
+    """Relational KD (Park et al., CVPR 2019, "Relational knowledge distillation") on the last
+    stage's pooled embeddings ``e``::
+
+        psi_D(i, j) = ||e_i - e_j|| / mu,  mu = mean over pairs i != j of ||e_i - e_j||
+        psi_A(i, j, k) = <normalize(e_i - e_j), normalize(e_k - e_j)>
+        L = huber(psi_D(s), psi_D(t)) + 2 * huber(psi_A(s), psi_A(t))
+
+    (Huber = smooth L1 with beta 1, mean over pairs and over triplets; the paper weighs
+    distance 25 and angle 50, so the table's weight is 25.) Relational, so any two families
+    pair without a connector.
+    """
+
+    angle_weight = 2.0
+
+    def __init__(self, student: list[TapInfo], teacher: list[TapInfo]) -> None:
+        super().__init__()
+        self.pairs = match_taps(student, teacher)[-1:]
+
+    @staticmethod
+    def distances(e: torch.Tensor) -> torch.Tensor:
+        d = torch.cdist(e, e)
+        off = ~torch.eye(len(e), dtype=torch.bool, device=e.device)
+        return d / d[off].mean().clamp_min(1e-12)
+
+    @staticmethod
+    def angles(e: torch.Tensor) -> torch.Tensor:
+        diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), dim=2)  # [j, i] = e_i - e_j
+        return torch.bmm(diff, diff.transpose(1, 2))  # [j, i, k]
+
+    def forward(self, s_feats, t_feats):
+        if not self.pairs:
+            return s_feats[0].new_zeros(())
+        i, j = self.pairs[0]
+        s, t = _pooled(s_feats[i]), _pooled(t_feats[j])
+        with torch.no_grad():
+            d_t, a_t = self.distances(t), self.angles(t)
+        dist = F.smooth_l1_loss(self.distances(s), d_t)
+        angle = F.smooth_l1_loss(self.angles(s), a_t)
+        return dist + self.angle_weight * angle
+
+
 # the loss module of each feature method of kdnas.core.settings.KD_TABLE
 FEATURE_LOSSES: dict[str, type[nn.Module]] = {"fitnets": HintLoss, "at": ATLoss, "sp": SPLoss,
-                                              "pkt": PKTLoss}
+                                              "pkt": PKTLoss, "rkd": RKDLoss}
 
 
 def feature_loss(method: str, student: list[TapInfo], teacher: list[TapInfo]) -> nn.Module:

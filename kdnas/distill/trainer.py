@@ -20,12 +20,13 @@ from torch import nn
 
 from kdnas.core.errors import KdnasError
 from kdnas.core.files import atomic_path
-from kdnas.core.settings import FEATURE_METHODS, TrainConfig
+from kdnas.core.settings import FEATURE_METHODS, TrainConfig, kd_method
 from kdnas.device import autocast, resolve, sync_every
 from kdnas.distill.cache import TeacherCache
 from kdnas.distill.hooks import FeatureTaps
 from kdnas.distill.layout import PinnedConvs
-from kdnas.distill.losses import KDLoss, feature_loss
+from kdnas.distill.logit_losses import logit_loss
+from kdnas.distill.losses import feature_loss
 from search_spaces.stages import find_stage_taps
 from search_spaces import TapInfo
 
@@ -259,7 +260,7 @@ def _finite(value: float, step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def _loss(student, x, y, cfg: TrainConfig, signal: _TeacherSignal | None, at: tuple[int, int],
-          kd_loss: KDLoss, extra, s_taps: FeatureTaps | None, clock: _Clock) -> torch.Tensor:
+          kd_loss: nn.Module, extra, s_taps: FeatureTaps | None, clock: _Clock) -> torch.Tensor:
     """One batch's loss: cross-entropy, and with a teacher Hinton KD and the feature loss.
     The forward passes run under the device's autocast; the losses in float32."""
     with autocast(x.device):
@@ -271,7 +272,8 @@ def _loss(student, x, y, cfg: TrainConfig, signal: _TeacherSignal | None, at: tu
     clock.lap("student")
     t_logits, t_feats = signal.get(at[0], x, at[1])
     clock.lap("teacher")
-    loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd_loss(logits, t_logits)
+    loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd_loss(logits, t_logits.float(), y,
+                                                               *at)
     if extra is not None:
         s_feats = s_taps.features()
         if x.device.type != "cpu":  # bf16 from autocast, fp16 from the cache
@@ -367,7 +369,7 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
                                         student_taps, dev)
     feats_on = _load_start(start, student, extra)
     pinned = PinnedConvs(student) if cfg.channels_last else None  # CPU kernels' bug
-    kd_loss = KDLoss(cfg.temperature)
+    kd_loss = logit_loss(kd_method(cfg.kd), cfg.temperature)
     signal = _TeacherSignal(teacher, cache, features=feats_on, device=dev) if kd_on else None
     params = list(student.parameters()) + (list(extra.parameters()) if extra else [])
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,

@@ -365,12 +365,27 @@ def _not_here(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, key: 
     return None
 
 
+def _auto_methods(study: optuna.Study) -> tuple[str, ...]:
+    """The methods ``--kd auto`` searches in this study: those it searched from its first trial
+    (a study made before DKD, DIST, LS and RKD keeps its five, as Optuna refuses a categorical
+    whose choices change), else every method of the table."""
+    kept = study.user_attrs.get("kd_auto_methods")
+    if kept is None:
+        kept = AUTO_METHODS
+        for t in study.get_trials(deepcopy=False):
+            if "kd" in t.distributions:
+                kept = t.distributions["kd"].choices
+                break
+        study.set_user_attr("kd_auto_methods", list(kept))
+    return tuple(kept)
+
+
 def _method(trial: optuna.Trial, cfg: SearchConfig, tcfg):
     """The trial's recipe: with ``kd = auto`` the distillation method and its weight are
     searched too."""
     if cfg.kd != "auto":
         return tcfg
-    method = trial.suggest_categorical("kd", AUTO_METHODS)
+    method = trial.suggest_categorical("kd", _auto_methods(trial.study))
     scale = trial.suggest_float("kd_weight_scale", 0.1, 10.0, log=True)
     return dataclasses.replace(tcfg, kd=method,
                                feature_weight=FEATURE_WEIGHTS.get(method, 0.0) * scale)
