@@ -220,13 +220,18 @@ def parse_normalize(text: str, channels: int) -> tuple[tuple[float, ...], tuple[
     return mean, std
 
 
-def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training and validation indices kdnas carves from ``n`` training images (in the
+    order the loader lists them: class folders sorted, files sorted within each)."""
     if not 0 < val_fraction < 1:
         raise KdnasError(f"val fraction must be between 0 and 1, got {val_fraction}")
-    n = len(y)
     perm = np.random.default_rng(seed).permutation(n)
     n_val = max(1, int(round(n * val_fraction)))
-    val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
+    train, val = split_indices(len(y), val_fraction, seed)
     return x[train], y[train], x[val], y[val]
 
 

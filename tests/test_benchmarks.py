@@ -216,16 +216,33 @@ def test_kdnas_bench_runs_on_a_tiny_workload_and_reports_every_figure(tmp_path):
     families = {"resnet", "resnet_bottleneck", "mobilenet", "shufflenet"}
     assert set(res["efficiency"]) == families
     assert all(0 < v < 2 for v in res["efficiency"].values())
-    assert set(res["teacher_overhead"]) == {"logit", "fitnets", "at", "sp", "pkt"}
-    assert all(0.5 < v < 5 for v in res["teacher_overhead"].values())
+    from kdnas.core.settings import AUTO_METHODS
+
+    assert set(res["teacher_overhead"]) == set(AUTO_METHODS)
+    # positive and finite; a quick trial lasts 0.2 s, so on a loaded machine a ratio swings
+    # by several times (8.6x seen for one method with both cores busy)
+    assert all(0.1 < v < 50 for v in res["teacher_overhead"].values())
     # the headline ratios are what the recorded counts give (each can be miscounted)
     d = res["details"]
-    s, p = d["search"], d["plain_loop"]
+    s, n, p = d["search"], d["search_no_cache"], d["plain_loop"]
     assert p["mac_images"] == pytest.approx(sum(t["macs"] * t["images"] for t in p["trials"]))
+    assert s["mac_images"] == pytest.approx(sum(t["macs"] * t["images"] for t in s["trials"]))
     assert res["throughput_vs_plain_loop"] == pytest.approx(
         (s["mac_images"] / s["wall_seconds"]) / (p["mac_images"] / p["wall_seconds"]))
-    assert res["framework_overhead"] == pytest.approx(1 - s["shares"]["student"])
-    assert all(0 < t["images"] <= 5000 * 2 for t in p["trials"])  # 5,000 images, 2 epochs
+    assert res["throughput_vs_plain_loop_no_cache"] == pytest.approx(
+        (n["mac_images"] / n["wall_seconds"]) / (p["mac_images"] / p["wall_seconds"]))
+    assert res["framework_overhead"] == pytest.approx(
+        1 - sum(s["shares"][k] for k in ("student", "teacher", "eval")))
+    # like for like: the three runs trained the same students on the same images, the plain
+    # loop with each of its settings, and the peer is the fastest of them
+    assert s["teacher_cache"] is True and n["teacher_cache"] is False
+    archs = [t["arch"] for t in s["trials"]]
+    assert archs == [t["arch"] for t in n["trials"]] == [t["arch"] for t in p["trials"]]
+    # 160 images, 16 held out for validation: 144 a trial (1 epoch of 2 steps: 128 + 16)
+    assert [t["images"] for t in s["trials"]] == [t["images"] for t in p["trials"]] == [144, 144]
+    assert res["like_for_like"] == {"students": True, "images": True}
+    assert len(p["settings"]) == 4
+    assert p["wall_seconds"] == min(r["wall_seconds"] for r in p["settings"])
     mem = res["memory"]
     assert mem["peak_rss_mb"] > 100 and 0 < mem["teacher_cache_mb"] < 100
     d = res["details"]
@@ -237,7 +254,8 @@ def test_kdnas_bench_runs_on_a_tiny_workload_and_reports_every_figure(tmp_path):
     for key in ("efficiency.resnet", "teacher_overhead.pkt", "framework_overhead",
                 "throughput_vs_plain_loop", "memory.peak_rss_mb"):
         assert f"`{key}`" in md
-    assert "| >= 0.6 |" in md and "| <= 1.15 |" in md and "| >= 3 |" in md
+    assert "| >= 0.6 |" in md and "| <= 1.15 |" in md and "| >= 2.5 |" in md
+    assert "| >= 1.3 |" in md and "like for like" in md and archs[0] in md
     assert "## On a GPU" in md and "Not measured: no GPU was visible" in md
     # the GPU benchmark's code, run on this CPU: its figures join the CPU ones
     from kdnas.bench.gpu import GpuWorkload, run_gpu
@@ -250,6 +268,28 @@ def test_kdnas_bench_runs_on_a_tiny_workload_and_reports_every_figure(tmp_path):
     write(out, {"gpu": gpu})
     both = json.loads((out / "benchmarks.json").read_text())
     assert both["efficiency"] == res["efficiency"] and both["gpu"]["trained"] == 2
+
+
+def test_the_plain_loop_reads_the_very_images_kdnas_trains_and_validates_on(cifar_subset):
+    """kdnas' training and validation split of an ImageFolder tree, by index, picks the same
+    decoded pixels from torchvision's ImageFolder (the plain loop's data set)."""
+    import numpy as np
+    from torchvision import datasets
+
+    from kdnas.data import load_data, split_indices
+
+    data = load_data(f"imagefolder:{cifar_subset}", val_fraction=0.1, seed=0)
+    folder = datasets.ImageFolder(cifar_subset / "train")
+    train, val = split_indices(len(folder), 0.1, 0)
+    assert len(train) == len(data.train_y) and len(val) == len(data.val_y)
+    for ours, xs, ys, idx in (("train", data.train_x, data.train_y, train[::97]),
+                              ("val", data.val_x, data.val_y, val[::13])):
+        pos = np.searchsorted(train if ours == "train" else val, idx)
+        for i, j in zip(idx, pos, strict=True):
+            img, label = folder[int(i)]
+            assert label == int(ys[j])
+            pixels = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
+            assert np.array_equal(pixels, xs[j].numpy()), (ours, int(i))
 
 
 def test_the_gpu_section_states_its_figures_against_the_goal():

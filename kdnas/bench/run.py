@@ -4,9 +4,15 @@ A fixed, seeded CIFAR-10 workload (images from the JPEG archive) measures, in th
 
 1. a fresh kdnas search (logit KD, 1 epoch a trial, the teacher cache written by its first
    trial, latency measured, report written): ``framework_overhead``, the share of its wall
-   time outside student forward/backward, with where that time went, and the memory it took;
-2. the same search written as a plain Optuna + torchvision loop (:mod:`.plain_loop`):
-   ``throughput_vs_plain_loop``, student MAC-images trained per wall second, kdnas / plain;
+   time outside the student's and teacher's steps and the final validation (the framework
+   proper), with where all of it went, and the memory it took; then the same search without
+   the teacher cache (the same students: its first trials are drawn at random with the
+   same seed);
+2. a plain Optuna + torchvision loop (:mod:`.plain_loop`) training exactly those students,
+   in the same order, on the same images for the same steps, with each of its own settings
+   (DataLoader workers 0 or 2, NCHW or channels_last): ``throughput_vs_plain_loop`` (with
+   the cache) and ``throughput_vs_plain_loop_no_cache``, student MAC-images trained per
+   wall second, kdnas / the best of the plain loop's settings;
 3. this machine's fp32 GEMM rate and, for a student of each family near ``student_macs``,
    its training FLOP/s: ``efficiency.<family>``;
 4. a trial's time with each --kd method (teacher read from the cache) over cross-entropy
@@ -47,8 +53,10 @@ from kdnas.distill.trainer import PHASES
 from search_spaces import describe
 
 TARGETS = {"efficiency.resnet": (">=", 0.6), "efficiency.*": (">=", 0.5),
-           "teacher_overhead.*": ("<=", 1.15), "framework_overhead": ("<=", 0.05),
-           "throughput_vs_plain_loop": (">=", 3.0)}
+           "teacher_overhead.*": ("<=", 1.15), "framework_overhead": ("<=", 0.03),
+           "throughput_vs_plain_loop": (">=", 2.5),
+           "throughput_vs_plain_loop_no_cache": (">=", 1.3)}
+PLAIN_SETTINGS = ((0, False), (2, False), (0, True), (2, True))  # loader workers, channels_last
 METHODS = AUTO_METHODS  # every method the search can use
 
 
@@ -84,7 +92,8 @@ def kdnas_search(cfg: SearchConfig) -> tuple[dict, object, object]:
     record = load_record(out.study)
     write_report(record, cfg)
     wall = time.perf_counter() - t0
-    trained = [t for t in record.trials if t.trained]
+    trained = sorted((t for t in record.trials if t.trained), key=lambda t: t.number)
+    params = {t.number: t.params for t in out.study.trials}
     phases = {k: sum(t.time.get(k, 0.0) for t in trained) for k in PHASES}
     in_trials = sum(t.time.get("total", 0.0) for t in trained)
     shares = {k: v / wall for k, v in phases.items()}
@@ -94,7 +103,12 @@ def kdnas_search(cfg: SearchConfig) -> tuple[dict, object, object]:
     cache = cfg.study_dir / "teacher_cache"
     res = {"wall_seconds": wall, "trained": len(trained), "proposals": len(record.trials),
            "mac_images": float(sum(t.cost["macs"] * t.recipe["images"] for t in trained)),
-           "framework_overhead": 1 - phases.get("student", 0.0) / wall, "shares": shares,
+           "framework_overhead": 1 - sum(phases.get(k, 0.0) for k in (
+               "student", "teacher", "eval")) / wall, "shares": shares,
+           "trials": [{"trial": t.number, "params": params[t.number], "arch": describe(t.spec),
+                       "macs": t.cost["macs"], "images": t.recipe["images"],
+                       "steps": t.recipe["steps"]} for t in trained],
+           "teacher_cache": cfg.teacher_cache,
            "arch": [t.spec.get("block", t.spec.get("family")) for t in trained],
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "teacher_cache_mb": sum(f.stat().st_size for f in cache.rglob("*")
@@ -102,6 +116,26 @@ def kdnas_search(cfg: SearchConfig) -> tuple[dict, object, object]:
            "dataset_mb": sum(getattr(data, f"{s}_x").numel() for s in ("train", "val", "test")
                              if getattr(data, f"{s}_x", None) is not None) / 1e6}
     return res, teacher, data
+
+
+def plain_loops(root: Path, teacher, cfg: SearchConfig, search: dict, data) -> dict:
+    """The plain loop with each of its settings on kdnas' students, images and steps; the
+    best (least wall time) is the peer."""
+    from kdnas.data import split_indices
+
+    steps = sorted({t["steps"] for t in search["trials"]})
+    if len(steps) != 1:
+        raise RuntimeError(f"the search's trials trained different steps: {steps}")
+    n = len(data.train_y) + len(data.val_y)
+    train, val = split_indices(n, cfg.val_fraction, cfg.split_seed)
+    runs = [run_plain_loop(root, teacher, space=cfg.space, trials=search["trials"],
+                           steps=steps[0], train_indices=train,
+                           val_indices=val, mean=data.mean, std=data.std, workers=w,
+                           channels_last=cl) for w, cl in PLAIN_SETTINGS]
+    best = min(runs, key=lambda r: r["wall_seconds"])
+    return {**best, "settings": [{k: r[k] for k in ("workers", "channels_last",
+                                                     "wall_seconds", "mac_images")}
+                                 for r in runs]}
 
 
 def run(work: Path, out: Path, load: Workload, archive: Path = ARCHIVE,
@@ -117,12 +151,14 @@ def run(work: Path, out: Path, load: Workload, archive: Path = ARCHIVE,
                        budget=f"{load.budget_macs / 1e6:g}MMACs", trials=load.trials,
                        epochs=load.epochs, kd="logit", noise_check=False, val_fraction=0.1,
                        workdir=str(work / "runs"), reports=str(work / "reports"))
-    log(f"1/4 kdnas search: {load.trials} trials of {load.epochs} epoch(s)")
+    log(f"1/4 kdnas search: {load.trials} trials of {load.epochs} epoch(s), with the teacher "
+        "cache and without")
     search, teacher, data = kdnas_search(cfg)
-    log(f"2/4 the plain loop: {load.trials} trials")
-    plain = run_plain_loop(root, teacher.module, space=cfg.space,
-                           budget_macs=load.budget_macs, trials=load.trials,
-                           epochs=load.epochs, mean=data.mean, std=data.std)
+    no_cache, _, _ = kdnas_search(dataclasses.replace(cfg, study="bench-no-cache",
+                                                      teacher_cache=False))
+    log(f"2/4 the plain loop, the same {len(search['trials'])} students, "
+        f"{len(PLAIN_SETTINGS)} settings")
+    plain = plain_loops(root, teacher.module, cfg, search, data)
     log("3/4 GEMM rate and training efficiency per family")
     gemm = gemm_flops()
     lo, hi = 0.8 * load.student_macs, load.student_macs  # the teacher stays >= 3x
@@ -132,20 +168,27 @@ def run(work: Path, out: Path, load: Workload, archive: Path = ARCHIVE,
     log(f"4/4 teacher overhead per method ({load.rounds} rounds)")
     tcfg = TrainConfig(epochs=load.epochs, seed=0)
     over = method_times(students["resnet"], data, teacher, METHODS, tcfg, work, load.rounds)
-    res = figures(search, plain, gemm, eff, over, students, teacher, load)
+    res = figures(search, no_cache, plain, gemm, eff, over, students, teacher, load)
     res["seconds"] = time.perf_counter() - t_start
     write(out, res)
     return res
 
 
-def figures(search, plain, gemm, eff, over, students, teacher, load) -> dict:
+def figures(search, no_cache, plain, gemm, eff, over, students, teacher, load) -> dict:
     kdnas_rate = search["mac_images"] / search["wall_seconds"]
     plain_rate = plain["mac_images"] / plain["wall_seconds"]
+    same = {"students": [t["arch"] for t in search["trials"]]
+            == [t["arch"] for t in no_cache["trials"]] == [t["arch"] for t in plain["trials"]],
+            "images": [t["images"] for t in search["trials"]]
+            == [t["images"] for t in no_cache["trials"]] == [t["images"] for t in plain["trials"]]}
     return {
         "efficiency": {k: v["flops"] / gemm for k, v in eff.items()},
         "teacher_overhead": over["ratio"],
         "framework_overhead": search["framework_overhead"],
         "throughput_vs_plain_loop": kdnas_rate / plain_rate,
+        "throughput_vs_plain_loop_no_cache": no_cache["mac_images"] / no_cache["wall_seconds"]
+        / plain_rate,
+        "like_for_like": same,
         "memory": {"peak_rss_mb": search["peak_rss_mb"],
                    "teacher_cache_mb": search["teacher_cache_mb"],
                    "dataset_mb": search["dataset_mb"]},
@@ -154,7 +197,8 @@ def figures(search, plain, gemm, eff, over, students, teacher, load) -> dict:
                 k: {"arch": describe(c["spec"]), "spec": c["spec"], "macs": c["macs"]}
                 for k, c in students.items()},
             "teacher": {"macs": teacher.meta.get("macs"), "arch": load.teacher_arch},
-            "teacher_overhead": over, "search": search, "plain_loop": plain,
+            "teacher_overhead": over, "search": search, "search_no_cache": no_cache,
+            "plain_loop": plain,
             "kdnas_mac_images_per_second": kdnas_rate,
             "plain_mac_images_per_second": plain_rate},
         "workload": dataclasses.asdict(load),

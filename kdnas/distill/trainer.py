@@ -33,14 +33,14 @@ from search_spaces import TapInfo
 log = logging.getLogger(__name__)
 
 
-PHASES = ("student", "teacher", "data", "eval", "other")
+PHASES = ("student", "teacher", "data", "curve", "eval", "other")
 
 
 class _Clock:
     """Seconds by phase: each ``lap(phase)`` charges the time since the previous lap.
     Phases: "student" (forward, losses, backward, step), "teacher" (run or read from the
-    cache), "data" (batches, augmentation), "eval" (validation), "other" (checkpoints,
-    progress)."""
+    cache), "data" (batches, augmentation), "curve" (the learning curve's validation
+    points), "eval" (the final validation), "other" (checkpoints, progress)."""
 
     def __init__(self) -> None:
         self.spent: dict[str, float] = {}
@@ -401,7 +401,7 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
                 clock.lap("student")
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                     points.append(_curve_point(student, data, cfg, step, losses.mean()))
-                    clock.lap("eval")
+                    clock.lap("curve")
                 if progress is not None and read:
                     progress(step, total, losses.last)
                     clock.lap("other")

@@ -311,7 +311,7 @@ def hypervolume_text(info: dict) -> str:
 
 
 PHASES = {"student": "student forward/backward", "teacher": "teacher (run or cache)",
-          "data": "batches", "eval": "validation",
+          "data": "batches", "curve": "learning-curve points", "eval": "final validation",
           "propose": "proposal (sampling, cost counting, latency)",
           "estimate": "step-time estimate",
           "storage": "checks and storage", "other": "checkpoints and progress"}
