@@ -136,3 +136,21 @@ def test_a_queued_retry_trains_the_same_candidate_again(cfg, teacher_and_data, f
     expected = space.sample(optuna.trial.FixedTrial(smallest), in_channels=data.in_channels,
                             num_classes=data.num_classes, input_size=data.input_size)
     assert fake["calls"][0] == expected == retried[0].spec
+
+
+def test_a_candidate_the_sampler_counted_is_not_built_and_counted_again(cfg, teacher_and_data,
+                                                                        fake, monkeypatch):
+    """The budget-aware sampler builds and counts each candidate it proposes; the trial takes
+    that count (and measures only the latency it lacks) instead of counting again."""
+    teacher, data = teacher_and_data
+    again, latency = [], []
+    real_measure, real_latency = loop_mod.measure, loop_mod.with_latency
+    monkeypatch.setattr(loop_mod, "measure", lambda *a, **k: again.append(1) or real_measure(
+        *a, **k))
+    monkeypatch.setattr(loop_mod, "with_latency", lambda *a, **k: latency.append(1)
+                        or real_latency(*a, **k))
+    out = run_search(dataclasses.replace(cfg, latency=True), teacher, data)
+    record = load_record(out.study)
+    assert sum(t.trained for t in record.trials) == 4
+    assert again == [] and len(latency) == len(record.trials)
+    assert all(t.cost.get("latency_ms") and t.cost["macs"] > 0 for t in record.trials)

@@ -10,7 +10,7 @@ import logging
 
 from kdnas.core.budget import Cost
 from kdnas.core.settings import SearchConfig
-from kdnas.cost import measure_cost
+from kdnas.cost import measure_cost, measure_latency
 from kdnas.device import resolve
 from kdnas.distill import TeacherCache
 from kdnas.distill.candidate import TrainContext
@@ -25,6 +25,15 @@ def measure(cfg: SearchConfig, model, data, *, latency: bool) -> Cost:
     return measure_cost(model, data.input_shape, latency=latency,
                         latency_threads=cfg.latency_threads, latency_batch=cfg.latency_batch,
                         latency_device=resolve(cfg.latency_device) if latency else "cpu")
+
+
+def with_latency(cfg: SearchConfig, model, data, cost: Cost) -> Cost:
+    """``cost`` (MACs and params already counted) with the latency measured."""
+    p50, p90, setting = measure_latency(model, data.input_shape, batch=cfg.latency_batch,
+                                        threads=cfg.latency_threads,
+                                        device=resolve(cfg.latency_device))
+    return dataclasses.replace(cost, latency_ms=p50, latency_p90_ms=p90,
+                               latency_setting=setting)
 
 
 def estimate_step(cfg: SearchConfig, tcfg, model, data, cost: Cost) -> Cost:

@@ -39,7 +39,13 @@ from kdnas.search.events import (
     step_events,
 )
 from kdnas.search.noise import measure_noise
-from kdnas.search.costs import estimate_step, measure, smallest_cost, train_context
+from kdnas.search.costs import (
+    estimate_step,
+    measure,
+    smallest_cost,
+    train_context,
+    with_latency,
+)
 from kdnas.search.references import train_references
 from kdnas.search.rungs import train_rungs
 from kdnas.search.sampler import make_sampler
@@ -322,11 +328,19 @@ def _propose(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, data, 
     spec = get_space(cfg.space).sample(trial, in_channels=data.in_channels,
                                        num_classes=data.num_classes,
                                        input_size=data.input_size)
-    model = get_space(spec["space"]).build(spec)
-    cost = measure(cfg, model, data, latency=cfg.latency or budget.metric == "latency_ms")
+    key = spec_id(spec)
+    latency = cfg.latency or budget.metric == "latency_ms"
+    take = getattr(study.sampler, "take_built", None)
+    counted = take(key) if take is not None else None  # the sampler built and counted it
+    if counted is None:
+        model = get_space(spec["space"]).build(spec)
+        cost = measure(cfg, model, data, latency=latency)
+    else:
+        model, cost = counted
+        if latency and cost.latency_ms is None:
+            cost = with_latency(cfg, model, data, cost)
     if "train_step_ms" in cfg.cost_columns:  # an objective: every candidate is told it
         cost = estimate_step(cfg, tcfg, model, data, cost)
-    key = spec_id(spec)
     excess = float(budget.excess(cost))
     trial.set_user_attr("spec", spec)
     trial.set_user_attr("spec_id", key)

@@ -59,12 +59,18 @@ class FeasibleSampler(optuna.samplers.BaseSampler):
         self.distributions = distributions
         self.fits = fits
         self.key = key  # the spec id of a parameter set: a trained one is not proposed again
+        self.built: dict[str, tuple[Any, Any]] = {}  # spec id -> (module, cost) just counted
         self.n_startup_trials = n_startup_trials
         self.max_tries = max_tries
         self._seed = seed
         self._rng = np.random.RandomState(seed)
         self.rejected = 0
         self.proposed = 0
+
+    def take_built(self, key: str):
+        """The module and cost ``fits`` made for spec ``key`` (so the trial does not build
+        and count its candidate again), or None."""
+        return self.built.pop(key, None)
 
     def reseed_rng(self) -> None:
         self._rng.seed()
@@ -177,6 +183,7 @@ def make_sampler(cfg: SearchConfig, data, *, resumed_at: int = 0, worker: int = 
         return tpe
     budget = cfg.budget_obj()
     cache: dict[str, bool] = {}
+    built: dict[str, tuple] = {}  # the last few counted, for the trial to take
 
     def key(params: dict) -> str:
         return spec_id(space.sample(optuna.trial.FixedTrial(params),
@@ -195,7 +202,13 @@ def make_sampler(cfg: SearchConfig, data, *, resumed_at: int = 0, worker: int = 
             else:
                 cost = measure(cfg, model, data, latency=budget.metric == "latency_ms")
                 cache[k] = budget.fits(cost)
+                if cache[k]:
+                    while len(built) >= 4:
+                        built.pop(next(iter(built)))
+                    built[k] = (model, cost)
         return cache[k]
 
-    return FeasibleSampler(tpe, space.distributions(), fits, n_startup_trials=n_startup,
-                           seed=seed, key=key)
+    sampler = FeasibleSampler(tpe, space.distributions(), fits, n_startup_trials=n_startup,
+                              seed=seed, key=key)
+    sampler.built = built
+    return sampler
