@@ -369,3 +369,44 @@ def test_a_trial_whose_machine_went_silent_is_failed_and_its_candidate_queued(
     assert failed.state == TrialState.FAIL and queued.state == TrialState.WAITING
     assert queued.params == failed.params and queued.user_attrs["retry_of"] == 0
     assert "stopped sending heartbeats" in queued.user_attrs["retry_reason"]
+
+
+HUNG_SEARCH = """
+import sys, time
+import kdnas.search.loop as loop
+import kdnas.search.watchdog as watchdog
+from kdnas.cli import main
+
+watchdog.HANG_FACTOR, watchdog.HANG_GRACE = 1.0, 2.0
+def hangs(*a, **k):  # a kernel that never returns: no progress report, no return
+    time.sleep(3600)
+loop.train_candidate = hangs
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_hung_trial_is_recorded_as_failed_and_the_process_stops_to_be_run_again(
+        tmp_path, digits_teacher):
+    """A trial that never returns (so the loop cannot check its limit) is failed by the
+    watchdog with the reason and the process exits with HUNG_EXIT, saying what to do; the same
+    command then trains the study to its count."""
+    from kdnas.search.watchdog import HUNG_EXIT
+
+    argv = search_argv(digits_teacher, tmp_path, "--trials", "2", "--steps", "8",
+                       "--trial-timeout", "1")
+    t0 = time.perf_counter()
+    hung = subprocess.run([sys.executable, "-c", HUNG_SEARCH, *argv], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+    assert hung.returncode == HUNG_EXIT, hung.stderr[-2000:]
+    assert "Run the same command to go on" in hung.stderr
+    assert time.perf_counter() - t0 < 120  # stopped soon after 1 s x 1.0 + 2 s
+    url = f"sqlite:///{tmp_path / 'runs' / 'k' / 'study.db'}"
+    study = study_at(url)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["error"].startswith("hung")
+    assert not any(t.state == TrialState.RUNNING for t in study.trials)
+    again = subprocess.run([sys.executable, "-m", "kdnas", *argv], capture_output=True,
+                           text=True, cwd=ROOT, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert trained_count(study_at(url)) == 2

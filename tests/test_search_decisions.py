@@ -154,3 +154,43 @@ def test_a_candidate_the_sampler_counted_is_not_built_and_counted_again(cfg, tea
     assert sum(t.trained for t in record.trials) == 4
     assert again == [] and len(latency) == len(record.trials)
     assert all(t.cost.get("latency_ms") and t.cost["macs"] > 0 for t in record.trials)
+
+
+def test_trial_timeout_is_auto_off_or_seconds():
+    from kdnas.core.settings import SearchConfig
+
+    cfg = SearchConfig(teacher="t.pt")
+    assert cfg.trial_limit(30.0) == 10 * 30 + 120 and cfg.trial_limit(None) is None
+    assert dataclasses.replace(cfg, trial_timeout="off").trial_limit(30.0) is None
+    assert dataclasses.replace(cfg, trial_timeout="90").trial_limit(None) == 90.0
+    for bad in ("0", "-5", "soon"):
+        with pytest.raises(KdnasError, match="--trial-timeout"):
+            dataclasses.replace(cfg, trial_timeout=bad)
+
+
+def test_a_trial_past_its_time_limit_is_failed_with_the_reason_and_the_search_goes_on(
+        cfg, teacher_and_data, monkeypatch):
+    """The first candidate trains slowly (its progress reports keep coming, past the limit):
+    it is failed with the reason and the next candidates are trained."""
+    import time
+
+    teacher, data = teacher_and_data
+    calls = []
+
+    def train(ctx, spec, recipe, *, init, progress=None, **kw):
+        calls.append(spec)
+        for step in range(1, 6 if len(calls) == 1 else 2):
+            if len(calls) == 1:
+                time.sleep(0.3)
+            progress(step, 5, 1.0)
+        result = FitResult(0.7, 0.01, recipe.steps, [{"epoch": 1, "train_loss": 1.0}],
+                           [{"step": recipe.steps, "images": 640, "val_accuracy": 0.7}],
+                           {"student": 0.01})
+        return CandidateOutcome(spec, get_space(spec["space"]).build(spec), result, {}, 0.01)
+
+    monkeypatch.setattr(loop_mod, "train_candidate", train)
+    out = run_search(dataclasses.replace(cfg, trial_timeout="0.5", trials=2), teacher, data)
+    failed = [t for t in out.study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1
+    assert "still training after its limit" in failed[0].user_attrs["error"]
+    assert sum(t.user_attrs.get("trained", False) for t in out.study.trials) == 2

@@ -12,57 +12,17 @@ from pathlib import Path
 
 from kdnas.core.budget import Budget, parse_budget
 from kdnas.core.errors import KdnasError
-
-
-@dataclass(frozen=True)
-class KDMethod:
-    """A distillation method of ``--kd``, declared once: its name and, for a feature method
-    (added to Hinton KD on the logits), the default weight of its loss, scaled so that it
-    starts near the size of the KD term. Its loss module is ``FEATURE_LOSSES[name]`` in
-    :mod:`kdnas.distill.losses`."""
-
-    name: str
-    feature_weight: float | None = None  # None: logits only
-    # the logit loss (kdnas.distill.logit_losses): "kd" (Hinton), "dkd" or "dist"
-    logits: str = "kd"
-    standardised: bool = False  # logit standardisation (LS) before the logit loss
-    logit_weight: float = 1.0  # times the logit loss (with kd_alpha, as Hinton KD's)
-    temperature: float | None = None  # None: the recipe's
-    ramp: float = 0.0  # share of the steps over which the logit loss ramps in (DKD: 20/240)
-
-
-# in the order ``--kd auto`` searches them (a study made before the last five keeps searching
-# its first five: kdnas.search.loop._auto_methods)
-KD_TABLE = (KDMethod("logit"), KDMethod("fitnets", 1.0), KDMethod("at", 5.0),
-            KDMethod("sp", 3000.0), KDMethod("pkt", 30000.0),
-            # Zhao et al. 2022: alpha 1, beta 8 (in DKDLoss), T 4, ramped over 20 of 240 epochs
-            KDMethod("dkd", logits="dkd", ramp=20 / 240),
-            # Huang et al. 2022, CIFAR: T 4, beta = gamma = 2
-            KDMethod("dist", logits="dist", logit_weight=2.0),
-            # Sun et al. 2024, KD+LS on CIFAR-100: base temperature 2, KD weight 9 against
-            # cross-entropy 0.1 (kd_alpha 0.9 x 10); DKD+LS takes the same temperature
-            KDMethod("logit-ls", standardised=True, logit_weight=10.0, temperature=2.0),
-            KDMethod("dkd-ls", logits="dkd", standardised=True, temperature=2.0,
-                     ramp=20 / 240),
-            # Park et al. 2019: distance 25, angle 50 (RKDLoss weighs them 1 : 2)
-            KDMethod("rkd", 25.0))
-KD_BY_NAME = {m.name: m for m in KD_TABLE}
-AUTO_METHODS = tuple(m.name for m in KD_TABLE)
-FEATURE_METHODS = tuple(m.name for m in KD_TABLE if m.feature_weight is not None)
-FEATURE_WEIGHTS = {m.name: m.feature_weight for m in KD_TABLE if m.feature_weight is not None}
-# --kd: "feature" is FitNets, the default; "none" is cross-entropy alone
-KD_METHODS = ("feature", *FEATURE_METHODS,
-              *(m.name for m in KD_TABLE if m.feature_weight is None), "none")
-
-
-def canonical_method(kd: str) -> str:
-    return "fitnets" if kd == "feature" else kd
-
-
-def kd_method(kd: str) -> KDMethod:
-    """The table's entry of a ``--kd`` method ("feature" is FitNets; "none" is plain KD's
-    entry, unused since no teacher term is added)."""
-    return KD_BY_NAME.get(canonical_method(kd), KD_TABLE[0])
+from kdnas.core.kd_methods import (  # noqa: F401  (their names, also read from here)
+    AUTO_METHODS,
+    FEATURE_METHODS,
+    FEATURE_WEIGHTS,
+    KD_BY_NAME,
+    KD_METHODS,
+    KD_TABLE,
+    KDMethod,
+    canonical_method,
+    kd_method,
+)
 
 
 # the brief recipe when neither --steps nor --epochs is given: a fixed number of optimizer
@@ -206,9 +166,11 @@ class SearchConfig:
     kd: str = setting("feature", "distillation, always with Hinton logit KD: feature (= "
                       "fitnets, the default) adds FitNets hints at stage boundaries through "
                       "1x1-conv + BN connectors; at adds attention transfer; sp (similarity "
-                      "preserving) and pkt add relational losses that need no connector; logit "
-                      "is KD alone; none is cross-entropy alone; auto searches the method and "
-                      "its weight", fixed=True, choices=(*KD_METHODS, "auto"))
+                      "preserving), pkt and rkd add relational losses that need no connector; "
+                      "logit is KD alone; dkd (decoupled KD), dist (DIST), logit-ls and dkd-ls "
+                      "(on standardised logits) replace it; none is cross-entropy alone; auto "
+                      "searches the method and its weight", fixed=True,
+                      choices=(*KD_METHODS, "auto"))
     rungs: tuple[int, ...] = setting(
         (), "multi-fidelity promotion: rungs as multiples of the brief steps, e.g. 1,4,8: when "
         "the study holds --trials candidates, the best of each cost band (by Pareto rank over "
@@ -218,11 +180,17 @@ class SearchConfig:
         kind="ints")
     promote_eta: float = setting(3.0, "share of each cost band promoted to the next rung: "
                                  "1/ETA (default 3)", fixed=True, kind=float)
+    trial_timeout: str = setting(
+        "auto", "a trial still training after this many seconds is failed with the reason and "
+        "the search goes on: auto (default: 10x the candidate's measured step time x its "
+        "steps, plus 2 minutes; no limit when the step time was not measured), off, or "
+        "seconds. A trial that hangs past its limit and does not come back is recorded as "
+        "failed and the process stops, to be run again", metavar="S")
     temperature: float = setting(4.0, fixed=True)
     kd_alpha: float = setting(0.9, fixed=True)
     feature_weight: float | None = setting(  # None: the method's default
         None, "weight of the feature loss (default per method: fitnets 1, at 5, sp 3000, pkt "
-        "30000)", fixed=True, kind=float)
+        "30000, rkd 25)", fixed=True, kind=float)
     teacher_cache: bool = setting(True, "run the teacher in every trial instead of computing "
                                   "its outputs once per study", kind="off")
     cache_limit_gb: float = setting(8.0, "largest teacher cache to write, in GB (default 8): a "
@@ -301,6 +269,14 @@ class SearchConfig:
                              "grow, e.g. 1,4,8")
         if self.promote_eta <= 1:
             raise KdnasError(f"--promote-eta must be above 1, got {self.promote_eta}")
+        if self.trial_timeout not in ("auto", "off"):
+            try:
+                ok = float(self.trial_timeout) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise KdnasError(f"--trial-timeout {self.trial_timeout!r}: give auto, off or a "
+                                 "number of seconds above 0")
         bad = [o for o in self.objectives if o not in OBJECTIVE_COLUMNS]
         if not self.objectives or bad:
             raise KdnasError(f"objectives {list(self.objectives)}: choose one or more of "
@@ -325,6 +301,15 @@ class SearchConfig:
         if self.epochs is not None:
             return max(1, int(round(self.epochs * per_epoch)))
         return min(DEFAULT_STEPS, MAX_DEFAULT_EPOCHS * per_epoch)
+
+    def trial_limit(self, estimate_seconds: float | None) -> float | None:
+        """The seconds a trial may train (``--trial-timeout``), from the estimate of its
+        training time (None when not measured): auto gives 10x that plus 2 minutes."""
+        if self.trial_timeout == "off":
+            return None
+        if self.trial_timeout == "auto":
+            return None if estimate_seconds is None else 10 * estimate_seconds + 120
+        return float(self.trial_timeout)
 
     def train_config(self, n_train: int) -> TrainConfig:
         """The brief recipe for a training split of ``n_train`` images, in steps, with a

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnas.core.settings import KDMethod
+from kdnas.core.kd_methods import KDMethod
 
 
 def standardise(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

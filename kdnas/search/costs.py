@@ -76,3 +76,18 @@ def train_context(cfg: SearchConfig, teacher, data) -> TrainContext:
 def teacher_cache(cfg: SearchConfig, teacher, data) -> TeacherCache | None:
     """The cache of the study's brief recipe (the one every trial reads)."""
     return train_context(cfg, teacher, data).cache_for(cfg.train_config(len(data.train_y)))
+
+
+def hypervolume_reference(cfg: SearchConfig, cheapest: tuple[dict, Cost] | None
+                          ) -> dict[str, float]:
+    """The hypervolume's reference on each cost objective the budget does not bound, fixed
+    when the study is made: the cheapest candidate's cost scaled by how many times the budget
+    exceeds that candidate's cost on the budget's metric."""
+    budget = cfg.budget_obj()
+    if cheapest is None:
+        return {}
+    cost = cheapest[1]
+    base = cost.value(budget.metric)
+    scale = budget.limit / base if base else 1.0
+    return {c: float(cost.value(c)) * scale for c in cfg.cost_columns
+            if c != budget.metric and cost.value(c) is not None}

@@ -42,6 +42,7 @@ from kdnas.search.noise import measure_noise
 from kdnas.search.costs import (
     estimate_step,
     measure,
+    hypervolume_reference,
     smallest_cost,
     train_context,
     with_latency,
@@ -49,6 +50,7 @@ from kdnas.search.costs import (
 from kdnas.search.references import train_references
 from kdnas.search.rungs import train_rungs
 from kdnas.search.sampler import make_sampler
+from kdnas.search.watchdog import TrialLimit
 from kdnas.search.storage import (
     Heartbeat,
     is_lead_host,
@@ -257,23 +259,6 @@ def recipe(tcfg, result) -> dict:
             "batch_size": tcfg.batch_size, "train_fraction": tcfg.train_fraction}
 
 
-def hypervolume_reference(cfg: SearchConfig, cheapest: tuple[dict, Cost] | None
-                          ) -> dict[str, float]:
-    """The hypervolume's reference on each cost objective the budget does not bound, fixed
-    when the study is made: the cheapest candidate's cost scaled by how many times the budget
-    exceeds that candidate's cost on the budget's metric."""
-    budget = cfg.budget_obj()
-    if cheapest is None:
-        return {}
-    cost = cheapest[1]
-    base = cost.value(budget.metric)
-    scale = budget.limit / base if base else 1.0
-    return {c: float(cost.value(c)) * scale for c in cfg.cost_columns
-            if c != budget.metric and cost.value(c) is not None}
-
-
-
-
 def _costs(cfg: SearchConfig, cost: Cost) -> list[float]:
     return [float(cost.value(c)) for c in cfg.cost_columns]
 
@@ -430,8 +415,16 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, ctx:
                     None if cost.train_step_ms is None
                     else cost.train_step_ms * tcfg.steps / 1e3,
                     trial.user_attrs.get("retry_of")))
-    out = train_candidate(ctx, spec, tcfg, init=init_seed(cfg.seed, trial.number),
-                          progress=step_events(emit))
+    estimate = None if cost.train_step_ms is None else cost.train_step_ms * tcfg.steps / 1e3
+    with TrialLimit(cfg.trial_limit(estimate), lambda reason: _close_failed(
+            study, trial, reason, retry=False)) as limit:
+        report = step_events(emit)
+
+        def progress(step: int, total: int, loss: float) -> None:
+            report(step, total, loss)
+            limit.check()
+        out = train_candidate(ctx, spec, tcfg, init=init_seed(cfg.seed, trial.number),
+                              progress=progress)
     path = cfg.study_dir / "trials" / str(trial.number) / "student.pt"
     save_weights(path, out)
     _record_result(trial, tcfg, out.result, path.relative_to(cfg.study_dir).as_posix())

@@ -1,0 +1,58 @@
+"""The distillation methods of ``--kd``, declared once (:data:`KD_TABLE`): names, default
+weights and the papers' settings. Their loss modules are in :mod:`kdnas.distill.logit_losses`
+and :mod:`kdnas.distill.losses`. Torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KDMethod:
+    """A distillation method of ``--kd``, declared once: its name and, for a feature method
+    (added to Hinton KD on the logits), the default weight of its loss, scaled so that it
+    starts near the size of the KD term. Its loss module is ``FEATURE_LOSSES[name]`` in
+    :mod:`kdnas.distill.losses`."""
+
+    name: str
+    feature_weight: float | None = None  # None: logits only
+    # the logit loss (kdnas.distill.logit_losses): "kd" (Hinton), "dkd" or "dist"
+    logits: str = "kd"
+    standardised: bool = False  # logit standardisation (LS) before the logit loss
+    logit_weight: float = 1.0  # times the logit loss (with kd_alpha, as Hinton KD's)
+    temperature: float | None = None  # None: the recipe's
+    ramp: float = 0.0  # share of the steps over which the logit loss ramps in (DKD: 20/240)
+
+
+# in the order ``--kd auto`` searches them (a study made before the last five keeps searching
+# its first five: kdnas.search.loop._auto_methods)
+KD_TABLE = (KDMethod("logit"), KDMethod("fitnets", 1.0), KDMethod("at", 5.0),
+            KDMethod("sp", 3000.0), KDMethod("pkt", 30000.0),
+            # Zhao et al. 2022: alpha 1, beta 8 (in DKDLoss), T 4, ramped over 20 of 240 epochs
+            KDMethod("dkd", logits="dkd", ramp=20 / 240),
+            # Huang et al. 2022, CIFAR: T 4, beta = gamma = 2
+            KDMethod("dist", logits="dist", logit_weight=2.0),
+            # Sun et al. 2024, KD+LS on CIFAR-100: base temperature 2, KD weight 9 against
+            # cross-entropy 0.1 (kd_alpha 0.9 x 10); DKD+LS takes the same temperature
+            KDMethod("logit-ls", standardised=True, logit_weight=10.0, temperature=2.0),
+            KDMethod("dkd-ls", logits="dkd", standardised=True, temperature=2.0,
+                     ramp=20 / 240),
+            # Park et al. 2019: distance 25, angle 50 (RKDLoss weighs them 1 : 2)
+            KDMethod("rkd", 25.0))
+KD_BY_NAME = {m.name: m for m in KD_TABLE}
+AUTO_METHODS = tuple(m.name for m in KD_TABLE)
+FEATURE_METHODS = tuple(m.name for m in KD_TABLE if m.feature_weight is not None)
+FEATURE_WEIGHTS = {m.name: m.feature_weight for m in KD_TABLE if m.feature_weight is not None}
+# --kd: "feature" is FitNets, the default; "none" is cross-entropy alone
+KD_METHODS = ("feature", *FEATURE_METHODS,
+              *(m.name for m in KD_TABLE if m.feature_weight is None), "none")
+
+
+def canonical_method(kd: str) -> str:
+    return "fitnets" if kd == "feature" else kd
+
+
+def kd_method(kd: str) -> KDMethod:
+    """The table's entry of a ``--kd`` method ("feature" is FitNets; "none" is plain KD's
+    entry, unused since no teacher term is added)."""
+    return KD_BY_NAME.get(canonical_method(kd), KD_TABLE[0])
