@@ -410,3 +410,22 @@ def test_a_hung_trial_is_recorded_as_failed_and_the_process_stops_to_be_run_agai
                            text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert trained_count(study_at(url)) == 2
+
+
+@pytest.mark.slow
+def test_workers_killed_at_random_and_replaced_lose_nothing(tmp_path, digits_teacher):
+    """Three workers on one SQLite study, one killed with SIGKILL and replaced every 1-4 s
+    (4 times): the study reaches its count, no candidate is trained twice, no trial is left
+    RUNNING, each killed candidate is trained again, the front is Optuna's best_trials and the
+    teacher cache is complete (benchmarks/chaos.py runs the same at 4 workers and 20 kills)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import chaos
+
+    argv = chaos.search_argv(digits_teacher, tmp_path, "c", trials=6, steps=40, storage=None)
+    run = chaos.run_workers(argv, tmp_path, workers=3, kills=4, seed=1, timeout=900,
+                            say=lambda *_: None)
+    assert len(run["kills"]) == 4 and run["processes"] == 7
+    res = chaos.check_study(f"sqlite:///{tmp_path / 'runs' / 'c' / 'study.db'}", "c", 6,
+                            tmp_path / "runs" / "c")
+    assert all(res["checks"].values()), res
+    assert res["trained"] >= 6
