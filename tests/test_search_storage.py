@@ -145,3 +145,43 @@ def test_workers_racing_to_create_the_tables_retry(monkeypatch, tmp_path):
     monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
     with pytest.raises(KdnasError, match="syntax error"):
         storage_mod.make_storage(url)
+
+
+def test_a_storage_call_waits_out_an_unreachable_database_but_not_a_refusal(monkeypatch,
+                                                                             caplog):
+    """Unreachable (OperationalError, or Optuna's StorageInternalError caused by one): waited
+    out with backoff and one line; a refusal (an integrity error) raised at once; past the
+    patience, the error is raised."""
+    import sqlalchemy.exc
+
+    import kdnas.search.patient_storage as ps
+
+    waits = []
+    monkeypatch.setattr(ps.time, "sleep", waits.append)
+    down = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+    calls = []
+
+    def flaky(self, n_fail, error):
+        calls.append(1)
+        if len(calls) <= n_fail:
+            raise error
+        return "ok"
+
+    patient = ps._patient(flaky)
+    wrapped = optuna.exceptions.StorageInternalError("commit failed")
+    wrapped.__cause__ = down
+    for error in (down, wrapped):
+        calls.clear()
+        assert patient(None, 3, error) == "ok" and len(calls) == 4
+    assert waits[:3] == [1.0, 2.0, 4.0]
+    assert "cannot be reached" in caplog.text and "is back after" in caplog.text
+    refused = sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key"))
+    calls.clear()
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        patient(None, 1, refused)
+    assert len(calls) == 1
+    monkeypatch.setattr(ps, "PATIENCE_SECONDS", 5.0)
+    calls.clear()
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        patient(None, 100, down)
+    assert len(calls) == 4  # waited 1 + 2 + 4 = 7 s > 5 s, then gave up

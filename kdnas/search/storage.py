@@ -31,6 +31,7 @@ from kdnas.core.records import StudyRecord, TrialRecord
 from kdnas.core.settings import SearchConfig, fixed_settings
 from kdnas.optuna_internals import storage as storage_of
 from kdnas.optuna_internals import trial_id
+from kdnas.search.patient_storage import PatientRDBStorage
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
             try:
                 with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    return optuna.storages.RDBStorage(
+                    return PatientRDBStorage(
                         url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
                         grace_period=GRACE_SECONDS,
                         heartbeat_stale_trial_callback=_retry_stale)
