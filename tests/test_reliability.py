@@ -477,3 +477,20 @@ def test_postgres_stopped_mid_search_and_started_again_loses_and_repeats_nothing
     specs = trained_specs(study)
     assert len(specs) == 4 and len(set(specs)) == 4
     assert not any(t.state == TrialState.RUNNING for t in study.trials)
+
+
+@pytest.mark.slow
+def test_workers_killed_at_random_on_postgres_lose_nothing(tmp_path, digits_teacher,
+                                                           postgres):
+    """The chaos run on PostgreSQL, as machines sharing one study would: three workers, four
+    SIGKILLs with replacements; the same invariants as on SQLite."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import chaos
+
+    argv = chaos.search_argv(digits_teacher, tmp_path, "chaos-pg", trials=6, steps=40,
+                             storage=postgres.url)
+    run = chaos.run_workers(argv, tmp_path, workers=3, kills=4, seed=2, timeout=900,
+                            say=lambda *_: None)
+    assert len(run["kills"]) == 4
+    res = chaos.check_study(postgres.url, "chaos-pg", 6, tmp_path / "runs" / "chaos-pg")
+    assert all(res["checks"].values()), res
