@@ -290,6 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.summarise:
         res = update_results(args.out, _figures)
         write_markdown(args.out.with_suffix(".md"), res)
+        if args.out.resolve().parent == SOURCE.parent:  # the headline keys, across.*
+            update_results(SOURCE, lambda d: {**d, "across": {
+                **d.get("across", {}), **res["across"]}})
         return
 
     from kdnas.core.settings import SearchConfig

@@ -43,11 +43,28 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT, cwd=ROOT, env=env)
 
 
+def _training_pids(url: str, study: str) -> set[int]:
+    """The pids of this host's workers whose trial is training now."""
+    import socket
+
+    try:
+        s = optuna.load_study(study_name=study, storage=url)
+    except Exception:  # not made yet
+        return set()
+    host, pids = socket.gethostname(), set()
+    for t in s.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        h, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if h == host and pid.isdigit() and t.user_attrs.get("training"):
+            pids.add(int(pid))
+    return pids
+
+
 def run_workers(argv: list[str], work: Path, workers: int, kills: int, seed: int,
-                timeout: float, say=print) -> dict:
-    """``workers`` processes of ``argv``; while they run, every 1-4 s (seeded) one at random
-    is killed with SIGKILL mid-work and a replacement started, ``kills`` times; then wait for
-    all to finish. Returns the kills made, the wall seconds and the exit codes."""
+                timeout: float, url: str, study: str, say=print) -> dict:
+    """``workers`` processes of ``argv``; while they run, every 1-4 s (seeded) a worker that
+    is training a trial (looked up in the study ``study`` at ``url``) is killed with SIGKILL
+    and a replacement started, ``kills`` times; then wait for all to finish. Returns the kills
+    made, the wall seconds and the exit codes."""
     rng = random.Random(seed)
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -61,8 +78,10 @@ def run_workers(argv: list[str], work: Path, workers: int, kills: int, seed: int
             live.remove(p)
         if not live:
             break
-        if len(made) < kills:
-            victim = rng.choice(live)
+        busy = _training_pids(url, study) if len(made) < kills else set()
+        training = [p for p in live if p.pid in busy]
+        if training:
+            victim = rng.choice(training)
             victim.send_signal(signal.SIGKILL)
             victim.wait()  # reaped: a zombie would still look alive to the others
             live.remove(victim)
@@ -113,7 +132,8 @@ def check_study(url: str, study_name: str, trials: int, study_dir: Path) -> dict
             "every killed candidate trained again or given up with its reason":
                 not unresolved,
             "the front is Optuna's best_trials": front == best,
-            "the teacher cache is complete": all((c / "COMPLETE").exists() for c in caches),
+            "the teacher cache is complete, no half-written one left": bool(caches) and all(
+                (c / "COMPLETE").exists() for c in caches),
         }}
 
 
@@ -142,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         url = args.storage or f"sqlite:///{work / 'runs' / name / 'study.db'}"
         run = run_workers(search_argv(teacher, work, name, args.trials, args.steps,
                                       args.storage), work, args.workers, kills, args.seed,
-                          timeout=3600)
+                          timeout=3600, url=url, study=name)
         res[name] = {**run, **check_study(url, name, args.trials, work / "runs" / name)}
         print(f"{name}: {res[name]['wall_seconds']:.0f} s, {len(run['kills'])} kills, "
               f"{res[name]['retries']} retries, checks {res[name]['checks']}")
@@ -151,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     lines = ["# Faults at scale: workers killed at random", "",
              f"{args.workers} workers on one SQLite study of {args.trials} digits candidates "
              f"({args.steps} steps each); the driver kills a random worker with SIGKILL every "
-             f"1-4 s ({len(c['kills'])} kills, seed {args.seed}) and starts a replacement. "
+             f"1-4 s, always one that is training a trial ({len(c['kills'])} kills, seed "
+             f"{args.seed}), and starts a replacement. "
              f"Raw figures: `{args.out.name}`.", "",
              "| run | wall s | processes | kills | trials killed | retries | trained |",
              "| --- | --- | --- | --- | --- | --- | --- |"]

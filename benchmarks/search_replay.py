@@ -224,6 +224,15 @@ def main(argv: list[str] | None = None) -> None:
            "complete": len(t.ids) == len(res["candidates"])}
     args.out.write_text(json.dumps(out, indent=1))
     write_markdown(args.out.with_suffix(".md"), out, res)
+    if args.out.resolve().parent == REPORTS.resolve():  # the headline: across.replay
+        from search_quality import update_results
+
+        head = {"primary_budget_B": PRIMARY, "primary": out["primary"],
+                "pick_truth_mean": {name: r.get("pick_truth_mean") for name, r in
+                                    out["budgets"][str(PRIMARY)].items()},
+                "complete": out["complete"]}
+        update_results(REPORTS / "search_quality.json", lambda d: {**d, "across": {
+            **d.get("across", {}), "replay": head}})
     print(args.out.with_suffix(".md").read_text())
 
 

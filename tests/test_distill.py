@@ -433,3 +433,25 @@ def test_images_seen_counts_each_epochs_short_last_batch(digits):
     r = fit(get_space("resnet").build(spec), digits, __import__("dataclasses").replace(
         cfg, steps=16))
     assert r.images == n + 4 * 100
+
+
+def test_a_writer_killed_mid_cache_leaves_nothing_behind_once_another_writes(tmp_path):
+    """A writer stopped mid-write leaves its .tmp-<pid> folder (up to the whole cache's size);
+    the next writer removes it, and the finished cache is the only folder left."""
+    import torch
+
+    from kdnas.distill import TeacherCache
+
+    killed = TeacherCache(tmp_path, "k")
+    assert killed.begin()
+    killed.put(0, torch.zeros(4, 10), [])
+    killed._tmp = killed._tmp.rename(killed._tmp.with_name("k.tmp-999999"))  # another pid
+    killed._unlock()  # what its death does to the lock
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["k.tmp-999999"]
+    writer = TeacherCache(tmp_path, "k")
+    assert writer.begin()
+    for step in range(2):
+        writer.put(step, torch.ones(4, 10), [])
+    writer.commit(2)
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["k"]
+    assert writer.complete and float(writer.get(1)[0].sum()) == 40.0

@@ -91,6 +91,7 @@ class TeacherCache:
         except BlockingIOError:
             self._unlock()
             return False
+        self._drop_leftovers()
         if self.complete or self._too_large():
             self._unlock()
             return False
@@ -98,6 +99,14 @@ class TeacherCache:
         shutil.rmtree(self._tmp, ignore_errors=True)
         self._tmp.mkdir(parents=True)
         return True
+
+    def _drop_leftovers(self) -> None:
+        """Remove what writers killed mid-write left (their ``.tmp-<pid>`` folders: up to the
+        whole cache's size). Called holding the lock, so no other writer is at work."""
+        for d in self.dir.parent.glob(f"{self.dir.name}.tmp-*"):
+            if d != self._tmp:
+                log.info("removing %s, left by a writer that was stopped", d.name)
+                shutil.rmtree(d, ignore_errors=True)
 
     def _marker(self) -> Path:
         return self.dir.with_name(f".{self.dir.name}.too-large")
@@ -143,6 +152,7 @@ class TeacherCache:
         except OSError:
             shutil.rmtree(self._tmp, ignore_errors=True)
         self._tmp = None
+        self._drop_leftovers()
         self._unlock()
 
     def abort(self) -> None:
