@@ -496,3 +496,32 @@ def test_workers_killed_at_random_on_postgres_lose_nothing(tmp_path, digits_teac
     res = chaos.check_study(postgres.url, "chaos-pg", 6, tmp_path / "runs" / "chaos-pg")
     assert all(res["checks"].values()), res["checks"]
     assert res["killed_trials"] >= 3 and res["retries"] >= 3
+
+
+def test_a_disk_that_fills_while_the_teacher_cache_is_written_fails_the_trial_cleanly(
+        cfg, teacher_and_data, monkeypatch, caplog):
+    """ENOSPC at the cache's fourth step: the trial fails with the reason and what to do, its
+    half-written cache folder is removed, and the search goes on: the next trial writes the
+    cache whole."""
+    import kdnas.distill.cache as cache_mod
+
+    teacher, data = teacher_and_data
+    cfg = dataclasses.replace(cfg, steps=10, trials=2)
+    real, n = cache_mod.torch.save, [0]
+
+    def fills(obj, f, *a, **k):
+        n[0] += 1
+        if n[0] == 4:
+            Path(f).write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(cache_mod.torch, "save", fills)
+    out = run_search(cfg, teacher, data)
+    failed = [t for t in out.study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and "No space left on device" in failed[0].user_attrs["error"]
+    assert "--no-teacher-cache" in failed[0].user_attrs["error"]
+    assert "Traceback" not in caplog.text and out.trained == 2
+    root = cfg.study_dir / "teacher_cache"
+    caches = [p for p in root.iterdir() if p.is_dir()]  # no half-written folder beside it
+    assert len(caches) == 1 and (caches[0] / "COMPLETE").exists()

@@ -12,6 +12,7 @@ failed with the reason and its candidate queued to be trained again.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import socket
 import time
@@ -214,6 +215,9 @@ def _loop(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext, emit: Event
         except Exception as e:  # a failed candidate must not lose the study
             counts["failures"] += 1
             reason = f"{type(e).__name__}: {e}"
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                reason += (f" (free space where the study writes, {cfg.study_dir}, or write "
+                           "no teacher cache: --no-teacher-cache or a lower --cache-limit)")
             if isinstance(e, (KdnasError, OSError)):  # the user's to fix: a message
                 log.error("trial %d failed: %s", trial.number, reason)
             else:
