@@ -153,3 +153,38 @@ def test_only_the_machine_that_made_the_study_trains_its_promotions(cfg, teacher
     study.set_user_attr("lead_host", __import__("socket").gethostname())
     run_search(cfg, teacher, data)
     assert set(open_study(cfg, create=False).user_attrs["rungs"]) > set(promoted)
+
+
+def test_a_promotion_that_fails_keeps_the_candidates_last_rung_and_the_search_goes_on(
+        cfg, teacher_and_data, fake, monkeypatch, capsys):
+    """The first promotion diverges: it is recorded as failed with the reason, never tried
+    again, the candidate stays at rung 1x with its brief accuracy, and the other promotions
+    and the report go on."""
+    from kdnas.cli.progress import SearchProgress
+
+    teacher, data = teacher_and_data
+    real = rungs_mod.train_candidate
+    promotions = []
+
+    def diverges(ctx, spec, recipe, *, init, start=None, **kw):
+        if start is not None:
+            promotions.append(spec_id(spec))
+            if len(promotions) == 1:
+                raise KdnasError("training diverged: loss nan at step 3 of 20")
+        return real(ctx, spec, recipe, init=init, start=start, **kw)
+
+    monkeypatch.setattr(rungs_mod, "train_candidate", diverges)
+    run_search(cfg, teacher, data, on_event=SearchProgress(cfg))
+    study = open_study(cfg, create=False)
+    failed = [n for n, r in study.user_attrs["rungs"].items() if "failed" in r.get("3", {})]
+    assert len(failed) == 1 and "diverged" in study.user_attrs["rungs"][failed[0]]["3"][
+        "failed"]
+    record = load_record(study)
+    t = record.trial(int(failed[0]))
+    assert t.rung == 1 and t.val_accuracy == t.brief_accuracy and not t.rungs
+    assert any(r.rung == 3 for r in record.trials if r.trained)  # the others went on
+    assert "promotion of trial" in capsys.readouterr().out
+    n = len(promotions)
+    run_search(cfg, teacher, data)
+    assert len(promotions) == n  # a failed promotion is not tried again
+    write_report(record, cfg)

@@ -135,6 +135,11 @@ class SearchProgress:
         self._close_bar()
         say(f"  val acc {100 * e.accuracy:.2f}% at rung {e.rung}x in {e.seconds:.1f}s")
 
+    def _on_PromotionFailed(self, e: ev.PromotionFailed) -> None:
+        self._close_bar()
+        say(f"  promotion of trial {e.trial} to rung {e.rung}x failed ({e.reason}): it keeps "
+            "the rung it reached")
+
     def _on_TrialEnd(self, e: ev.TrialEnd) -> None:
         self._close_bar()
         best = "-" if e.best_accuracy is None else f"{100 * e.best_accuracy:.2f}%"

@@ -163,13 +163,14 @@ class SearchConfig:
                                     "(default 1.0)", fixed=True, kind=float)
     batch_size: int = setting(128, "default 128", fixed=True, kind=int)
     lr: float = setting(0.1, "peak SGD learning rate (default 0.1)", fixed=True, kind=float)
-    kd: str = setting("feature", "distillation, always with Hinton logit KD: feature (= "
-                      "fitnets, the default) adds FitNets hints at stage boundaries through "
-                      "1x1-conv + BN connectors; at adds attention transfer; sp (similarity "
-                      "preserving), pkt and rkd add relational losses that need no connector; "
-                      "logit is KD alone; dkd (decoupled KD), dist (DIST), logit-ls and dkd-ls "
-                      "(on standardised logits) replace it; none is cross-entropy alone; auto "
-                      "searches the method and its weight", fixed=True,
+    kd: str = setting("feature", "distillation: feature (= fitnets, the default) is Hinton "
+                      "KD on the logits plus FitNets hints at stage boundaries through "
+                      "1x1-conv + BN connectors; at (attention transfer), sp (similarity "
+                      "preserving), pkt and rkd (relational, no connector) add their loss to "
+                      "Hinton KD instead; logit is Hinton KD alone; dkd (decoupled KD), dist "
+                      "(DIST), logit-ls and dkd-ls (on standardised logits) are logit methods "
+                      "in its place; none is cross-entropy alone; auto searches the method and "
+                      "its weight", fixed=True,
                       choices=(*KD_METHODS, "auto"))
     rungs: tuple[int, ...] = setting(
         (), "multi-fidelity promotion: rungs as multiples of the brief steps, e.g. 1,4,8: when "

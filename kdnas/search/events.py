@@ -115,8 +115,18 @@ class PromotionEnd:
     seconds: float
 
 
+@dataclass(frozen=True)
+class PromotionFailed:
+    """A promotion that failed (diverged, out of memory): the candidate keeps its last rung."""
+
+    trial: int
+    rung: int
+    reason: str
+
+
 SearchEvent = (StudyStart | Waiting | TrialStart | Step | TrialEnd | Infeasible | Duplicate
                | ReferenceStart | ReferenceEnd | NoiseStart | NoiseEnd | PromotionStart
+               | PromotionFailed
                | PromotionEnd)
 Event = Callable[[SearchEvent], None]
 

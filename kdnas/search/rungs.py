@@ -26,7 +26,13 @@ from kdnas.distill.candidate import (
     save_weights,
     train_candidate,
 )
-from kdnas.search.events import Event, PromotionEnd, PromotionStart, step_events
+from kdnas.search.events import (
+    Event,
+    PromotionEnd,
+    PromotionFailed,
+    PromotionStart,
+    step_events,
+)
 from kdnas.search.promotion import RungResult, promote
 from kdnas.search.storage import load_record
 
@@ -62,11 +68,16 @@ def train_rungs(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext,
             n = int(key)
             done = state.get(str(n), {}).get(str(hi))
             if done is None:
-                done = _train_on(cfg, ctx, trained[n], here[n][1], lo * brief, hi * brief,
-                                 hi, emit)
+                try:
+                    done = _train_on(cfg, ctx, trained[n], here[n][1], lo * brief,
+                                     hi * brief, hi, emit)
+                except Exception as e:  # a failed promotion must not lose the study
+                    done = {"failed": f"{type(e).__name__}: {e}"}
+                    emit(PromotionFailed(n, hi, done["failed"]))
                 state.setdefault(str(n), {})[str(hi)] = done
                 study.set_user_attr("rungs", state)
-            reached[n] = (done["val_accuracy"], done["weights"])
+            if "failed" not in done:  # a failed one keeps its last rung, and is not tried again
+                reached[n] = (done["val_accuracy"], done["weights"])
         here = reached
     return state
 

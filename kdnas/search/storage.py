@@ -323,7 +323,7 @@ def _with_rungs(t: TrialRecord, rungs: dict, first: int | None) -> TrialRecord:
     weights, the brief accuracy and every rung's result beside them."""
     if first is None or not t.trained:
         return t
-    mine = {int(k): v for k, v in rungs.get(str(t.number), {}).items()}
+    mine = {int(k): v for k, v in rungs.get(str(t.number), {}).items() if "failed" not in v}
     if not mine:
         return dataclasses.replace(t, rung=first, brief_accuracy=t.val_accuracy)
     top = max(mine)

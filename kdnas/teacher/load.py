@@ -106,7 +106,8 @@ def load_teacher(ref: str | Path, *, arch: str | None = None, num_classes: int |
         arch, text = name, path
     p = Path(text).expanduser()
     if not p.is_file():
-        raise KdnasError(f"teacher file {str(p)!r} does not exist: pass the path of a teacher "
+        what = "is a folder, not a file" if p.is_dir() else "does not exist"
+        raise KdnasError(f"teacher file {str(p)!r} {what}: pass the path of a teacher "
                          "checkpoint, or make one with `kdnas teacher train`")
     if arch:
         t = _from_arch(p, arch, num_classes)
