@@ -311,11 +311,11 @@ def test_brief_recipe_is_set_in_steps_and_scales_with_the_data():
     assert SearchConfig(epochs=2).brief_steps(1_150) == 18
     assert SearchConfig(epochs=1, train_fraction=0.5).brief_steps(1_280) == 5
     t = SearchConfig(steps=120).train_config(45_000)
-    assert (t.steps, t.eval_every, t.eval_limit) == (120, 24, 768)
-    assert SearchConfig().train_config(45_000).eval_limit == 1000
-    # a short trial's curve points evaluate at most a quarter of the images trained between
-    # them: 8 steps of 128 images -> 256 validation images a point
-    assert SearchConfig(epochs=1).train_config(5_000).eval_limit == 256
+    assert (t.steps, t.eval_every, t.eval_limit) == (120, 24, 192)
+    assert SearchConfig().train_config(45_000).eval_limit == 640  # 80 steps x 128 / 16
+    # a curve point evaluates at most a sixteenth of the images trained since the last, and at
+    # least 100: 8 steps of 128 images -> 100 validation images a point
+    assert SearchConfig(epochs=1).train_config(5_000).eval_limit == 100
     assert "120 steps of 128 images" in SearchConfig(steps=120).recipe_text(45_000)
     with pytest.raises(KdnasError, match="not both"):
         SearchConfig(steps=10, epochs=1)
