@@ -60,9 +60,11 @@ def _training_pids(url: str, study: str) -> set[int]:
 
 
 def run_workers(argv: list[str], work: Path, workers: int, kills: int, seed: int,
-                timeout: float, url: str, study: str, say=print) -> dict:
+                timeout: float, url: str, study: str, say=print,
+                every: tuple[float, float] = (1.0, 4.0)) -> dict:
     """``workers`` processes of ``argv``; while they run, every 1-4 s (seeded) a worker that
-    is training a trial (looked up in the study ``study`` at ``url``) is killed with SIGKILL
+    is training a trial (looked up in the study ``study`` at ``url``; ``every``: the range of
+    seconds between two looks) is killed with SIGKILL
     and a replacement started, ``kills`` times; then wait for all to finish. Returns the kills
     made, the wall seconds and the exit codes."""
     rng = random.Random(seed)
@@ -72,7 +74,7 @@ def run_workers(argv: list[str], work: Path, workers: int, kills: int, seed: int
     live = [_start(argv, logs / f"w{i}.log") for i in range(workers)]
     started, made, codes = workers, [], []
     while time.perf_counter() - t0 < timeout:
-        time.sleep(rng.uniform(1.0, 4.0))
+        time.sleep(rng.uniform(*every))
         for p in [p for p in live if p.poll() is not None]:
             codes.append(p.returncode)
             live.remove(p)

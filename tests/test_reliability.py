@@ -447,10 +447,13 @@ def test_workers_killed_at_random_and_replaced_lose_nothing(tmp_path, digits_tea
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import chaos
 
-    argv = chaos.search_argv(digits_teacher, tmp_path, "c", trials=6, steps=40, storage=None)
+    # trials long enough (150 steps) and looks often enough that four kills land before the
+    # study is done on an idle machine too
+    argv = chaos.search_argv(digits_teacher, tmp_path, "c", trials=6, steps=150,
+                             storage=None)
     url = f"sqlite:///{tmp_path / 'runs' / 'c' / 'study.db'}"
     run = chaos.run_workers(argv, tmp_path, workers=3, kills=4, seed=1, timeout=900,
-                            url=url, study="c", say=lambda *_: None)
+                            url=url, study="c", say=lambda *_: None, every=(0.3, 1.0))
     assert len(run["kills"]) == 4 and run["processes"] == 7
     res = chaos.check_study(url, "c", 6, tmp_path / "runs" / "c")
     assert all(res["checks"].values()), res
@@ -488,10 +491,11 @@ def test_workers_killed_at_random_on_postgres_lose_nothing(tmp_path, digits_teac
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import chaos
 
-    argv = chaos.search_argv(digits_teacher, tmp_path, "chaos-pg", trials=6, steps=40,
+    argv = chaos.search_argv(digits_teacher, tmp_path, "chaos-pg", trials=6, steps=150,
                              storage=postgres.url)
     run = chaos.run_workers(argv, tmp_path, workers=3, kills=4, seed=2, timeout=900,
-                            url=postgres.url, study="chaos-pg", say=lambda *_: None)
+                            url=postgres.url, study="chaos-pg", say=lambda *_: None,
+                            every=(0.3, 1.0))
     assert len(run["kills"]) == 4
     res = chaos.check_study(postgres.url, "chaos-pg", 6, tmp_path / "runs" / "chaos-pg")
     assert all(res["checks"].values()), res["checks"]

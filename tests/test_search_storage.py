@@ -125,7 +125,7 @@ def test_workers_racing_to_create_the_tables_retry(monkeypatch, tmp_path):
     class DuplicateTable(Exception):
         sqlstate = "42P07"
 
-    real, calls = optuna.storages.RDBStorage, []
+    real, calls = storage_mod.PatientRDBStorage, []
 
     def racing(url, **kw):
         calls.append(url)
@@ -135,14 +135,14 @@ def test_workers_racing_to_create_the_tables_retry(monkeypatch, tmp_path):
         return real(url, **kw)
 
     monkeypatch.setattr(storage_mod.time, "sleep", lambda s: None)
-    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(storage_mod, "PatientRDBStorage", racing)
     url = f"sqlite:///{tmp_path / 's.db'}"
     assert storage_mod.make_storage(url) is not None and len(calls) == 2
 
     def broken(url, **kw):
         raise sqlalchemy.exc.ProgrammingError("SELECT", {}, Exception("syntax error"))
 
-    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    monkeypatch.setattr(storage_mod, "PatientRDBStorage", broken)
     with pytest.raises(KdnasError, match="syntax error"):
         storage_mod.make_storage(url)
 

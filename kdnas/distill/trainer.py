@@ -261,8 +261,9 @@ def _finite(value: float, step: int, total: int, cfg: TrainConfig) -> float:
 
 def _loss(student, x, y, cfg: TrainConfig, signal: _TeacherSignal | None, at: tuple[int, int],
           kd_loss: nn.Module, extra, s_taps: FeatureTaps | None, clock: _Clock) -> torch.Tensor:
-    """One batch's loss: cross-entropy, and with a teacher Hinton KD and the feature loss.
-    The forward passes run under the device's autocast; the losses in float32."""
+    """One batch's loss: cross-entropy, and with a teacher the method's logit loss (Hinton KD,
+    DKD, DIST; :mod:`kdnas.distill.logit_losses`) and its feature loss. The forward passes
+    run under the device's autocast; the losses in float32."""
     with autocast(x.device):
         logits = student(x)
     logits = logits.float()
