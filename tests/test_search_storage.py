@@ -185,3 +185,29 @@ def test_a_storage_call_waits_out_an_unreachable_database_but_not_a_refusal(monk
     with pytest.raises(sqlalchemy.exc.OperationalError):
         patient(None, 100, down)
     assert len(calls) == 4  # waited 1 + 2 + 4 = 7 s > 5 s, then gave up
+
+
+def test_a_storage_call_made_inside_another_is_waited_out_once_by_the_outer(monkeypatch):
+    """Optuna's storage methods call one another: only the outermost call waits and retries,
+    so a nested one does not stack its own wait on top (4 tries within 5 s, not 4 x 4)."""
+    import sqlalchemy.exc
+
+    import kdnas.search.patient_storage as ps
+
+    monkeypatch.setattr(ps.time, "sleep", lambda s: None)
+    monkeypatch.setattr(ps, "PATIENCE_SECONDS", 5.0)
+    down = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+    inner_calls = []
+
+    @ps._patient
+    def inner(self):
+        inner_calls.append(1)
+        raise down
+
+    @ps._patient
+    def outer(self):
+        return inner(self)
+
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        outer(None)
+    assert len(inner_calls) == 4  # waits of 1, 2 and 4 s, then past the 5 s of patience

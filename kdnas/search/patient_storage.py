@@ -39,8 +39,12 @@ class _Depth(threading.local):
     n = 0
 
 
+_depth = _Depth()  # one count for every wrapped method: a call made inside another is not
+# retried on its own, so a nested call cannot stack a second wait on the first
+
+
 def _patient(fn):
-    depth = _Depth()
+    depth = _depth
 
     @functools.wraps(fn)
     def call(self, *args, **kwargs):
