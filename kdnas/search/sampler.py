@@ -54,12 +54,14 @@ class FeasibleSampler(optuna.samplers.BaseSampler):
     def __init__(self, inner: optuna.samplers.TPESampler,
                  distributions: dict[str, BaseDistribution], fits: Callable[[dict], bool], *,
                  n_startup_trials: int, seed: int | None = None, max_tries: int = 8,
-                 key: Callable[[dict], str] | None = None) -> None:
+                 key: Callable[[dict], str] | None = None,
+                 built: dict[str, tuple[Any, Any]] | None = None) -> None:
         self.inner = inner
         self.distributions = distributions
         self.fits = fits
         self.key = key  # the spec id of a parameter set: a trained one is not proposed again
-        self.built: dict[str, tuple[Any, Any]] = {}  # spec id -> (module, cost) just counted
+        # spec id -> (module, cost) that ``fits`` just counted, for the trial to take
+        self.built: dict[str, tuple[Any, Any]] = {} if built is None else built
         self.n_startup_trials = n_startup_trials
         self.max_tries = max_tries
         self._seed = seed
@@ -208,7 +210,5 @@ def make_sampler(cfg: SearchConfig, data, *, resumed_at: int = 0, worker: int = 
                     built[k] = (model, cost)
         return cache[k]
 
-    sampler = FeasibleSampler(tpe, space.distributions(), fits, n_startup_trials=n_startup,
-                              seed=seed, key=key)
-    sampler.built = built
-    return sampler
+    return FeasibleSampler(tpe, space.distributions(), fits, n_startup_trials=n_startup,
+                           seed=seed, key=key, built=built)
