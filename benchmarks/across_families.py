@@ -69,7 +69,11 @@ def candidates(data, band: tuple[float, float], existing: list[dict], seed: int 
 
 
 def _spec(c: dict, data) -> dict:
+    """The candidate's spec: its own (a search's pick), or sampled again from its params."""
     from search_spaces import get_space
+
+    if "spec" in c:
+        return c["spec"]
 
     import optuna
 

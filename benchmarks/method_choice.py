@@ -1,0 +1,170 @@
+"""Which distillation method to rank with, and which to train the final student with: the
+protocol docs/evidence/distill_methods.md, committed before the runs. This script runs it and
+records every raw result as it comes, in reports/distill_methods.json (figures beside it in
+reports/distill_methods.md, headline keys ``methods.*`` in reports/search_quality.json).
+
+    OMP_NUM_THREADS=1 python benchmarks/method_choice.py --part B   # resumes where it stopped
+    python benchmarks/method_choice.py --summarise                  # figures from the json only
+
+Part B: the 18 candidates of the across-families table (reports/across_families.json), each
+trained with the brief recipe (400 steps, seed 2: the same initialisation and batches as that
+table's first rung) once per method; only the loss differs. FitNets' brief runs are that
+table's own ``rung1x/s2``; the truth is that table's (3,200 steps of FitNets, seeds 0 and 1).
+Two processes may share a part (each run is claimed by file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import across_families as af  # noqa: E402
+from search_quality import (  # noqa: E402
+    add_setup_args,
+    check_teacher,
+    data_and_teacher,
+    update_results,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PART_B_METHODS = ("logit", "dkd", "dist", "logit-ls", "dkd-ls", "rkd")  # fitnets: reused
+REUSED = {"fitnets": f"rung{af.RUNG_FACTORS[0]}x/s{af.PROXY_SEED}"}
+TABLE = ROOT / "reports" / "across_families.json"
+
+
+def from_table(res: dict, table: dict) -> dict:
+    """The candidates, the truth (per seed, as ``source_truth``) and FitNets' brief runs,
+    copied from the across-families table, so Part B is scored against the same truth."""
+    t_mean, t_seeds = af.truth(table)
+    truth = {f"long/s{s}": {cid: float(v) for cid, v in t_seeds[s].dropna().items()}
+             for s in af.TRUTH_SEEDS}
+    runs = res.setdefault("runs", {})
+    for method, key in REUSED.items():
+        runs[f"brief-{method}/s{af.PROXY_SEED}"] = table["runs"][key]
+    return {**res, "candidates": table["candidates"], "source_truth": truth}
+
+
+def figures(res: dict) -> dict:
+    if res.get("candidates"):
+        s = af.summarise(res)
+        res["summary"] = s
+        arms = s["arms"]
+        res["methods"] = {
+            "brief_tau_pooled": {k.split("/")[0].removeprefix("brief-"): v["tau_pooled"]
+                                 for k, v in arms.items()},
+            "brief_tau_within": {k.split("/")[0].removeprefix("brief-"): v["tau_within"]
+                                 for k, v in arms.items()},
+            "brief_complete": {k.split("/")[0].removeprefix("brief-"): v["candidates"]
+                               for k, v in arms.items()},
+            "truth_seed_tau": s["truth_seed_tau"],
+            "protocol": "docs/evidence/distill_methods.md"}
+    return res
+
+
+def write_markdown(path: Path, res: dict) -> None:
+    s, m = res["summary"], res["methods"]
+
+    def f2(v):
+        return "-" if v is None else f"{v:.2f}"
+    fams = sorted(s["truth_range_by_family"])
+    lines = ["# Which distillation method ranks candidates (part B)", "",
+             "Protocol: [docs/evidence/distill_methods.md](../docs/evidence/distill_methods.md)"
+             " (committed before the runs). Raw results: `reports/distill_methods.json`.", "",
+             f"{len(res['candidates'])} candidates of the across-families table (3.2-4.0M MACs,"
+             " 6 per family), each trained with the brief recipe (400 steps, seed 2) once per "
+             "method; Kendall tau-b of the brief accuracy against the ground truth (3,200 "
+             "steps of FitNets, seeds 0 and 1). The truth's own seed tau: "
+             f"{f2(s['truth_seed_tau'])} (the ceiling). Decision rule: a method replaces "
+             "FitNets for ranking only if its pooled tau exceeds FitNets' by more than 0.1.", "",
+             "| method | candidates | tau pooled | " + " | ".join(f"tau within {f}"
+                                                              for f in fams) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in fams) + " |"]
+    for name, tau in m["brief_tau_pooled"].items():
+        lines.append(f"| {name} | {m['brief_complete'][name]} | {f2(tau)} | " + " | ".join(
+            f2(m["brief_tau_within"][name].get(f)) for f in fams) + " |")
+    t_mean, _ = af.truth(res)
+    table = af._table(res)
+    lines += ["", "Brief accuracy (%) of each candidate under each method:", "",
+              "| candidate | family | truth | " + " | ".join(
+                  k.split("/")[0].removeprefix("brief-") for k in table) + " |",
+              "| --- | --- | --- | " + " | ".join("---" for _ in table) + " |"]
+    for c in res["candidates"]:
+        tv = t_mean.get(c["id"])
+        lines.append(f"| {c['arch']} | {c['space']} | "
+                     + ("-" if tv is None or tv != tv else f"{100 * tv:.1f}") + " | "
+                     + " | ".join("-" if (v := table[k].get(c["id"])) is None or v != v
+                                  else f"{100 * v:.1f}" for k in table) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_setup_args(ap)
+    ap.set_defaults(out=ROOT / "reports" / "distill_methods.json")
+    ap.add_argument("--part", choices=("B",), default="B")
+    ap.add_argument("--table", type=Path, default=TABLE, help="the across-families results")
+    ap.add_argument("--methods", nargs="+", default=list(PART_B_METHODS))
+    ap.add_argument("--steps", type=int, default=None, help="brief steps (default 400)")
+    ap.add_argument("--summarise", action="store_true")
+    args = ap.parse_args(argv)
+    table = json.loads(args.table.read_text())
+
+    def save(update):
+        new = update_results(args.out, lambda disk: figures(update(from_table(disk, table))))
+        write_markdown(args.out.with_suffix(".md"), new)
+        if args.out.resolve().parent == af.SOURCE.parent:  # the headline keys, methods.*
+            update_results(af.SOURCE, lambda d: {**d, "methods": {
+                **d.get("methods", {}), **new["methods"]}})
+        return new
+    if args.summarise:
+        save(lambda d: d)
+        return
+
+    from kdnas.core.settings import SearchConfig
+    from kdnas.distill.candidate import init_seed
+    from kdnas.search.costs import train_context
+    from kdnas.teacher.prepare import prepare
+
+    spec, teacher_path = data_and_teacher(args)
+    hi = table["setup"]["band_macs"][1]
+    cfg = SearchConfig(study="methods", teacher=str(teacher_path), data=spec,
+                       budget=f"{hi / 1e6:.6g}MMACs", steps=args.steps, latency=False,
+                       noise_check=False, cache_limit_gb=64, seed=af.PROXY_SEED,
+                       workdir=str(args.work / "runs"), reports=str(args.work / "reports"))
+    cfg, teacher, data, _ = prepare(cfg)
+    check_teacher(table, teacher.digest, teacher_path)
+    base = cfg.train_config(len(data.train_y))
+    if base.steps != table["setup"]["brief_steps"] and not args.data:
+        raise SystemExit(f"the table's brief recipe is {table['setup']['brief_steps']} steps")
+    save(lambda d: {**d, "setup": {"data": spec, "teacher_digest": teacher.digest,
+                                   "brief_steps": base.steps, "seed": af.PROXY_SEED,
+                                   "methods": list(args.methods), "reused": REUSED}})
+    work = args.work / "methods"
+    ctx = dataclasses.replace(train_context(cfg, teacher, data),
+                              cache_root=work / "teacher_cache")
+
+    def record(op, key, value):
+        if op == "get":
+            return json.loads(args.out.read_text()).get("runs", {})
+
+        def put(disk):
+            runs = disk.setdefault("runs", {})
+            runs[key] = {**runs.get(key, {}), **value}
+            return disk
+        save(put)
+
+    for method in args.methods:  # method by method, so each finished method has its tau
+        key = f"brief-{method}/s{af.PROXY_SEED}"
+        for i, c in enumerate(table["candidates"]):
+            if c["id"] in record("get", None, None).get(key, {}):
+                continue
+            af.run_one(ctx, dataclasses.replace(base, kd=method), c,
+                       init_seed(af.PROXY_SEED, 1000 + i), data, work, key, record)
+
+
+if __name__ == "__main__":
+    main()
