@@ -41,9 +41,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=float, default=10, help="full distillation epochs "
                     "(default 10, the proxy study's long recipe: about 3,100 steps of "
                     "CIFAR-10; 30 epochs took 4.5 h a model on one core here)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="full distillation seeds (default 0 1 2; with --across 0-4)")
+    ap.add_argument("--across", action="store_true", help="the claim across families "
+                    "(docs/evidence/claim_across.md): a --space all search, against the "
+                    "strongest of the references that fit the budget")
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
+    if args.across:
+        from claim_across import run_across
+
+        args.seeds = args.seeds or [0, 1, 2, 3, 4]
+        return run_across(args, argv)
+    args.seeds = args.seeds or [0, 1, 2]
 
     from kdnas.cli.progress import SearchProgress, StepBar
     from kdnas.core.settings import SearchConfig

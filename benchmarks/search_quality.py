@@ -392,7 +392,7 @@ def update_results(path: Path, update) -> dict:
 def merge_saved(res: dict, disk: dict) -> None:
     """Add the results another process wrote since ``res`` was read (``disk``: the file now);
     the claim's keys are the claim's process's to write."""
-    for key in ("claim", "claim_runs"):
+    for key in ("claim", "claim_runs", "claim_across", "claim_across_runs"):
         if key in disk:
             res[key] = disk[key]
     for key, runs in disk.get("runs", {}).items():

@@ -129,6 +129,19 @@ def test_family_presets_match_published_costs(space_name, preset, macs, params):
     assert count_macs(model, (3, 32, 32)) == pytest.approx(macs, rel=0.10)
 
 
+@pytest.mark.parametrize("preset,reference", [("shufflenetv2_half", "shufflenet_v2_x0_5"),
+                                              ("shufflenetv2", "shufflenet_v2_x1_0")])
+def test_shufflenet_presets_have_torchvisions_parameters_exactly(preset, reference):
+    """With ImageNet's 1000 classes the presets hold exactly the parameters of torchvision's
+    ShuffleNetV2 of the same width (an independent implementation of the paper's table)."""
+    import torchvision
+
+    space = get_space("shufflenet")
+    ours = space.build(space.preset(preset, in_channels=3, num_classes=1000, input_size=32))
+    theirs = getattr(torchvision.models, reference)()
+    assert count_params(ours) == sum(p.numel() for p in theirs.parameters())
+
+
 @pytest.mark.parametrize("space_name", ["resnet", "mobilenet", "shufflenet"])
 def test_every_space_samples_builds_and_taps(space_name):
     space = get_space(space_name)

@@ -1,0 +1,187 @@
+"""The claim across families (protocol: docs/evidence/claim_across.md), run by
+``python benchmarks/claim.py --across``: a ``--space all`` search at resnet8's MACs, its pick
+distilled fully against the strongest hand-designed student that fits the budget.
+
+Stage 1 distils every reference once (the first seed); the strongest by that seed's test
+accuracy is the opponent; stage 2 distils the pick and the opponent with every seed. Raw
+results under ``claim_across_runs`` and figures under ``claim_across`` in
+reports/search_quality.json; the page is reports/claim_across.md. Resumable; two processes
+share the distillations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from pathlib import Path
+
+from claim import held, welch_p
+from search_quality import data_and_teacher, update_results
+
+SPACE = "all"
+REFERENCES = ("resnet8", "mobilenet:mobilenetv2_half", "shufflenet:shufflenetv2_half")
+
+
+def run_across(args, argv: list[str]) -> None:
+    from kdnas.cli.progress import SearchProgress, StepBar
+    from kdnas.core.settings import SearchConfig
+    from kdnas.cost import count_macs
+    from kdnas.report import pick_trial
+    from kdnas.search.loop import run_search
+    from kdnas.search.storage import load_record
+    from kdnas.ship.final import distill_reference, distill_trial
+    from kdnas.teacher.prepare import prepare
+    from search_spaces import describe, get_space, preset_spec
+
+    spec, teacher_path = data_and_teacher(args)
+    cfg = SearchConfig(study=f"claim-across-{args.reference}", teacher=str(teacher_path),
+                       data=spec, budget="1GMACs", trials=args.trials, steps=args.steps,
+                       latency=False, space=SPACE, workdir=str(args.work / "runs"),
+                       reports=str(args.work / "reports"), references=REFERENCES)
+    cfg, teacher, data, _ = prepare(cfg)
+    shape = dict(in_channels=data.in_channels, num_classes=data.num_classes,
+                 input_size=data.input_size)
+    ref_spec = preset_spec(args.reference, "resnet", **shape)
+    budget = count_macs(get_space(ref_spec["space"]).build(ref_spec), data.input_shape)
+    cfg = dataclasses.replace(cfg, budget=f"{budget / 1e6:.6f}MMACs")  # exact: whole MACs
+    record = load_record(run_search(cfg, teacher, data, on_event=SearchProgress(cfg)).study)
+    found = pick_trial(record, "best")
+    rec = record.trained_trial(found)
+    refs = {}
+    for name in REFERENCES:
+        s = preset_spec(name, "resnet", **shape)
+        r = record.references.get(name, {})
+        refs[name] = {"macs": count_macs(get_space(s["space"]).build(s), data.input_shape),
+                      "params": r.get("cost", {}).get("params"),
+                      "brief": r.get("val_accuracy")}
+    setup = {"budget_macs": budget, "seeds": list(args.seeds), "epochs": args.epochs,
+             "space": SPACE, "search_trials": args.trials, "found_trial": found,
+             "found_arch": describe(rec.spec), "found_macs": rec.cost["macs"],
+             "found_params": rec.cost.get("params"), "found_brief": rec.val_accuracy,
+             "references": refs, "argv": " ".join(["--across", *argv]).replace(
+                 "--across --across", "--across").strip(),
+             "protocol": "docs/evidence/claim_across.md", "device": "CPU (2 cores)"}
+    runs: dict = {}
+
+    def save() -> dict:
+        def update(res: dict) -> dict:
+            if not res.get("claim_across_runs"):  # the earlier claim's resnet8 runs: same
+                for key, r in res.get("claim_runs", {}).items():  # teacher, data, recipe
+                    if key.startswith("reference/") and res.get("claim", {}).get(
+                            "reference") == "resnet8" and r.get("epochs") == args.epochs:
+                        runs.setdefault(f"ref-resnet8/{key.split('/')[1]}", dict(r))
+            runs.update({k: v for k, v in res.get("claim_across_runs", {}).items()
+                         if k not in runs})
+            res["claim_across_runs"] = dict(runs)
+            res["claim_across"] = summarise(runs, setup)
+            return res
+        res = update_results(args.out, update)
+        write_page(args.out.with_name("claim_across.md"), res["claim_across"])
+        return res
+
+    def distill(who: str, seed: int) -> None:
+        key = f"{who}/s{seed}"
+        if runs.get(key, {}).get("epochs") == args.epochs:
+            return
+        with held(args.work / "claim_across" / f"{key.replace('/', '-')}.lock") as mine:
+            if not mine:  # a second process takes the next one
+                print(f"{key}: another process distils it; skipped", flush=True)
+                return
+            print(f"distilling {key}, {args.epochs:g} epochs", flush=True)
+            opts = dict(epochs=args.epochs, formats=(), seed=seed,
+                        out_dir=args.work / "claim_across" / key,
+                        progress=StepBar(f"  {key}", every_s=120))
+            info = (distill_trial(record, cfg, found, teacher, data, **opts)
+                    if who.startswith("trial-") else
+                    distill_reference(cfg, who.removeprefix("ref-"), teacher, data, **opts))
+        runs[key] = {k: info[k] for k in ("test_accuracy", "val_accuracy", "macs", "epochs")}
+        save()
+
+    save()  # the search's outcome is on the page before the first distillation ends
+    first = args.seeds[0]
+    for name in REFERENCES:  # stage 1
+        distill(f"ref-{name}", first)
+    save()
+    opponent = strongest(runs, first)
+    if opponent is None:
+        print("stage 1 is not complete (another process is distilling a reference); run "
+              "again when it is", flush=True)
+        return
+    for seed in args.seeds:  # stage 2
+        for who in (f"trial-{found}", f"ref-{opponent}"):
+            distill(who, seed)
+    save()
+
+
+def strongest(runs: dict, seed: int) -> str | None:
+    """The reference with the highest test accuracy at ``seed``; None until all have it."""
+    accs = {n: runs.get(f"ref-{n}/s{seed}", {}).get("test_accuracy") for n in REFERENCES}
+    if any(v is None for v in accs.values()):
+        return None
+    return max(accs, key=accs.get)
+
+
+def summarise(runs: dict, setup: dict) -> dict:
+    def accs(who):
+        return [runs[f"{who}/s{s}"]["test_accuracy"] for s in setup["seeds"]
+                if runs.get(f"{who}/s{s}", {}).get("epochs") == setup["epochs"]]
+
+    def stats(a):
+        return {"accuracies": a, "mean": statistics.fmean(a) if a else None,
+                "spread": max(a) - min(a) if a else None,
+                "sd": statistics.stdev(a) if len(a) > 1 else None}
+    first = setup["seeds"][0]
+    c = {**setup, "stage1": {n: runs.get(f"ref-{n}/s{first}", {}).get("test_accuracy")
+                             for n in REFERENCES}}
+    c["opponent"] = strongest(runs, first)
+    c["found"] = stats(accs(f"trial-{setup['found_trial']}"))
+    c["opponent_runs"] = stats(accs(f"ref-{c['opponent']}")) if c["opponent"] else None
+    n = len(setup["seeds"])
+    if c["opponent"] is None or len(c["found"]["accuracies"]) < n or len(
+            c["opponent_runs"]["accuracies"]) < n:
+        done = len(c["found"]["accuracies"])
+        c["verdict"] = (f"In progress: stage {'1' if c['opponent'] is None else '2'}; "
+                        f"{done} of {n} seeds of the pick done; no verdict yet.")
+        return c
+    f, o = c["found"], c["opponent_runs"]
+    c["margin"] = f["mean"] - o["mean"]
+    c["welch_p"] = welch_p(f["accuracies"], o["accuracies"])
+    noise = max(f["spread"], o["spread"])
+    c["verdict"] = (
+        f"The found student ({setup['found_arch']}) "
+        + ("beats" if c["margin"] > 0 else "trails")
+        + f" the strongest reference ({c['opponent']}) by {100 * abs(c['margin']):.2f} "
+        "points; "
+        f"the larger seed spread is {100 * noise:.2f} points: "
+        + ("the claim holds" if c["margin"] > noise else
+           "a tie" if abs(c["margin"]) <= noise else "the reference is better")
+        + ("" if c["welch_p"] is None else f" (Welch's p = {c['welch_p']:.3f})") + ".")
+    return c
+
+
+def write_page(path: Path, c: dict) -> None:
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}%"
+    lines = ["# The claim at resnet8's MACs, searched across families", "",
+             "Protocol: [docs/evidence/claim_across.md](../docs/evidence/claim_across.md) "
+             "(committed before the runs). Raw results: `claim_across_runs` in "
+             "`reports/search_quality.json`.", "",
+             f"Budget {c['budget_macs'] / 1e6:.2f}M MACs. The search (`--space {c['space']}`, "
+             f"{c['search_trials']} trials, brief recipe) picked trial {c['found_trial']}: "
+             f"{c['found_arch']}, {c['found_macs'] / 1e6:.2f}M MACs, brief validation "
+             f"{pct(c['found_brief'])}. Full recipe: `kdnas distill`, {c['epochs']:g} epochs; "
+             f"test accuracy (CIFAR-10's 10,000 test images); {c['device']}.", "",
+             "| student | MACs | brief (val) | seed 0 (stage 1) | seeds | mean | spread | SD |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    f = c["found"]
+    lines.append(f"| found: {c['found_arch']} | {c['found_macs'] / 1e6:.2f}M | "
+                 f"{pct(c['found_brief'])} | - | {', '.join(pct(v) for v in f['accuracies'])} "
+                 f"| {pct(f['mean'])} | {pct(f['spread'])} | {pct(f['sd'])} |")
+    for name, r in c["references"].items():
+        o = c["opponent_runs"] if name == c["opponent"] else None
+        lines.append(f"| {name}{' (strongest)' if o else ''} | {r['macs'] / 1e6:.2f}M | "
+                     f"{pct(r['brief'])} | {pct(c['stage1'].get(name))} | "
+                     + (f"{', '.join(pct(v) for v in o['accuracies'])} | {pct(o['mean'])} | "
+                        f"{pct(o['spread'])} | {pct(o['sd'])} |" if o else "- | - | - | - |"))
+    lines += ["", c["verdict"], "", f"Reproduce: `python benchmarks/claim.py {c['argv']}`."]
+    path.write_text("\n".join(lines) + "\n")
