@@ -10,7 +10,10 @@ Part B: the 18 candidates of the across-families table (reports/across_families.
 trained with the brief recipe (400 steps, seed 2: the same initialisation and batches as that
 table's first rung) once per method; only the loss differs. FitNets' brief runs are that
 table's own ``rung1x/s2``; the truth is that table's (3,200 steps of FitNets, seeds 0 and 1).
-Two processes may share a part (each run is claimed by file).
+Part A: the best ShuffleNetV2 and the best ResNet of that table (by truth), each trained with
+the full recipe (3,200 steps from scratch) once per method and seed (10, 11, 12), seed by
+seed; each seed's teacher cache (about 22 GB) is removed when its runs are done. Raw results
+under ``part_a``. Two processes may share a part (each run is claimed by file).
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from search_quality import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PART_B_METHODS = ("logit", "dkd", "dist", "logit-ls", "dkd-ls", "rkd")  # fitnets: reused
+PART_A_METHODS = ("none", "fitnets", "logit", "dkd", "dist", "logit-ls", "dkd-ls", "rkd")
+PART_A_SEEDS = (10, 11, 12)
+PART_A_FAMILIES = ("shufflenet", "resnet")
 REUSED = {"fitnets": f"rung{af.RUNG_FACTORS[0]}x/s{af.PROXY_SEED}"}
 TABLE = ROOT / "reports" / "across_families.json"
 
@@ -48,6 +54,84 @@ def from_table(res: dict, table: dict) -> dict:
     return {**res, "candidates": table["candidates"], "source_truth": truth}
 
 
+def recorder(path: Path, field: str, save):
+    """``record(op, key, value)`` as :func:`across_families.run_one` calls it: "get" reads
+    ``field`` of the results file, "put" merges ``value`` into ``field[key]``."""
+    def record(op, key, value):
+        if op == "get":
+            return json.loads(path.read_text()).get(field, {})
+
+        def put(disk):
+            runs = disk.setdefault(field, {})
+            runs[key] = {**runs.get(key, {}), **value}
+            return disk
+        save(put)
+    return record
+
+
+def part_a_students(table: dict) -> list[tuple[int, dict]]:
+    """The best candidate of each of PART_A_FAMILIES by truth, with its index in the table."""
+    t_mean, _ = af.truth(table)
+    out = []
+    for fam in PART_A_FAMILIES:
+        ids = [(i, c) for i, c in enumerate(table["candidates"]) if c["space"] == fam]
+        out.append(max(ids, key=lambda ic: t_mean[ic[1]["id"]]))
+    return out
+
+
+def run_part_a(args, table, ctx, base, data, work: Path, save) -> None:
+    from kdnas.distill.candidate import init_seed
+
+    students = part_a_students(table)
+    save(lambda d: {**d, "part_a_setup": {
+        "students": {c["id"]: c["arch"] for _, c in students}, "seeds": list(PART_A_SEEDS),
+        "methods": list(PART_A_METHODS), "steps": af.TRUTH_FACTOR * base.steps}})
+
+    record = recorder(args.out, "part_a", save)
+    cache = dataclasses.replace(ctx, cache_root=work / "full_cache")
+    for s in PART_A_SEEDS:
+        recipe = dataclasses.replace(base, steps=af.TRUTH_FACTOR * base.steps, seed=s,
+                                     eval_every=af.TRUTH_FACTOR * base.steps // 5)
+        for method in PART_A_METHODS:
+            key = f"{method}/s{s}"
+            for i, c in students:
+                if c["id"] not in record("get", None, None).get(key, {}):
+                    af.run_one(cache, dataclasses.replace(recipe, kd=method), c,
+                               init_seed(s, 1000 + i), data, work, key, record)
+        if all(c["id"] in record("get", None, None).get(f"{m}/s{s}", {})
+               for m in PART_A_METHODS for _, c in students):
+            af._drop_caches(cache.cache_for(recipe).dir, f"full recipe, seed {s}")
+
+
+def part_a_figures(res: dict) -> dict:
+    """Per student and method: mean and SD over the seeds; margin over FitNets, Welch's p,
+    and the protocol's noise rule (a margin below the larger SD is a tie)."""
+    import statistics
+
+    from claim import welch_p
+
+    setup, runs = res.get("part_a_setup"), res.get("part_a", {})
+    if not setup:
+        return {}
+    out = {}
+    for cid, arch in setup["students"].items():
+        accs = {m: [runs[f"{m}/s{s}"][cid]["val_accuracy"] for s in setup["seeds"]
+                    if cid in runs.get(f"{m}/s{s}", {})] for m in setup["methods"]}
+        row = {}
+        for m, a in accs.items():
+            row[m] = {"accuracies": a, "mean": statistics.fmean(a) if a else None,
+                      "sd": statistics.stdev(a) if len(a) > 1 else None}
+            f = accs.get("fitnets", [])
+            if m != "fitnets" and len(a) == len(f) == len(setup["seeds"]):
+                margin = row[m]["mean"] - statistics.fmean(f)
+                noise = max(row[m]["sd"], statistics.stdev(f))
+                row[m].update(margin_over_fitnets=margin, welch_p=welch_p(a, f),
+                              verdict="tie" if abs(margin) < noise else
+                              "better" if margin > 0 else "worse")
+        out[cid] = {"arch": arch, "methods": row}
+    return out
+
+
 def figures(res: dict) -> dict:
     if res.get("candidates"):
         s = af.summarise(res)
@@ -61,6 +145,7 @@ def figures(res: dict) -> dict:
             "brief_complete": {k.split("/")[0].removeprefix("brief-"): v["candidates"]
                                for k, v in arms.items()},
             "truth_seed_tau": s["truth_seed_tau"],
+            "full_recipe": part_a_figures(res),
             "protocol": "docs/evidence/distill_methods.md"}
     return res
 
@@ -98,14 +183,36 @@ def write_markdown(path: Path, res: dict) -> None:
                      + ("-" if tv is None or tv != tv else f"{100 * tv:.1f}") + " | "
                      + " | ".join("-" if (v := table[k].get(c["id"])) is None or v != v
                                   else f"{100 * v:.1f}" for k in table) + " |")
+    lines += part_a_lines(m.get("full_recipe") or {})
     path.write_text("\n".join(lines) + "\n")
+
+
+def part_a_lines(full: dict) -> list[str]:
+    if not full:
+        return ["", "## Part A (full recipe)", "", "Not started."]
+    lines = ["", "## Part A: the final student (full recipe, 3,200 steps, seeds 10-12)", "",
+             "Validation accuracy (10,000 images), mean and SD over the seeds done; the "
+             "margin over FitNets with Welch's p; a margin below the larger SD is a tie."]
+    for r in full.values():
+        lines += ["", f"**{r['arch']}**", "",
+                  "| method | seeds done | mean | SD | margin over fitnets | Welch p | verdict |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for m, v in r["methods"].items():
+            def pct(x):
+                return "-" if x is None else f"{100 * x:.2f}"
+            p = v.get("welch_p")
+            lines.append(f"| {m} | {len(v['accuracies'])} | {pct(v['mean'])} | {pct(v['sd'])} | "
+                         + ("-" if "margin_over_fitnets" not in v else
+                            f"{100 * v['margin_over_fitnets']:+.2f}") + " | "
+                         + ("-" if p is None else f"{p:.3f}") + f" | {v.get('verdict', '-')} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_setup_args(ap)
     ap.set_defaults(out=ROOT / "reports" / "distill_methods.json")
-    ap.add_argument("--part", choices=("B",), default="B")
+    ap.add_argument("--part", choices=("A", "B"), default="B")
     ap.add_argument("--table", type=Path, default=TABLE, help="the across-families results")
     ap.add_argument("--methods", nargs="+", default=list(PART_B_METHODS))
     ap.add_argument("--steps", type=int, default=None, help="brief steps (default 400)")
@@ -147,16 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     ctx = dataclasses.replace(train_context(cfg, teacher, data),
                               cache_root=work / "teacher_cache")
 
-    def record(op, key, value):
-        if op == "get":
-            return json.loads(args.out.read_text()).get("runs", {})
-
-        def put(disk):
-            runs = disk.setdefault("runs", {})
-            runs[key] = {**runs.get(key, {}), **value}
-            return disk
-        save(put)
-
+    record = recorder(args.out, "runs", save)
+    if args.part == "A":
+        return run_part_a(args, table, ctx, base, data, work, save)
     for method in args.methods:  # method by method, so each finished method has its tau
         key = f"brief-{method}/s{af.PROXY_SEED}"
         for i, c in enumerate(table["candidates"]):

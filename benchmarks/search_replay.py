@@ -222,8 +222,15 @@ def main(argv: list[str] | None = None) -> None:
     t = load_table(res)
     out = {"protocol": "docs/evidence/search_replay.md", **replay(t, args.seeds),
            "complete": len(t.ids) == len(res["candidates"])}
+    live = json.loads(args.out.read_text()).get("live") if args.out.exists() else None
+    if live:  # the live confirmation's (benchmarks/search_live.py) results stay
+        out["live"] = live
     args.out.write_text(json.dumps(out, indent=1))
     write_markdown(args.out.with_suffix(".md"), out, res)
+    if live:
+        from search_live import write_section
+
+        write_section(args.out.with_suffix(".md"), live)
     if args.out.resolve().parent == REPORTS.resolve():  # the headline: across.replay
         from search_quality import update_results
 

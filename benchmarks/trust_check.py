@@ -96,7 +96,7 @@ def main() -> None:
         results_path.write_text(json.dumps(results, indent=1))
 
     base = SearchConfig(study="trust-default", teacher=str(teacher_path), data=spec,
-                        budget=args.budget, trials=args.trials, latency=False,
+                        budget=args.budget, trials=args.trials, latency=False, space="resnet",
                         workdir=str(args.work / "runs"), reports=str(args.work / "reports"))
     base, teacher, data, _ = prepare(base)
     results["teacher_val_accuracy"] = teacher.meta.get("val_accuracy")

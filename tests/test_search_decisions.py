@@ -47,6 +47,8 @@ def cfg(search_cfg):
 
 
 def _one_candidate_sampler(monkeypatch):
+    """A sampler that proposes resnet's smallest candidate every time (use with a study on
+    the resnet space)."""
     space = get_space("resnet")
     smallest = {k: min(d.choices) for k, d in space.distributions().items()}
     monkeypatch.setattr(loop_mod, "make_sampler", lambda cfg, data, **_: (
@@ -69,7 +71,8 @@ def test_a_repeated_candidate_reuses_its_twins_result(cfg, teacher_and_data, fak
                                                       monkeypatch):
     teacher, data = teacher_and_data
     _one_candidate_sampler(monkeypatch)
-    out = run_search(dataclasses.replace(cfg, trials=2, max_proposals=4), teacher, data)
+    out = run_search(dataclasses.replace(cfg, trials=2, max_proposals=4, space="resnet"),
+                     teacher, data)
     record = load_record(out.study)
     assert len(fake["calls"]) == 1 and out.duplicates == 3
     first, *repeats = record.trials
@@ -83,7 +86,7 @@ def test_a_candidate_another_worker_is_training_is_left_to_it(cfg, teacher_and_d
     it is a surplus (pruned, not trained), and the study does not count it."""
     teacher, data = teacher_and_data
     _one_candidate_sampler(monkeypatch)
-    small = dataclasses.replace(cfg, trials=1, max_proposals=2)
+    small = dataclasses.replace(cfg, trials=1, max_proposals=2, space="resnet")
     study = open_study(small, create=True)
     space = get_space("resnet")
     spec = space.smallest(in_channels=data.in_channels, num_classes=data.num_classes,
@@ -118,6 +121,7 @@ def test_a_queued_retry_trains_the_same_candidate_again(cfg, teacher_and_data, f
     """A dead worker's trial, queued again by retry_trial, is the next one trained: the same
     parameters (so the same spec), and its record says which trial it retries."""
     teacher, data = teacher_and_data
+    cfg = dataclasses.replace(cfg, space="resnet")  # the trial's parameters are resnet's
     space = get_space("resnet")
     smallest = {k: min(d.choices) for k, d in space.distributions().items()}
     study = open_study(cfg, create=True)

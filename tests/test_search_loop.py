@@ -233,7 +233,7 @@ def test_a_repeated_candidate_is_not_trained_again(setup, monkeypatch):
     """A sampler that proposes one candidate only: it is trained once, every repeat reuses
     its result, and the count says so."""
     cfg, teacher, data = setup
-    cfg = dataclasses.replace(cfg, trials=2, max_proposals=4)
+    cfg = dataclasses.replace(cfg, trials=2, max_proposals=4, space="resnet")
     space = __import__("search_spaces").get_space("resnet")
     smallest = {k: min(d.choices) for k, d in space.distributions().items()}
     monkeypatch.setattr(study_mod, "make_sampler", lambda cfg, data, **_: (

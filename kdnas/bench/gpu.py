@@ -92,7 +92,7 @@ def run_gpu(work: Path, device: str, load: GpuWorkload, archive: Path,
     teacher_path = teacher_path or make_teacher(root, "resnet56", work / "teacher-resnet56.pt")
     cfg = SearchConfig(study="bench-gpu", teacher=str(teacher_path), data=f"imagefolder:{root}",
                        budget=f"{load.budget_macs / 1e6:g}MMACs", trials=load.trials,
-                       epochs=load.epochs, noise_check=False, latency=False,
+                       epochs=load.epochs, noise_check=False, latency=False, space="resnet",
                        device=str(dev), workdir=str(work / "runs"), reports=str(work / "reports"))
     shutil.rmtree(cfg.study_dir, ignore_errors=True)
     log(f"GPU benchmark on {describe(dev)}: {load.trials} trials of {load.epochs:g} epochs")

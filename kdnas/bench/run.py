@@ -150,6 +150,7 @@ def run(work: Path, out: Path, load: Workload, archive: Path = ARCHIVE,
     cfg = SearchConfig(study="bench", teacher=str(teacher_path), data=f"imagefolder:{root}",
                        budget=f"{load.budget_macs / 1e6:g}MMACs", trials=load.trials,
                        epochs=load.epochs, kd="logit", noise_check=False, val_fraction=0.1,
+                       space="resnet",  # the bench's workload: its figures stay comparable
                        workdir=str(work / "runs"), reports=str(work / "reports"))
     log(f"1/4 kdnas search: {load.trials} trials of {load.epochs} epoch(s), with the teacher "
         "cache and without")

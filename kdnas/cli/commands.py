@@ -22,15 +22,25 @@ def cmd_search(args) -> int:
     from kdnas.cli.progress import SearchProgress, say
     from kdnas.cli.workers import start_helpers, threads_per_worker, wait_helpers
     from kdnas.core.budget import fmt_count
-    from kdnas.core.settings import flag_settings, load_config
+    from kdnas.core.settings import fixed_settings, flag_settings, load_config
     from kdnas.device import describe, resolve
     from kdnas.report import write_report
     from kdnas.search.events import StudyStart
     from kdnas.search.loop import run_search
     from kdnas.teacher.prepare import prepare
-    from kdnas.search.storage import load_record, open_study
+    from kdnas.search.storage import load_record, open_study, peek_stored_config
 
-    cfg = load_config(args.config, {f.name: getattr(args, f.name) for f in flag_settings()})
+    overrides = {f.name: getattr(args, f.name) for f in flag_settings()}
+    cfg = load_config(args.config, overrides)
+    stored = peek_stored_config(cfg)
+    if stored is not None:  # resuming: the study's own settings where none is given
+        kept = load_config(args.config, overrides, stored=stored)
+        differ = [f"{k} {getattr(kept, k)!r}" for k in fixed_settings()
+                  if getattr(kept, k) != getattr(cfg, k)]
+        if differ and args.worker_index == 0:
+            say(f"resuming study {cfg.study!r} with its own {', '.join(differ)} (not set on "
+                "this command line or in its config)")
+        cfg = kept
     if args.worker_index > 0:
         return _helper_worker(cfg, args.worker_index)
     budget = cfg.budget_obj()

@@ -142,10 +142,10 @@ class SearchConfig:
                                   "TorchScript archive, or a pickled module with --trust-pickle")
     data: str | None = setting(None, DATA_HELP + "; default: the data recorded in the teacher")
     budget: str = setting("50MFLOPs", BUDGET_HELP + " (default 50MFLOPs)", fixed=True)
-    space: str = setting("resnet", "student search space: resnet (default), mobilenet, "
-                         "shufflenet, your own as path/to/file.py:NAME (docs/spaces.md), or "
-                         "several searched as one study with one front: all, or a list such "
-                         "as resnet,mobilenet", fixed=True)
+    space: str = setting("all", "student search space: all (default: every built-in family "
+                         "as one study with one front), resnet, mobilenet, shufflenet, a "
+                         "list such as resnet,mobilenet, or your own as path/to/file.py:NAME "
+                         "(docs/spaces.md)", fixed=True)
     trials: int = setting(20, "candidates to train in all, counting those of earlier runs of "
                           "this study; over-budget proposals are not counted (default 20)",
                           kind=int)
@@ -415,9 +415,12 @@ def flag_name(f: dataclasses.Field) -> str:
                                   else f"--{dashed}")
 
 
-def load_config(path: str | Path | None, overrides: dict) -> SearchConfig:
-    """Defaults, then the TOML file (if any), then explicit flags (``None`` means unset)."""
-    values: dict = {}
+def load_config(path: str | Path | None, overrides: dict,
+                stored: SearchConfig | None = None) -> SearchConfig:
+    """Defaults, then a resumed study's own fixed settings (``stored``), then the TOML file
+    (if any), then explicit flags (``None`` means unset)."""
+    values: dict = {k: v for k, v in (stored.to_dict() if stored else {}).items()
+                    if k in fixed_settings()}
     if path is not None:
         p = Path(path)
         if not p.is_file():

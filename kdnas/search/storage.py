@@ -138,6 +138,16 @@ def stored_config(study: optuna.Study) -> SearchConfig | None:
     return SearchConfig.from_dict(d) if d else None
 
 
+def peek_stored_config(cfg: SearchConfig) -> SearchConfig | None:
+    """The settings an existing study ``cfg.study`` was made with; None if there is none."""
+    if cfg.storage is None and not (cfg.study_dir / "study.db").exists():
+        return None
+    try:
+        return stored_config(open_study(cfg, create=False))
+    except KdnasError:
+        return None
+
+
 # settings that change what a trial means: a resumed study must keep them
 
 
