@@ -439,3 +439,66 @@ def test_replay_fits_the_trials_to_the_budget_and_marks_ties_by_the_seed_spread(
     assert p["resnet-brief"]["verdict"] == p["all-brief"]["verdict"] == "better"
     out["truth_seed_spread"] = 1.0
     assert all(v is None or v["verdict"] == "tie" for v in search_replay.primary(out, 12).values())
+
+
+def _across_runs(found: list[float], refs: dict[str, list[float]]) -> dict:
+    runs = {f"trial-3/s{s}": {"test_accuracy": a, "epochs": 10} for s, a in enumerate(found)}
+    for name, accs in refs.items():
+        runs |= {f"ref-{name}/s{s}": {"test_accuracy": a, "epochs": 10}
+                 for s, a in enumerate(accs)}
+    return runs
+
+
+def test_the_claim_across_families_meets_the_strongest_reference_at_the_first_seed():
+    import claim_across
+
+    setup = {"seeds": [0, 1, 2], "epochs": 10, "found_trial": 3, "found_arch": "shufflenet x"}
+    mb, sh = "mobilenet:mobilenetv2_half", "shufflenet:shufflenetv2_half"
+    refs = {"resnet8": [0.768], mb: [0.771, 0.770, 0.772], sh: [0.760]}
+    # stage 1 is not complete until every reference has its first seed
+    assert claim_across.strongest(_across_runs([], {"resnet8": [0.77]}), 0) is None
+    c = claim_across.summarise(_across_runs([0.785, 0.781, 0.783], refs), setup)
+    assert c["opponent"] == mb and c["stage1"]["resnet8"] == 0.768
+    assert c["margin"] == pytest.approx(0.012) and "the claim holds" in c["verdict"]
+    tie = claim_across.summarise(_across_runs([0.772, 0.765, 0.775], refs), setup)
+    assert "a tie" in tie["verdict"] and "trails" in tie["verdict"]
+    worse = claim_across.summarise(_across_runs([0.750, 0.751, 0.752], refs), setup)
+    assert "the reference is better" in worse["verdict"]
+    part = claim_across.summarise(_across_runs([0.785], refs), setup)
+    assert "In progress" in part["verdict"] and "margin" not in part
+
+
+def test_the_full_recipe_figures_compare_each_method_with_fitnets_by_the_noise_rule():
+    import method_choice
+
+    def runs(per_method):
+        return {f"{m}/s{s}": {"c1": {"val_accuracy": a}}
+                for m, accs in per_method.items()
+                for s, a in zip((10, 11, 12), accs, strict=False)}
+    res = {"part_a_setup": {"students": {"c1": "resnet x"}, "seeds": [10, 11, 12],
+                            "methods": ["fitnets", "dkd", "dist", "rkd"]},
+           "part_a": runs({"fitnets": [0.740, 0.742, 0.744], "dkd": [0.760, 0.761, 0.762],
+                           "dist": [0.741, 0.748, 0.735], "rkd": [0.70, 0.71]})}
+    row = method_choice.part_a_figures(res)["c1"]["methods"]
+    assert row["dkd"]["margin_over_fitnets"] == pytest.approx(0.019)
+    assert row["dkd"]["verdict"] == "better" and row["dkd"]["welch_p"] < 0.01
+    assert row["dist"]["verdict"] == "tie"  # a margin inside its own seed SD
+    assert "verdict" not in row["rkd"] and len(row["rkd"]["accuracies"]) == 2  # not done
+
+
+def test_the_live_confirmation_marks_a_margin_inside_the_seed_spread_a_tie():
+    import search_live
+
+    def live(resnet, all_):
+        return {"arms": {"resnet": {"pick_trial": 1}, "all": {"pick_trial": 2}},
+                "runs": {f"truth/s{s}": {"resnet-trial1": {"val_accuracy": resnet[s]},
+                                         "all-trial2": {"val_accuracy": all_[s]}}
+                         for s in (0, 1)}}
+    better = search_live.summarise(live([0.72, 0.73], [0.75, 0.755]))
+    assert better["verdict"] == "all better"
+    assert better["margin_all_minus_resnet"] == pytest.approx(0.0275)
+    assert search_live.summarise(live([0.72, 0.73], [0.722, 0.73]))["verdict"] == "tie"
+    assert "contradicts" in search_live.summarise(live([0.75, 0.75], [0.72, 0.73]))["verdict"]
+    one = live([0.72, 0.73], [0.75, 0.75])
+    del one["runs"]["truth/s1"]["all-trial2"]
+    assert "verdict" not in search_live.summarise(one)  # a pick's truth is not complete
