@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     lo, hi = (float(x) * 1e6 for x in args.band.split(","))
     base_cfg = SearchConfig(study="af", teacher=str(teacher_path), data=spec,
                             budget=f"{hi / 1e6:.6g}MMACs", steps=args.steps, latency=False,
-                            noise_check=False, cache_limit_gb=64, seed=PROXY_SEED,
+                            kd="feature", noise_check=False, cache_limit_gb=64, seed=PROXY_SEED,
                             workdir=str(args.work / "runs"), reports=str(args.work / "reports"))
     base_cfg, teacher, data, _ = prepare(base_cfg)
     base = base_cfg.train_config(len(data.train_y))

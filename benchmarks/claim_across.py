@@ -36,7 +36,7 @@ def run_across(args, argv: list[str]) -> None:
     spec, teacher_path = data_and_teacher(args)
     cfg = SearchConfig(study=f"claim-across-{args.reference}", teacher=str(teacher_path),
                        data=spec, budget="1GMACs", trials=args.trials, steps=args.steps,
-                       latency=False, space=SPACE, workdir=str(args.work / "runs"),
+                       latency=False, space=SPACE, kd="feature", workdir=str(args.work / "runs"),
                        reports=str(args.work / "reports"), references=REFERENCES)
     cfg, teacher, data, _ = prepare(cfg)
     shape = dict(in_channels=data.in_channels, num_classes=data.num_classes,

@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     hi = table["setup"]["band_macs"][1]
     cfg = SearchConfig(study="methods", teacher=str(teacher_path), data=spec,
                        budget=f"{hi / 1e6:.6g}MMACs", steps=args.steps, latency=False,
-                       noise_check=False, cache_limit_gb=64, seed=af.PROXY_SEED,
+                       kd="feature", noise_check=False, cache_limit_gb=64, seed=af.PROXY_SEED,
                        workdir=str(args.work / "runs"), reports=str(args.work / "reports"))
     cfg, teacher, data, _ = prepare(cfg)
     check_teacher(table, teacher.digest, teacher_path)

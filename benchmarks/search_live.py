@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     from kdnas.teacher.prepare import prepare
 
     cfg = SearchConfig(study="live-truth", teacher=str(teacher_path), data=spec, budget=budget,
-                       latency=False, noise_check=False, seed=af.PROXY_SEED,
+                       latency=False, noise_check=False, kd="feature", seed=af.PROXY_SEED,
                        workdir=str(work / "truth"), reports=str(work / "truth"))
     cfg, teacher, data, _ = prepare(cfg)
     base = cfg.train_config(len(data.train_y))

@@ -325,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     lo, hi = (float(x) * 1e6 for x in args.band.split(","))
     base = SearchConfig(study="sq", teacher=str(teacher_path), data=spec,
                         budget=f"{hi / 1e6:.6g}MMACs", steps=args.steps, latency=False,
-                        noise_check=False, cache_limit_gb=64, workdir=str(args.work / "runs"),
+                        kd="feature", noise_check=False, cache_limit_gb=64,
+                        workdir=str(args.work / "runs"),
                         reports=str(args.work / "reports"))
     base, teacher, data, _ = prepare(base)
     n_train = len(data.train_y)

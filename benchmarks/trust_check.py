@@ -97,6 +97,7 @@ def main() -> None:
 
     base = SearchConfig(study="trust-default", teacher=str(teacher_path), data=spec,
                         budget=args.budget, trials=args.trials, latency=False, space="resnet",
+                        kd="feature",
                         workdir=str(args.work / "runs"), reports=str(args.work / "reports"))
     base, teacher, data, _ = prepare(base)
     results["teacher_val_accuracy"] = teacher.meta.get("val_accuracy")

@@ -58,20 +58,21 @@ def test_the_previous_versions_study_is_refused_with_the_difference_when_setting
 
 
 def test_a_resumed_study_keeps_its_own_settings_where_none_is_given(old_study, capsys):
-    """Resuming without the flags a study was made with (its budget, steps and space: it
-    was made when the default space was resnet) takes the study's own and says so; the
-    new candidates are trained with them."""
+    """Resuming without the flags a study was made with (its budget, steps, method and
+    space: it was made when the default space was resnet and the default method feature)
+    takes the study's own and says so; the new candidates are trained with them."""
     argv = _argv(old_study, "--trials", "4")
-    for flag in ("--budget", "--steps"):
+    for flag in ("--budget", "--steps", "--kd"):
         i = argv.index(flag)
         del argv[i:i + 2]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "resuming study 'prev' with its own" in out
-    assert "budget '0.5MFLOPs'" in out and "steps 8" in out
+    assert "budget '0.5MFLOPs'" in out and "steps 8" in out and "kd 'auto'" in out
     study = optuna.load_study(study_name="prev",
                               storage=f"sqlite:///{old_study / 'runs' / 'prev' / 'study.db'}")
     trained = [t for t in study.trials if t.user_attrs.get("trained")]
     assert len(trained) == 4
     assert {t.user_attrs["recipe"]["steps"] for t in trained} == {8}
     assert all(t.user_attrs["spec"]["space"] == "resnet" for t in trained)
+    assert all(t.distributions["kd"].choices == OLD_AUTO for t in trained)

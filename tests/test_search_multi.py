@@ -144,6 +144,12 @@ def test_a_front_of_several_families_says_brief_accuracies_do_not_rank_across_th
     mixed = StudyRecord("m", (trial(0, "resnet", 4e5, 0.90), trial(1, "mobilenet", 2e5, 0.85)),
                         num_classes=10)
     assert "mixes families (mobilenet, resnet)" in summary(mixed, cfg)["caveat"]
+    # the measured worth of the ranking is quoted for the method the front was ranked with
+    assert "not measured for ?" in summary(mixed, cfg)["caveat"]
+    for kd, tau in (("dkd-ls", "0.66"), ("fitnets", "0.54")):
+        ranked = dataclasses.replace(mixed, trials=tuple(
+            dataclasses.replace(t, kd=kd) for t in mixed.trials))
+        assert f"with {kd}, Kendall tau {tau}" in summary(ranked, cfg)["caveat"]
     one = StudyRecord("o", (trial(0, "resnet", 4e5, 0.90), trial(1, "resnet", 2e5, 0.85)),
                       num_classes=10)
     assert summary(one, cfg)["caveat"] is None

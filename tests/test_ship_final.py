@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdnas.core.settings import SearchConfig
-from kdnas.ship.final import distill_trial
+from kdnas.ship.final import distill_trial, final_method, method_tag
 from kdnas.report import pick_trial, write_report
 from kdnas.search.loop import run_search
 from kdnas.search.storage import load_record
@@ -23,6 +23,22 @@ def study_with_a_student(tmp_path_factory, digits_teacher):
     cfg, teacher, data, _ = prepare(cfg)
     out = run_search(cfg, teacher, data)
     return load_record(out.study), cfg, teacher, data, tmp
+
+
+def test_the_final_method_is_the_distill_default_not_the_searchs_unless_asked():
+    """The search ranks with one method and the final student trains with another (the
+    defaults are measured separately); a study that searched the method keeps its trial's;
+    --kd overrides both; the trial's feature weight goes along only with its own method."""
+    assert SearchConfig().kd == "dkd-ls"
+    assert final_method(None, "dkd-ls", "dkd-ls") == ("feature", False)
+    assert final_method(None, "feature", "feature") == ("feature", True)
+    assert final_method(None, "auto", "at") == ("at", True)
+    assert final_method(None, "auto", None) == ("feature", False)  # a reference
+    assert final_method("dkd", "feature", "feature") == ("dkd", False)
+    assert final_method("fitnets", "auto", "feature") == ("fitnets", True)
+    # the default keeps the folders earlier versions wrote; others get their own
+    assert method_tag("feature") == method_tag("fitnets") == ""
+    assert method_tag("dkd-ls") == "-dkd-ls"
 
 
 @pytest.mark.slow
@@ -50,6 +66,9 @@ def test_interrupted_distillation_resumes_to_the_same_student(study_with_a_stude
     b = torch.load(tmp / "b" / "student_state_dict.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [c["epoch"] for c in resumed["curve"]] == [1, 2, 3]
+    # ranked with the search's default, trained in full with the distill default
+    assert study.trained_trial(trial).kd in (None, "dkd-ls") and cfg.kd == "dkd-ls"
+    assert resumed["recipe"]["kd"] == "fitnets"
     # kept in the study (as `kdnas distill` does), the report shows it with its test accuracy
     from kdnas.search.storage import add_distilled, load_record, open_study
 
@@ -105,13 +124,14 @@ def test_references_and_seeds_are_distilled_side_by_side(study_with_a_student, c
     base = ["distill", "--study", cfg.study, "--workdir", cfg.workdir, "--epochs", "1",
             "--format", "pt2"]
     for extra in (["--reference", "resnet8", "--seed", "1"], ["--pick", "best", "--seed", "1"],
-                  ["--pick", "best", "--seed", "2"]):
+                  ["--pick", "best", "--seed", "2"], ["--pick", "best", "--kd", "dkd-ls"]):
         assert main(base + extra + ["--out", str(tmp / "-".join(extra))]) == 0
     out = capsys.readouterr().out
     assert "reference resnet8: validation accuracy" in out
     trial = pick_trial(study, "best")
     names = sorted(p.name for p in (cfg.study_dir / "distill").iterdir())
-    assert {"ref-resnet8-seed1", f"trial-{trial}-seed1", f"trial-{trial}-seed2"} <= set(names)
+    assert {"ref-resnet8-seed1", f"trial-{trial}-seed1", f"trial-{trial}-seed2",
+            f"trial-{trial}-dkd-ls"} <= set(names)
     from kdnas.search.storage import load_record, open_study
 
     records = load_record(open_study(cfg, create=False)).distilled  # kept in the study
@@ -119,5 +139,8 @@ def test_references_and_seeds_are_distilled_side_by_side(study_with_a_student, c
     assert ref["reference"] == "resnet8" and ref["recipe"]["seed"] == 1 and ref["macs"] > 0
     seeds = [records[f"trial-{trial}-seed{s}"] for s in (1, 2)]
     assert seeds[0]["recipe"]["seed"] == 1 and seeds[1]["recipe"]["seed"] == 2
+    # the distill default unless --kd says otherwise, each method in its own record
+    assert ref["recipe"]["kd"] == seeds[0]["recipe"]["kd"] == "fitnets"
+    assert records[f"trial-{trial}-dkd-ls"]["recipe"]["kd"] == "dkd-ls"
     page = (cfg.report_dir / "report.html").read_text()
     assert "reference resnet8" in page

@@ -93,6 +93,7 @@ def run_gpu(work: Path, device: str, load: GpuWorkload, archive: Path,
     cfg = SearchConfig(study="bench-gpu", teacher=str(teacher_path), data=f"imagefolder:{root}",
                        budget=f"{load.budget_macs / 1e6:g}MMACs", trials=load.trials,
                        epochs=load.epochs, noise_check=False, latency=False, space="resnet",
+                       kd="feature",
                        device=str(dev), workdir=str(work / "runs"), reports=str(work / "reports"))
     shutil.rmtree(cfg.study_dir, ignore_errors=True)
     log(f"GPU benchmark on {describe(dev)}: {load.trials} trials of {load.epochs:g} epochs")

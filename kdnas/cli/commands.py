@@ -214,7 +214,7 @@ def cmd_distill(args) -> int:
     from kdnas.report import write_report
     from kdnas.teacher.prepare import prepare
     from kdnas.search.storage import add_distilled, load_record, open_study
-    from kdnas.ship.final import distill_reference, distill_trial
+    from kdnas.ship.final import distill_reference, distill_trial, final_method, method_tag
 
     record, cfg = _study_and_config(args)
     if args.device:  # the study may have trained elsewhere
@@ -224,21 +224,24 @@ def cmd_distill(args) -> int:
         say(note)
     seed_tag = "" if args.seed is None else f"-seed{args.seed}"
     opts = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                schedule=args.schedule, seed=args.seed, formats=args.format)
+                schedule=args.schedule, seed=args.seed, formats=args.format, kd=args.kd)
     if args.reference:
         who = f"reference {args.reference}"
+        kd, _ = final_method(args.kd, cfg.kd, None)
         out = Path(args.out) if args.out else Path("exports") / cfg.study / (
-            f"ref-{args.reference.replace(':', '-')}{seed_tag}-distilled")
-        say(f"distilling {who} for {args.epochs:g} epochs on the full train split "
+            f"ref-{args.reference.replace(':', '-')}{method_tag(kd)}{seed_tag}-distilled")
+        say(f"distilling {who} with {kd} for {args.epochs:g} epochs on the full train split "
             f"({len(data.train_y)} images), as a found student would be")
         info = distill_reference(cfg, args.reference, teacher, data, out_dir=out,
                                  progress=StepBar(f"distilling {who}"), **opts)
     else:
         trial = _picked_trial(args, record, cfg)
         who = f"trial {trial}"
+        kd, _ = final_method(args.kd, cfg.kd, record.trained_trial(trial).kd)
         out = Path(args.out) if args.out else Path("exports") / cfg.study / (
-            f"trial-{trial}{seed_tag}-distilled")
-        say(f"distilling {who} of study {cfg.study} for {args.epochs:g} epochs on the full "
+            f"trial-{trial}{method_tag(kd)}{seed_tag}-distilled")
+        say(f"distilling {who} of study {cfg.study} with {kd} (the search ranked with "
+            f"{cfg.kd}) for {args.epochs:g} epochs on the full "
             f"train split ({len(data.train_y)} images); checkpoint every epoch in "
             f"{cfg.study_dir / 'distill'}: run the same command to resume")
         info = distill_trial(record, cfg, trial, teacher, data, out_dir=out,

@@ -6,7 +6,7 @@ import argparse
 
 from kdnas import __version__
 from kdnas.cli import commands
-from kdnas.core.settings import DATA_HELP, flag_name, flag_settings, str_list
+from kdnas.core.settings import DATA_HELP, KD_METHODS, flag_name, flag_settings, str_list
 
 
 
@@ -90,7 +90,7 @@ def _add_study_commands(sub) -> None:  # layout: table
 
     f = sub.add_parser("distill", help="train a chosen student fully, then export it",
                        description="Train a student of the study from scratch with the study's "
-                       "teacher and the trial's distillation method, checkpointing every epoch "
+                       "teacher, checkpointing every epoch "
                        "(run the same command again to resume), then report its test accuracy "
                        "and export it.")
     study_args(f)
@@ -100,6 +100,10 @@ def _add_study_commands(sub) -> None:  # layout: table
                    "with the same teacher, method and recipe: the bar to clear")
     f.add_argument("--seed", type=int, help="training seed (default: the study's); each seed "
                    "keeps its own checkpoint and record, for a seed spread")
+    f.add_argument("--kd", choices=KD_METHODS, help="distillation method of the final "
+                   "training (default feature: FitNets hints plus Hinton KD, whatever the "
+                   "search ranked with; in a study that searched the method with --kd auto, "
+                   "the trial's method)")
     f.add_argument("--epochs", type=float, default=200, help="default 200")
     f.add_argument("--lr", type=float, help="peak SGD learning rate (default: the study's)")
     f.add_argument("--batch-size", type=int, help="default: the study's")

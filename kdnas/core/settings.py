@@ -19,6 +19,8 @@ from kdnas.core.kd_methods import (  # noqa: F401  (their names, also read from 
     KD_BY_NAME,
     KD_METHODS,
     KD_TABLE,
+    DISTILL_DEFAULT,
+    SEARCH_DEFAULT,
     KDMethod,
     canonical_method,
     kd_method,
@@ -163,14 +165,18 @@ class SearchConfig:
                                     "(default 1.0)", fixed=True, kind=float)
     batch_size: int = setting(128, "default 128", fixed=True, kind=int)
     lr: float = setting(0.1, "peak SGD learning rate (default 0.1)", fixed=True, kind=float)
-    kd: str = setting("feature", "distillation: feature (= fitnets, the default) is Hinton "
-                      "KD on the logits plus FitNets hints at stage boundaries through "
-                      "1x1-conv + BN connectors; at (attention transfer), sp (similarity "
-                      "preserving), pkt and rkd (relational, no connector) add their loss to "
-                      "Hinton KD instead; logit is Hinton KD alone; dkd (decoupled KD), dist "
-                      "(DIST), logit-ls and dkd-ls (on standardised logits) are logit methods "
+    kd: str = setting(SEARCH_DEFAULT, "distillation the candidates are ranked with: dkd-ls "
+                      "(the default: decoupled KD on standardised logits, which ranked 18 "
+                      "CIFAR-10 candidates of three families closest to longer training, "
+                      "Kendall tau 0.66 against FitNets' 0.54: reports/distill_methods.md); "
+                      "feature (= fitnets) is Hinton KD on the logits plus FitNets hints at "
+                      "stage boundaries through 1x1-conv + BN connectors; at (attention "
+                      "transfer), sp (similarity preserving), pkt and rkd (relational, no "
+                      "connector) add their loss to Hinton KD instead; logit is Hinton KD "
+                      "alone; dkd (decoupled KD), dist (DIST) and logit-ls are logit methods "
                       "in its place; none is cross-entropy alone; auto searches the method and "
-                      "its weight", fixed=True,
+                      "its weight. kdnas distill trains the final student with its own --kd",
+                      fixed=True,
                       choices=(*KD_METHODS, "auto"))
     rungs: tuple[int, ...] = setting(
         (), "multi-fidelity promotion: rungs as multiples of the brief steps, e.g. 1,4,8: when "

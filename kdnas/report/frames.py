@@ -15,6 +15,7 @@ import pandas as pd
 
 from kdnas.core.budget import fmt_count
 from kdnas.core.errors import KdnasError
+from kdnas.core.kd_methods import ACROSS_FAMILIES_TAU
 from kdnas.core.records import StudyRecord
 from kdnas.core.settings import SearchConfig
 from kdnas.report.front import hypervolume, knee_index, pareto_mask
@@ -274,11 +275,18 @@ def caveat(front: pd.DataFrame, record: StudyRecord) -> str | None:
                 "full training against itself, another seed: 0.84), so distil the students "
                 "you would choose between fully (`kdnas distill`).")
     if len(families) > 1:
+        methods = sorted({record.trial(int(n)).kd or "?" for n in front.trial})
+        tau = ACROSS_FAMILIES_TAU.get(methods[0]) if len(methods) == 1 else None
+        measured = (f"with {methods[0]}, Kendall tau {tau:.2f} against 8x longer training "
+                    "over 18 CIFAR-10 students of three families" if tau is not None else
+                    f"not measured for {', '.join(methods)}; FitNets' was Kendall tau "
+                    f"{ACROSS_FAMILIES_TAU['fitnets']:.2f} over 18 CIFAR-10 students of "
+                    "three families")
         return (f"This front mixes families ({', '.join(families)}): brief training ranks "
-                "students across families poorly (Kendall tau 0.54 against 8x longer training "
-                "over 18 CIFAR-10 students of three families; 0.81 within a family), though "
-                "its best pick held up (reports/search_replay.md); compare students of "
-                "different families only after distilling them fully (`kdnas distill`).")
+                f"students across families poorly ({measured}; FitNets' within a family: "
+                "0.81), though its best pick held up (reports/search_replay.md); compare "
+                "students of different families only after distilling them fully "
+                "(`kdnas distill`).")
     return None
 
 

@@ -1,8 +1,10 @@
 """Full distillation of a chosen student: ``kdnas distill``.
 
 The search trains every candidate briefly, only to rank them. The student a user ships is
-trained again from scratch, for many epochs, with the study's teacher and the trial's
-distillation method; it checkpoints every epoch (``runs/<study>/distill/trial-<N>/``) and
+trained again from scratch, for many epochs, with the study's teacher and the final
+method (:func:`final_method`: ``--kd``, else the trial's method in a study that searched the
+method, else :data:`DISTILL_DEFAULT`, which need not be the method the search ranked with); it
+checkpoints every epoch (``runs/<study>/distill/trial-<N>/``) and
 resumes after an interruption, ending exactly where an uninterrupted run would. The final
 test accuracy goes into the exported model card and the study's report.
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 import torch
 
 from kdnas.core.records import StudyRecord
-from kdnas.core.settings import SearchConfig, TrainConfig
+from kdnas.core.settings import DISTILL_DEFAULT, SearchConfig, TrainConfig, canonical_method
 from kdnas.distill import evaluate
 from kdnas.distill.candidate import TrainContext, train_candidate
 from kdnas.ship.export import write_exports
@@ -39,6 +41,29 @@ class FullRecipe:
     formats: tuple[str, ...] = ("pt2", "onnx")
 
 
+def final_method(requested: str | None, study_kd: str, trial_kd: str | None
+                 ) -> tuple[str, bool]:
+    """The method a chosen student is distilled with, and whether it is the one its trial
+    was trained with (so the trial's feature weight applies): ``requested`` (``--kd``) when
+    given; else, in a study that searched the method (``--kd auto``), the trial's; else
+    :data:`DISTILL_DEFAULT`, whatever the search ranked with."""
+    trial = canonical_method(trial_kd or study_kd)
+    if requested:
+        method = requested
+    elif study_kd == "auto" and trial_kd:
+        method = trial_kd
+    else:
+        method = DISTILL_DEFAULT
+    return method, canonical_method(method) == trial
+
+
+def method_tag(kd: str) -> str:
+    """The record and folder suffix of a final method: none for the default, so the
+    checkpoints of each method are kept apart and earlier runs resume."""
+    return "" if canonical_method(kd) == canonical_method(DISTILL_DEFAULT) else \
+        f"-{canonical_method(kd)}"
+
+
 @dataclass(frozen=True)
 class _Pick:
     """The student to distil: its spec, record name, method, cost, what the search saw."""
@@ -56,11 +81,15 @@ def distill_trial(record: StudyRecord, cfg: SearchConfig, trial_number: int, tea
                   epochs: float, out_dir: Path, lr: float | None = None,
                   batch_size: int | None = None, schedule: str = "cosine",
                   seed: int | None = None, formats: tuple[str, ...] = ("pt2", "onnx"),
+                  kd: str | None = None,
                   progress: Callable[[int, int, float], None] | None = None) -> dict:
-    """Train trial ``trial_number``'s student fully (see the module text)."""
+    """Train trial ``trial_number``'s student fully (see the module text) with ``kd`` (None:
+    :func:`final_method`'s choice)."""
     rec = record.trained_trial(trial_number)
-    pick = _Pick(rec.spec, f"trial-{trial_number}", rec.kd or cfg.kd, rec.feature_weight,
-                 rec.cost, rec.val_accuracy, {"trial": trial_number})
+    method, same = final_method(kd, cfg.kd, rec.kd)
+    pick = _Pick(rec.spec, f"trial-{trial_number}{method_tag(method)}", method,
+                 rec.feature_weight if same else None, rec.cost, rec.val_accuracy,
+                 {"trial": trial_number})
     return _distill(pick, cfg, teacher, data, FullRecipe(epochs, lr, batch_size, schedule,
                                                          seed, tuple(formats)),
                     out_dir=out_dir, progress=progress)
@@ -69,19 +98,20 @@ def distill_trial(record: StudyRecord, cfg: SearchConfig, trial_number: int, tea
 def distill_reference(cfg: SearchConfig, name: str, teacher, data, *, epochs: float,
                       out_dir: Path, lr: float | None = None, batch_size: int | None = None,
                       schedule: str = "cosine", seed: int | None = None,
-                      formats: tuple[str, ...] = ("pt2", "onnx"),
+                      formats: tuple[str, ...] = ("pt2", "onnx"), kd: str | None = None,
                       progress: Callable[[int, int, float], None] | None = None) -> dict:
     """Train a hand-designed student (a preset of a space, ``resnet8`` or
     ``mobilenet:mobilenetv2_half``) exactly as :func:`distill_trial` trains a found one, with
-    the study's teacher and method: the bar a found student must clear."""
+    the study's teacher and the same final method: the bar a found student must clear."""
     from kdnas.cost import measure_cost
 
     spec = preset_spec(name, cfg.space, in_channels=data.in_channels,
                        num_classes=data.num_classes, input_size=data.input_size)
     cost = measure_cost(get_space(spec["space"]).build(spec), data.input_shape,
                         latency=False).to_dict()
-    pick = _Pick(spec, f"ref-{name.replace(':', '-')}", cfg.kd, cfg.feature_weight, cost,
-                 None, {"reference": name})
+    method, same = final_method(kd, cfg.kd, None)
+    pick = _Pick(spec, f"ref-{name.replace(':', '-')}{method_tag(method)}", method,
+                 cfg.feature_weight if same else None, cost, None, {"reference": name})
     return _distill(pick, cfg, teacher, data, FullRecipe(epochs, lr, batch_size, schedule,
                                                          seed, tuple(formats)),
                     out_dir=out_dir, progress=progress)
