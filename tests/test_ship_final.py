@@ -84,13 +84,15 @@ def test_interrupted_distillation_resumes_to_the_same_student(study_with_a_stude
 def test_interrupted_teacher_training_resumes_to_the_same_teacher(tmp_path, monkeypatch,
                                                                    capsys):
     """`kdnas teacher train` interrupted in epoch 2, then the same command: it goes on from
-    the saved epoch and writes the teacher an uninterrupted run writes."""
+    the saved epoch and writes the teacher an uninterrupted run writes; so are the early
+    teachers it keeps (--keep-early), one written before the interruption, one after."""
     import kdnas.cli.progress as progress_mod
     from kdnas.cli import main
-    from kdnas.teacher.train import resume_path
+    from kdnas.teacher import load_teacher
+    from kdnas.teacher.train import early_path, resume_path
 
     argv = ["teacher", "train", "--data", "digits", "--arch", "resnet8", "--epochs", "3",
-            "--out", str(tmp_path / "a.pt")]
+            "--keep-early", "0.25,0.5", "--out", str(tmp_path / "a.pt")]
     real_call = progress_mod.StepBar.__call__
 
     def interrupt_in_epoch_two(self, step, total, loss):
@@ -112,6 +114,16 @@ def test_interrupted_teacher_training_resumes_to_the_same_teacher(tmp_path, monk
     b = torch.load(tmp_path / "b.pt", weights_only=False)
     sa, sb = a.get("state_dict", a), b.get("state_dict", b)
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    for f in (0.25, 0.5):
+        ea, eb = (torch.load(early_path(tmp_path / n, f), weights_only=False)
+                  for n in ("a.pt", "b.pt"))
+        assert ea["early"]["fraction"] == f and ea["early"]["step"] >= f * ea["early"][
+            "of_steps"] and ea["val_accuracy"] == eb["val_accuracy"]
+        assert all(torch.equal(ea["state_dict"][k], eb["state_dict"][k]) for k in sa)
+        assert not all(torch.equal(ea["state_dict"][k], sa[k]) for k in sa)
+    assert early_path(tmp_path / "a.pt", 0.25).name == "a-at25pct.pt"
+    early = load_teacher(str(early_path(tmp_path / "a.pt", 0.25)))  # a teacher like any
+    assert early.meta["val_accuracy"] < a["val_accuracy"]
 
 
 @pytest.mark.slow

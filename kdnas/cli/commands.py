@@ -269,7 +269,7 @@ def cmd_teacher_train(args) -> int:
         path, acc = train_teacher(args.data, args.arch, epochs=args.epochs, out=out,
                                   lr=args.lr, batch_size=args.batch_size,
                                   val_fraction=args.val_fraction, seed=args.seed,
-                                  device=args.device,
+                                  device=args.device, keep_early=args.keep_early,
                                   progress=StepBar(f"training {args.arch}"))
     except KeyboardInterrupt:
         saved = resume_path(out, args.arch).exists()

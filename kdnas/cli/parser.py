@@ -135,6 +135,10 @@ def _add_teacher(sub) -> None:
     tt.add_argument("--device", default="auto", help="where to train: auto (a CUDA GPU when "
                     "one is visible, else the CPU; the default), cpu, cuda or cuda:N")
     tt.add_argument("--out", help="checkpoint path (default teachers/<arch>-<data>.pt)")
+    tt.add_argument("--keep-early", type=lambda t: tuple(float(x) for x in str_list(t)), default=(), metavar="F[,F]",
+                    help="also write the teacher as it was at these fractions of the run, "
+                    "e.g. 0.25 writes <out>-at25pct.pt: an earlier, weaker teacher of the same "
+                    "run to distil a much smaller student from")
     tt.set_defaults(func=commands.cmd_teacher_train)
     t.set_defaults(func=lambda a: (t.print_help(), 2)[1])
 

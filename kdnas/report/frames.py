@@ -270,10 +270,10 @@ def caveat(front: pd.DataFrame, record: StudyRecord) -> str | None:
     rung = front.rung.max() if "rung" in front and front.rung.notna().any() else None
     if len(families) > 1 and rung is not None and rung > 1:
         return (f"This front mixes families ({', '.join(families)}) and is read after "
-                f"{int(rung)}x the brief steps (--rungs); on CIFAR-10, 8x ranked 18 students "
-                "of three families at Kendall tau 0.70 against full training (4x: 0.51; "
-                "full training against itself, another seed: 0.84), so distil the students "
-                "you would choose between fully (`kdnas distill`).")
+                f"{int(rung)}x the brief steps (--rungs); on CIFAR-10, 8x with FitNets "
+                "ranked 18 students of three families at Kendall tau 0.70 against full "
+                "training (4x: 0.51; full training against itself, another seed: 0.84), so "
+                "distil the students you would choose between fully (`kdnas distill`).")
     if len(families) > 1:
         methods = sorted({record.trial(int(n)).kd or "?" for n in front.trial})
         tau = ACROSS_FAMILIES_TAU.get(methods[0]) if len(methods) == 1 else None
