@@ -155,8 +155,18 @@ def summarise(runs: dict, setup: dict) -> dict:
         f"the larger seed spread is {100 * noise:.2f} points: "
         + ("the claim holds" if c["margin"] > noise else
            "a tie" if abs(c["margin"]) <= noise else "the reference is better")
-        + ("" if c["welch_p"] is None else f" (Welch's p = {c['welch_p']:.3f})") + ".")
+        + ("" if c["welch_p"] is None else f" (Welch's p = {c['welch_p']:.3f})")
+        + _macs_used(setup, c["opponent"]) + ".")
     return c
+
+
+def _macs_used(setup: dict, opponent: str) -> str:
+    """The pick's MACs as a share of the opponent's (a metric the protocol names)."""
+    theirs = (setup.get("references") or {}).get(opponent, {}).get("macs")
+    if not theirs or not setup.get("found_macs"):
+        return ""
+    return (f", with {100 * setup['found_macs'] / theirs:.0f}% of its MACs "
+            f"({setup['found_macs'] / 1e6:.2f}M against {theirs / 1e6:.2f}M)")
 
 
 def write_page(path: Path, c: dict) -> None:

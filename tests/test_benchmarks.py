@@ -245,6 +245,12 @@ def test_kdnas_bench_runs_on_a_tiny_workload_and_reports_every_figure(tmp_path):
     assert p["wall_seconds"] == min(r["wall_seconds"] for r in p["settings"])
     mem = res["memory"]
     assert mem["peak_rss_mb"] > 100 and 0 < mem["teacher_cache_mb"] < 100
+    # the bench's search ranks with logit KD: its cache holds logits alone, as a logit
+    # method's cache beside a full one in the overhead section shows
+    lean = d["teacher_overhead"]["logit_first_trial"]
+    assert 0 < lean["logits_only_mb"] * 20 < lean["features_mb"]
+    assert mem["teacher_cache_mb"] < 1 and "caches the teacher's logits alone" in \
+        (out / "BENCHMARKS.md").read_text()
     d = res["details"]
     assert d["search"]["trained"] == 2 and len(d["plain_loop"]["trials"]) == 2
     assert all(t["macs"] <= 25e6 for t in d["plain_loop"]["trials"])
@@ -462,6 +468,10 @@ def test_the_claim_across_families_meets_the_strongest_reference_at_the_first_se
     assert c["margin"] == pytest.approx(0.012) and "the claim holds" in c["verdict"]
     tie = claim_across.summarise(_across_runs([0.772, 0.765, 0.775], refs), setup)
     assert "a tie" in tie["verdict"] and "trails" in tie["verdict"]
+    assert "MACs" not in tie["verdict"]  # not known in this setup: not made up
+    sized = claim_across.summarise(_across_runs([0.772, 0.765, 0.775], refs), {
+        **setup, "found_macs": 6e6, "references": {mb: {"macs": 8e6}}})
+    assert sized["verdict"].endswith("with 75% of its MACs (6.00M against 8.00M).")
     worse = claim_across.summarise(_across_runs([0.750, 0.751, 0.752], refs), setup)
     assert "the reference is better" in worse["verdict"]
     part = claim_across.summarise(_across_runs([0.785], refs), setup)
