@@ -70,3 +70,36 @@ def test_the_cache_is_keyed_by_the_recipe_and_shared_by_candidates(teacher_and_d
     assert TrainContext(teacher, data).cache_for(brief) is None
     train_candidate(ctx, _spec(data), brief, init=1)
     assert ctx.cache_for(brief).complete
+
+
+def test_a_logit_methods_cache_keeps_logits_only_and_trains_the_same_candidate(
+        teacher_and_data, tmp_path):
+    """A study ranking with a logit method (the default, dkd-ls) caches the teacher's logits
+    alone: its own key, no stage features on disk, and a candidate trained from it ends
+    exactly where one trained from a full cache does. A feature method never reads it."""
+    from kdnas.search.costs import reads_features
+
+    assert not reads_features("dkd-ls") and not reads_features("logit")
+    assert reads_features("feature") and reads_features("rkd") and reads_features("auto")
+    teacher, data = teacher_and_data
+    brief = TrainConfig(steps=12, kd="dkd-ls", device="cpu")
+    full = TrainContext(teacher, data, tmp_path / "cache")
+    lean = dataclasses.replace(full, cache_features=False)
+    assert full.cache_for(brief).dir != lean.cache_for(brief).dir
+    assert lean.cache_for(dataclasses.replace(brief, kd="fitnets")) is None
+    a = train_candidate(full, _spec(data), brief, init=1)
+    b = train_candidate(lean, _spec(data), brief, init=1)
+    c = train_candidate(lean, _spec(data), brief, init=1)  # read back from the lean cache
+    assert lean.cache_for(brief).complete and full.cache_for(brief).complete
+
+    def size(ctx):
+        return sum(f.stat().st_size for f in ctx.cache_for(brief).dir.glob("*.pt"))
+
+    step = torch.load(next(lean.cache_for(brief).dir.glob("*.pt")), weights_only=True)
+    assert step["feats"] == [] and step["logits"].shape[1] == data.num_classes
+    assert size(lean) < size(full) / 3
+    for other in (b, c):
+        assert other.result.val_accuracy == a.result.val_accuracy
+        assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(),
+                                                     other.model.state_dict().values(),
+                                                     strict=True))

@@ -70,7 +70,8 @@ def benchmarks_markdown(res: dict, targets: dict) -> str:
               f"the study's cache, over cross-entropy alone; median over "
               f"{w['rounds']} alternating round(s). The study's first trial, which writes the "
               f"cache, took {o['fitnets_writes_cache']:.2f}x; running the teacher at every "
-              f"step instead of reading the cache: {o['fitnets_no_cache']:.2f}x.", "",
+              f"step instead of reading the cache: {o['fitnets_no_cache']:.2f}x."
+              + _logit_first(o.get("logit_first_trial")), "",
               "| method | ratio | range | seconds |", "| --- | --- | --- | --- |"]
     for meth, r in o["ratio"].items():
         lo, hi = o["ratio_range"][meth]
@@ -200,3 +201,13 @@ def unmet_lines(res: dict, targets: dict) -> list[str]:
     if not out:
         return []
     return ["## Targets not met, and why", "", *out, ""]
+
+
+def _logit_first(f: dict | None) -> str:
+    """The sentence on a logit method's first trial (older results have none)."""
+    if not f:
+        return ""
+    return (f" A logit method's study (the search's default) caches the teacher's logits "
+            f"alone: its first trial took {f['writes_logits_only']:.2f}x, writing "
+            f"{f['logits_only_mb']:.1f} MB, against {f['writes_features']:.2f}x and "
+            f"{f['features_mb']:.0f} MB with the stage features.")

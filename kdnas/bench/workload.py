@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import shutil
 import statistics
 import tarfile
 import time
@@ -135,7 +136,8 @@ def method_times(student: dict, data, teacher, methods: tuple[str, ...], cfg: Tr
     from a cache as in every trial after a study's first, against cross-entropy alone; the
     runs alternate for ``rounds`` (cross-entropy first, then last, so that a drift of the
     machine does not favour either) and each ratio is taken within a round (median).
-    Also: the trial that writes the cache, and one that runs the teacher at every step."""
+    Also: the trial that writes the cache, and one that runs the teacher at every step; a
+    logit method's first trial writing a cache with and without the stage features."""
     space = get_space(student["space"])
 
     def trial(kd: str, cache: TeacherCache | None, use_teacher: bool = True) -> float:
@@ -147,13 +149,20 @@ def method_times(student: dict, data, teacher, methods: tuple[str, ...], cfg: Tr
             cache=cache)
         return time.perf_counter() - t0
 
-    cache = TeacherCache(work / "bench_cache", "k")
+    shutil.rmtree(work / "bench_cache", ignore_errors=True)  # a kept one would be read,
+    cache = TeacherCache(work / "bench_cache", "k")  # not written: the first trial is timed
     trial("none", None, use_teacher=False)  # warm-up
     ce0 = trial("none", None, use_teacher=False)
     out = {"writes_cache": trial("fitnets", cache) / ce0,
            "no_cache": trial("fitnets", None) / ce0}
     if not cache.complete:
         raise KdnasError("the benchmark's teacher cache was not written")
+    # a logit method's study caches logits alone: its first trial, and the disk each takes
+    logit_first: dict[str, float] = {}
+    for name, features in (("features", True), ("logits_only", False)):
+        one = TeacherCache(work / "bench_cache", name, features=features)
+        logit_first[f"writes_{name}"] = trial("logit", one) / ce0
+        logit_first[f"{name}_mb"] = sum(f.stat().st_size for f in one.dir.glob("*.pt")) / 1e6
     ratios: dict[str, list[float]] = {m: [] for m in methods}
     seconds: dict[str, list[float]] = {"none": [], **{m: [] for m in methods}}
     for r in range(rounds):  # cross-entropy first in even rounds, last in odd ones
@@ -167,7 +176,7 @@ def method_times(student: dict, data, teacher, methods: tuple[str, ...], cfg: Tr
     return {"ratio": {m: statistics.median(v) for m, v in ratios.items()},
             "ratio_range": {m: [min(v), max(v)] for m, v in ratios.items()},
             "seconds": {m: statistics.median(v) for m, v in seconds.items()},
-            **{f"fitnets_{k}": v for k, v in out.items()}}
+            **{f"fitnets_{k}": v for k, v in out.items()}, "logit_first_trial": logit_first}
 
 
 def make_teacher(root: Path, arch: str, out: Path):

@@ -30,9 +30,13 @@ class TeacherCache:
     trial leaves nothing half-written behind.
     """
 
-    def __init__(self, root: str | Path, key: str, *, limit_bytes: int | None = None) -> None:
+    def __init__(self, root: str | Path, key: str, *, limit_bytes: int | None = None,
+                 features: bool = True) -> None:
         self.dir = Path(root) / key
         self.limit_bytes = limit_bytes
+        # False: logits only, for a study whose method never reads the stage features (a
+        # logit method): a few MB on CIFAR-10 instead of GB, so it fits any --cache-limit
+        self.features = features
         self._tmp: Path | None = None
         self._lock = None
         self.hits = self.writes = 0
@@ -128,6 +132,8 @@ class TeacherCache:
         ``total`` steps would exceed ``limit_bytes``."""
         if self._tmp is None:
             return False
+        if not self.features:
+            feats = []
         if self.writes == 0 and total and self.limit_bytes is not None:
             size = sum(t.numel() * 2 for t in (logits, *feats)) * total  # fp16
             if size > self.limit_bytes:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from kdnas.core.files import atomic_path
-from kdnas.core.settings import CURVE_POINTS, TrainConfig
+from kdnas.core.settings import CURVE_POINTS, FEATURE_METHODS, TrainConfig
 from kdnas.distill.cache import TeacherCache
 from kdnas.distill.trainer import FitResult, fit
 from search_spaces import get_space
@@ -54,6 +54,7 @@ class TrainContext:
     data: object
     cache_root: Path | None = None
     cache_limit_bytes: int | None = None
+    cache_features: bool = True  # False: the cache keeps the teacher's logits only
 
     def cache_for(self, recipe: TrainConfig) -> TeacherCache | None:
         """The teacher cache of ``recipe``: keyed by everything that changes the teacher's
@@ -61,12 +62,15 @@ class TrainContext:
         batch and steps), so every candidate trained with that recipe shares it."""
         if self.cache_root is None or self.teacher is None or recipe.method == "none":
             return None
+        if not self.cache_features and recipe.method in FEATURE_METHODS:
+            return None  # a logits-only cache cannot serve it: the teacher runs instead
         t, d = self.teacher, self.data
         key = json.dumps([t.digest, d.digest(), d.mean, d.std, d.pad, d.flip,
                           recipe.train_fraction, recipe.seed, recipe.batch_size,
-                          recipe.total_steps(len(d.train_y)), [x.module for x in t.taps]])
+                          recipe.total_steps(len(d.train_y)), [x.module for x in t.taps]]
+                         + ([] if self.cache_features else ["logits only"]))
         return TeacherCache(Path(self.cache_root), hashlib.sha1(key.encode()).hexdigest()[:16],
-                            limit_bytes=self.cache_limit_bytes)
+                            limit_bytes=self.cache_limit_bytes, features=self.cache_features)
 
 
 @dataclass

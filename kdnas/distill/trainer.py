@@ -192,7 +192,8 @@ class _TeacherSignal:
         self.writing = cache is not None and not self.reading
         if self.reading:
             cache.to_device(device)  # on a GPU with room: read from its memory, not disk
-        tap = bool(teacher.taps) and not self.reading and (features or self.writing)
+        tap = bool(teacher.taps) and not self.reading and (
+            features or (self.writing and cache.features))
         self.taps = FeatureTaps(teacher.module, [t.module for t in teacher.taps]) if tap \
             else None
         if not self.reading:
