@@ -135,7 +135,7 @@ def _add_teacher(sub) -> None:
     tt.add_argument("--device", default="auto", help="where to train: auto (a CUDA GPU when "
                     "one is visible, else the CPU; the default), cpu, cuda or cuda:N")
     tt.add_argument("--out", help="checkpoint path (default teachers/<arch>-<data>.pt)")
-    tt.add_argument("--keep-early", type=lambda t: tuple(float(x) for x in str_list(t)), default=(), metavar="F[,F]",
+    tt.add_argument("--keep-early", type=fractions, default=(), metavar="F[,F]",
                     help="also write the teacher as it was at these fractions of the run, "
                     "e.g. 0.25 writes <out>-at25pct.pt: an earlier, weaker teacher of the same "
                     "run to distil a much smaller student from")
@@ -163,3 +163,12 @@ def _add_bench(sub) -> None:
     b = sub.add_parser("bench", add_help=False, help="how fast trials train here: "
                        "reports/BENCHMARKS.md (kdnas bench --help)")
     b.set_defaults(func=commands.cmd_bench)
+
+
+def fractions(text: str) -> tuple[float, ...]:
+    """``--keep-early 0.25,0.5``: comma-separated numbers."""
+    try:
+        return tuple(float(x) for x in str_list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give fractions of the run such as "
+                                         "0.25 or 0.25,0.5") from None
