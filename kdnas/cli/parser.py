@@ -14,7 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kdnas", description="Find the best small student network for a teacher you have: "
         "a multi-objective architecture search under a cost budget, each candidate trained "
-        "briefly with feature distillation from the teacher.")
+        "briefly with distillation from the teacher to rank it, the one you choose distilled "
+        "fully and exported.")
     p.add_argument("--version", action="version", version=f"kdnas {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
