@@ -131,14 +131,17 @@ def test_cifar10_imagefolder_end_to_end(tmp_path, cifar_subset, capsys):
     assert main(["teacher", "train", "--data", f"imagefolder:{cifar_subset}", "--arch",
                  "resnet14", "--epochs", "4", "--out", str(teacher)]) == 0
     common = ["--workdir", str(tmp_path / "runs")]
+    # 60 steps (4 epochs of 1,800 images): one epoch (15 steps) leaves every method at
+    # chance here (9-12% on 200 images, feature KD and dkd-ls alike, two seeds each), where
+    # 60 steps gave 17.5-24% for both
     assert main(["search", "--teacher", str(teacher), "--budget", "5MFLOPs", "--trials", "3",
-                 "--epochs", "1", "--study", "c10", "--reports", str(tmp_path / "reports"),
+                 "--steps", "60", "--study", "c10", "--reports", str(tmp_path / "reports"),
                  *common]) == 0
     out = capsys.readouterr().out
     assert "teacher validation accuracy" in out
     front = pd.read_csv(tmp_path / "reports" / "c10" / "pareto.csv")
     assert len(front) >= 1 and (front.macs <= 5e6).all()
-    assert (front.val_accuracy > 0.1).any()  # above chance on 10 classes after brief training
+    assert (front.val_accuracy > 0.15).any()  # chance is 10%; one image 0.5 points
     assert main(["export", "--study", "c10", "--pick", "best", "--out",
                  str(tmp_path / "exp"), *common]) == 0
     program = torch.export.load(str(tmp_path / "exp" / "student.pt2")).module()
