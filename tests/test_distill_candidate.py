@@ -77,7 +77,7 @@ def test_a_logit_methods_cache_keeps_logits_only_and_trains_the_same_candidate(
     """A study ranking with a logit method (the default, dkd-ls) caches the teacher's logits
     alone: its own key, no stage features on disk, and a candidate trained from it ends
     exactly where one trained from a full cache does. A feature method never reads it."""
-    from kdnas.search.costs import reads_features
+    from kdnas.core.kd_methods import reads_features
 
     assert not reads_features("dkd-ls") and not reads_features("logit")
     assert reads_features("feature") and reads_features("rkd") and reads_features("auto")

@@ -66,6 +66,13 @@ def canonical_method(kd: str) -> str:
     return "fitnets" if kd == "feature" else kd
 
 
+def reads_features(kd: str) -> bool:
+    """Whether training with ``--kd kd`` ever reads the teacher's stage features: a feature
+    method, or ``auto`` (which may draw one); a logit method's teacher cache keeps logits
+    only."""
+    return kd == "auto" or canonical_method(kd) in FEATURE_METHODS
+
+
 def kd_method(kd: str) -> KDMethod:
     """The table's entry of a ``--kd`` method ("feature" is FitNets; "none" is plain KD's
     entry, unused since no teacher term is added)."""

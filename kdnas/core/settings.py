@@ -24,6 +24,7 @@ from kdnas.core.kd_methods import (  # noqa: F401  (their names, also read from 
     KDMethod,
     canonical_method,
     kd_method,
+    reads_features,
 )
 
 

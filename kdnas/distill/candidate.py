@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from kdnas.core.files import atomic_path
-from kdnas.core.settings import CURVE_POINTS, FEATURE_METHODS, TrainConfig
+from kdnas.core.settings import CURVE_POINTS, TrainConfig, reads_features
 from kdnas.distill.cache import TeacherCache
 from kdnas.distill.trainer import FitResult, fit
 from search_spaces import get_space
@@ -62,7 +62,7 @@ class TrainContext:
         batch and steps), so every candidate trained with that recipe shares it."""
         if self.cache_root is None or self.teacher is None or recipe.method == "none":
             return None
-        if not self.cache_features and recipe.method in FEATURE_METHODS:
+        if not self.cache_features and reads_features(recipe.method):
             return None  # a logits-only cache cannot serve it: the teacher runs instead
         t, d = self.teacher, self.data
         key = json.dumps([t.digest, d.digest(), d.mean, d.std, d.pad, d.flip,

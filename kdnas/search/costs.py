@@ -9,7 +9,7 @@ import dataclasses
 import logging
 
 from kdnas.core.budget import Cost
-from kdnas.core.settings import FEATURE_METHODS, SearchConfig, canonical_method
+from kdnas.core.settings import SearchConfig, reads_features
 from kdnas.cost import measure_cost, measure_latency
 from kdnas.device import resolve
 from kdnas.distill import TeacherCache
@@ -71,12 +71,6 @@ def train_context(cfg: SearchConfig, teacher, data) -> TrainContext:
     cached = cfg.teacher_cache and cfg.kd != "none"
     return TrainContext(teacher, data, cfg.study_dir / "teacher_cache" if cached else None,
                         int(cfg.cache_limit_gb * 1e9), cache_features=reads_features(cfg.kd))
-
-
-def reads_features(kd: str) -> bool:
-    """Whether a study with ``--kd kd`` ever reads the teacher's stage features: a feature
-    method, or ``auto`` (which may draw one); a logit method's cache keeps logits only."""
-    return kd == "auto" or canonical_method(kd) in FEATURE_METHODS
 
 
 def teacher_cache(cfg: SearchConfig, teacher, data) -> TeacherCache | None:
