@@ -14,6 +14,11 @@ Part A: the best ShuffleNetV2 and the best ResNet of that table (by truth), each
 the full recipe (3,200 steps from scratch) once per method and seed (10, 11, 12), seed by
 seed; each seed's teacher cache (about 22 GB) is removed when its runs are done. Raw results
 under ``part_a``. Two processes may share a part (each run is claimed by file).
+Part C (after A): the capacity gap. Part A's better student with Part A's chosen method,
+distilled from an early teacher (the kept teacher's run, trained again with the same seed and
+stopped at a quarter of its steps: ``kdnas teacher train --keep-early 0.25``) with seeds 10-12;
+the final teacher's runs are part A's own (same student, method, seeds and batches). Raw
+results under ``part_c``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ PART_B_METHODS = ("logit", "dkd", "dist", "logit-ls", "dkd-ls", "rkd")  # fitnet
 PART_A_METHODS = ("none", "fitnets", "logit", "dkd", "dist", "logit-ls", "dkd-ls", "rkd")
 PART_A_SEEDS = (10, 11, 12)
 PART_A_FAMILIES = ("shufflenet", "resnet")
+EARLY_FRACTION = 0.25  # part C: the teacher as it was a quarter of the way through its run
 REUSED = {"fitnets": f"rung{af.RUNG_FACTORS[0]}x/s{af.PROXY_SEED}"}
 TABLE = ROOT / "reports" / "across_families.json"
 
@@ -103,6 +109,50 @@ def run_part_a(args, table, ctx, base, data, work: Path, save) -> None:
             af._drop_caches(cache.cache_for(recipe).dir, f"full recipe, seed {s}")
 
 
+def run_part_c(args, cfg, table, base, data, spec, teacher, work: Path, save) -> None:
+    import torch
+
+    from kdnas.distill.candidate import init_seed
+    from kdnas.search.costs import train_context
+    from kdnas.teacher.prepare import prepare
+    from kdnas.teacher.train import early_path, train_teacher
+
+    decision = json.loads(args.out.read_text()).get("methods", {}).get("distill_decision", {})
+    if not decision.get("complete"):
+        raise SystemExit("part C runs after part A: part A's runs are not all done "
+                         "(python benchmarks/method_choice.py --part A)")
+    method, cid = decision["method"], decision["student"]["id"]
+    i, c = next((i, c) for i, c in enumerate(table["candidates"]) if c["id"] == cid)
+    # the kept teacher's run again (same data, split, seed and recipe), keeping a quarter
+    rerun = args.work / "early" / f"teacher-{args.teacher_arch}.pt"
+    if not rerun.exists():
+        train_teacher(spec, args.teacher_arch, epochs=args.teacher_epochs, out=rerun,
+                      val_fraction=args.val_fraction, keep_early=(EARLY_FRACTION,))
+    early = early_path(rerun, EARLY_FRACTION)
+    _, early_teacher, _, _ = prepare(dataclasses.replace(cfg, teacher=str(early)))
+    save(lambda d: {**d, "part_c_setup": {
+        "student": {"id": cid, "arch": c["arch"]}, "method": method,
+        "seeds": list(PART_A_SEEDS), "steps": af.TRUTH_FACTOR * base.steps,
+        "early_teacher": {"fraction": EARLY_FRACTION, "digest": early_teacher.digest,
+                          "val_accuracy": float(torch.load(early, weights_only=False)
+                                                ["val_accuracy"])},
+        "final_teacher": {"digest": teacher.digest, "val_accuracy": float(torch.load(
+            cfg.teacher, weights_only=False)["val_accuracy"]), "rerun_val_accuracy": float(
+                torch.load(rerun, weights_only=False)["val_accuracy"])}}})
+
+    record = recorder(args.out, "part_c", save)
+    ctx = dataclasses.replace(train_context(cfg, early_teacher, data),
+                              cache_root=work / "early_cache")
+    for s in PART_A_SEEDS:  # the same recipe, initialisation and batches as part A's runs
+        recipe = dataclasses.replace(base, steps=af.TRUTH_FACTOR * base.steps, seed=s, kd=method,
+                                     eval_every=af.TRUTH_FACTOR * base.steps // 5)
+        key = f"early-{method}/s{s}"
+        if cid not in record("get", None, None).get(key, {}):
+            af.run_one(ctx, recipe, c, init_seed(s, 1000 + i), data, work, key, record)
+        if cid in record("get", None, None).get(key, {}):
+            af._drop_caches(ctx.cache_for(recipe).dir, f"early teacher, seed {s}")
+
+
 def part_a_figures(res: dict) -> dict:
     """Per student and method: mean and SD over the seeds; margin over FitNets, Welch's p,
     and the protocol's noise rule (a margin below the larger SD is a tie)."""
@@ -132,6 +182,59 @@ def part_a_figures(res: dict) -> dict:
     return out
 
 
+def part_a_decision(full: dict, seeds: int) -> dict:
+    """The protocol's part A rule: ``kdnas distill``'s default becomes the distillation method
+    (``none``, the floor, is not one) with the best mean over both students if it beats
+    FitNets on both beyond the noise rule; otherwise FitNets stays. ``complete`` is False
+    while any run is missing (the rule is not applied then); ``student`` is the better
+    student under the chosen method (the one part C distils)."""
+    import statistics
+
+    rows = list(full.values())
+    complete = bool(rows) and all(len(v["accuracies"]) == seeds
+                                  for r in rows for v in r["methods"].values())
+    if not complete:
+        return {"complete": False}
+    means = {m: statistics.fmean(r["methods"][m]["mean"] for r in rows)
+             for m in rows[0]["methods"] if m != "none"}
+    best = max(means, key=means.get)
+    wins = best != "fitnets" and all(r["methods"][best]["verdict"] == "better" for r in rows)
+    method = best if wins else "fitnets"
+    cid = max(full, key=lambda k: full[k]["methods"][method]["mean"])
+    return {"complete": True, "mean_over_students": means, "best": best,
+            "best_beats_fitnets_on_both": wins, "method": method,
+            "student": {"id": cid, "arch": full[cid]["arch"]}}
+
+
+def part_c_figures(res: dict) -> dict:
+    """Early teacher against the final one, same student, method and seeds: means, SDs, the
+    margin with Welch's p, the noise rule's verdict, and the per-seed (paired) differences."""
+    import statistics
+
+    from claim import welch_p
+
+    setup = res.get("part_c_setup")
+    if not setup:
+        return {}
+    cid, method = setup["student"]["id"], setup["method"]
+    a, c = res.get("part_a", {}), res.get("part_c", {})
+    pairs = [(c[f"early-{method}/s{s}"][cid]["val_accuracy"],
+              a[f"{method}/s{s}"][cid]["val_accuracy"])
+             for s in setup["seeds"] if cid in c.get(f"early-{method}/s{s}", {})]
+    early, final = [e for e, _ in pairs], [f for _, f in pairs]
+    out = {**setup, "early_accuracies": early, "final_accuracies": final,
+           "paired_differences": [e - f for e, f in pairs]}
+    if len(pairs) == len(setup["seeds"]):
+        margin = statistics.fmean(early) - statistics.fmean(final)
+        noise = max(statistics.stdev(early), statistics.stdev(final))
+        out.update(early_mean=statistics.fmean(early), final_mean=statistics.fmean(final),
+                   early_sd=statistics.stdev(early), final_sd=statistics.stdev(final),
+                   margin=margin, welch_p=welch_p(early, final),
+                   verdict="tie" if abs(margin) < noise else
+                   "better" if margin > 0 else "worse")
+    return out
+
+
 def figures(res: dict) -> dict:
     if res.get("candidates"):
         s = af.summarise(res)
@@ -147,6 +250,11 @@ def figures(res: dict) -> dict:
             "truth_seed_tau": s["truth_seed_tau"],
             "full_recipe": part_a_figures(res),
             "protocol": "docs/evidence/distill_methods.md"}
+        if res.get("part_a_setup"):
+            res["methods"]["distill_decision"] = part_a_decision(
+                res["methods"]["full_recipe"], len(res["part_a_setup"]["seeds"]))
+        if res.get("part_c_setup"):
+            res["methods"]["capacity_gap"] = part_c_figures(res)
     return res
 
 
@@ -183,11 +291,42 @@ def write_markdown(path: Path, res: dict) -> None:
                      + ("-" if tv is None or tv != tv else f"{100 * tv:.1f}") + " | "
                      + " | ".join("-" if (v := table[k].get(c["id"])) is None or v != v
                                   else f"{100 * v:.1f}" for k in table) + " |")
-    lines += part_a_lines(m.get("full_recipe") or {})
+    lines += part_a_lines(m.get("full_recipe") or {}, m.get("distill_decision") or {})
+    lines += part_c_lines(m.get("capacity_gap") or {})
     path.write_text("\n".join(lines) + "\n")
 
 
-def part_a_lines(full: dict) -> list[str]:
+def part_c_lines(gap: dict) -> list[str]:
+    if not gap:
+        return ["", "## Part C (the capacity gap)", "", "Not started (it runs after part A)."]
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.2f}"
+    e, f = gap["early_teacher"], gap["final_teacher"]
+    lines = ["", "## Part C: the capacity gap (early teacher against the final one)", "",
+             f"Student {gap['student']['arch']}, method `{gap['method']}`, the full recipe, "
+             f"seeds {', '.join(map(str, gap['seeds']))} (the final teacher's runs are part "
+             f"A's). Early teacher: the kept teacher's run trained again with the same seed, "
+             f"as it was at {100 * e['fraction']:g}% of its steps: {pct(e['val_accuracy'])}% "
+             f"validation (digest {e['digest']}); final teacher {pct(f['val_accuracy'])}% "
+             f"(the same run trained again to the end: {pct(f.get('rerun_val_accuracy'))}%).",
+             "", "| teacher | " + " | ".join(f"seed {s}" for s in gap["seeds"])
+             + " | mean | SD |", "| --- | " + " | ".join("---" for _ in gap["seeds"])
+             + " | --- | --- |"]
+    for name, key in (("early", "early"), ("final", "final")):
+        accs = gap[f"{key}_accuracies"]
+        lines.append(f"| {name} | " + " | ".join(pct(a) for a in accs)
+                     + " | -" * (len(gap["seeds"]) - len(accs))
+                     + f" | {pct(gap.get(f'{key}_mean'))} | {pct(gap.get(f'{key}_sd'))} |")
+    if "margin" in gap:
+        lines += ["", f"Margin early - final: {100 * gap['margin']:+.2f} points (Welch p "
+                  f"{gap['welch_p']:.3f}); per seed "
+                  + ", ".join(f"{100 * d:+.2f}" for d in gap["paired_differences"])
+                  + f". Verdict by the noise rule: **{gap['verdict']}**."]
+    return lines
+
+
+def part_a_lines(full: dict, decision: dict | None = None) -> list[str]:
     if not full:
         return ["", "## Part A (full recipe)", "", "Not started."]
     lines = ["", "## Part A: the final student (full recipe, 3,200 steps, seeds 10-12)", "",
@@ -205,6 +344,16 @@ def part_a_lines(full: dict) -> list[str]:
                          + ("-" if "margin_over_fitnets" not in v else
                             f"{100 * v['margin_over_fitnets']:+.2f}") + " | "
                          + ("-" if p is None else f"{p:.3f}") + f" | {v.get('verdict', '-')} |")
+    if decision and decision.get("complete"):
+        means = ", ".join(f"{m} {100 * v:.2f}" for m, v in sorted(
+            decision["mean_over_students"].items(), key=lambda kv: -kv[1]))
+        lines += ["", f"Mean over both students: {means}. The protocol's rule: the best, "
+                  f"`{decision['best']}`, " + ("beats" if decision["best_beats_fitnets_on_both"]
+                                                else "does not beat")
+                  + " FitNets on both students beyond the noise rule, so `kdnas distill` "
+                  f"trains the final student with **`{decision['method']}`**."]
+    elif decision is not None:
+        lines += ["", "Not every run is done: no decision yet."]
     return lines
 
 
@@ -212,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_setup_args(ap)
     ap.set_defaults(out=ROOT / "reports" / "distill_methods.json")
-    ap.add_argument("--part", choices=("A", "B"), default="B")
+    ap.add_argument("--part", choices=("A", "B", "C"), default="B")
     ap.add_argument("--table", type=Path, default=TABLE, help="the across-families results")
     ap.add_argument("--methods", nargs="+", default=list(PART_B_METHODS))
     ap.add_argument("--steps", type=int, default=None, help="brief steps (default 400)")
@@ -257,6 +406,8 @@ def main(argv: list[str] | None = None) -> None:
     record = recorder(args.out, "runs", save)
     if args.part == "A":
         return run_part_a(args, table, ctx, base, data, work, save)
+    if args.part == "C":
+        return run_part_c(args, cfg, table, base, data, spec, teacher, work, save)
     for method in args.methods:  # method by method, so each finished method has its tau
         key = f"brief-{method}/s{af.PROXY_SEED}"
         for i, c in enumerate(table["candidates"]):

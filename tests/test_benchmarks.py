@@ -496,6 +496,56 @@ def test_the_full_recipe_figures_compare_each_method_with_fitnets_by_the_noise_r
     assert "verdict" not in row["rkd"] and len(row["rkd"]["accuracies"]) == 2  # not done
 
 
+def _part_a(students: dict[str, dict[str, list[float]]]) -> dict:
+    runs: dict = {}
+    for cid, per_method in students.items():
+        for m, accs in per_method.items():
+            for s, a in zip((10, 11, 12), accs, strict=False):
+                runs.setdefault(f"{m}/s{s}", {})[cid] = {"val_accuracy": a}
+    methods = list(next(iter(students.values())))
+    return {"part_a_setup": {"students": {cid: f"arch {cid}" for cid in students},
+                             "seeds": [10, 11, 12], "methods": methods}, "part_a": runs}
+
+
+def test_the_distill_default_changes_only_for_a_method_that_beats_fitnets_on_both_students():
+    import method_choice
+
+    fit = [0.740, 0.742, 0.744]
+    # dkd is best on average but ties FitNets on the second student: FitNets stays
+    res = _part_a({"a": {"none": [0.9, 0.9, 0.9], "fitnets": fit, "dkd": [0.77, 0.771, 0.772]},
+                   "b": {"none": [0.9, 0.9, 0.9], "fitnets": [0.70, 0.71, 0.72],
+                         "dkd": [0.705, 0.715, 0.72]}})
+    d = method_choice.part_a_decision(method_choice.part_a_figures(res), 3)
+    assert d["best"] == "dkd" and not d["best_beats_fitnets_on_both"]  # "none" is not a method
+    assert d["method"] == "fitnets" and d["student"]["id"] == "a"
+    res = _part_a({"a": {"fitnets": fit, "dkd": [0.77, 0.771, 0.772]},
+                   "b": {"fitnets": fit, "dkd": [0.76, 0.761, 0.762]}})
+    d = method_choice.part_a_decision(method_choice.part_a_figures(res), 3)
+    assert d["method"] == "dkd" and d["best_beats_fitnets_on_both"]
+    res = _part_a({"a": {"fitnets": fit, "dkd": [0.77, 0.771]}})
+    assert method_choice.part_a_decision(method_choice.part_a_figures(res), 3) == {
+        "complete": False}
+
+
+def test_the_capacity_gap_pairs_each_early_teacher_run_with_part_as_run_of_that_seed():
+    import method_choice
+
+    res = _part_a({"a": {"fitnets": [0.740, 0.750, 0.760]}})
+    res["part_c_setup"] = {"student": {"id": "a", "arch": "arch a"}, "method": "fitnets",
+                           "seeds": [10, 11, 12], "early_teacher": {"fraction": 0.25,
+                           "digest": "e", "val_accuracy": 0.6}, "final_teacher": {
+                           "digest": "f", "val_accuracy": 0.79, "rerun_val_accuracy": 0.79}}
+    res["part_c"] = {"early-fitnets/s10": {"a": {"val_accuracy": 0.745}},
+                     "early-fitnets/s11": {"a": {"val_accuracy": 0.751}}}
+    gap = method_choice.part_c_figures(res)
+    assert gap["paired_differences"] == pytest.approx([0.005, 0.001]) and "verdict" not in gap
+    res["part_c"]["early-fitnets/s12"] = {"a": {"val_accuracy": 0.762}}
+    gap = method_choice.part_c_figures(res)
+    assert gap["margin"] == pytest.approx(0.0026667, abs=1e-6)
+    assert gap["verdict"] == "tie"  # well inside the seeds' SD of 0.01
+    assert any("**tie**" in line for line in method_choice.part_c_lines(gap))
+
+
 def test_the_live_confirmation_marks_a_margin_inside_the_seed_spread_a_tie():
     import search_live
 
