@@ -438,6 +438,38 @@ def test_a_hung_trial_is_recorded_as_failed_and_the_process_stops_to_be_run_agai
     assert trained_count(study_at(url)) == 2
 
 
+HELPER = """
+import sys
+from pathlib import Path
+k, mark = sys.argv[1], Path(sys.argv[2])
+runs = mark.with_name(f"runs-{k}")
+runs.write_text(runs.read_text() + "x" if runs.exists() else "x")
+sys.exit(75 if k == "1" and len(runs.read_text()) < 3 else 0)  # worker 1 hangs twice
+"""
+
+
+def test_a_helper_worker_stopped_by_a_hung_trial_is_started_again(tmp_path, monkeypatch):
+    """--workers 3: worker 1 ends twice with HUNG_EXIT (as the watchdog ends it); the parent
+    starts it again each time, with its log, and says so; worker 2 ends normally, once."""
+    from kdnas.cli import workers
+
+    monkeypatch.setattr(workers.Helpers, "command", lambda self, k: [
+        sys.executable, "-c", HELPER, str(k), str(tmp_path / "mark")])
+    said: list[str] = []
+    helpers = workers.Helpers(said.append)
+    helpers.start(["search", "--workers", "3"], 3, tmp_path / "workers")
+    assert helpers.wait() == [0, 0]
+    assert (tmp_path / "runs-1").read_text() == "xxx" and (tmp_path / "runs-2").read_text() == "x"
+    assert len(said) == 2 and "worker 1 stopped on a hung trial" in said[0]
+    assert (tmp_path / "workers" / "worker-1.log").exists()
+    monkeypatch.setattr(workers, "RESTARTS", 1)  # a limit: the third stop is its exit status
+    for f in tmp_path.glob("runs-*"):
+        f.unlink()
+    helpers = workers.Helpers(said.append)
+    helpers.start(["search"], 2, tmp_path / "workers")
+    assert helpers.wait() == [75] and (tmp_path / "runs-1").read_text() == "xx"
+
+
 @pytest.mark.slow
 def test_workers_killed_at_random_and_replaced_lose_nothing(tmp_path, digits_teacher):
     """Three workers on one SQLite study, one killed with SIGKILL and replaced every 1-4 s

@@ -20,7 +20,7 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"  
 
 def cmd_search(args) -> int:
     from kdnas.cli.progress import SearchProgress, say
-    from kdnas.cli.workers import start_helpers, threads_per_worker, wait_helpers
+    from kdnas.cli.workers import Helpers, threads_per_worker
     from kdnas.core.budget import fmt_count
     from kdnas.core.settings import fixed_settings, flag_settings, load_config
     from kdnas.device import describe, resolve
@@ -63,13 +63,13 @@ def cmd_search(args) -> int:
     say(f"budget: {budget.describe()}; space: {cfg.space}; training each candidate "
          f"{cfg.recipe_text(len(data.train_y))} of the train split "
          f"with {cfg.kd} distillation on {describe(resolve(cfg.device))}")
-    outcome, helpers = None, []
+    outcome, helpers = None, Helpers(say)
     progress = SearchProgress(cfg)
 
     def on_event(event) -> None:
+        helpers.revive()
         if isinstance(event, StudyStart) and args.workers > 1:  # others may join now
-            helpers.extend(start_helpers(args.argv, args.workers, cfg.study_dir / "workers",
-                                         cfg.device))
+            helpers.start(args.argv, args.workers, cfg.study_dir / "workers", cfg.device)
             others = "worker 1 logs" if args.workers == 2 else \
                 f"workers 1-{args.workers - 1} log"
             say(f"{args.workers} workers on this study, {threads_per_worker(args.workers)} "
@@ -84,7 +84,7 @@ def cmd_search(args) -> int:
     if outcome is None or outcome.interrupted:
         say("\ninterrupted: writing the report of what finished; run the same command to "
             "resume (an interrupted candidate is trained again)")
-    if any(code not in (0, 130) for code in wait_helpers(helpers)):
+    if any(code not in (0, 130) for code in helpers.wait()):
         log.warning("a worker ended with an error: see %s", cfg.study_dir / "workers")
     study = outcome.study if outcome else open_study(cfg, create=False)
     record = load_record(study)
