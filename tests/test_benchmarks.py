@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import search_quality  # noqa: E402
 import search_replay  # noqa: E402
@@ -525,6 +526,27 @@ def test_the_distill_default_changes_only_for_a_method_that_beats_fitnets_on_bot
     res = _part_a({"a": {"fitnets": fit, "dkd": [0.77, 0.771]}})
     assert method_choice.part_a_decision(method_choice.part_a_figures(res), 3) == {
         "complete": False}
+
+
+def test_the_two_kd_defaults_are_the_ones_the_recorded_evidence_chose():
+    """SEARCH_DEFAULT and the taus the report quotes follow part B's rule on the recorded
+    runs; DISTILL_DEFAULT follows part A's once all its runs are recorded (FitNets before)."""
+    import method_choice
+
+    from kdnas.core.kd_methods import (ACROSS_FAMILIES_TAU, DISTILL_DEFAULT, SEARCH_DEFAULT,
+                                       canonical_method)
+
+    res = json.loads((ROOT / "reports" / "distill_methods.json").read_text())
+    res.pop("methods", None)
+    figures = method_choice.figures(res)["methods"]  # from the raw runs, not a stored summary
+    tau = figures["brief_tau_pooled"]
+    best = max(tau, key=tau.get)
+    assert canonical_method(SEARCH_DEFAULT) == (best if tau[best] > tau["fitnets"] + 0.1
+                                                else "fitnets")
+    assert ACROSS_FAMILIES_TAU == {m: round(t, 2) for m, t in tau.items()}
+    decision = figures["distill_decision"]
+    expected = decision["method"] if decision["complete"] else "fitnets"
+    assert canonical_method(DISTILL_DEFAULT) == expected
 
 
 def test_the_capacity_gap_pairs_each_early_teacher_run_with_part_as_run_of_that_seed():
