@@ -41,6 +41,16 @@ def test_the_final_method_is_the_distill_default_not_the_searchs_unless_asked():
     assert method_tag("dkd-ls") == "-dkd-ls"
 
 
+def test_a_new_distill_default_never_resumes_another_methods_checkpoints(monkeypatch):
+    """The untagged folder is FitNets' (every final student before --kd), whatever the
+    default becomes: a new default gets its own folder, earlier FitNets runs keep theirs."""
+    from kdnas.ship import final
+
+    monkeypatch.setattr(final, "DISTILL_DEFAULT", "dist")
+    assert final_method(None, "dkd-ls", "dkd-ls") == ("dist", False)
+    assert method_tag("dist") == "-dist" and method_tag("feature") == ""
+
+
 @pytest.mark.slow
 def test_interrupted_distillation_resumes_to_the_same_student(study_with_a_student):
     study, cfg, teacher, data, tmp = study_with_a_student

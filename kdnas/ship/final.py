@@ -57,11 +57,15 @@ def final_method(requested: str | None, study_kd: str, trial_kd: str | None
     return method, canonical_method(method) == trial
 
 
+UNTAGGED_METHOD = "fitnets"  # the method of the records made before --kd: fixed, not the default
+
+
 def method_tag(kd: str) -> str:
-    """The record and folder suffix of a final method: none for the default, so the
-    checkpoints of each method are kept apart and earlier runs resume."""
-    return "" if canonical_method(kd) == canonical_method(DISTILL_DEFAULT) else \
-        f"-{canonical_method(kd)}"
+    """The record and folder suffix of a final method: none for FitNets (every final
+    student trained before ``kdnas distill --kd`` was), ``-<method>`` for the others, so the
+    checkpoints of each method are kept apart, earlier runs resume, and a later change of
+    :data:`DISTILL_DEFAULT` never resumes one method's checkpoint with another."""
+    return "" if canonical_method(kd) == UNTAGGED_METHOD else f"-{canonical_method(kd)}"
 
 
 @dataclass(frozen=True)
