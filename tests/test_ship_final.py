@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from kdnas.core.kd_methods import DISTILL_DEFAULT, canonical_method
 from kdnas.core.settings import SearchConfig
 from kdnas.ship.final import distill_trial, final_method, method_tag
 from kdnas.report import pick_trial, write_report
@@ -30,10 +31,11 @@ def test_the_final_method_is_the_distill_default_not_the_searchs_unless_asked():
     defaults are measured separately); a study that searched the method keeps its trial's;
     --kd overrides both; the trial's feature weight goes along only with its own method."""
     assert SearchConfig().kd == "dkd-ls"
-    assert final_method(None, "dkd-ls", "dkd-ls") == ("feature", False)
-    assert final_method(None, "feature", "feature") == ("feature", True)
+    assert final_method(None, "dkd-ls", "dkd-ls") == (DISTILL_DEFAULT, False)
+    assert final_method(None, "feature", "feature") == (
+        DISTILL_DEFAULT, canonical_method(DISTILL_DEFAULT) == "fitnets")
     assert final_method(None, "auto", "at") == ("at", True)
-    assert final_method(None, "auto", None) == ("feature", False)  # a reference
+    assert final_method(None, "auto", None) == (DISTILL_DEFAULT, False)  # a reference
     assert final_method("dkd", "feature", "feature") == ("dkd", False)
     assert final_method("fitnets", "auto", "feature") == ("fitnets", True)
     # the default keeps the folders earlier versions wrote; others get their own

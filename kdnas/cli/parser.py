@@ -6,6 +6,7 @@ import argparse
 
 from kdnas import __version__
 from kdnas.cli import commands
+from kdnas.core.kd_methods import DISTILL_DEFAULT
 from kdnas.core.settings import DATA_HELP, KD_METHODS, flag_name, flag_settings, str_list
 
 
@@ -102,9 +103,10 @@ def _add_study_commands(sub) -> None:  # layout: table
     f.add_argument("--seed", type=int, help="training seed (default: the study's); each seed "
                    "keeps its own checkpoint and record, for a seed spread")
     f.add_argument("--kd", choices=KD_METHODS, help="distillation method of the final "
-                   "training (default feature: FitNets hints plus Hinton KD, whatever the "
-                   "search ranked with; in a study that searched the method with --kd auto, "
-                   "the trial's method)")
+                   f"training (default {DISTILL_DEFAULT}, chosen by training the methods with "
+                   "the full recipe: reports/distill_methods.md; whatever the search "
+                   "ranked with; in a study that searched the method with --kd auto, the "
+                   "trial's method)")
     f.add_argument("--epochs", type=float, default=200, help="default 200")
     f.add_argument("--lr", type=float, help="peak SGD learning rate (default: the study's)")
     f.add_argument("--batch-size", type=int, help="default: the study's")
