@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         write_markdown(args.out.with_suffix(".md"), res, res.get("argv", []))
 
     save()  # the search's outcome is on the page before the first long distillation ends
-    opts = dict(epochs=args.epochs, formats=())
+    opts = dict(epochs=args.epochs, formats=(), kd="feature")  # as measured: FitNets
     try:
         for seed in args.seeds:
             for who in ("found", "reference"):

@@ -88,7 +88,7 @@ def run_across(args, argv: list[str]) -> None:
                 print(f"{key}: another process distils it; skipped", flush=True)
                 return
             print(f"distilling {key}, {args.epochs:g} epochs", flush=True)
-            opts = dict(epochs=args.epochs, formats=(), seed=seed,
+            opts = dict(epochs=args.epochs, formats=(), seed=seed, kd="feature",  # as measured
                         out_dir=args.work / "claim_across" / key,
                         progress=StepBar(f"  {key}", every_s=120))
             info = (distill_trial(record, cfg, found, teacher, data, **opts)

@@ -421,19 +421,19 @@ def test_a_hung_trial_is_recorded_as_failed_and_the_process_stops_to_be_run_agai
 
     argv = search_argv(digits_teacher, tmp_path, "--trials", "2", "--steps", "8",
                        "--trial-timeout", "1")
-    t0 = time.perf_counter()
+    # the fake kernel sleeps an hour: only the watchdog ends the process within the timeout
     hung = subprocess.run([sys.executable, "-c", HUNG_SEARCH, *argv], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
+                          text=True, cwd=ROOT, timeout=600)
     assert hung.returncode == HUNG_EXIT, hung.stderr[-2000:]
     assert "Run the same command to go on" in hung.stderr
-    assert time.perf_counter() - t0 < 120  # stopped soon after 1 s x 1.0 + 2 s
     url = f"sqlite:///{tmp_path / 'runs' / 'k' / 'study.db'}"
     study = study_at(url)
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert len(failed) == 1 and failed[0].user_attrs["error"].startswith("hung")
     assert not any(t.state == TrialState.RUNNING for t in study.trials)
-    again = subprocess.run([sys.executable, "-m", "kdnas", *argv], capture_output=True,
-                           text=True, cwd=ROOT, timeout=600)
+    # run again (without the 1 s limit, which a busy machine's real trials could pass)
+    again = subprocess.run([sys.executable, "-m", "kdnas", *argv, "--trial-timeout", "off"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert trained_count(study_at(url)) == 2
 

@@ -66,7 +66,8 @@ def test_interrupted_distillation_resumes_to_the_same_student(study_with_a_stude
     with pytest.raises(KeyboardInterrupt):
         distill_trial(study, cfg, trial, teacher, data, epochs=3, out_dir=tmp / "a",
                       formats=("pt2",), progress=interrupt_in_epoch_two)
-    ckpt = cfg.study_dir / "distill" / f"trial-{trial}" / "checkpoint.pt"
+    ckpt = (cfg.study_dir / "distill" / f"trial-{trial}{method_tag(DISTILL_DEFAULT)}"
+            / "checkpoint.pt")
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
     resumed = distill_trial(study, cfg, trial, teacher, data, epochs=3, out_dir=tmp / "a",
                             formats=("pt2",))
@@ -80,7 +81,7 @@ def test_interrupted_distillation_resumes_to_the_same_student(study_with_a_stude
     assert [c["epoch"] for c in resumed["curve"]] == [1, 2, 3]
     # ranked with the search's default, trained in full with the distill default
     assert study.trained_trial(trial).kd in (None, "dkd-ls") and cfg.kd == "dkd-ls"
-    assert resumed["recipe"]["kd"] == "fitnets"
+    assert resumed["recipe"]["kd"] == canonical_method(DISTILL_DEFAULT)
     # kept in the study (as `kdnas distill` does), the report shows it with its test accuracy
     from kdnas.search.storage import add_distilled, load_record, open_study
 
@@ -154,17 +155,18 @@ def test_references_and_seeds_are_distilled_side_by_side(study_with_a_student, c
     assert "reference resnet8: validation accuracy" in out
     trial = pick_trial(study, "best")
     names = sorted(p.name for p in (cfg.study_dir / "distill").iterdir())
-    assert {"ref-resnet8-seed1", f"trial-{trial}-seed1", f"trial-{trial}-seed2",
+    tag = method_tag(DISTILL_DEFAULT)
+    assert {f"ref-resnet8{tag}-seed1", f"trial-{trial}{tag}-seed1", f"trial-{trial}{tag}-seed2",
             f"trial-{trial}-dkd-ls"} <= set(names)
     from kdnas.search.storage import load_record, open_study
 
     records = load_record(open_study(cfg, create=False)).distilled  # kept in the study
-    ref = records["ref-resnet8-seed1"]
+    ref = records[f"ref-resnet8{tag}-seed1"]
     assert ref["reference"] == "resnet8" and ref["recipe"]["seed"] == 1 and ref["macs"] > 0
-    seeds = [records[f"trial-{trial}-seed{s}"] for s in (1, 2)]
+    seeds = [records[f"trial-{trial}{tag}-seed{s}"] for s in (1, 2)]
     assert seeds[0]["recipe"]["seed"] == 1 and seeds[1]["recipe"]["seed"] == 2
     # the distill default unless --kd says otherwise, each method in its own record
-    assert ref["recipe"]["kd"] == seeds[0]["recipe"]["kd"] == "fitnets"
+    assert ref["recipe"]["kd"] == seeds[0]["recipe"]["kd"] == canonical_method(DISTILL_DEFAULT)
     assert records[f"trial-{trial}-dkd-ls"]["recipe"]["kd"] == "dkd-ls"
     page = (cfg.report_dir / "report.html").read_text()
     assert "reference resnet8" in page

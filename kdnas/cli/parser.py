@@ -114,7 +114,8 @@ def _add_study_commands(sub) -> None:  # layout: table
                    help="learning rate: cosine decay (default) or x0.1 at 50%% and 75%%")
     f.add_argument("--device", help="where to train: auto, cpu, cuda or cuda:N (default: "
                    "the study's)")
-    f.add_argument("--out", help="output folder (default exports/<study>/trial-<N>-distilled)")
+    f.add_argument("--out", help="output folder (default "
+                   "exports/<study>/trial-<N>-<method>-distilled; no -<method> for FitNets)")
     f.add_argument("--format", type=str_list, default=("pt2", "onnx"),
                    help="as for export (default pt2,onnx)")
     f.set_defaults(func=commands.cmd_distill)
