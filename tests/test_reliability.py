@@ -43,6 +43,8 @@ def start(argv: list[str], threads: int | None = None) -> subprocess.Popen:
 
 
 def study_at(url: str, study: str = "k") -> optuna.Study | None:
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return None  # looking must not create the database kdnas is about to create
     try:
         return optuna.load_study(study_name=study, storage=url)
     except Exception:  # not created yet

@@ -96,6 +96,10 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
                                         or _duplicate_table(e)):
                     raise
                 time.sleep(0.5 + attempt)
+            except sqlalchemy.exc.OperationalError as e:  # SQLite's form of the same race
+                if attempt == 4 or "already exists" not in str(e):
+                    raise
+                time.sleep(0.5 + attempt)
     except ImportError as e:
         raise KdnasError(f"storage {shown_url(url)} needs a database driver that is not "
                          f"installed ({e}); for PostgreSQL: pip install 'kdnas[postgres]'"
