@@ -315,8 +315,8 @@ def part_c_lines(gap: dict) -> list[str]:
              + " | --- | --- |"]
     for name, key in (("early", "early"), ("final", "final")):
         accs = gap[f"{key}_accuracies"]
-        lines.append(f"| {name} | " + " | ".join(pct(a) for a in accs)
-                     + " | -" * (len(gap["seeds"]) - len(accs))
+        cells = [pct(a) for a in accs] + ["-"] * (len(gap["seeds"]) - len(accs))
+        lines.append(f"| {name} | " + " | ".join(cells)
                      + f" | {pct(gap.get(f'{key}_mean'))} | {pct(gap.get(f'{key}_sd'))} |")
     if "margin" in gap:
         lines += ["", f"Margin early - final: {100 * gap['margin']:+.2f} points (Welch p "
