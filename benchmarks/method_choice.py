@@ -85,6 +85,12 @@ def part_a_students(table: dict) -> list[tuple[int, dict]]:
     return out
 
 
+def full_recipe(base, seed: int):
+    """Part A's recipe for ``seed`` (part C's too, so its runs pair with part A's)."""
+    return dataclasses.replace(base, steps=af.TRUTH_FACTOR * base.steps, seed=seed,
+                               eval_every=af.TRUTH_FACTOR * base.steps // 5)
+
+
 def run_part_a(args, table, ctx, base, data, work: Path, save) -> None:
     from kdnas.distill.candidate import init_seed
 
@@ -96,8 +102,7 @@ def run_part_a(args, table, ctx, base, data, work: Path, save) -> None:
     record = recorder(args.out, "part_a", save)
     cache = dataclasses.replace(ctx, cache_root=work / "full_cache")
     for s in PART_A_SEEDS:
-        recipe = dataclasses.replace(base, steps=af.TRUTH_FACTOR * base.steps, seed=s,
-                                     eval_every=af.TRUTH_FACTOR * base.steps // 5)
+        recipe = full_recipe(base, s)
         for method in PART_A_METHODS:
             key = f"{method}/s{s}"
             for i, c in students:
@@ -144,8 +149,7 @@ def run_part_c(args, cfg, table, base, data, spec, teacher, work: Path, save) ->
     ctx = dataclasses.replace(train_context(cfg, early_teacher, data),
                               cache_root=work / "early_cache")
     for s in PART_A_SEEDS:  # the same recipe, initialisation and batches as part A's runs
-        recipe = dataclasses.replace(base, steps=af.TRUTH_FACTOR * base.steps, seed=s, kd=method,
-                                     eval_every=af.TRUTH_FACTOR * base.steps // 5)
+        recipe = dataclasses.replace(full_recipe(base, s), kd=method)
         key = f"early-{method}/s{s}"
         if cid not in record("get", None, None).get(key, {}):
             af.run_one(ctx, recipe, c, init_seed(s, 1000 + i), data, work, key, record)
