@@ -139,11 +139,11 @@ def run_part_c(args, cfg, table, base, data, spec, teacher, work: Path, save) ->
         "student": {"id": cid, "arch": c["arch"]}, "method": method,
         "seeds": list(PART_A_SEEDS), "steps": af.TRUTH_FACTOR * base.steps,
         "early_teacher": {"fraction": EARLY_FRACTION, "digest": early_teacher.digest,
-                          "val_accuracy": float(torch.load(early, weights_only=False)
-                                                ["val_accuracy"])},
-        "final_teacher": {"digest": teacher.digest, "val_accuracy": float(torch.load(
-            cfg.teacher, weights_only=False)["val_accuracy"]), "rerun_val_accuracy": float(
-                torch.load(rerun, weights_only=False)["val_accuracy"])}}})
+                          "val_accuracy": float(early_teacher.meta["val_accuracy"])},
+        "final_teacher": {"digest": teacher.digest,
+                          "val_accuracy": float(teacher.meta["val_accuracy"]),
+                          "rerun_val_accuracy": float(torch.load(
+                              rerun, weights_only=False)["val_accuracy"])}}})
 
     record = recorder(args.out, "part_c", save)
     ctx = dataclasses.replace(train_context(cfg, early_teacher, data),
@@ -236,6 +236,11 @@ def part_c_figures(res: dict) -> dict:
                    margin=margin, welch_p=welch_p(early, final),
                    verdict="tie" if abs(margin) < noise else
                    "better" if margin > 0 else "worse")
+    # the same student without a teacher (part A's "none", same seeds), for scale
+    none = [a[f"none/s{s}"][cid]["val_accuracy"] for s in setup["seeds"]
+            if cid in a.get(f"none/s{s}", {})]
+    if len(none) == len(setup["seeds"]):
+        out["no_teacher_mean"] = statistics.fmean(none)
     return out
 
 
@@ -300,12 +305,15 @@ def write_markdown(path: Path, res: dict) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def pct(x: float | None) -> str:
+    """An accuracy in percent for the report's tables; "-" where there is none yet."""
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
 def part_c_lines(gap: dict) -> list[str]:
     if not gap:
         return ["", "## Part C (the capacity gap)", "", "Not started (it runs after part A)."]
 
-    def pct(x):
-        return "-" if x is None else f"{100 * x:.2f}"
     e, f = gap["early_teacher"], gap["final_teacher"]
     lines = ["", "## Part C: the capacity gap (early teacher against the final one)", "",
              f"Student {gap['student']['arch']}, method `{gap['method']}`, the full recipe, "
@@ -327,6 +335,11 @@ def part_c_lines(gap: dict) -> list[str]:
                   f"{gap['welch_p']:.3f}); per seed "
                   + ", ".join(f"{100 * d:+.2f}" for d in gap["paired_differences"])
                   + f". Verdict by the noise rule: **{gap['verdict']}**."]
+    if "no_teacher_mean" in gap and "early_mean" in gap:
+        lines += ["", f"For scale: the same student trained without a teacher (part A's "
+                  f"`none`, same seeds) reaches {pct(gap['no_teacher_mean'])}%; the early "
+                  f"teacher's students end at {pct(gap['early_mean'])}%, near the early "
+                  f"teacher's own {pct(e['val_accuracy'])}%."]
     return lines
 
 
@@ -341,8 +354,6 @@ def part_a_lines(full: dict, decision: dict | None = None) -> list[str]:
                   "| method | seeds done | mean | SD | margin over fitnets | Welch p | verdict |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for m, v in r["methods"].items():
-            def pct(x):
-                return "-" if x is None else f"{100 * x:.2f}"
             p = v.get("welch_p")
             lines.append(f"| {m} | {len(v['accuracies'])} | {pct(v['mean'])} | {pct(v['sd'])} | "
                          + ("-" if "margin_over_fitnets" not in v else

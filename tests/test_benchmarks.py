@@ -547,12 +547,19 @@ def test_the_two_kd_defaults_are_the_ones_the_recorded_evidence_chose():
     decision = figures["distill_decision"]
     expected = decision["method"] if decision["complete"] else "fitnets"
     assert canonical_method(DISTILL_DEFAULT) == expected
+    # part C's verdict, derived again, is the one README states (no early-teacher flag
+    # unless the early teacher wins)
+    gap = figures["capacity_gap"]
+    readme = (ROOT / "README.md").read_text()
+    if gap.get("verdict") == "worse":
+        assert f"{100 * gap['early_mean']:.1f}%" in readme
+        assert f"{100 * gap['final_mean']:.1f}%" in readme
 
 
 def test_the_capacity_gap_pairs_each_early_teacher_run_with_part_as_run_of_that_seed():
     import method_choice
 
-    res = _part_a({"a": {"fitnets": [0.740, 0.750, 0.760]}})
+    res = _part_a({"a": {"fitnets": [0.740, 0.750, 0.760], "none": [0.70, 0.71, 0.72]}})
     res["part_c_setup"] = {"student": {"id": "a", "arch": "arch a"}, "method": "fitnets",
                            "seeds": [10, 11, 12], "early_teacher": {"fraction": 0.25,
                            "digest": "e", "val_accuracy": 0.6}, "final_teacher": {
@@ -566,6 +573,9 @@ def test_the_capacity_gap_pairs_each_early_teacher_run_with_part_as_run_of_that_
     assert gap["margin"] == pytest.approx(0.0026667, abs=1e-6)
     assert gap["verdict"] == "tie"  # well inside the seeds' SD of 0.01
     assert any("**tie**" in line for line in method_choice.part_c_lines(gap))
+    # the student without a teacher, same seeds, is quoted for scale
+    assert gap["no_teacher_mean"] == pytest.approx(0.71)
+    assert any("reaches 71.00%" in line for line in method_choice.part_c_lines(gap))
 
 
 def test_the_live_confirmation_marks_a_margin_inside_the_seed_spread_a_tie():

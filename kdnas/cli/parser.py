@@ -142,7 +142,9 @@ def _add_teacher(sub) -> None:
     tt.add_argument("--keep-early", type=fractions, default=(), metavar="F[,F]",
                     help="also write the teacher as it was at these fractions of the run, "
                     "e.g. 0.25 writes <out>-at25pct.pt: an earlier, weaker teacher of the same "
-                    "run to distil a much smaller student from")
+                    "run (for experiments: measured on CIFAR-10, a student distilled from it "
+                    "ends near its accuracy, far below one distilled from the final teacher; "
+                    "see README)")
     tt.set_defaults(func=commands.cmd_teacher_train)
     t.set_defaults(func=lambda a: (t.print_help(), 2)[1])
 
