@@ -224,15 +224,15 @@ def cmd_distill(args) -> int:
         say(note)
     seed_tag = "" if args.seed is None else f"-seed{args.seed}"
     opts = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                schedule=args.schedule, seed=args.seed, formats=args.format, kd=args.kd)
+                schedule=args.schedule, seed=args.seed, formats=args.format)
     if args.reference:
         who = f"reference {args.reference}"
-        kd, _ = final_method(args.kd, cfg.kd, None)
+        kd, _ = final_method(args.kd, cfg.kd, None)  # resolved once: folder, message, run
         out = Path(args.out) if args.out else Path("exports") / cfg.study / (
             f"ref-{args.reference.replace(':', '-')}{method_tag(kd)}{seed_tag}-distilled")
         say(f"distilling {who} with {kd} for {args.epochs:g} epochs on the full train split "
             f"({len(data.train_y)} images), as a found student would be")
-        info = distill_reference(cfg, args.reference, teacher, data, out_dir=out,
+        info = distill_reference(cfg, args.reference, teacher, data, out_dir=out, kd=kd,
                                  progress=StepBar(f"distilling {who}"), **opts)
     else:
         trial = _picked_trial(args, record, cfg)
@@ -244,7 +244,7 @@ def cmd_distill(args) -> int:
             f"{cfg.kd}) for {args.epochs:g} epochs on the full "
             f"train split ({len(data.train_y)} images); checkpoint every epoch in "
             f"{cfg.study_dir / 'distill'}: run the same command to resume")
-        info = distill_trial(record, cfg, trial, teacher, data, out_dir=out,
+        info = distill_trial(record, cfg, trial, teacher, data, out_dir=out, kd=kd,
                              progress=StepBar(f"distilling {who}"), **opts)
     study = open_study(cfg, create=False)
     add_distilled(study, info)
