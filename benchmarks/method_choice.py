@@ -19,6 +19,10 @@ distilled from an early teacher (the kept teacher's run, trained again with the 
 stopped at a quarter of its steps: ``kdnas teacher train --keep-early 0.25``) with seeds 10-12;
 the final teacher's runs are part A's own (same student, method, seeds and batches). Raw
 results under ``part_c``.
+Part D (after A): the papers' cross-entropy weight. Both part A students with ``dist`` and
+``dkd`` trained as their papers weigh them (1 x CE + the method's loss) instead of kdnas'
+mixing (0.1 x CE + 0.9 x the loss), seeds 10-12, each run pairing with part A's of its seed.
+Raw results under ``part_d``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ PART_B_METHODS = ("logit", "dkd", "dist", "logit-ls", "dkd-ls", "rkd")  # fitnet
 PART_A_METHODS = ("none", "fitnets", "logit", "dkd", "dist", "logit-ls", "dkd-ls", "rkd")
 PART_A_SEEDS = (10, 11, 12)
 PART_A_FAMILIES = ("shufflenet", "resnet")
+PART_D_METHODS = ("dist", "dkd")
+PAPERS_CE_WEIGHT = 1.0  # part D: the DKD and DIST papers' cross-entropy weight
 EARLY_FRACTION = 0.25  # part C: the teacher as it was a quarter of the way through its run
 REUSED = {"fitnets": f"rung{af.RUNG_FACTORS[0]}x/s{af.PROXY_SEED}"}
 TABLE = ROOT / "reports" / "across_families.json"
@@ -92,26 +98,34 @@ def full_recipe(base, seed: int):
 
 
 def run_part_a(args, table, ctx, base, data, work: Path, save) -> None:
-    from kdnas.distill.candidate import init_seed
-
     students = part_a_students(table)
     save(lambda d: {**d, "part_a_setup": {
         "students": {c["id"]: c["arch"] for _, c in students}, "seeds": list(PART_A_SEEDS),
         "methods": list(PART_A_METHODS), "steps": af.TRUTH_FACTOR * base.steps}})
 
-    record = recorder(args.out, "part_a", save)
-    cache = dataclasses.replace(ctx, cache_root=work / "full_cache")
+    run_grid(dataclasses.replace(ctx, cache_root=work / "full_cache"),
+             recorder(args.out, "part_a", save), students, PART_A_METHODS,
+             lambda s: full_recipe(base, s), "", data, work, "full recipe")
+
+
+def run_grid(cache, record, students, methods, recipe_for, suffix: str, data, work: Path,
+             what: str) -> None:
+    """Parts A and D: every student with every method, seed by seed (PART_A_SEEDS, each
+    student initialised as in part A), under keys ``<method><suffix>/s<seed>``; a seed's
+    teacher cache is removed once all its runs are recorded."""
+    from kdnas.distill.candidate import init_seed
+
     for s in PART_A_SEEDS:
-        recipe = full_recipe(base, s)
-        for method in PART_A_METHODS:
-            key = f"{method}/s{s}"
+        recipe = recipe_for(s)
+        for method in methods:
+            key = f"{method}{suffix}/s{s}"
             for i, c in students:
                 if c["id"] not in record("get", None, None).get(key, {}):
                     af.run_one(cache, dataclasses.replace(recipe, kd=method), c,
                                init_seed(s, 1000 + i), data, work, key, record)
-        if all(c["id"] in record("get", None, None).get(f"{m}/s{s}", {})
-               for m in PART_A_METHODS for _, c in students):
-            af._drop_caches(cache.cache_for(recipe).dir, f"full recipe, seed {s}")
+        if all(c["id"] in record("get", None, None).get(f"{m}{suffix}/s{s}", {})
+               for m in methods for _, c in students):
+            af._drop_caches(cache.cache_for(recipe).dir, f"{what}, seed {s}")
 
 
 def run_part_c(args, cfg, table, base, data, spec, teacher, work: Path, save) -> None:
@@ -155,6 +169,123 @@ def run_part_c(args, cfg, table, base, data, spec, teacher, work: Path, save) ->
             af.run_one(ctx, recipe, c, init_seed(s, 1000 + i), data, work, key, record)
         if cid in record("get", None, None).get(key, {}):
             af._drop_caches(ctx.cache_for(recipe).dir, f"early teacher, seed {s}")
+
+
+def run_part_d(args, table, ctx, base, data, work: Path, save) -> None:
+    if not json.loads(args.out.read_text()).get("methods", {}).get(
+            "distill_decision", {}).get("complete"):
+        raise SystemExit("part D runs after part A: part A's runs are not all done "
+                         "(python benchmarks/method_choice.py --part A)")
+    students = part_a_students(table)
+    save(lambda d: {**d, "part_d_setup": {
+        "students": {c["id"]: c["arch"] for _, c in students}, "seeds": list(PART_A_SEEDS),
+        "methods": list(PART_D_METHODS), "ce_weight": PAPERS_CE_WEIGHT,
+        "steps": af.TRUTH_FACTOR * base.steps}})
+    # logits only: neither method reads the teacher's features
+    run_grid(dataclasses.replace(ctx, cache_root=work / "logit_cache", cache_features=False),
+             recorder(args.out, "part_d", save), students, PART_D_METHODS,
+             lambda s: dataclasses.replace(full_recipe(base, s), ce_weight=PAPERS_CE_WEIGHT),
+             "-ce1", data, work, "logits")
+
+
+def _compare(a: list[float], b: list[float]) -> dict:
+    """``a`` against ``b`` by the protocol's noise rule: margin of the means, Welch's p, and
+    a tie where the margin is below the larger seed SD."""
+    import statistics
+
+    from claim import welch_p
+
+    margin = statistics.fmean(a) - statistics.fmean(b)
+    noise = max(statistics.stdev(a), statistics.stdev(b))
+    return {"margin": margin, "welch_p": welch_p(a, b),
+            "verdict": "tie" if abs(margin) < noise else "better" if margin > 0 else "worse"}
+
+
+def part_d_figures(res: dict) -> dict:
+    """Per student and method: the papers' weighting (mean, SD), against the same method's
+    part A mixing and against part A's ``dist``; then the protocol's two decisions."""
+    import statistics
+
+    setup, runs, a = res.get("part_d_setup"), res.get("part_d", {}), res.get("part_a", {})
+    if not setup:
+        return {}
+    seeds = setup["seeds"]
+
+    def accs(table, key, cid):
+        return [table[f"{key}/s{s}"][cid]["val_accuracy"] for s in seeds
+                if cid in table.get(f"{key}/s{s}", {})]
+    out = {"students": {}, "seeds": seeds, "ce_weight": setup["ce_weight"]}
+    complete = True
+    for cid, arch in setup["students"].items():
+        row = {}
+        for m in setup["methods"]:
+            d, mix, dist = accs(runs, f"{m}-ce1", cid), accs(a, m, cid), accs(a, "dist", cid)
+            r = {"accuracies": d, "mean": statistics.fmean(d) if d else None,
+                 "sd": statistics.stdev(d) if len(d) > 1 else None,
+                 "mixing_mean": statistics.fmean(mix) if mix else None}
+            if len(d) == len(mix) == len(dist) == len(seeds):
+                r["against_mixing"] = _compare(d, mix)
+                r["against_dist"] = _compare(d, dist)
+            else:
+                complete = False
+            row[m] = r
+        out["students"][cid] = {"arch": arch, "methods": row}
+    out["complete"] = complete
+    if not complete:
+        return out
+    rows = list(out["students"].values())
+    out["papers_weighting_wins"] = [
+        m for m in setup["methods"]
+        if all(r["methods"][m]["against_mixing"]["verdict"] == "better" for r in rows)]
+    # decision 2: every part A method (not "none") and every part D entry, mean over students
+    means = {m: statistics.fmean(accs(a, m, cid)[i] for cid in setup["students"]
+                                 for i in range(len(seeds)))
+             for m in res["part_a_setup"]["methods"] if m != "none"}
+    means.update({f"{m}-ce1": statistics.fmean(r["methods"][m]["mean"] for r in rows)
+                  for m in setup["methods"]})
+    best = max(means, key=means.get)
+    beats = best.endswith("-ce1") and all(
+        r["methods"][best.removesuffix("-ce1")]["against_dist"]["verdict"] == "better"
+        for r in rows)
+    out.update(mean_over_students=means, best=best, best_beats_dist_on_both=beats,
+               distill_default=best if beats else "dist")
+    return out
+
+
+def part_d_lines(d: dict) -> list[str]:
+    if not d:
+        return ["", "## Part D (the papers' cross-entropy weight)", "", "Not started."]
+    lines = ["", "## Part D: the papers' cross-entropy weight", "",
+             f"DIST and DKD trained as their papers weigh them ({d['ce_weight']:g} x CE + the "
+             "method's loss) against kdnas' mixing in part A (0.1 x CE + 0.9 x the loss), the "
+             "same students, recipe, seeds and batches; and against part A's `dist` (the "
+             "current default). A margin below the larger seed SD is a tie.", "",
+             "| student | method | seeds done | papers' weighting | SD | part A mixing | "
+             "margin (p) | verdict | against dist (p) | verdict |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in d["students"].values():
+        for m, v in r["methods"].items():
+            cmp = [v.get("against_mixing"), v.get("against_dist")]
+            cells = []
+            for c in cmp:
+                cells += (["-", "-"] if c is None else
+                          [f"{100 * c['margin']:+.2f} ({c['welch_p']:.3f})", c["verdict"]])
+            lines.append(f"| {r['arch']} | {m} | {len(v['accuracies'])} | {pct(v['mean'])} | "
+                         f"{pct(v['sd'])} | {pct(v['mixing_mean'])} | " + " | ".join(cells)
+                         + " |")
+    if d.get("complete"):
+        means = ", ".join(f"{m} {100 * v:.2f}" for m, v in sorted(
+            d["mean_over_students"].items(), key=lambda kv: -kv[1]))
+        wins = d["papers_weighting_wins"]
+        lines += ["", f"Mean over both students: {means}.",
+                  "Decision 1 (the papers' weighting beats the mixing on both students): "
+                  + (", ".join(f"`{m}`" for m in wins) if wins else "no method") + ".",
+                  f"Decision 2: the best mean over both students is `{d['best']}`"
+                  + (", a part D entry that beats part A's `dist` on both students"
+                     if d["best_beats_dist_on_both"] else
+                     ", not a part D entry that beats part A's `dist` on both students")
+                  + f": the final-student default is **`{d['distill_default']}`**."]
+    return lines
 
 
 def part_a_figures(res: dict) -> dict:
@@ -264,6 +395,8 @@ def figures(res: dict) -> dict:
                 res["methods"]["full_recipe"], len(res["part_a_setup"]["seeds"]))
         if res.get("part_c_setup"):
             res["methods"]["capacity_gap"] = part_c_figures(res)
+        if res.get("part_d_setup"):
+            res["methods"]["papers_weighting"] = part_d_figures(res)
     return res
 
 
@@ -302,6 +435,7 @@ def write_markdown(path: Path, res: dict) -> None:
                                   else f"{100 * v:.1f}" for k in table) + " |")
     lines += part_a_lines(m.get("full_recipe") or {}, m.get("distill_decision") or {})
     lines += part_c_lines(m.get("capacity_gap") or {})
+    lines += part_d_lines(m.get("papers_weighting") or {})
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -376,7 +510,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_setup_args(ap)
     ap.set_defaults(out=ROOT / "reports" / "distill_methods.json")
-    ap.add_argument("--part", choices=("A", "B", "C"), default="B")
+    ap.add_argument("--part", choices=("A", "B", "C", "D"), default="B")
     ap.add_argument("--table", type=Path, default=TABLE, help="the across-families results")
     ap.add_argument("--methods", nargs="+", default=list(PART_B_METHODS))
     ap.add_argument("--steps", type=int, default=None, help="brief steps (default 400)")
@@ -423,6 +557,8 @@ def main(argv: list[str] | None = None) -> None:
         return run_part_a(args, table, ctx, base, data, work, save)
     if args.part == "C":
         return run_part_c(args, cfg, table, base, data, spec, teacher, work, save)
+    if args.part == "D":
+        return run_part_d(args, table, ctx, base, data, work, save)
     for method in args.methods:  # method by method, so each finished method has its tau
         key = f"brief-{method}/s{af.PROXY_SEED}"
         for i, c in enumerate(table["candidates"]):

@@ -594,3 +594,38 @@ def test_the_live_confirmation_marks_a_margin_inside_the_seed_spread_a_tie():
     one = live([0.72, 0.73], [0.75, 0.75])
     del one["runs"]["truth/s1"]["all-trial2"]
     assert "verdict" not in search_live.summarise(one)  # a pick's truth is not complete
+
+
+def test_part_d_pairs_the_papers_weighting_with_part_as_runs_and_applies_both_rules():
+    import method_choice
+
+    res = _part_a({"a": {"none": [0.70, 0.70, 0.70], "fitnets": [0.74, 0.74, 0.75],
+                         "dist": [0.750, 0.752, 0.754], "dkd": [0.730, 0.732, 0.734]},
+                   "b": {"none": [0.70, 0.70, 0.70], "fitnets": [0.74, 0.74, 0.75],
+                         "dist": [0.740, 0.742, 0.744], "dkd": [0.720, 0.722, 0.724]}})
+    res["part_d_setup"] = {"students": {"a": "arch a", "b": "arch b"}, "seeds": [10, 11, 12],
+                           "methods": ["dist", "dkd"], "ce_weight": 1.0, "steps": 3200}
+    runs = res["part_d"] = {}
+    # dkd with the papers' weighting: +3 points on both students, well beyond its SD of 0.2
+    for cid, base in (("a", 0.760), ("b", 0.750)):
+        for s, acc in zip((10, 11, 12), (base, base + 0.002, base + 0.004), strict=True):
+            runs.setdefault(f"dkd-ce1/s{s}", {})[cid] = {"val_accuracy": acc}
+    d = method_choice.part_d_figures(res)
+    assert not d["complete"] and "best" not in d  # dist's runs missing: no decision
+    for s in (10, 11, 12):  # dist with the papers' weighting: part A's accuracies (a tie)
+        runs[f"dist-ce1/s{s}"] = {cid: dict(r) for cid, r in res["part_a"][f"dist/s{s}"].items()}
+    d = method_choice.part_d_figures(res)
+    assert d["complete"]
+    dkd_a = d["students"]["a"]["methods"]["dkd"]
+    assert dkd_a["against_mixing"]["margin"] == pytest.approx(0.03)
+    assert dkd_a["against_mixing"]["verdict"] == "better"
+    assert d["students"]["a"]["methods"]["dist"]["against_mixing"]["verdict"] == "tie"
+    assert d["papers_weighting_wins"] == ["dkd"]
+    assert d["best"] == "dkd-ce1" and d["best_beats_dist_on_both"]
+    assert d["distill_default"] == "dkd-ce1"
+    assert any("**`dkd-ce1`**" in line for line in method_choice.part_d_lines(d))
+    # a part D entry that wins on one student only leaves dist as the default
+    for s in (10, 11, 12):
+        runs[f"dkd-ce1/s{s}"]["b"]["val_accuracy"] -= 0.03
+    d = method_choice.part_d_figures(res)
+    assert d["papers_weighting_wins"] == [] and d["distill_default"] == "dist"

@@ -136,3 +136,35 @@ def test_kd_auto_keeps_the_methods_a_study_searched_from_its_first_trial():
     assert _auto_methods(new) == AUTO_METHODS and len(AUTO_METHODS) == 10
     t = new.ask()
     assert t.suggest_categorical("kd", _auto_methods(new)) in AUTO_METHODS
+
+
+def test_the_cross_entropy_weight_switches_hintons_mixing_for_the_papers_form():
+    """Default: 0.1 x CE + 0.9 x the method's loss; ``ce_weight`` 1: CE + the method's loss at
+    its own weights (DKD and DIST as their papers train)."""
+    import torch.nn.functional as F
+
+    from kdnas.core.errors import KdnasError
+    from kdnas.core.settings import TrainConfig
+    from kdnas.distill.trainer import _Clock, _loss
+
+    torch.manual_seed(0)
+    student, x = torch.nn.Linear(6, 5), torch.randn(4, 6)
+    t_logits = torch.randn(4, 5)
+    y = torch.tensor([0, 1, 2, 3])
+
+    class Signal:  # the teacher's outputs, as the cache serves them
+        def get(self, step, x, total):
+            return t_logits, []
+
+    dist = logit_loss(KD_BY_NAME["dist"], temperature=4.0)
+    ce = float(F.cross_entropy(student(x), y))
+    kd = float(dist(student(x), t_logits, y))
+
+    def loss(cfg):
+        return float(_loss(student, x, y, cfg, Signal(), (0, 10), dist, None, None, _Clock()))
+    assert loss(TrainConfig(kd="dist", device="cpu")) == pytest.approx(0.1 * ce + 0.9 * kd,
+                                                                        rel=1e-5)
+    assert loss(TrainConfig(kd="dist", device="cpu", ce_weight=1.0)) == pytest.approx(
+        ce + kd, rel=1e-5)
+    with pytest.raises(KdnasError, match="cross-entropy weight"):
+        TrainConfig(ce_weight=-1.0)

@@ -58,6 +58,9 @@ class TrainConfig:
     kd: str = "feature"
     temperature: float = 4.0
     kd_alpha: float = 0.9
+    # None: (1 - kd_alpha) x CE + kd_alpha x the logit loss (Hinton's mixing, every method);
+    # a number w: w x CE + the logit loss at its own weights (the DKD and DIST papers' form, w 1)
+    ce_weight: float | None = None
     feature_weight: float | None = None  # None: the method's default (FEATURE_WEIGHTS)
     schedule: str = "cosine"  # or "step": x0.1 at 50% and 75% of the steps
     seed: int = 0
@@ -87,6 +90,8 @@ class TrainConfig:
             raise KdnasError(f"schedule must be cosine or step, got {self.schedule!r}")
         if self.feature_weight is not None and self.feature_weight < 0:
             raise KdnasError(f"feature weight must be >= 0, got {self.feature_weight}")
+        if self.ce_weight is not None and self.ce_weight < 0:
+            raise KdnasError(f"cross-entropy weight must be >= 0, got {self.ce_weight}")
 
     @property
     def method(self) -> str:

@@ -274,7 +274,10 @@ def _loss(student, x, y, cfg: TrainConfig, signal: _TeacherSignal | None, at: tu
     clock.lap("student")
     t_logits, t_feats = signal.get(at[0], x, at[1])
     clock.lap("teacher")
-    loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd_loss(logits, t_logits, y, *at)
+    if cfg.ce_weight is None:  # Hinton's mixing
+        loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd_loss(logits, t_logits, y, *at)
+    else:  # the DKD and DIST papers' form
+        loss = cfg.ce_weight * loss + kd_loss(logits, t_logits, y, *at)
     if extra is not None:
         s_feats = s_taps.features()
         if x.device.type != "cpu":  # bf16 from autocast, fp16 from the cache
