@@ -293,7 +293,6 @@ def part_a_figures(res: dict) -> dict:
     and the protocol's noise rule (a margin below the larger SD is a tie)."""
     import statistics
 
-    from claim import welch_p
 
     setup, runs = res.get("part_a_setup"), res.get("part_a", {})
     if not setup:
@@ -308,11 +307,9 @@ def part_a_figures(res: dict) -> dict:
                       "sd": statistics.stdev(a) if len(a) > 1 else None}
             f = accs.get("fitnets", [])
             if m != "fitnets" and len(a) == len(f) == len(setup["seeds"]):
-                margin = row[m]["mean"] - statistics.fmean(f)
-                noise = max(row[m]["sd"], statistics.stdev(f))
-                row[m].update(margin_over_fitnets=margin, welch_p=welch_p(a, f),
-                              verdict="tie" if abs(margin) < noise else
-                              "better" if margin > 0 else "worse")
+                c = _compare(a, f)
+                row[m].update(margin_over_fitnets=c["margin"], welch_p=c["welch_p"],
+                              verdict=c["verdict"])
         out[cid] = {"arch": arch, "methods": row}
     return out
 
@@ -346,7 +343,6 @@ def part_c_figures(res: dict) -> dict:
     margin with Welch's p, the noise rule's verdict, and the per-seed (paired) differences."""
     import statistics
 
-    from claim import welch_p
 
     setup = res.get("part_c_setup")
     if not setup:
@@ -360,13 +356,9 @@ def part_c_figures(res: dict) -> dict:
     out = {**setup, "early_accuracies": early, "final_accuracies": final,
            "paired_differences": [e - f for e, f in pairs]}
     if len(pairs) == len(setup["seeds"]):
-        margin = statistics.fmean(early) - statistics.fmean(final)
-        noise = max(statistics.stdev(early), statistics.stdev(final))
         out.update(early_mean=statistics.fmean(early), final_mean=statistics.fmean(final),
                    early_sd=statistics.stdev(early), final_sd=statistics.stdev(final),
-                   margin=margin, welch_p=welch_p(early, final),
-                   verdict="tie" if abs(margin) < noise else
-                   "better" if margin > 0 else "worse")
+                   **_compare(early, final))
     # the same student without a teacher (part A's "none", same seeds), for scale
     none = [a[f"none/s{s}"][cid]["val_accuracy"] for s in setup["seeds"]
             if cid in a.get(f"none/s{s}", {})]
