@@ -125,7 +125,9 @@ def run_grid(cache, record, students, methods, recipe_for, suffix: str, data, wo
                                init_seed(s, 1000 + i), data, work, key, record)
         if all(c["id"] in record("get", None, None).get(f"{m}{suffix}/s{s}", {})
                for m in methods for _, c in students):
-            af._drop_caches(cache.cache_for(recipe).dir, f"{what}, seed {s}")
+            for tc in {t.dir: t for m in methods  # the caches the methods read, once each
+                       if (t := cache.cache_for(dataclasses.replace(recipe, kd=m)))}.values():
+                af._drop_caches(tc.dir, f"{what}, seed {s}")
 
 
 def run_part_c(args, cfg, table, base, data, spec, teacher, work: Path, save) -> None:

@@ -547,6 +547,19 @@ def test_the_two_kd_defaults_are_the_ones_the_recorded_evidence_chose():
     decision = figures["distill_decision"]
     expected = decision["method"] if decision["complete"] else "fitnets"
     assert canonical_method(DISTILL_DEFAULT) == expected
+    # part D: a method's final cross-entropy weight is its paper's exactly where the papers'
+    # weighting beat the mixing on both students; the default follows decision 2
+    d = figures.get("papers_weighting", {})
+    if d.get("complete"):
+        from kdnas.core.kd_methods import KD_BY_NAME
+
+        for m in d["students"][next(iter(d["students"]))]["methods"]:
+            papers = KD_BY_NAME[m].final_ce_weight == d["ce_weight"]
+            assert papers == (m in d["papers_weighting_wins"]), m
+        default = d["distill_default"]
+        assert canonical_method(DISTILL_DEFAULT) == default.removesuffix("-ce1")
+        if default.endswith("-ce1"):
+            assert KD_BY_NAME[canonical_method(DISTILL_DEFAULT)].final_ce_weight == 1.0
     # part C's verdict, derived again, is the one README states (no early-teacher flag
     # unless the early teacher wins)
     gap = figures["capacity_gap"]
@@ -629,3 +642,38 @@ def test_part_d_pairs_the_papers_weighting_with_part_as_runs_and_applies_both_ru
         runs[f"dkd-ce1/s{s}"]["b"]["val_accuracy"] -= 0.03
     d = method_choice.part_d_figures(res)
     assert d["papers_weighting_wins"] == [] and d["distill_default"] == "dist"
+
+
+def test_the_run_grid_trains_what_is_missing_and_drops_each_seeds_caches_once(monkeypatch):
+    """Parts A and D: a missing run is trained; once a seed's runs are all recorded its
+    teacher caches go, found through the methods' recipes (a logits-only cache serves no
+    feature method, and part A's first method, none, has no cache at all)."""
+    import dataclasses
+
+    import method_choice
+
+    from kdnas.core.settings import TrainConfig
+
+    @dataclasses.dataclass
+    class Cache:
+        def cache_for(self, recipe):  # logits only: no cache for a feature method or none
+            return (None if recipe.kd in ("none", "feature", "fitnets")
+                    else type("C", (), {"dir": f"cache-s{recipe.seed}"})())
+
+    done = {f"{m}-ce1/s{s}": {"a": {}} for m in ("dist", "dkd") for s in (10, 11, 12)}
+    del done["dkd-ce1/s12"]
+    trained, dropped = [], []
+
+    def record(op, key, value):
+        return done
+
+    def run_one(cache, recipe, c, init, data, work, key, rec):
+        trained.append((key, recipe.kd, recipe.ce_weight))
+        done[key] = {c["id"]: {}}
+    monkeypatch.setattr(method_choice.af, "run_one", run_one)
+    monkeypatch.setattr(method_choice.af, "_drop_caches", lambda d, what: dropped.append(d))
+    method_choice.run_grid(Cache(), record, [(0, {"id": "a"})], ("dist", "dkd"),
+                           lambda s: TrainConfig(kd="feature", seed=s, ce_weight=1.0),
+                           "-ce1", None, None, "logits")
+    assert trained == [("dkd-ce1/s12", "dkd", 1.0)]
+    assert dropped == ["cache-s10", "cache-s11", "cache-s12"]
