@@ -50,7 +50,25 @@ def test_a_new_distill_default_never_resumes_another_methods_checkpoints(monkeyp
 
     monkeypatch.setattr(final, "DISTILL_DEFAULT", "dist")
     assert final_method(None, "dkd-ls", "dkd-ls") == ("dist", False)
-    assert method_tag("dist") == "-dist" and method_tag("feature") == ""
+    # DIST's final runs take its paper's weighting (part D): the folder says so, so the
+    # earlier "-dist" runs (Hinton's mixing) are never resumed with it
+    assert method_tag("dist") == "-dist-ce1" and method_tag("feature") == ""
+
+
+def test_a_final_student_trains_with_its_methods_final_cross_entropy_weight():
+    from kdnas.core.settings import KD_BY_NAME, SearchConfig
+    from kdnas.ship.final import FullRecipe, _Pick, final_train_config
+
+    cfg = SearchConfig(study="s", teacher="t.pt", data="digits", budget="1MFLOPs")
+    full = FullRecipe(epochs=2.0, lr=None, batch_size=None, schedule="cosine", seed=None)
+    for kd in ("dist", "dkd", "logit", "feature", "dkd-ls"):
+        pick = _Pick({}, "x", kd, None, {}, None, {})
+        tcfg = final_train_config(pick, cfg, full, seed=3)
+        expected = KD_BY_NAME["fitnets" if kd == "feature" else kd].final_ce_weight
+        assert tcfg.ce_weight == expected and tcfg.kd == kd and tcfg.seed == 3
+        assert tcfg.epochs == 2.0 and tcfg.kd_alpha == cfg.kd_alpha
+    assert final_train_config(_Pick({}, "x", "dist", None, {}, None, {}), cfg, full,
+                              seed=0).ce_weight == 1.0
 
 
 @pytest.mark.slow

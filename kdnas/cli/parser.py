@@ -104,7 +104,8 @@ def _add_study_commands(sub) -> None:  # layout: table
                    "keeps its own checkpoint and record, for a seed spread")
     f.add_argument("--kd", choices=KD_METHODS, help="distillation method of the final "
                    f"training (default {DISTILL_DEFAULT}, chosen by training the methods with "
-                   "the full recipe: reports/distill_methods.md; whatever the search "
+                   "the full recipe: reports/distill_methods.md; DIST and DKD train in their "
+                   "papers' form, cross-entropy weight 1; whatever the search "
                    "ranked with; in a study that searched the method with --kd auto, the "
                    "trial's method)")
     f.add_argument("--epochs", type=float, default=200, help="default 200")

@@ -199,6 +199,8 @@ def _card(m: dict) -> str:
     amount = (f"{tr['steps']} steps ({tr['images']} images)" if "steps" in tr
               else f"{tr['epochs']} epoch(s)")
     split = f"{amount} on {100 * tr['train_fraction']:.0f}% of the training split"
+    weighting = (f"alpha={tr['kd_alpha']}" if tr.get("ce_weight") is None
+                 else f"cross-entropy weight {tr['ce_weight']:g} + the method's loss")
     who = (f"reference {m['reference']}" if m.get("reference") is not None
            else f"trial {m['trial']}")
     return f"""# {m['arch']} (study {m['study']}, {who})
@@ -212,7 +214,7 @@ def _card(m: dict) -> str:
 | latency | {lat} |
 | teacher | {m['teacher']} |
 | data | {m['data']}, input {tuple(m['input_shape'])}, {len(m['classes'])} classes |
-| training | {split}, distillation: {tr['kd']} (T={tr['temperature']}, alpha={tr['kd_alpha']}, \
+| training | {split}, distillation: {tr['kd']} (T={tr['temperature']}, {weighting}, \
 feature weight={tr['feature_weight']}) |
 
 Inputs: {m['input_range']}; mean {m['normalization']['mean']}, std \

@@ -19,7 +19,13 @@ from pathlib import Path
 import torch
 
 from kdnas.core.records import StudyRecord
-from kdnas.core.settings import DISTILL_DEFAULT, SearchConfig, TrainConfig, canonical_method
+from kdnas.core.settings import (
+    DISTILL_DEFAULT,
+    SearchConfig,
+    TrainConfig,
+    canonical_method,
+    kd_method,
+)
 from kdnas.distill import evaluate
 from kdnas.distill.candidate import TrainContext, train_candidate
 from kdnas.ship.export import write_exports
@@ -65,7 +71,11 @@ def method_tag(kd: str) -> str:
     student trained before ``kdnas distill --kd`` was), ``-<method>`` for the others, so the
     checkpoints of each method are kept apart, earlier runs resume, and a later change of
     :data:`DISTILL_DEFAULT` never resumes one method's checkpoint with another."""
-    return "" if canonical_method(kd) == UNTAGGED_METHOD else f"-{canonical_method(kd)}"
+    method = canonical_method(kd)
+    if method == UNTAGGED_METHOD:
+        return ""
+    ce = kd_method(method).final_ce_weight  # another weighting: another checkpoint
+    return f"-{method}" + ("" if ce is None else f"-ce{ce:g}")
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,19 @@ def distill_reference(cfg: SearchConfig, name: str, teacher, data, *, epochs: fl
                     out_dir=out_dir, progress=progress)
 
 
+def final_train_config(pick: _Pick, cfg: SearchConfig, full: FullRecipe, seed: int
+                       ) -> TrainConfig:
+    """The full recipe's training settings: the study's temperature and mixing, the method's
+    final cross-entropy weight (``KDMethod.final_ce_weight``: the papers' form where it was
+    measured better), the recipe's epochs, batch, learning rate and schedule."""
+    return TrainConfig(epochs=full.epochs, batch_size=full.batch_size or cfg.batch_size,
+                       lr=full.lr or cfg.lr, train_fraction=1.0, kd=pick.kd,
+                       temperature=cfg.temperature, kd_alpha=cfg.kd_alpha,
+                       ce_weight=kd_method(pick.kd).final_ce_weight,
+                       feature_weight=pick.feature_weight, schedule=full.schedule, seed=seed,
+                       device=cfg.device)
+
+
 def _distill(pick: _Pick, cfg: SearchConfig, teacher, data, full: FullRecipe, *,
              out_dir: Path, progress: Callable[[int, int, float], None] | None) -> dict:
     spec, name, cost, epochs, schedule = pick.spec, pick.name, pick.cost, full.epochs, \
@@ -128,11 +151,7 @@ def _distill(pick: _Pick, cfg: SearchConfig, teacher, data, full: FullRecipe, *,
     if full.seed is not None and full.seed != cfg.seed:
         name = f"{name}-seed{full.seed}"  # its own checkpoint and record
     seed = cfg.seed if full.seed is None else full.seed
-    tcfg = TrainConfig(epochs=epochs, batch_size=full.batch_size or cfg.batch_size,
-                       lr=full.lr or cfg.lr, train_fraction=1.0, kd=pick.kd,
-                       temperature=cfg.temperature, kd_alpha=cfg.kd_alpha,
-                       feature_weight=pick.feature_weight, schedule=schedule, seed=seed,
-                       device=cfg.device)
+    tcfg = final_train_config(pick, cfg, full, seed)
     work = cfg.study_dir / "distill" / name
     out = train_candidate(TrainContext(teacher, data), spec, tcfg, init=seed,
                           checkpoint=work / "checkpoint.pt", progress=progress)
@@ -142,7 +161,8 @@ def _distill(pick: _Pick, cfg: SearchConfig, teacher, data, full: FullRecipe, *,
             "val_accuracy": result.val_accuracy, "test_accuracy": test_acc,
             "search_val_accuracy": pick.search_val_accuracy, "macs": cost.get("macs"),
             "recipe": {"lr": tcfg.lr, "batch_size": tcfg.batch_size, "schedule": schedule,
-                       "kd": tcfg.method, "feature_weight": tcfg.weight, "seed": seed},
+                       "kd": tcfg.method, "feature_weight": tcfg.weight,
+                       "ce_weight": tcfg.ce_weight, "seed": seed},
             "curve": result.curve}
     torch.save({"spec": spec, "state_dict": model.state_dict()}, work / "student.pt")
     meta = {"val_accuracy": result.val_accuracy, "test_accuracy": test_acc,
@@ -155,7 +175,8 @@ def _distill(pick: _Pick, cfg: SearchConfig, teacher, data, full: FullRecipe, *,
                        f"{tcfg.method} distillation for {epochs:g} epochs (`kdnas distill`).",
             "training": {"epochs": epochs, "train_fraction": 1.0, "kd": tcfg.method,
                          "temperature": tcfg.temperature, "kd_alpha": tcfg.kd_alpha,
-                         "feature_weight": tcfg.weight, "seed": seed}}
+                         "ce_weight": tcfg.ce_weight, "feature_weight": tcfg.weight,
+                         "seed": seed}}
     diffs, files = write_exports(model, spec, data, Path(out_dir), formats=full.formats,
                                   meta=meta)
     info["exports"] = {k: str(Path(out_dir) / f.name) for k, f in zip(diffs, files[1:],
