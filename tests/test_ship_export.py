@@ -89,3 +89,44 @@ def test_export_of_an_unknown_trial(searched):
     study, cfg, data, tmp = searched
     with pytest.raises(KdnasError, match="no trial 999"):
         export_trial(study, cfg, 999, data, tmp / "none")
+
+
+def test_an_export_is_judged_relative_to_the_largest_logit(searched, monkeypatch, tmp_path):
+    """Float rounding grows with the logits: a student whose logits reach the thousands (a
+    short DIST run left 6,400) passes with rounding-sized differences, and a difference
+    beyond the tolerance at that scale still fails and removes the file."""
+    from kdnas.ship import export
+
+    study, cfg, data, _ = searched
+    rec = study.trial(pick_trial(study, "knee"))
+    class Large(torch.nn.Module):  # the student, its logits times 10,000
+        def __init__(self):
+            super().__init__()
+            self.student = build(rec.spec)
+
+        def forward(self, x):
+            return self.student(x) * 1e4
+    model = Large().eval()
+    x = next(data.batches("val", 64))[0].contiguous()
+    with torch.no_grad():
+        scale = float(model(x).abs().max())
+    assert scale > 10
+
+    def writer(offset):
+        def write(model, x, out):
+            path = out / "student.pt2"
+            path.write_text("")
+            with torch.no_grad():
+                return path, model(x) + offset
+        return write
+    tol = export.TOLERANCES["pt2"]
+    monkeypatch.setattr(export, "_card", lambda meta: "")  # the card is not under test here
+    monkeypatch.setitem(export._WRITERS, "pt2", writer(0.5 * tol * scale))
+    diffs, _ = export.write_exports(model, rec.spec, data, tmp_path / "ok", formats=("pt2",),
+                                    meta={"training": {}})
+    assert diffs["pt2"] == pytest.approx(0.5 * tol * scale, rel=1e-3)
+    monkeypatch.setitem(export._WRITERS, "pt2", writer(2 * tol * scale))
+    with pytest.raises(KdnasError, match="disagrees"):
+        export.write_exports(model, rec.spec, data, tmp_path / "bad", formats=("pt2",),
+                             meta={"training": {}})
+    assert not (tmp_path / "bad" / "student.pt2").exists()
