@@ -282,3 +282,14 @@ def test_the_progress_display_has_a_line_for_every_search_event(capsys):
                    "within budget 84.00%", "over budget, not trained",
                    "the same candidate as trial 7", "reference resnet8", "seed spread of 1.25"):
         assert needle in out, needle
+
+
+def test_a_distilled_student_near_chance_is_called_what_it_is():
+    """A full distillation that learnt nothing (3 epochs of DIST on digits: 9.7%) is
+    reported as such, with what to do; a trained one is not."""
+    from kdnas.cli.commands import distilled_warning
+
+    msg = distilled_warning({"val_accuracy": 0.0972, "epochs": 3.0}, 10)
+    assert "near chance (9.7% with 10 classes, after 3 epochs)" in msg and "--epochs" in msg
+    assert distilled_warning({"val_accuracy": 0.92, "epochs": 20.0}, 10) is None
+    assert distilled_warning({"val_accuracy": 0.30, "epochs": 3.0}, 2) is not None

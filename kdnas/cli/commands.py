@@ -93,6 +93,21 @@ def cmd_search(args) -> int:
     return 130 if (outcome is None or outcome.interrupted) else 0
 
 
+def near_chance(accuracy: float, num_classes: int) -> bool:
+    """Below 1.5x what guessing gets: a model that learnt (almost) nothing."""
+    return accuracy < 1.5 / num_classes
+
+
+def distilled_warning(info: dict, num_classes: int) -> str | None:
+    """What to tell the user about a fully distilled student that learnt nothing."""
+    acc = info["val_accuracy"]
+    if not near_chance(acc, num_classes):
+        return None
+    return (f"the distilled student is near chance ({100 * acc:.1f}% with {num_classes} "
+            f"classes, after {info['epochs']:g} epochs): its training did not converge; "
+            "train longer (--epochs; 200 by default) or with a lower --lr, and do not ship it")
+
+
 def _check_teacher(cfg, teacher, data) -> None:
     """The teacher's validation accuracy, said, and a warning when it is near chance."""
     from kdnas.cli.progress import say
@@ -102,7 +117,7 @@ def _check_teacher(cfg, teacher, data) -> None:
     teacher.meta["val_accuracy_measured"] = acc
     say(f"teacher validation accuracy: {100 * acc:.2f}%"
         + (" (measured before on these images)" if cached else ""))
-    if acc < 1.5 / data.num_classes:
+    if near_chance(acc, data.num_classes):
         log.warning("the teacher is near chance on this data (%.1f%% with %d classes): check "
                     "the data, its normalisation and the class order", 100 * acc,
                     data.num_classes)
@@ -255,6 +270,9 @@ def cmd_distill(args) -> int:
         f"accuracy {100 * info['test_accuracy']:.2f}%")
     for f in info["files"]:
         say(f"  {f}")
+    warning = distilled_warning(info, data.num_classes)
+    if warning:
+        log.warning(warning)
     return 0
 
 
