@@ -203,9 +203,10 @@ def _compare(a: list[float], b: list[float]) -> dict:
             "verdict": "tie" if abs(margin) < noise else "better" if margin > 0 else "worse"}
 
 
-def part_d_figures(res: dict) -> dict:
+def part_d_figures(res: dict, part_a: dict) -> dict:
     """Per student and method: the papers' weighting (mean, SD), against the same method's
-    part A mixing and against part A's ``dist``; then the protocol's two decisions."""
+    part A mixing and against part A's ``dist``; then the protocol's two decisions, the
+    second over part A's means (``part_a``: :func:`part_a_decision`) and part D's."""
     import statistics
 
     setup, runs, a = res.get("part_d_setup"), res.get("part_d", {}), res.get("part_a", {})
@@ -233,18 +234,16 @@ def part_d_figures(res: dict) -> dict:
             row[m] = r
         out["students"][cid] = {"arch": arch, "methods": row}
     out["complete"] = complete
-    if not complete:
-        return out
+    if not (complete and part_a.get("complete")):
+        return {**out, "complete": False}
     rows = list(out["students"].values())
     out["papers_weighting_wins"] = [
         m for m in setup["methods"]
         if all(r["methods"][m]["against_mixing"]["verdict"] == "better" for r in rows)]
     # decision 2: every part A method (not "none") and every part D entry, mean over students
-    means = {m: statistics.fmean(accs(a, m, cid)[i] for cid in setup["students"]
-                                 for i in range(len(seeds)))
-             for m in res["part_a_setup"]["methods"] if m != "none"}
-    means.update({f"{m}-ce1": statistics.fmean(r["methods"][m]["mean"] for r in rows)
-                  for m in setup["methods"]})
+    means = {**part_a["mean_over_students"],
+             **{f"{m}-ce1": statistics.fmean(r["methods"][m]["mean"] for r in rows)
+                for m in setup["methods"]}}
     best = max(means, key=means.get)
     beats = best.endswith("-ce1") and all(
         r["methods"][best.removesuffix("-ce1")]["against_dist"]["verdict"] == "better"
@@ -295,7 +294,6 @@ def part_a_figures(res: dict) -> dict:
     and the protocol's noise rule (a margin below the larger SD is a tie)."""
     import statistics
 
-
     setup, runs = res.get("part_a_setup"), res.get("part_a", {})
     if not setup:
         return {}
@@ -345,7 +343,6 @@ def part_c_figures(res: dict) -> dict:
     margin with Welch's p, the noise rule's verdict, and the per-seed (paired) differences."""
     import statistics
 
-
     setup = res.get("part_c_setup")
     if not setup:
         return {}
@@ -390,7 +387,8 @@ def figures(res: dict) -> dict:
         if res.get("part_c_setup"):
             res["methods"]["capacity_gap"] = part_c_figures(res)
         if res.get("part_d_setup"):
-            res["methods"]["papers_weighting"] = part_d_figures(res)
+            res["methods"]["papers_weighting"] = part_d_figures(
+                res, res["methods"].get("distill_decision", {}))
     return res
 
 

@@ -618,16 +618,17 @@ def test_part_d_pairs_the_papers_weighting_with_part_as_runs_and_applies_both_ru
                          "dist": [0.740, 0.742, 0.744], "dkd": [0.720, 0.722, 0.724]}})
     res["part_d_setup"] = {"students": {"a": "arch a", "b": "arch b"}, "seeds": [10, 11, 12],
                            "methods": ["dist", "dkd"], "ce_weight": 1.0, "steps": 3200}
+    part_a = method_choice.part_a_decision(method_choice.part_a_figures(res), 3)
     runs = res["part_d"] = {}
     # dkd with the papers' weighting: +3 points on both students, well beyond its SD of 0.2
     for cid, base in (("a", 0.760), ("b", 0.750)):
         for s, acc in zip((10, 11, 12), (base, base + 0.002, base + 0.004), strict=True):
             runs.setdefault(f"dkd-ce1/s{s}", {})[cid] = {"val_accuracy": acc}
-    d = method_choice.part_d_figures(res)
+    d = method_choice.part_d_figures(res, part_a)
     assert not d["complete"] and "best" not in d  # dist's runs missing: no decision
     for s in (10, 11, 12):  # dist with the papers' weighting: part A's accuracies (a tie)
         runs[f"dist-ce1/s{s}"] = {cid: dict(r) for cid, r in res["part_a"][f"dist/s{s}"].items()}
-    d = method_choice.part_d_figures(res)
+    d = method_choice.part_d_figures(res, part_a)
     assert d["complete"]
     dkd_a = d["students"]["a"]["methods"]["dkd"]
     assert dkd_a["against_mixing"]["margin"] == pytest.approx(0.03)
@@ -640,7 +641,7 @@ def test_part_d_pairs_the_papers_weighting_with_part_as_runs_and_applies_both_ru
     # a part D entry that wins on one student only leaves dist as the default
     for s in (10, 11, 12):
         runs[f"dkd-ce1/s{s}"]["b"]["val_accuracy"] -= 0.03
-    d = method_choice.part_d_figures(res)
+    d = method_choice.part_d_figures(res, part_a)
     assert d["papers_weighting_wins"] == [] and d["distill_default"] == "dist"
 
 
