@@ -1,8 +1,8 @@
 """Faults at scale: several workers on one study, killed with SIGKILL at random moments and
 replaced, until the study reaches its count; then every invariant a user relies on is checked.
 
-    python benchmarks/chaos.py                 # 4 workers, 20 kills, 24 trials on digits
-    python benchmarks/chaos.py --kills 5 --trials 8
+    python -m benchmarks.chaos                 # 4 workers, 20 kills, 24 trials on digits
+    python -m benchmarks.chaos --kills 5 --trials 8
 
 Writes reports/chaos.json and reports/chaos.md: kills, retries, the wall time against an
 undisturbed run of the same study, and each invariant. SQLite on this machine; the same

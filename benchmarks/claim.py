@@ -14,22 +14,21 @@ processes of the same command share the work (each distillation is locked to one
 A larger ``--trials`` extends the search; if it finds another best student, that one is
 distilled and the earlier pick's results stay beside it.
 
-    python benchmarks/claim.py                       # CIFAR-10, resnet8, 3 seeds
-    python benchmarks/claim.py --data digits --trials 2 --steps 5 --epochs 1  # a tiny run
+    python -m benchmarks.claim                       # CIFAR-10, resnet8, 3 seeds
+    python -m benchmarks.claim --data digits --trials 2 --steps 5 --epochs 1  # a tiny run
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import fcntl
 import json
 import sys
 
 import numpy as np
 
-from search_quality import add_setup_args, data_and_teacher, update_results, write_markdown
+from benchmarks.common import add_setup_args, data_and_teacher, held, update_results, welch_p
+from benchmarks.search_quality import write_markdown
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
     if args.across:
-        from claim_across import run_across
+        from benchmarks.claim_across import run_across
 
         args.seeds = args.seeds or [0, 1, 2, 3, 4]
         return run_across(args, argv)
@@ -145,20 +144,6 @@ def legacy_keys(res: dict) -> dict:
     return runs
 
 
-@contextlib.contextmanager
-def held(path):
-    """True while this process holds ``path``'s lock, False if another process does: workers
-    running this script side by side never distil the same student and seed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-
-
 def summarise(runs: dict, args, argv, budget: int, found: int, arch: str, macs: int,
               seen: dict) -> dict:
     """The claim's figures; ``seen``: what the search saw of both students (brief accuracies,
@@ -200,15 +185,6 @@ def summarise(runs: dict, args, argv, budget: int, found: int, arch: str, macs: 
             + ("" if c["welch_p"] is None else
                f" (Welch's t-test over the seeds: p = {c['welch_p']:.3f})") + "." + context(c))
     return c
-
-
-def welch_p(a: list[float], b: list[float]) -> float | None:
-    """Two-sided p-value of Welch's t-test between the two students' seeds: how often seed
-    noise alone would part them this far (None where it is undefined)."""
-    from scipy.stats import ttest_ind
-
-    p = float(ttest_ind(a, b, equal_var=False).pvalue) if min(len(a), len(b)) > 1 else None
-    return None if p is None or np.isnan(p) else p
 
 
 def context(c: dict) -> str:

@@ -1,5 +1,5 @@
 """The claim across families (protocol: docs/evidence/claim_across.md), run by
-``python benchmarks/claim.py --across``: a ``--space all`` search at resnet8's MACs, its pick
+``python -m benchmarks.claim --across``: a ``--space all`` search at resnet8's MACs, its pick
 distilled fully against the strongest hand-designed student that fits the budget.
 
 Stage 1 distils every reference once (the first seed); the strongest by that seed's test
@@ -15,8 +15,7 @@ import dataclasses
 import statistics
 from pathlib import Path
 
-from claim import held, welch_p
-from search_quality import data_and_teacher, update_results
+from benchmarks.common import data_and_teacher, held, update_results, welch_p
 
 SPACE = "all"
 REFERENCES = ("resnet8", "mobilenet:mobilenetv2_half", "shufflenet:shufflenetv2_half")
@@ -193,5 +192,5 @@ def write_page(path: Path, c: dict) -> None:
                      f"{pct(r['brief'])} | {pct(c['stage1'].get(name))} | "
                      + (f"{', '.join(pct(v) for v in o['accuracies'])} | {pct(o['mean'])} | "
                         f"{pct(o['spread'])} | {pct(o['sd'])} |" if o else "- | - | - | - |"))
-    lines += ["", c["verdict"], "", f"Reproduce: `python benchmarks/claim.py {c['argv']}`."]
+    lines += ["", c["verdict"], "", f"Reproduce: `python -m benchmarks.claim {c['argv']}`."]
     path.write_text("\n".join(lines) + "\n")

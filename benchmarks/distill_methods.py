@@ -1,7 +1,7 @@
 """Distillation on CIFAR-10: time overhead (with and without the teacher cache) and the
 accuracy of each --kd method against cross-entropy alone, at equal brief training.
 
-    python benchmarks/distill_methods.py --teacher T.pt --data imagefolder:PATH \\
+    python -m benchmarks.distill_methods --teacher T.pt --data imagefolder:PATH \\
         [--epochs 2 --train-fraction 0.5 --seeds 0 1 --rounds 3]
 
 Timing alone (more rounds, to reports/benchmarks/distill_overhead.md):
@@ -169,7 +169,7 @@ def main() -> None:
                      + " |")
 
     head = ["# Distillation methods and the teacher cache on CIFAR-10", "",
-            f"`python benchmarks/distill_methods.py --teacher {args.teacher} --data {args.data} "
+            f"`python -m benchmarks.distill_methods --teacher {args.teacher} --data {args.data} "
             f"--epochs {args.epochs:g} --train-fraction {args.train_fraction:g} --seeds "
             f"{' '.join(map(str, args.seeds))} --rounds {args.rounds}"
             + (" --timing-only" if args.timing_only else "")

@@ -3,8 +3,8 @@ protocol docs/evidence/distill_methods.md, committed before the runs. This scrip
 records every raw result as it comes, in reports/distill_methods.json (figures beside it in
 reports/distill_methods.md, headline keys ``methods.*`` in reports/search_quality.json).
 
-    OMP_NUM_THREADS=1 python benchmarks/method_choice.py --part B   # resumes where it stopped
-    python benchmarks/method_choice.py --summarise                  # figures from the json only
+    OMP_NUM_THREADS=1 python -m benchmarks.method_choice --part B   # resumes where it stopped
+    python -m benchmarks.method_choice --summarise                  # figures from the json only
 
 Part B: the 18 candidates of the across-families table (reports/across_families.json), each
 trained with the brief recipe (400 steps, seed 2: the same initialisation and batches as that
@@ -30,19 +30,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import across_families as af  # noqa: E402
-from search_quality import (  # noqa: E402
+from benchmarks import across_families as af
+from benchmarks.common import (
+    ROOT,
+    TRUTH_FACTOR,
+    Results,
     add_setup_args,
     check_teacher,
-    data_and_teacher,
-    update_results,
+    compare,
+    drop_caches,
+    prepared,
+    run_one,
+    spec_of,
+    truth_recipe,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 PART_B_METHODS = ("logit", "dkd", "dist", "logit-ls", "dkd-ls", "rkd")  # fitnets: reused
 PART_A_METHODS = ("none", "fitnets", "logit", "dkd", "dist", "logit-ls", "dkd-ls", "rkd")
 PART_A_SEEDS = (10, 11, 12)
@@ -66,21 +70,6 @@ def from_table(res: dict, table: dict) -> dict:
     return {**res, "candidates": table["candidates"], "source_truth": truth}
 
 
-def recorder(path: Path, field: str, save):
-    """``record(op, key, value)`` as :func:`across_families.run_one` calls it: "get" reads
-    ``field`` of the results file, "put" merges ``value`` into ``field[key]``."""
-    def record(op, key, value):
-        if op == "get":
-            return json.loads(path.read_text()).get(field, {})
-
-        def put(disk):
-            runs = disk.setdefault(field, {})
-            runs[key] = {**runs.get(key, {}), **value}
-            return disk
-        save(put)
-    return record
-
-
 def part_a_students(table: dict) -> list[tuple[int, dict]]:
     """The best candidate of each of PART_A_FAMILIES by truth, with its index in the table."""
     t_mean, _ = af.truth(table)
@@ -92,24 +81,24 @@ def part_a_students(table: dict) -> list[tuple[int, dict]]:
 
 
 def full_recipe(base, seed: int):
-    """Part A's recipe for ``seed`` (part C's too, so its runs pair with part A's)."""
-    return dataclasses.replace(base, steps=af.TRUTH_FACTOR * base.steps, seed=seed,
-                               eval_every=af.TRUTH_FACTOR * base.steps // 5)
+    """Part A's recipe for ``seed`` (part C's too, so its runs pair with part A's): the truth
+    recipe."""
+    return truth_recipe(base, seed)
 
 
-def run_part_a(args, table, ctx, base, data, work: Path, save) -> None:
+def run_part_a(args, table, ctx, base, data, work: Path, results: Results) -> None:
     students = part_a_students(table)
-    save(lambda d: {**d, "part_a_setup": {
+    results.update(lambda d: {**d, "part_a_setup": {
         "students": {c["id"]: c["arch"] for _, c in students}, "seeds": list(PART_A_SEEDS),
-        "methods": list(PART_A_METHODS), "steps": af.TRUTH_FACTOR * base.steps}})
+        "methods": list(PART_A_METHODS), "steps": TRUTH_FACTOR * base.steps}})
 
     run_grid(dataclasses.replace(ctx, cache_root=work / "full_cache"),
-             recorder(args.out, "part_a", save), students, PART_A_METHODS,
+             results, "part_a", students, PART_A_METHODS,
              lambda s: full_recipe(base, s), "", data, work, "full recipe")
 
 
-def run_grid(cache, record, students, methods, recipe_for, suffix: str, data, work: Path,
-             what: str) -> None:
+def run_grid(cache, results: Results, field: str, students, methods, recipe_for, suffix: str,
+             data, work: Path, what: str) -> None:
     """Parts A and D: every student with every method, seed by seed (PART_A_SEEDS, each
     student initialised as in part A), under keys ``<method><suffix>/s<seed>``; a seed's
     teacher cache is removed once all its runs are recorded."""
@@ -120,17 +109,17 @@ def run_grid(cache, record, students, methods, recipe_for, suffix: str, data, wo
         for method in methods:
             key = f"{method}{suffix}/s{s}"
             for i, c in students:
-                if c["id"] not in record("get", None, None).get(key, {}):
-                    af.run_one(cache, dataclasses.replace(recipe, kd=method), c,
-                               init_seed(s, 1000 + i), data, work, key, record)
-        if all(c["id"] in record("get", None, None).get(f"{m}{suffix}/s{s}", {})
+                if c["id"] not in results.runs(field).get(key, {}):
+                    run_one(cache, dataclasses.replace(recipe, kd=method), c, spec_of(c, data),
+                            init_seed(s, 1000 + i), work, key, results, field)
+        if all(c["id"] in results.runs(field).get(f"{m}{suffix}/s{s}", {})
                for m in methods for _, c in students):
             for tc in {t.dir: t for m in methods  # the caches the methods read, once each
                        if (t := cache.cache_for(dataclasses.replace(recipe, kd=m)))}.values():
-                af._drop_caches(tc.dir, f"{what}, seed {s}")
+                drop_caches(tc.dir, f"{what}, seed {s}")
 
 
-def run_part_c(args, cfg, table, base, data, spec, teacher, work: Path, save) -> None:
+def run_part_c(args, cfg, table, base, data, teacher, work: Path, results: Results) -> None:
     import torch
 
     from kdnas.distill.candidate import init_seed
@@ -141,19 +130,19 @@ def run_part_c(args, cfg, table, base, data, spec, teacher, work: Path, save) ->
     decision = json.loads(args.out.read_text()).get("methods", {}).get("distill_decision", {})
     if not decision.get("complete"):
         raise SystemExit("part C runs after part A: part A's runs are not all done "
-                         "(python benchmarks/method_choice.py --part A)")
+                         "(python -m benchmarks.method_choice --part A)")
     method, cid = decision["method"], decision["student"]["id"]
     i, c = next((i, c) for i, c in enumerate(table["candidates"]) if c["id"] == cid)
     # the kept teacher's run again (same data, split, seed and recipe), keeping a quarter
     rerun = args.work / "early" / f"teacher-{args.teacher_arch}.pt"
     if not rerun.exists():
-        train_teacher(spec, args.teacher_arch, epochs=args.teacher_epochs, out=rerun,
+        train_teacher(cfg.data, args.teacher_arch, epochs=args.teacher_epochs, out=rerun,
                       val_fraction=args.val_fraction, keep_early=(EARLY_FRACTION,))
     early = early_path(rerun, EARLY_FRACTION)
     _, early_teacher, _, _ = prepare(dataclasses.replace(cfg, teacher=str(early)))
-    save(lambda d: {**d, "part_c_setup": {
+    results.update(lambda d: {**d, "part_c_setup": {
         "student": {"id": cid, "arch": c["arch"]}, "method": method,
-        "seeds": list(PART_A_SEEDS), "steps": af.TRUTH_FACTOR * base.steps,
+        "seeds": list(PART_A_SEEDS), "steps": TRUTH_FACTOR * base.steps,
         "early_teacher": {"fraction": EARLY_FRACTION, "digest": early_teacher.digest,
                           "val_accuracy": float(early_teacher.meta["val_accuracy"])},
         "final_teacher": {"digest": teacher.digest,
@@ -161,31 +150,31 @@ def run_part_c(args, cfg, table, base, data, spec, teacher, work: Path, save) ->
                           "rerun_val_accuracy": float(torch.load(
                               rerun, weights_only=False)["val_accuracy"])}}})
 
-    record = recorder(args.out, "part_c", save)
     ctx = dataclasses.replace(train_context(cfg, early_teacher, data),
                               cache_root=work / "early_cache")
     for s in PART_A_SEEDS:  # the same recipe, initialisation and batches as part A's runs
         recipe = dataclasses.replace(full_recipe(base, s), kd=method)
         key = f"early-{method}/s{s}"
-        if cid not in record("get", None, None).get(key, {}):
-            af.run_one(ctx, recipe, c, init_seed(s, 1000 + i), data, work, key, record)
-        if cid in record("get", None, None).get(key, {}):
-            af._drop_caches(ctx.cache_for(recipe).dir, f"early teacher, seed {s}")
+        if cid not in results.runs("part_c").get(key, {}):
+            run_one(ctx, recipe, c, spec_of(c, data), init_seed(s, 1000 + i), work, key,
+                    results, "part_c")
+        if cid in results.runs("part_c").get(key, {}):
+            drop_caches(ctx.cache_for(recipe).dir, f"early teacher, seed {s}")
 
 
-def run_part_d(args, table, ctx, base, data, work: Path, save) -> None:
+def run_part_d(args, table, ctx, base, data, work: Path, results: Results) -> None:
     if not json.loads(args.out.read_text()).get("methods", {}).get(
             "distill_decision", {}).get("complete"):
         raise SystemExit("part D runs after part A: part A's runs are not all done "
-                         "(python benchmarks/method_choice.py --part A)")
+                         "(python -m benchmarks.method_choice --part A)")
     students = part_a_students(table)
-    save(lambda d: {**d, "part_d_setup": {
+    results.update(lambda d: {**d, "part_d_setup": {
         "students": {c["id"]: c["arch"] for _, c in students}, "seeds": list(PART_A_SEEDS),
         "methods": list(PART_D_METHODS), "ce_weight": PAPERS_CE_WEIGHT,
-        "steps": af.TRUTH_FACTOR * base.steps}})
+        "steps": TRUTH_FACTOR * base.steps}})
     # logits only: neither method reads the teacher's features
     run_grid(dataclasses.replace(ctx, cache_root=work / "logit_cache", cache_features=False),
-             recorder(args.out, "part_d", save), students, PART_D_METHODS,
+             results, "part_d", students, PART_D_METHODS,
              lambda s: dataclasses.replace(full_recipe(base, s), ce_weight=PAPERS_CE_WEIGHT),
              "-ce1", data, work, "logits")
 
@@ -193,14 +182,7 @@ def run_part_d(args, table, ctx, base, data, work: Path, save) -> None:
 def _compare(a: list[float], b: list[float]) -> dict:
     """``a`` against ``b`` by the protocol's noise rule: margin of the means, Welch's p, and
     a tie where the margin is below the larger seed SD."""
-    import statistics
-
-    from claim import welch_p
-
-    margin = statistics.fmean(a) - statistics.fmean(b)
-    noise = max(statistics.stdev(a), statistics.stdev(b))
-    return {"margin": margin, "welch_p": welch_p(a, b),
-            "verdict": "tie" if abs(margin) < noise else "better" if margin > 0 else "worse"}
+    return compare(a, b)
 
 
 def part_d_figures(res: dict, part_a: dict) -> dict:
@@ -414,7 +396,7 @@ def write_markdown(path: Path, res: dict) -> None:
         lines.append(f"| {name} | {m['brief_complete'][name]} | {f2(tau)} | " + " | ".join(
             f2(m["brief_tau_within"][name].get(f)) for f in fams) + " |")
     t_mean, _ = af.truth(res)
-    table = af._table(res)
+    table = af.run_table(res)
     lines += ["", "Brief accuracy (%) of each candidate under each method:", "",
               "| candidate | family | truth | " + " | ".join(
                   k.split("/")[0].removeprefix("brief-") for k in table) + " |",
@@ -510,54 +492,43 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     table = json.loads(args.table.read_text())
 
-    def save(update):
-        new = update_results(args.out, lambda disk: figures(update(from_table(disk, table))))
+    def page(new: dict) -> None:
         write_markdown(args.out.with_suffix(".md"), new)
         if args.out.resolve().parent == af.SOURCE.parent:  # the headline keys, methods.*
-            update_results(af.SOURCE, lambda d: {**d, "methods": {
+            Results(af.SOURCE).update(lambda d: {**d, "methods": {
                 **d.get("methods", {}), **new["methods"]}})
-        return new
+    results = Results(args.out, lambda d: figures(from_table(d, table)), page)
     if args.summarise:
-        save(lambda d: d)
+        results.update(lambda d: d)
         return
 
-    from kdnas.core.settings import SearchConfig
     from kdnas.distill.candidate import init_seed
     from kdnas.search.costs import train_context
-    from kdnas.teacher.prepare import prepare
 
-    spec, teacher_path = data_and_teacher(args)
-    hi = table["setup"]["band_macs"][1]
-    cfg = SearchConfig(study="methods", teacher=str(teacher_path), data=spec,
-                       budget=f"{hi / 1e6:.6g}MMACs", steps=args.steps, latency=False,
-                       kd="feature", noise_check=False, cache_limit_gb=64, seed=af.PROXY_SEED,
-                       workdir=str(args.work / "runs"), reports=str(args.work / "reports"))
-    cfg, teacher, data, _ = prepare(cfg)
-    check_teacher(table, teacher.digest, teacher_path)
-    base = cfg.train_config(len(data.train_y))
+    cfg, teacher, data, base = prepared(args, study="methods",
+                                        budget_macs=table["setup"]["band_macs"][1],
+                                        steps=args.steps, seed=af.PROXY_SEED)
+    check_teacher(table, teacher.digest, Path(cfg.teacher))
     if base.steps != table["setup"]["brief_steps"] and not args.data:
         raise SystemExit(f"the table's brief recipe is {table['setup']['brief_steps']} steps")
-    save(lambda d: {**d, "setup": {"data": spec, "teacher_digest": teacher.digest,
-                                   "brief_steps": base.steps, "seed": af.PROXY_SEED,
-                                   "methods": list(args.methods), "reused": REUSED}})
+    results.update(lambda d: {**d, "setup": {"data": cfg.data, "teacher_digest": teacher.digest,
+                                             "brief_steps": base.steps, "seed": af.PROXY_SEED,
+                                             "methods": list(args.methods), "reused": REUSED}})
     work = args.work / "methods"
     ctx = dataclasses.replace(train_context(cfg, teacher, data),
                               cache_root=work / "teacher_cache")
-
-    record = recorder(args.out, "runs", save)
     if args.part == "A":
-        return run_part_a(args, table, ctx, base, data, work, save)
+        return run_part_a(args, table, ctx, base, data, work, results)
     if args.part == "C":
-        return run_part_c(args, cfg, table, base, data, spec, teacher, work, save)
+        return run_part_c(args, cfg, table, base, data, teacher, work, results)
     if args.part == "D":
-        return run_part_d(args, table, ctx, base, data, work, save)
+        return run_part_d(args, table, ctx, base, data, work, results)
     for method in args.methods:  # method by method, so each finished method has its tau
         key = f"brief-{method}/s{af.PROXY_SEED}"
         for i, c in enumerate(table["candidates"]):
-            if c["id"] in record("get", None, None).get(key, {}):
-                continue
-            af.run_one(ctx, dataclasses.replace(base, kd=method), c,
-                       init_seed(af.PROXY_SEED, 1000 + i), data, work, key, record)
+            if c["id"] not in results.runs().get(key, {}):
+                run_one(ctx, dataclasses.replace(base, kd=method), c, spec_of(c, data),
+                        init_seed(af.PROXY_SEED, 1000 + i), work, key, results)
 
 
 if __name__ == "__main__":

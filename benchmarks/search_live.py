@@ -2,7 +2,7 @@
 same wall time on CIFAR-10, each pick's ground truth trained after. The protocol is the live
 confirmation of docs/evidence/search_replay.md, committed before the runs.
 
-    python benchmarks/search_live.py          # both searches at once (one core each), then
+    python -m benchmarks.search_live          # both searches at once (one core each), then
                                               # the picks' truth; resumes where it stopped
 
 A search that was stopped before its wall time (this script interrupted) is run again from
@@ -22,11 +22,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import across_families as af  # noqa: E402
-from search_quality import add_setup_args, data_and_teacher, update_results  # noqa: E402
+from benchmarks import across_families as af
+from benchmarks.common import (
+    ROOT,
+    Results,
+    add_setup_args,
+    data_and_teacher,
+    run_one,
+    truth_recipe,
+    update_results,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "reports" / "search_replay.json"
 ARMS = ("resnet", "all")
 B_UNITS = 24  # W = 24B, B the table's mean rung-1x seconds
@@ -128,27 +134,24 @@ def main(argv: list[str] | None = None) -> None:
     base = cfg.train_config(len(data.train_y))
     ctx = dataclasses.replace(train_context(cfg, teacher, data), cache_root=None)
 
-    def record(op, key, value):
-        if op == "get":
-            return json.loads(OUT.read_text()).get("live", {}).get("runs", {})
+    class LiveRuns(Results):  # the runs of the ``live`` section of the shared file
+        def read(self) -> dict:
+            return super().read().get("live", {})
 
-        def put(d):
-            runs = d.setdefault("runs", {})
-            runs[key] = {**runs.get(key, {}), **value}
-            return d
-        save(put)
+        def update(self, change):
+            return save(change)
+
+    runs = LiveRuns(OUT)
     arms = json.loads(OUT.read_text())["live"]["arms"]
     for s in af.TRUTH_SEEDS:
-        recipe = dataclasses.replace(base, steps=af.TRUTH_FACTOR * base.steps, seed=s,
-                                     eval_every=af.TRUTH_FACTOR * base.steps // 5)
+        recipe = truth_recipe(base, s)
         for k, arm in enumerate(ARMS):
             a = arms[arm]
             c = {"id": f"{arm}-trial{a['pick_trial']}", "arch": a["pick"],
                  "spec": a["pick_spec"]}
-            if c["id"] in record("get", None, None).get(f"truth/s{s}", {}):
-                continue
-            af.run_one(ctx, recipe, c, init_seed(s, 2000 + k), data, work, f"truth/s{s}",
-                       record)
+            if c["id"] not in runs.runs().get(f"truth/s{s}", {}):
+                run_one(ctx, recipe, c, c["spec"], init_seed(s, 2000 + k), work,
+                        f"truth/s{s}", runs)
 
 
 def summarise(live: dict) -> dict:

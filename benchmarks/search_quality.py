@@ -12,8 +12,8 @@ each over ``--seeds``. Reported: Kendall's tau between each proxy and the ground
 (mean over seeds), the ground truth's own seed-to-seed tau (the ceiling any proxy can
 reach), and each recipe's seed spread. More recipes: ``--recipe NAME=steps:800,kd:at``.
 
-    python benchmarks/search_quality.py                  # CIFAR-10, resumes from --work
-    python benchmarks/search_quality.py --data digits --candidates 4 --steps 5  # a tiny run
+    python -m benchmarks.search_quality                  # CIFAR-10, resumes from --work
+    python -m benchmarks.search_quality --data digits --candidates 4 --steps 5  # a tiny run
 
 Every raw result is written to ``reports/search_quality.json`` as it comes; the figures and
 plot to ``reports/search_quality.md`` / ``.png``. Interrupt at any time: the same command
@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import json
-import os
 import shutil
 import sys
 import time
@@ -38,7 +36,13 @@ import numpy as np
 import pandas as pd
 from optuna.trial import TrialState
 
-from cifar_subset import ARCHIVE, ROOT, make_subset
+from kdnas.bench.workload import draw_in_band  # the bench's own draw
+from benchmarks.common import (
+    add_setup_args,
+    check_teacher,
+    data_and_teacher,
+    update_results,
+)
 
 FAMILIES = (("resnet", "basic"), ("resnet", "bottleneck"), ("mobilenet", None),
             ("shufflenet", None))
@@ -50,7 +54,6 @@ def pick_candidates(data, lo: float, hi: float, count: int, seed: int) -> list[d
     """``count`` distinct candidates with MACs in [lo, hi], spread over FAMILIES (resnet
     split by block type), drawn at random with a fixed seed; a draw over the band has random
     numeric choices stepped down until it is not (as kdnas' sampler repairs a draw)."""
-    from kdnas.bench.workload import draw_in_band
     from kdnas.cost import count_params
     from search_spaces import build, describe
 
@@ -252,51 +255,6 @@ def proxy_keys(res: dict) -> dict:
             "device": "cpu"}
 
 
-def add_setup_args(ap: argparse.ArgumentParser) -> None:
-    """The data, teacher and folders that the proxy study and the claim share."""
-    ap.add_argument("--data", help="a kdnas data spec (default: CIFAR-10 from the shared "
-                    "archive, extracted into --work)")
-    ap.add_argument("--per-class", type=int, help="a seeded subset of the CIFAR-10 archive")
-    ap.add_argument("--work", type=Path, default=ROOT / ".bench" / "search_quality")
-    ap.add_argument("--teacher-arch", default="resnet14")
-    ap.add_argument("--teacher-epochs", type=float, default=10)
-    ap.add_argument("--val-fraction", type=float, default=0.2, help="share of the training "
-                    "images held out to rank on (default 0.2: 10,000 of CIFAR-10's 50,000)")
-    ap.add_argument("--out", type=Path, default=ROOT / "reports" / "search_quality.json")
-
-
-def data_and_teacher(args) -> tuple[str, Path]:
-    """The data spec, and the teacher kdnas trains on it once (kept in --work)."""
-    from kdnas.teacher.train import train_teacher
-
-    args.work.mkdir(parents=True, exist_ok=True)
-    spec = args.data or "imagefolder:" + str(make_subset(
-        ARCHIVE, args.work / "data", args.per_class, args.per_class and args.per_class // 4))
-    teacher_path = args.work / f"teacher-{args.teacher_arch}.pt"
-    kept = kept_teacher(args)
-    if not teacher_path.exists() and kept and kept.exists():
-        shutil.copyfile(kept, teacher_path)
-        print(f"teacher: {kept.relative_to(ROOT)} (the one the recorded results used)")
-    if not teacher_path.exists():
-        print(f"training the teacher ({args.teacher_arch}, {args.teacher_epochs} epochs)")
-        train_teacher(spec, args.teacher_arch, epochs=args.teacher_epochs, out=teacher_path,
-                      val_fraction=args.val_fraction)
-    if kept and not kept.exists():
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(teacher_path, kept)
-    return spec, teacher_path
-
-
-def kept_teacher(args) -> Path | None:
-    """Where the teacher of the default study (all of the CIFAR-10 archive) is kept in the
-    repository: every recorded result depends on it, and a new checkout has no --work, so
-    without it the next run would train another teacher (over an hour on a CPU)."""
-    if args.data or args.per_class:
-        return None
-    tag = f"{args.teacher_epochs:g}ep-val{args.val_fraction:g}"
-    return ROOT / "benchmarks" / "teachers" / f"cifar10-{args.teacher_arch}-{tag}.pt"
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_setup_args(ap)
@@ -366,30 +324,6 @@ def main(argv: list[str] | None = None) -> None:
     save()
 
 
-def check_teacher(res: dict, digest: str, path: Path) -> None:
-    """Refuse to add runs distilled from another teacher than the recorded ones (a --work
-    folder lost and its teacher trained again differently, or another --teacher-arch)."""
-    recorded = res.get("setup", {}).get("teacher_digest")
-    if recorded and recorded != digest:
-        raise SystemExit(
-            f"the results in this file were distilled from a teacher with digest {recorded}; "
-            f"{path} has digest {digest}. Put the recorded teacher back in --work, or write "
-            "a new study with --out (and a new --work).")
-
-
-def update_results(path: Path, update) -> dict:
-    """Read the results file, apply ``update(disk) -> new`` and write it back, under a lock:
-    the proxy study's processes and the claim share one file, each writing its own keys."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        new = update(json.loads(path.read_text()) if path.exists() else {})
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(new, indent=1))
-        tmp.replace(path)
-    return new
-
-
 def merge_saved(res: dict, disk: dict) -> None:
     """Add the results another process wrote since ``res`` was read (``disk``: the file now);
     the claim's keys are the claim's process's to write."""
@@ -408,7 +342,7 @@ def run_all(order, res, recipes, base, teacher, data, work: Path, save,
             spaces=None) -> None:
     """Every (seed, recipe) run in order, each as one study per space (``spaces``: only
     these)."""
-    from kdnas.search.costs import teacher_cache
+    from kdnas.search.costs import train_context
 
     n_train = len(data.train_y)
     for seed, name in order:
@@ -435,7 +369,7 @@ def run_all(order, res, recipes, base, teacher, data, work: Path, save,
             res.setdefault("seconds", {})[f"{key}/{space}"] = res.get("seconds", {}).get(
                 f"{key}/{space}") or time.perf_counter() - t0
             save()
-            cache = teacher_cache(cfg, teacher, data)
+            cache = train_context(cfg, teacher, data).cache_for(cfg.train_config(n_train))
             if cache is not None:
                 cache_keys.add(cache.dir)
         save()  # merges what another process has trained
@@ -513,13 +447,13 @@ def reproduce_command(res: dict, argv) -> str:
         if RECIPES.get(name) != r.get("overrides"):
             body = ",".join(f"{k}:{v}" for k, v in r.get("overrides", {}).items())
             keep += ["--recipe", f"{name}={body}"]
-    return " ".join(["python benchmarks/search_quality.py", *keep])
+    return " ".join(["python -m benchmarks.search_quality", *keep])
 
 
 def write_markdown(path: Path, res: dict, argv) -> None:
     if "summary" not in res:  # the claim alone so far
         path.write_text("\n".join(["# Search quality", "", "The proxy study has not run "
-                                   "yet: `python benchmarks/search_quality.py`.",
+                                   "yet: `python -m benchmarks.search_quality`.",
                                    *claim_lines(res.get("claim"))]) + "\n")
         return
     s, setup = res["summary"], res["setup"]

@@ -7,7 +7,7 @@ table) as many as its wall time allows and picks, with the promotion rule kdnas 
 (:func:`kdnas.search.promotion.promote`, called as :func:`kdnas.search.rungs.train_rungs`
 calls it). No training here: seconds on the table, replays in a second.
 
-    python benchmarks/search_replay.py                    # reports/search_replay.{json,md}
+    python -m benchmarks.search_replay                    # reports/search_replay.{json,md}
 """
 
 from __future__ import annotations
@@ -15,20 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from across_families import PROXY_SEED, truth  # noqa: E402
+from benchmarks.across_families import PROXY_SEED, truth
+from benchmarks.common import ROOT
+from kdnas.report.front import hypervolume, pareto_mask
+from kdnas.search.promotion import RungResult, promote
+from kdnas.search.rungs import COST_BANDS
 
-from kdnas.report.front import hypervolume, pareto_mask  # noqa: E402
-from kdnas.search.promotion import RungResult, promote  # noqa: E402
-from kdnas.search.rungs import COST_BANDS  # noqa: E402
-
-REPORTS = Path(__file__).resolve().parents[1] / "reports"
+REPORTS = ROOT / "reports"
 SEEDS = 200
 BUDGETS = (12, 24, 36)  # in units of B, the mean seconds of rung 1x
 PRIMARY = 24
@@ -228,11 +226,11 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(json.dumps(out, indent=1))
     write_markdown(args.out.with_suffix(".md"), out, res)
     if live:
-        from search_live import write_section
+        from benchmarks.search_live import write_section
 
         write_section(args.out.with_suffix(".md"), live)
     if args.out.resolve().parent == REPORTS.resolve():  # the headline: across.replay
-        from search_quality import update_results
+        from benchmarks.common import update_results
 
         head = {"primary_budget_B": PRIMARY, "primary": out["primary"],
                 "pick_truth_mean": {name: r.get("pick_truth_mean") for name, r in

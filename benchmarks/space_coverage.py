@@ -10,7 +10,7 @@ params, so the sampler is pushed towards the budget as accuracy would push it). 
 * MACs of feasible candidates as % of the budget: min / median / max;
 * and, for comparison, the feasible share of plain seeded TPE without the trick.
 
-    python benchmarks/space_coverage.py [--proposals 40]   # writes reports/benchmarks/
+    python -m benchmarks.space_coverage [--proposals 40]   # writes reports/benchmarks/
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def main() -> None:
     text = "\n".join([
         "# Search-space coverage: feasible proposals per budget",
         "",
-        f"`python benchmarks/space_coverage.py --proposals {args.proposals} --spaces "
+        f"`python -m benchmarks.space_coverage --proposals {args.proposals} --spaces "
         f"{' '.join(args.spaces)}`, 32x32x3 input, "
         "10 classes, seed 0. Stand-in objective: maximise log(params), minimise MACs, with the "
         "budget as an Optuna constraint (no training). MACs counted by fvcore at batch 1.",

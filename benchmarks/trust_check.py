@@ -5,7 +5,7 @@ teacher, run the default `kdnas search` (no --steps, no --epochs) and the old de
 epoch, then train every candidate of the default study 4x longer and compare: is the best
 student far above chance, and close to what longer training of the same candidates reaches?
 
-    python benchmarks/trust_check.py [--per-class 400 --trials 6 --budget 5MFLOPs]
+    python -m benchmarks.trust_check [--per-class 400 --trials 6 --budget 5MFLOPs]
 
 Resumable: the subset, the teacher, both studies (kdnas' own resumable studies) and each long
 run are kept in --work and reused by the next run. Figures go to
@@ -21,32 +21,28 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from cifar_subset import ARCHIVE, ROOT, make_subset
+from benchmarks.common import ARCHIVE, ROOT, truth_recipe
+from kdnas.bench.workload import make_subset
 
 
 def long_runs(study, cfg, teacher, data, factor: int, done: dict, save) -> dict:
     """Train every trained candidate of the study ``factor`` times longer (same seed, init,
     method); results keyed by trial number, saved after each one."""
-    from kdnas.distill import fit
+    from kdnas.distill.candidate import TrainContext, init_seed, train_candidate
+    from kdnas.search.rungs import trial_recipe
     from kdnas.search.storage import load_record
-    from search_spaces import get_space
 
+    ctx = TrainContext(teacher, data)
     for t in load_record(study).trials:
         if not t.trained or str(t.number) in done:
             continue
-        space = get_space(t.spec["space"])
-        torch.manual_seed(cfg.seed * 100003 + t.number)  # the search's own initialisation
-        model = space.build(t.spec)
-        brief = cfg.train_config(len(data.train_y))
-        tcfg = dataclasses.replace(brief, steps=factor * brief.steps, kd=t.kd or cfg.kd,
-                                   feature_weight=t.feature_weight,
-                                   eval_every=factor * brief.steps // 5)
+        brief = trial_recipe(cfg, len(data.train_y), t)
+        tcfg = truth_recipe(brief, brief.seed, factor)  # the search's own seed and init
         t0 = time.perf_counter()
-        r = fit(model, data, tcfg, teacher=teacher, student_taps=space.taps(t.spec))
-        done[str(t.number)] = {"steps": r.steps, "val_accuracy": r.val_accuracy,
-                               "seconds": time.perf_counter() - t0, "curve": r.points}
+        out = train_candidate(ctx, t.spec, tcfg, init=init_seed(cfg.seed, t.number))
+        done[str(t.number)] = {"steps": out.total_steps, "val_accuracy": out.val_accuracy,
+                               "seconds": time.perf_counter() - t0, "curve": out.result.points}
         save()
     return done
 
@@ -156,7 +152,7 @@ def write_markdown(path: Path, r: dict, args) -> None:
               f"{100 * df.long_accuracy.max():.1f}%; Kendall tau between the two rankings "
               f"{d['kendall_tau_brief_vs_long']:.2f} over {len(df)} candidates (a small sample: "
               "the proxy-fidelity study with many candidates is search_quality.md).", "",
-              "Reproduce: `python benchmarks/trust_check.py` (resumes from --work)."]
+              "Reproduce: `python -m benchmarks.trust_check` (resumes from --work)."]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks import common, search_quality, search_replay
 
-import search_quality  # noqa: E402
-import search_replay  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
@@ -80,8 +77,10 @@ def test_the_default_study_takes_its_kept_teacher_and_keeps_a_new_one(tmp_path, 
 
     import kdnas.teacher.train as tt
 
-    monkeypatch.setattr(search_quality, "ROOT", tmp_path)
-    monkeypatch.setattr(search_quality, "make_subset", lambda *a: tmp_path / "data")
+    import kdnas.bench.workload as workload
+
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    monkeypatch.setattr(workload, "make_subset", lambda *a: tmp_path / "data")
     trained = []
 
     def train(spec, arch, *, out, **kw):
@@ -90,19 +89,19 @@ def test_the_default_study_takes_its_kept_teacher_and_keeps_a_new_one(tmp_path, 
 
     monkeypatch.setattr(tt, "train_teacher", train)
     ap = argparse.ArgumentParser()
-    search_quality.add_setup_args(ap)
+    common.add_setup_args(ap)
     args = ap.parse_args(["--work", str(tmp_path / "work")])
-    kept = search_quality.kept_teacher(args)
+    kept = common.kept_teacher(args)
     kept.parent.mkdir(parents=True)
     kept.write_bytes(b"recorded")
-    spec, path = search_quality.data_and_teacher(args)
+    spec, path = common.data_and_teacher(args)
     assert path.read_bytes() == b"recorded" and not trained
     assert spec == f"imagefolder:{tmp_path / 'data'}"
     args = ap.parse_args(["--work", str(tmp_path / "work"), "--teacher-arch", "resnet8"])
-    _, path = search_quality.data_and_teacher(args)
-    assert trained == ["resnet8"] and search_quality.kept_teacher(args).read_bytes() == (
+    _, path = common.data_and_teacher(args)
+    assert trained == ["resnet8"] and common.kept_teacher(args).read_bytes() == (
         b"new resnet8")
-    assert search_quality.kept_teacher(ap.parse_args(["--data", "digits"])) is None
+    assert common.kept_teacher(ap.parse_args(["--data", "digits"])) is None
 
 
 def test_tau_within_space_sees_a_ranking_that_a_family_offset_hides():
@@ -125,37 +124,37 @@ def test_proxy_study_and_claim_processes_keep_each_others_results(tmp_path):
     others wrote since it read the file."""
     out = tmp_path / "sq.json"
     proxy = {"runs": {"brief/s0": {"a": {"val_accuracy": 0.5}}}, "seconds": {}}
-    search_quality.update_results(out, lambda disk: proxy)
+    common.update_results(out, lambda disk: proxy)
 
     def claim_save(disk):
         disk["claim_runs"] = {**disk.get("claim_runs", {}), "found/s0": {"test_accuracy": .8}}
         disk["claim"] = {"seeds": [0]}
         return disk
 
-    search_quality.update_results(out, claim_save)
+    common.update_results(out, claim_save)
     proxy["runs"]["brief/s0"]["b"] = {"val_accuracy": 0.6}  # the proxy process goes on
 
     def proxy_save(disk):
         search_quality.merge_saved(proxy, disk)
         return proxy
 
-    search_quality.update_results(out, proxy_save)
+    common.update_results(out, proxy_save)
     res = json.loads(out.read_text())
     assert res["claim_runs"] == {"found/s0": {"test_accuracy": .8}}
     assert set(res["runs"]["brief/s0"]) == {"a", "b"}
-    search_quality.update_results(out, claim_save)
+    common.update_results(out, claim_save)
     assert set(json.loads(out.read_text())["runs"]["brief/s0"]) == {"a", "b"}
 
 
 @pytest.mark.slow
 def test_claim_runs_resumes_and_reports(tmp_path):
-    import claim
+    from benchmarks import claim
 
     argv = ["--data", "digits", "--teacher-arch", "resnet8", "--teacher-epochs", "1",
             "--reference", "resnet8", "--trials", "2", "--steps", "5", "--epochs", "1",
             "--seeds", "0", "1", "--work", str(tmp_path / "work"),
             "--out", str(tmp_path / "sq.json")]
-    with claim.held(tmp_path / "work" / "claim" / "reference-s1.lock") as mine:
+    with common.held(tmp_path / "work" / "claim" / "reference-s1.lock") as mine:
         assert mine  # a second worker distils reference/s1: this one leaves it alone
         claim.main(argv)
     part = json.loads((tmp_path / "sq.json").read_text())
@@ -189,7 +188,7 @@ def test_claim_runs_resumes_and_reports(tmp_path):
 
 
 def test_claim_runs_saved_as_found_belong_to_the_pick_recorded_beside_them():
-    import claim
+    from benchmarks import claim
 
     res = {"claim": {"found_trial": 19}, "claim_runs": {
         "found/s0": {"test_accuracy": 0.77}, "reference/s0": {"test_accuracy": 0.76},
@@ -340,7 +339,7 @@ def _claim_runs(found: list[float], ref: list[float], epochs: float = 10) -> dic
 def _claim(found: list[float], ref: list[float]) -> dict:
     import argparse
 
-    import claim
+    from benchmarks import claim
 
     args = argparse.Namespace(seeds=list(range(len(found))), epochs=10, reference="resnet8",
                               trials=20)
@@ -361,7 +360,7 @@ def test_the_claim_holds_only_when_the_gap_exceeds_the_seed_spread():
     assert "uses 68% of the budget's MACs" in held["verdict"]
     import argparse
 
-    import claim
+    from benchmarks import claim
 
     args = argparse.Namespace(seeds=[0, 1], epochs=10, reference="resnet8", trials=20)
     part = claim.summarise(_claim_runs([0.77], [0.76, 0.75]), args, [], 12_500_000, 3, "x",
@@ -370,10 +369,9 @@ def test_the_claim_holds_only_when_the_gap_exceeds_the_seed_spread():
 
 
 def test_welch_p_is_welchs_test_by_its_formula():
-    """Welch's t and Welch-Satterthwaite degrees of freedom, by hand, against claim.welch_p."""
+    """Welch's t and Welch-Satterthwaite degrees of freedom, by hand, against common.welch_p."""
     import math
 
-    import claim
     from scipy.stats import t as student_t
 
     a, b = [0.775, 0.770, 0.778, 0.772], [0.760, 0.765, 0.762]
@@ -384,8 +382,8 @@ def test_welch_p_is_welchs_test_by_its_formula():
     va, vb = var(a) / len(a), var(b) / len(b)
     t = (sum(a) / len(a) - sum(b) / len(b)) / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    assert claim.welch_p(a, b) == pytest.approx(2 * student_t.sf(abs(t), df), rel=1e-9)
-    assert claim.welch_p([0.7], b) is None  # one seed: no test
+    assert common.welch_p(a, b) == pytest.approx(2 * student_t.sf(abs(t), df), rel=1e-9)
+    assert common.welch_p([0.7], b) is None  # one seed: no test
 
 
 def _replay_table(brief: dict, long: dict, truth: dict, family: dict):
@@ -457,7 +455,7 @@ def _across_runs(found: list[float], refs: dict[str, list[float]]) -> dict:
 
 
 def test_the_claim_across_families_meets_the_strongest_reference_at_the_first_seed():
-    import claim_across
+    from benchmarks import claim_across
 
     setup = {"seeds": [0, 1, 2], "epochs": 10, "found_trial": 3, "found_arch": "shufflenet x"}
     mb, sh = "mobilenet:mobilenetv2_half", "shufflenet:shufflenetv2_half"
@@ -480,7 +478,7 @@ def test_the_claim_across_families_meets_the_strongest_reference_at_the_first_se
 
 
 def test_the_full_recipe_figures_compare_each_method_with_fitnets_by_the_noise_rule():
-    import method_choice
+    from benchmarks import method_choice
 
     def runs(per_method):
         return {f"{m}/s{s}": {"c1": {"val_accuracy": a}}
@@ -509,7 +507,7 @@ def _part_a(students: dict[str, dict[str, list[float]]]) -> dict:
 
 
 def test_the_distill_default_changes_only_for_a_method_that_beats_fitnets_on_both_students():
-    import method_choice
+    from benchmarks import method_choice
 
     fit = [0.740, 0.742, 0.744]
     # dkd is best on average but ties FitNets on the second student: FitNets stays
@@ -531,7 +529,7 @@ def test_the_distill_default_changes_only_for_a_method_that_beats_fitnets_on_bot
 def test_the_two_kd_defaults_are_the_ones_the_recorded_evidence_chose():
     """SEARCH_DEFAULT and the taus the report quotes follow part B's rule on the recorded
     runs; DISTILL_DEFAULT follows part A's once all its runs are recorded (FitNets before)."""
-    import method_choice
+    from benchmarks import method_choice
 
     from kdnas.core.kd_methods import (ACROSS_FAMILIES_TAU, DISTILL_DEFAULT, SEARCH_DEFAULT,
                                        canonical_method)
@@ -570,7 +568,7 @@ def test_the_two_kd_defaults_are_the_ones_the_recorded_evidence_chose():
 
 
 def test_the_capacity_gap_pairs_each_early_teacher_run_with_part_as_run_of_that_seed():
-    import method_choice
+    from benchmarks import method_choice
 
     res = _part_a({"a": {"fitnets": [0.740, 0.750, 0.760], "none": [0.70, 0.71, 0.72]}})
     res["part_c_setup"] = {"student": {"id": "a", "arch": "arch a"}, "method": "fitnets",
@@ -592,7 +590,7 @@ def test_the_capacity_gap_pairs_each_early_teacher_run_with_part_as_run_of_that_
 
 
 def test_the_live_confirmation_marks_a_margin_inside_the_seed_spread_a_tie():
-    import search_live
+    from benchmarks import search_live
 
     def live(resnet, all_):
         return {"arms": {"resnet": {"pick_trial": 1}, "all": {"pick_trial": 2}},
@@ -610,7 +608,7 @@ def test_the_live_confirmation_marks_a_margin_inside_the_seed_spread_a_tie():
 
 
 def test_part_d_pairs_the_papers_weighting_with_part_as_runs_and_applies_both_rules():
-    import method_choice
+    from benchmarks import method_choice
 
     res = _part_a({"a": {"none": [0.70, 0.70, 0.70], "fitnets": [0.74, 0.74, 0.75],
                          "dist": [0.750, 0.752, 0.754], "dkd": [0.730, 0.732, 0.734]},
@@ -651,7 +649,7 @@ def test_the_run_grid_trains_what_is_missing_and_drops_each_seeds_caches_once(mo
     feature method, and part A's first method, none, has no cache at all)."""
     import dataclasses
 
-    import method_choice
+    from benchmarks import method_choice
 
     from kdnas.core.settings import TrainConfig
 
@@ -665,15 +663,18 @@ def test_the_run_grid_trains_what_is_missing_and_drops_each_seeds_caches_once(mo
     del done["dkd-ce1/s12"]
     trained, dropped = [], []
 
-    def record(op, key, value):
-        return done
+    class Runs:
+        def runs(self, field):
+            assert field == "part_d"
+            return done
 
-    def run_one(cache, recipe, c, init, data, work, key, rec):
+    def run_one(cache, recipe, c, spec, init, work, key, results, field):
         trained.append((key, recipe.kd, recipe.ce_weight))
         done[key] = {c["id"]: {}}
-    monkeypatch.setattr(method_choice.af, "run_one", run_one)
-    monkeypatch.setattr(method_choice.af, "_drop_caches", lambda d, what: dropped.append(d))
-    method_choice.run_grid(Cache(), record, [(0, {"id": "a"})], ("dist", "dkd"),
+    monkeypatch.setattr(method_choice, "run_one", run_one)
+    monkeypatch.setattr(method_choice, "drop_caches", lambda d, what: dropped.append(d))
+    method_choice.run_grid(Cache(), Runs(), "part_d", [(0, {"id": "a", "spec": {}})],
+                           ("dist", "dkd"),
                            lambda s: TrainConfig(kd="feature", seed=s, ce_weight=1.0),
                            "-ce1", None, None, "logits")
     assert trained == [("dkd-ce1/s12", "dkd", 1.0)]

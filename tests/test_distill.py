@@ -229,13 +229,13 @@ def test_pkt_matches_its_formula():
 
 
 @pytest.mark.parametrize("method", ["fitnets", "at", "sp", "pkt", "rkd", "dkd", "dist",
-                                    "logit-ls", "dkd-ls"])
+                                    "logit-ls", "dkd-ls", "dkd-ls-hints"])
 def test_every_feature_method_trains(teacher_and_data, method):
     teacher, data = teacher_and_data
     model, taps = _student(data)
     # the standardised methods start slowly: after 4 epochs (48 steps) of digits they are
     # still near chance (12% and 20%; plain KD 56%), after 15 on a par with KD (95.8 vs 96.2%)
-    epochs = 15 if method.endswith("-ls") else 4
+    epochs = 15 if "-ls" in method else 4
     r = fit(model, data, TrainConfig(epochs=epochs, kd=method), teacher=teacher,
             student_taps=taps)
     assert r.val_accuracy > 0.4  # learning (chance is 0.1), not diverging, at the default weight
@@ -409,11 +409,32 @@ def test_every_kd_method_is_declared_once_with_its_loss():
     from kdnas.distill.losses import FEATURE_LOSSES
 
     names = [m.name for m in KD_TABLE]
-    assert AUTO_METHODS == tuple(names) == ("logit", "fitnets", "at", "sp", "pkt", "dkd",
-                                            "dist", "logit-ls", "dkd-ls", "rkd")
-    assert set(FEATURE_LOSSES) == set(FEATURE_WEIGHTS) == {m.name for m in KD_TABLE
-                                                           if m.feature_weight is not None}
+    assert AUTO_METHODS == tuple(n for n in names if n != "dkd-ls-hints") == (
+        "logit", "fitnets", "at", "sp", "pkt", "dkd", "dist", "logit-ls", "dkd-ls", "rkd")
+    assert set(FEATURE_LOSSES) | {"dkd-ls-hints"} == set(FEATURE_WEIGHTS) == {
+        m.name for m in KD_TABLE if m.feature_weight is not None}
+    assert all(m.hints in FEATURE_LOSSES for m in KD_TABLE if m.hints)
     assert set(KD_METHODS) == {*names, "feature", "none"}
+
+
+def test_dkd_ls_with_hints_is_dkd_ls_plus_fitnets_hints(teacher_and_data):
+    """dkd-ls-hints reads the teacher's features through FitNets' hint loss and DKD+LS's
+    logit loss: its gradient differs from dkd-ls alone (the hints) and from FitNets (the
+    logit loss)."""
+    from kdnas.core.settings import reads_features
+    from kdnas.distill.losses import HintLoss, feature_loss
+
+    teacher, data = teacher_and_data
+    _, taps = _student(data)
+    assert reads_features("dkd-ls-hints") and not reads_features("dkd-ls")
+    assert isinstance(feature_loss("dkd-ls-hints", taps, teacher.taps), HintLoss)
+    finals = {}
+    for method in ("dkd-ls", "dkd-ls-hints", "fitnets"):
+        model, taps = _student(data)
+        fit(model, data, TrainConfig(steps=3, kd=method), teacher=teacher, student_taps=taps)
+        finals[method] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert not torch.equal(finals["dkd-ls"], finals["dkd-ls-hints"])
+    assert not torch.equal(finals["fitnets"], finals["dkd-ls-hints"])
 
 
 def test_images_seen_counts_each_epochs_short_last_batch(digits):

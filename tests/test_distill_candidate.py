@@ -10,10 +10,13 @@ import torch
 from kdnas.core.settings import TrainConfig
 from kdnas.distill.candidate import (
     TrainContext,
+    climb,
     continuation,
     init_seed,
+    rung_weights,
     save_weights,
     train_candidate,
+    train_on,
 )
 from search_spaces import get_space
 
@@ -103,3 +106,45 @@ def test_a_logit_methods_cache_keeps_logits_only_and_trains_the_same_candidate(
         assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(),
                                                      other.model.state_dict().values(),
                                                      strict=True))
+
+
+def test_train_on_is_the_continuation_from_the_saved_steps(digits, tmp_path):
+    """train_on reads the steps the weights have had and trains exactly what
+    train_candidate does with the continuation of the brief recipe from them."""
+    ctx, spec = TrainContext(None, digits), _spec(digits)
+    brief = TrainConfig(steps=8, kd="none", device="cpu", eval_every=4)
+    save_weights(tmp_path / "r1.pt", train_candidate(ctx, spec, brief, init=5))
+    a = train_on(ctx, spec, brief, init=5, start=tmp_path / "r1.pt", to=24)
+    b = train_candidate(ctx, spec, continuation(brief, done=8, to=24), init=5,
+                        start=tmp_path / "r1.pt")
+    assert a.total_steps == b.total_steps == 24 and a.result.steps == 16
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_climb_keeps_each_rung_and_resumes_from_the_last_one_kept(digits, tmp_path):
+    ctx, spec = TrainContext(None, digits), _spec(digits)
+    brief = TrainConfig(steps=6, kd="none", device="cpu", eval_every=3)
+    seen: dict[int, tuple[int, float]] = {}
+
+    def on_rung(factor, out, seconds):
+        seen[factor] = (out.total_steps, out.val_accuracy)
+
+    last = climb(ctx, spec, brief, init=2, factors=(1, 2, 4), folder=tmp_path, on_rung=on_rung)
+    assert {f: s for f, (s, _) in seen.items()} == {1: 6, 2: 12, 4: 24}
+    assert last.total_steps == 24 and last.val_accuracy == seen[4][1]
+    assert all(rung_weights(tmp_path, f).exists() for f in (1, 2, 4))
+    full = dict(seen)
+    seen.clear()  # the caller has rungs 1x and 2x: only 4x is trained, from 2x's weights
+    again = climb(ctx, spec, brief, init=2, factors=(1, 2, 4), folder=tmp_path,
+                  have=lambda f: f in (1, 2), on_rung=on_rung)
+    assert list(seen) == [4] and seen[4] == full[4]
+    sa, sb = last.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    seen.clear()
+    assert climb(ctx, spec, brief, init=2, factors=(1, 2), folder=tmp_path,
+                 have=lambda f: True) is None and not seen
+    rung_weights(tmp_path, 2).unlink()  # 2x's weights gone: every rung trained again
+    climb(ctx, spec, brief, init=2, factors=(1, 2, 4), folder=tmp_path,
+          have=lambda f: f in (1, 2), on_rung=on_rung)
+    assert list(seen) == [1, 2, 4] and seen == full

@@ -53,3 +53,30 @@ def test_the_checker_finds_a_circle_and_counts_floors(tmp_path):
     (pkg / "b.py").write_text("import optuna\n\n\ndef g(study):\n    return study._storage\n"
                               "from optuna._hypervolume import compute_hypervolume\n")
     assert check.report(tmp_path)["private_optuna"] == {"kdnas/b.py": [5, 6]}
+
+
+def test_the_experiments_hold_their_own_limits():
+    x = _checker().report(ROOT)["experiments"]
+    assert x["modules"] >= 10
+    assert x["cycles"] == [] and x["product_imports"] == {} and x["private"] == {}
+    assert x["long_files"] == {} and x["long_functions"] == {}
+
+
+def test_the_checker_finds_what_the_experiments_must_not_do(tmp_path):
+    """A circle between two experiments, a product module importing one, and a private name
+    read through another experiment's module."""
+    check = _checker()
+    for pkg in ("kdnas", "search_spaces", "benchmarks"):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text("")
+    bench = tmp_path / "benchmarks"
+    (bench / "a.py").write_text("from benchmarks import b as bb\n\n\ndef f():\n"
+                                "    return bb._hidden()\n")
+    (bench / "b.py").write_text("def _hidden():\n    from benchmarks.a import f\n")
+    (tmp_path / "kdnas" / "x.py").write_text("from benchmarks.a import f\n")
+    x = check.report(tmp_path)["experiments"]
+    assert ["benchmarks.a", "benchmarks.b"] in x["cycles"]
+    assert x["product_imports"] == {"kdnas.x": ["benchmarks.a"]}
+    assert x["private"] == {"benchmarks/a.py": ["bb._hidden"]}
+    (bench / "b.py").write_text("def g():\n" + "    x = 1\n" * 130)
+    assert check.report(tmp_path)["experiments"]["long_functions"] == {"benchmarks/b.py:g": 131}

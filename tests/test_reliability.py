@@ -478,8 +478,7 @@ def test_workers_killed_at_random_and_replaced_lose_nothing(tmp_path, digits_tea
     (4 times): the study reaches its count, no candidate is trained twice, no trial is left
     RUNNING, each killed candidate is trained again, the front is Optuna's best_trials and the
     teacher cache is complete (benchmarks/chaos.py runs the same at 4 workers and 20 kills)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import chaos
+    from benchmarks import chaos
 
     # trials long enough (150 steps) and looks often enough that four kills land before the
     # study is done on an idle machine too
@@ -522,8 +521,7 @@ def test_workers_killed_at_random_on_postgres_lose_nothing(tmp_path, digits_teac
                                                            postgres):
     """The chaos run on PostgreSQL, as machines sharing one study would: three workers, four
     SIGKILLs with replacements; the same invariants as on SQLite."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import chaos
+    from benchmarks import chaos
 
     argv = chaos.search_argv(digits_teacher, tmp_path, "chaos-pg", trials=6, steps=150,
                              storage=postgres.url)

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 
 import kdnas.search.loop as loop_mod
-import kdnas.search.rungs as rungs_mod
+import kdnas.distill.candidate as candidate_mod
 from kdnas.core.errors import KdnasError
 from kdnas.core.settings import load_config
 from kdnas.distill.candidate import CandidateOutcome
@@ -43,7 +43,7 @@ def fake(monkeypatch):
         return CandidateOutcome(spec, get_space(spec["space"]).build(spec), result, {}, 0.01,
                                 before)
 
-    for mod in (loop_mod, rungs_mod):
+    for mod in (loop_mod, candidate_mod):
         monkeypatch.setattr(mod, "train_candidate", train)
     return state
 
@@ -163,7 +163,7 @@ def test_a_promotion_that_fails_keeps_the_candidates_last_rung_and_the_search_go
     from kdnas.cli.progress import SearchProgress
 
     teacher, data = teacher_and_data
-    real = rungs_mod.train_candidate
+    real = candidate_mod.train_candidate
     promotions = []
 
     def diverges(ctx, spec, recipe, *, init, start=None, **kw):
@@ -173,7 +173,7 @@ def test_a_promotion_that_fails_keeps_the_candidates_last_rung_and_the_search_go
                 raise KdnasError("training diverged: loss nan at step 3 of 20")
         return real(ctx, spec, recipe, init=init, start=start, **kw)
 
-    monkeypatch.setattr(rungs_mod, "train_candidate", diverges)
+    monkeypatch.setattr(candidate_mod, "train_candidate", diverges)
     run_search(cfg, teacher, data, on_event=SearchProgress(cfg))
     study = open_study(cfg, create=False)
     failed = [n for n, r in study.user_attrs["rungs"].items() if "failed" in r.get("3", {})]

@@ -12,6 +12,11 @@ Every import counts, function-level ones too. An import of ``a.b`` is an edge to
 * Optuna's private names (``study._storage``, ``optuna._hypervolume``, ...) appear only in
   ``kdnas/optuna_internals.py``, whose test fails when Optuna changes one of them.
 * A parser table may be longer than 80 lines if its ``def`` line says ``# layout: table``.
+* The experiments (``benchmarks/``, a package run as ``python -m benchmarks.NAME``) sit above
+  the product: no product module imports them, they have no import circle, no experiment
+  imports another's private (``_``) names, and their limits are looser, because a protocol's
+  runner keeps its whole protocol in one file and its ``main`` reads straight down: files up
+  to 600 lines, functions up to 130. Their floors are not counted (the product's are).
 
     python tools/check_layout.py            # prints the figures, exits 1 if a limit is broken
 """
@@ -26,13 +31,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("kdnas", "search_spaces")
+EXPERIMENTS = "benchmarks"
 LIMITS = {"floors": 5, "file_lines": 450, "function_lines": 80}
+EXPERIMENT_LIMITS = {"file_lines": 600, "function_lines": 130}
 
 
-def modules(root: Path = ROOT) -> dict[str, Path]:
-    """Module name -> file, for every .py file of the project's packages."""
+def modules(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
+    """Module name -> file, for every .py file of the given packages."""
     out = {}
-    for pkg in PACKAGES:
+    for pkg in packages:
         for f in sorted((root / pkg).rglob("*.py")):
             parts = list(f.relative_to(root).with_suffix("").parts)
             if parts[-1] == "__init__":
@@ -73,9 +80,60 @@ def imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
     return out
 
 
-def graph(root: Path = ROOT) -> dict[str, set[str]]:
-    mods = modules(root)
+def graph(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, set[str]]:
+    mods = modules(root, packages)
     return {m: imports(m, p, mods) for m, p in mods.items()}
+
+
+def private_imports(root: Path, mods: dict[str, Path]) -> dict[str, list[str]]:
+    """Names starting with ``_`` that a module takes from another project module: imported
+    (``from m import _x``) or read through the module (``m._x``, ``alias._x``)."""
+    def private(n: str) -> bool:
+        return n.startswith("_") and not n.startswith("__")
+
+    out: dict[str, list[str]] = {}
+    for path in mods.values():
+        tree = ast.parse(path.read_text(), str(path))
+        aliases, bad = set(), []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and _resolve(node.module or "", mods):
+                bad += [a.name for a in node.names if private(a.name)]
+                aliases |= {a.asname or a.name for a in node.names
+                            if f"{node.module}.{a.name}" in mods}
+            elif isinstance(node, ast.Import):
+                aliases |= {a.asname or a.name for a in node.names if a.name in mods}
+        bad += [f"{n.value.id}.{n.attr}" for n in ast.walk(tree)
+                if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+                and n.value.id in aliases and private(n.attr)]
+        if bad:
+            out[path.relative_to(root).as_posix()] = bad
+    return out
+
+
+def experiments(root: Path = ROOT) -> dict:
+    """The experiments' own checks (see the module text)."""
+    if not (root / EXPERIMENTS).exists():
+        return {"modules": 0, "cycles": [], "product_imports": {}, "private": {},
+                "long_files": {}, "long_functions": {}}
+    mods = modules(root, (EXPERIMENTS,))
+    g_all = graph(root, PACKAGES + (EXPERIMENTS,))
+    product = {m: ts for m, ts in g_all.items() if m not in mods}
+    rel = {m: p.relative_to(root).as_posix() for m, p in mods.items()}
+    return {
+        "modules": len(mods),
+        "lines": sum(len(p.read_text().splitlines()) for p in mods.values()),
+        "cycles": cycles({m: {t for t in g_all[m] if t in mods} for m in mods}),
+        "product_imports": {m: sorted(t for t in ts if t.split(".")[0] == EXPERIMENTS)
+                            for m, ts in product.items()
+                            if any(t.split(".")[0] == EXPERIMENTS for t in ts)},
+        "private": private_imports(root, mods),
+        "long_files": {rel[m]: n for m, p in mods.items()
+                       if (n := len(p.read_text().splitlines())) > EXPERIMENT_LIMITS[
+                           "file_lines"]},
+        "long_functions": {f"{rel[m]}:{name}": n for m, p in mods.items()
+                           for name, n in long_functions(p, EXPERIMENT_LIMITS[
+                               "function_lines"])},
+    }
 
 
 def cycles(g: dict[str, set[str]]) -> list[list[str]]:
@@ -195,6 +253,7 @@ def report(root: Path = ROOT) -> dict:
         "long_functions": {f"{rel[m]}:{name}": n for m, p in mods.items()
                            for name, n in long_functions(p, LIMITS["function_lines"])},
         "private_optuna": private_optuna(root, mods),
+        "experiments": experiments(root),
     }
 
 
@@ -223,6 +282,26 @@ def main(argv: list[str] | None = None) -> int:
         ok = False
     for f, lines in r["private_optuna"].items():
         print(f"private Optuna name outside {OPTUNA_HOME}: {f} lines {lines}")
+        ok = False
+    x = r["experiments"]
+    print(f"experiments: {x['modules']} modules, {x.get('lines', 0)} lines (files up to "
+          f"{EXPERIMENT_LIMITS['file_lines']} lines, functions up to "
+          f"{EXPERIMENT_LIMITS['function_lines']})")
+    for c in x["cycles"]:
+        print("import circle among the experiments: " + " <-> ".join(c))
+        ok = False
+    for m, ts in x["product_imports"].items():
+        print(f"the product imports an experiment: {m} -> {', '.join(ts)}")
+        ok = False
+    for f, names in x["private"].items():
+        print(f"private names imported from another module: {f}: {', '.join(names)}")
+        ok = False
+    for f, n in x["long_files"].items():
+        print(f"experiment file over {EXPERIMENT_LIMITS['file_lines']} lines: {f} ({n})")
+        ok = False
+    for f, n in x["long_functions"].items():
+        print(f"experiment function over {EXPERIMENT_LIMITS['function_lines']} lines: {f} "
+              f"({n})")
         ok = False
     print("layout limits hold" if ok else "layout limits broken")
     return 0 if ok else 1

@@ -40,7 +40,6 @@ from kdnas.bench.plain_loop import run_plain_loop
 from kdnas.bench.workload import (
     ARCHIVE,
     FAMILIES,
-    ROOT,
     draw_in_band,
     gemm_flops,
     make_subset,
@@ -138,7 +137,7 @@ def plain_loops(root: Path, teacher, cfg: SearchConfig, search: dict, data) -> d
                                  for r in runs]}
 
 
-def run(work: Path, out: Path, load: Workload, archive: Path = ARCHIVE,
+def run(work: Path, out: Path, load: Workload, archive: Path | None = ARCHIVE,
         teacher_path: Path | None = None, log=print) -> dict:
     """The whole benchmark; returns (and writes) the figures."""
     t_start = time.perf_counter()
@@ -248,8 +247,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def add_arguments(ap) -> None:
     ap.add_argument("--archive", type=Path, default=ARCHIVE, help="the CIFAR-10 JPEG archive "
-                    "(train/<class>/*.jpg, test/<class>/*.jpg; default: %(default)s)")
-    ap.add_argument("--work", type=Path, default=ROOT / ".bench" / "kdnas-bench",
+                    "(train/<class>/*.jpg, test/<class>/*.jpg; default: $KDNAS_CIFAR10_JPG, "
+                    "now %(default)s)")
+    ap.add_argument("--work", type=Path, default=Path(".bench") / "kdnas-bench",
                     help="where the images, teacher and study are kept (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=Path("reports"),
                     help="where benchmarks.json and BENCHMARKS.md go (default: reports)")

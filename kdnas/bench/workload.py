@@ -5,6 +5,7 @@ teacher, a student of each family near a MACs target, and the measurements made 
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import shutil
 import statistics
@@ -23,21 +24,27 @@ from kdnas.distill import TeacherCache, fit
 from kdnas.distill.timing import time_step
 from search_spaces import get_space, spec_id
 
-ROOT = Path(__file__).resolve().parents[2]
-ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
+# the CIFAR-10 JPEG archive: --archive, or $KDNAS_CIFAR10_JPG (an installed module names no
+# path of a checkout)
+ARCHIVE = Path(os.environ["KDNAS_CIFAR10_JPG"]) if os.environ.get("KDNAS_CIFAR10_JPG") \
+    else None
 # (name in the report, space, fixed params): the built-in families and block types
 FAMILIES = (("resnet", "resnet", {"block": "basic"}),
             ("resnet_bottleneck", "resnet", {"block": "bottleneck"}),
             ("mobilenet", "mobilenet", {}), ("shufflenet", "shufflenet", {}))
 
 
-def make_subset(archive: Path, out: Path, per_class: int | None, test_per_class: int | None,
-                seed: int = 0) -> Path:
+def make_subset(archive: Path | None, out: Path, per_class: int | None,
+                test_per_class: int | None, seed: int = 0) -> Path:
     """An ImageFolder tree (train/, test/) of CIFAR-10 JPEGs from ``archive``: every image, or
     ``per_class`` training and ``test_per_class`` test images a class chosen with a fixed seed.
     Written once; ``out/DONE`` marks a finished tree."""
     if (out / "DONE").exists():
         return out
+    if archive is None:
+        raise KdnasError("no CIFAR-10 archive given: pass --archive PATH or set "
+                         "KDNAS_CIFAR10_JPG (the JPEG archive, train/<class>/*.jpg and "
+                         "test/<class>/*.jpg)")
     if not Path(archive).exists():
         raise KdnasError(f"no CIFAR-10 archive at {archive}: pass --archive PATH (the JPEG "
                          "archive, train/<class>/*.jpg and test/<class>/*.jpg)")
@@ -182,7 +189,6 @@ def method_times(student: dict, data, teacher, methods: tuple[str, ...], cfg: Tr
 def make_teacher(root: Path, arch: str, out: Path):
     """A seeded, untrained teacher of the resnet space saved as a kdnas checkpoint: timing
     does not depend on its weights (``--teacher`` takes a trained one instead)."""
-    from kdnas.cost import count_macs
     from kdnas.data import load_data
     from kdnas.teacher import save_checkpoint
     from search_spaces.resnet import ResNetSpace

@@ -26,6 +26,10 @@ class KDMethod:
     # (0.1 x CE + 0.9 x the logit loss, as the search trains every method); 1.0, the
     # method's paper's form (CE + the logit loss at its weights), where measured better
     final_ce_weight: float | None = None
+    # the feature loss's module (kdnas.distill.losses.FEATURE_LOSSES): None, the method's own
+    # name; "fitnets" adds FitNets' hints to another method's logit loss
+    hints: str | None = None
+    auto: bool = True  # drawn by ``--kd auto``
 
 
 # in the order ``--kd auto`` searches them (a study made before the last five keeps searching
@@ -42,9 +46,13 @@ KD_TABLE = (KDMethod("logit"), KDMethod("fitnets", 1.0), KDMethod("at", 5.0),
             KDMethod("dkd-ls", logits="dkd", standardised=True, temperature=2.0,
                      ramp=20 / 240),
             # Park et al. 2019: distance 25, angle 50 (RKDLoss weighs them 1 : 2)
-            KDMethod("rkd", 25.0))
+            KDMethod("rkd", 25.0),
+            # DKD+LS with FitNets' hints at FitNets' weight: the ranker's logits and the
+            # teacher's features together (docs/evidence/rank_fresh.md measures it)
+            KDMethod("dkd-ls-hints", 1.0, logits="dkd", standardised=True, temperature=2.0,
+                     ramp=20 / 240, hints="fitnets", auto=False))
 KD_BY_NAME = {m.name: m for m in KD_TABLE}
-AUTO_METHODS = tuple(m.name for m in KD_TABLE)
+AUTO_METHODS = tuple(m.name for m in KD_TABLE if m.auto)
 FEATURE_METHODS = tuple(m.name for m in KD_TABLE if m.feature_weight is not None)
 FEATURE_WEIGHTS = {m.name: m.feature_weight for m in KD_TABLE if m.feature_weight is not None}
 # --kd: "feature" is FitNets, the default; "none" is cross-entropy alone

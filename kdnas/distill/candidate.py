@@ -7,7 +7,12 @@ A candidate is built from its spec with a seeded initialisation, trained by
 stage taps, reading the teacher's outputs from the context's cache when the recipe has one),
 and returned as a :class:`CandidateOutcome`: the trained module, what the training measured
 and its connector weights, so that :func:`save_weights` can keep everything a later rung needs
-to train it on (:func:`continuation`).
+to train it on.
+
+Rungs: :func:`train_on` trains a candidate on from the weights :func:`save_weights` wrote to a
+longer rung (the brief recipe continued, :func:`continuation`); :func:`climb` trains one up a
+list of rungs, keeping each rung's weights and resuming from the last one kept. Promotions,
+the noise check and every experiment train rungs through these two.
 """
 
 from __future__ import annotations
@@ -139,3 +144,68 @@ def continuation(recipe: TrainConfig, *, done: int, to: int) -> TrainConfig:
     every = max(1, steps // CURVE_POINTS)
     return dataclasses.replace(recipe, steps=steps, seed=recipe.seed + SEGMENT_SEED_STRIDE * done,
                                eval_every=every if recipe.eval_every else None)
+
+
+def rung_weights(folder: Path, factor: int) -> Path:
+    """Where :func:`climb` keeps a candidate's weights at rung ``factor`` (x the brief steps)."""
+    return Path(folder) / f"rung{factor}x.pt"
+
+
+def train_on(ctx: TrainContext, spec: dict, recipe: TrainConfig, *, init: int,
+             start: str | Path, to: int, checkpoint: Path | None = None,
+             progress: Progress | None = None) -> CandidateOutcome:
+    """Train ``spec`` on from the weights at ``start`` (written by :func:`save_weights`, which
+    records how many steps they have had) to ``to`` steps in all. ``recipe`` is the recipe of
+    the first rung (the brief one); the new steps follow :func:`continuation`. ``init`` is the
+    candidate's own initialisation seed (the module is built with it, then loaded)."""
+    done = int(torch.load(start, map_location="cpu", weights_only=True).get("steps", 0))
+    return train_candidate(ctx, spec, continuation(recipe, done=done, to=to), init=init,
+                           start=start, checkpoint=checkpoint, progress=progress)
+
+
+OnRung = Callable[[int, CandidateOutcome, float], None]  # (factor, outcome, seconds)
+
+
+def climb(ctx: TrainContext, spec: dict, recipe: TrainConfig, *, init: int,
+          factors: list[int] | tuple[int, ...], folder: Path,
+          have: Callable[[int], bool] = lambda factor: False,
+          on_rung: OnRung | None = None,
+          progress: Callable[[int], Progress | None] = lambda factor: None,
+          checkpoints: bool = False) -> CandidateOutcome | None:
+    """Train ``spec`` up ``factors`` (rungs in multiples of ``recipe.steps``: the first with
+    ``recipe`` itself, each next one on from the last one's weights), keeping each rung's
+    weights in ``folder`` (:func:`rung_weights`) and calling ``on_rung`` as each finishes.
+
+    Rungs the caller already has (``have(factor)``, leading ones only) are skipped when the
+    last of them left its weights; where those weights are gone (a new checkout, a cleared
+    folder) every rung is trained again from the first. ``checkpoints``: each rung also saves
+    a checkpoint every epoch in ``folder`` and resumes from it. Returns the last rung trained
+    (None when every rung was had)."""
+    factors = list(factors)
+    if not factors or factors[0] != 1:
+        raise ValueError(f"rungs start at the brief recipe (1x): {factors}")
+    first = 0
+    while first < len(factors) and have(factors[first]):
+        first += 1
+    if first == len(factors):
+        return None
+    if first and not rung_weights(folder, factors[first - 1]).exists():
+        first = 0
+    out = None
+    for k in range(first, len(factors)):
+        f = factors[k]
+        t0 = time.perf_counter()
+        ckpt = Path(folder) / f"rung{f}x-checkpoint.pt" if checkpoints else None
+        if k == 0:
+            out = train_candidate(ctx, spec, recipe, init=init, checkpoint=ckpt,
+                                  progress=progress(f))
+        else:
+            out = train_on(ctx, spec, recipe, init=init,
+                           start=rung_weights(folder, factors[k - 1]),
+                           to=f * recipe.steps, checkpoint=ckpt, progress=progress(f))
+        save_weights(rung_weights(folder, f), out)
+        if ckpt is not None:
+            ckpt.unlink(missing_ok=True)
+        if on_rung is not None:
+            on_rung(f, out, time.perf_counter() - t0)
+    return out

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from kdnas.core.settings import canonical_method
+from kdnas.core.settings import canonical_method, kd_method
 from kdnas.distill.hint import hint_mse
 from search_spaces import TapInfo
 
@@ -247,5 +247,6 @@ FEATURE_LOSSES: dict[str, type[nn.Module]] = {"fitnets": HintLoss, "at": ATLoss,
 
 
 def feature_loss(method: str, student: list[TapInfo], teacher: list[TapInfo]) -> nn.Module:
-    """The feature loss module of a ``--kd`` feature method."""
-    return FEATURE_LOSSES[canonical_method(method)](student, teacher)
+    """The feature loss module of a ``--kd`` feature method (its ``hints`` module, where it
+    borrows another method's)."""
+    return FEATURE_LOSSES[kd_method(method).hints or canonical_method(method)](student, teacher)

@@ -12,7 +12,6 @@ from kdnas.core.budget import Cost
 from kdnas.core.settings import SearchConfig, reads_features
 from kdnas.cost import measure_cost, measure_latency
 from kdnas.device import resolve
-from kdnas.distill import TeacherCache
 from kdnas.distill.candidate import TrainContext
 from kdnas.distill.timing import time_step
 from search_spaces import get_space
@@ -71,11 +70,6 @@ def train_context(cfg: SearchConfig, teacher, data) -> TrainContext:
     cached = cfg.teacher_cache and cfg.kd != "none"
     return TrainContext(teacher, data, cfg.study_dir / "teacher_cache" if cached else None,
                         int(cfg.cache_limit_gb * 1e9), cache_features=reads_features(cfg.kd))
-
-
-def teacher_cache(cfg: SearchConfig, teacher, data) -> TeacherCache | None:
-    """The cache of the study's brief recipe (the one every trial reads)."""
-    return train_context(cfg, teacher, data).cache_for(cfg.train_config(len(data.train_y)))
 
 
 def hypervolume_reference(cfg: SearchConfig, cheapest: tuple[dict, Cost] | None

@@ -8,13 +8,7 @@ import dataclasses
 import optuna
 
 from kdnas.core.settings import SearchConfig
-from kdnas.distill.candidate import (
-    TrainContext,
-    continuation,
-    init_seed,
-    save_weights,
-    train_candidate,
-)
+from kdnas.distill.candidate import TrainContext, climb, init_seed
 from kdnas.report import front_frame, trials_frame
 from kdnas.search.events import Event, NoiseEnd, NoiseStart, step_events
 from kdnas.search.rungs import trial_recipe
@@ -52,12 +46,7 @@ def _train_like(cfg: SearchConfig, ctx: TrainContext, t, tcfg, init: int, emit: 
     seed, then on up the rungs it reached (``--rungs``), each from the last one's weights.
     Its own seed's teacher outputs would be read by no other run: not cached."""
     ctx = dataclasses.replace(ctx, cache_root=None)
-    out = train_candidate(ctx, t.spec, tcfg, init=init, progress=step_events(emit))
-    factors = [f for f in cfg.rungs if f <= (t.rung or 1)]
-    for lo, hi in zip(factors, factors[1:], strict=False):
-        path = cfg.study_dir / "noise" / f"rung{lo}x.pt"
-        save_weights(path, out)
-        out = train_candidate(ctx, t.spec, continuation(tcfg, done=lo * tcfg.steps,
-                                                        to=hi * tcfg.steps),
-                              init=init, start=path, progress=step_events(emit))
+    factors = [1] + [f for f in cfg.rungs if 1 < f <= (t.rung or 1)]
+    out = climb(ctx, t.spec, tcfg, init=init, factors=factors, folder=cfg.study_dir / "noise",
+                progress=lambda factor: step_events(emit))
     return out.result

@@ -4,7 +4,7 @@ When the study holds its ``--trials`` candidates, each trained with the brief re
 1x), the best of each cost band (:func:`kdnas.search.promotion.promote`: Pareto rank over
 accuracy at the rung and cost, ``1 / promote_eta`` of the band, at least one per family at
 the first rung) are trained on from their own weights to the next rung's steps in all
-(:func:`kdnas.distill.candidate.continuation`), and so on up the rungs. Each result is kept in
+(:func:`kdnas.distill.candidate.train_on`), and so on up the rungs. Each result is kept in
 the study (``rungs``: trial -> rung -> accuracy, steps, seconds, weights) as soon as it is
 trained, so an interrupted promotion is trained again by the next run and a finished one never
 is; the choices depend only on recorded accuracies, so a resumed study makes the same ones.
@@ -19,13 +19,7 @@ import time
 import optuna
 
 from kdnas.core.settings import SearchConfig
-from kdnas.distill.candidate import (
-    TrainContext,
-    continuation,
-    init_seed,
-    save_weights,
-    train_candidate,
-)
+from kdnas.distill.candidate import TrainContext, init_seed, rung_weights, save_weights, train_on
 from kdnas.search.events import (
     Event,
     PromotionEnd,
@@ -58,7 +52,7 @@ def train_rungs(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext,
     cost_col = cfg.cost_columns[0]
     here = {n: (t.val_accuracy, t.weights) for n, t in trained.items()}
     for k in range(1, len(cfg.rungs)):
-        lo, hi = cfg.rungs[k - 1], cfg.rungs[k]
+        hi = cfg.rungs[k]
         results = [RungResult(str(n), trained[n].spec["space"], float(trained[n].cost[cost_col]),
                               acc) for n, (acc, _) in here.items()]
         chosen = promote(results, eta=cfg.promote_eta, bands=COST_BANDS,
@@ -69,8 +63,7 @@ def train_rungs(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext,
             done = state.get(str(n), {}).get(str(hi))
             if done is None:
                 try:
-                    done = _train_on(cfg, ctx, trained[n], here[n][1], lo * brief,
-                                     hi * brief, hi, emit)
+                    done = _train_on(cfg, ctx, trained[n], here[n][1], hi * brief, hi, emit)
                 except Exception as e:  # a failed promotion must not lose the study
                     done = {"failed": f"{type(e).__name__}: {e}"}
                     emit(PromotionFailed(n, hi, done["failed"]))
@@ -82,18 +75,18 @@ def train_rungs(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext,
     return state
 
 
-def _train_on(cfg: SearchConfig, ctx: TrainContext, t, weights: str, done: int, to: int,
-              factor: int, emit: Event) -> dict:
-    """Train trial ``t``'s candidate on from ``weights`` (``done`` steps) to ``to`` steps."""
-    recipe = continuation(trial_recipe(cfg, len(ctx.data.train_y), t), done=done, to=to)
+def _train_on(cfg: SearchConfig, ctx: TrainContext, t, weights: str, to: int, factor: int,
+              emit: Event) -> dict:
+    """Train trial ``t``'s candidate on from ``weights`` (relative to the study) to ``to``
+    steps in all."""
     emit(PromotionStart(t.number, factor, to))
     folder = cfg.study_dir / "trials" / str(t.number)
     t0 = time.perf_counter()
-    out = train_candidate(ctx, t.spec, recipe, init=init_seed(cfg.seed, t.number),
-                          start=cfg.study_dir / weights,
-                          checkpoint=folder / f"rung{factor}x-checkpoint.pt",
-                          progress=step_events(emit))
-    path = folder / f"rung{factor}x.pt"
+    out = train_on(ctx, t.spec, trial_recipe(cfg, len(ctx.data.train_y), t),
+                   init=init_seed(cfg.seed, t.number), start=cfg.study_dir / weights, to=to,
+                   checkpoint=folder / f"rung{factor}x-checkpoint.pt",
+                   progress=step_events(emit))
+    path = rung_weights(folder, factor)
     save_weights(path, out)
     (folder / f"rung{factor}x-checkpoint.pt").unlink(missing_ok=True)
     result = {"val_accuracy": out.val_accuracy, "steps": out.total_steps,
