@@ -476,3 +476,28 @@ def test_a_writer_killed_mid_cache_leaves_nothing_behind_once_another_writes(tmp
     writer.commit(2)
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["k"]
     assert writer.complete and float(writer.get(1)[0].sum()) == 40.0
+
+
+def test_the_learning_curve_reads_a_sample_of_every_class_not_the_first_images(cifar_subset):
+    """An ImageFolder lists its images class by class, and so does the validation split: the
+    curve's subset is a fixed sample of the whole split, so each of its points stands for
+    every class (the first 100 images would be two or three), and the last point's subset
+    accuracy is read from the same images as the points before it."""
+    from kdnas.data import load_data
+    from kdnas.distill.trainer import hits, subset_order
+
+    data = load_data(f"imagefolder:{cifar_subset}", val_fraction=0.2, seed=0)
+    n = len(data.val_y)
+    assert len(set(data.val_y[:100].tolist())) <= 3  # the split's own order: by class
+    sub = subset_order(n, 100)
+    assert torch.equal(sub, subset_order(n, 100)) and len(set(sub.tolist())) == 100
+    assert len(set(data.val_y[sub].tolist())) == 10
+    assert subset_order(n, n) is None and subset_order(n, None) is None
+    space = get_space("resnet")
+    spec = space.preset("resnet8", in_channels=3, num_classes=10, input_size=32)
+    torch.manual_seed(0)
+    model = space.build(spec)
+    r = fit(model, data, TrainConfig(steps=6, kd="none", eval_every=3, eval_limit=100))
+    right = hits(model, data, "val")
+    assert r.points[-1]["val_subset_accuracy"] == pytest.approx(float(right[sub].float().mean()))
+    assert torch.equal(hits(model, data, "val", limit=100), right[sub])

@@ -65,7 +65,7 @@ class TrainConfig:
     schedule: str = "cosine"  # or "step": x0.1 at 50% and 75% of the steps
     seed: int = 0
     channels_last: bool = True
-    # learning curve: accuracy on the first ``eval_limit`` validation images every
+    # learning curve: accuracy on a fixed sample of ``eval_limit`` validation images every
     # ``eval_every`` steps (None: only at the end)
     eval_every: int | None = None
     eval_limit: int = 1000
