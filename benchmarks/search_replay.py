@@ -22,7 +22,7 @@ import numpy as np
 
 from benchmarks.across_families import PROXY_SEED, truth
 from benchmarks.common import ROOT
-from kdnas.report.front import hypervolume, pareto_mask
+from kdnas.front import hypervolume, pareto_mask
 from kdnas.search.promotion import RungResult, promote
 from kdnas.search.rungs import COST_BANDS
 

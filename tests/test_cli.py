@@ -225,8 +225,8 @@ def test_the_shipped_study_configs_parse_and_the_package_finds_them():
     assert found == ["cifar10-50m.toml", "demo.toml"]
     for name in found:
         cfg = load_config(root / name, {})
-        assert cfg.budget_obj().limit > 0 and cfg.trials >= 1
-    assert load_config(root / "cifar10-50m.toml", {}).budget_obj().limit == 50e6
+        assert cfg.budget_value.limit > 0 and cfg.trials >= 1
+    assert load_config(root / "cifar10-50m.toml", {}).budget_value.limit == 50e6
 
 
 def test_each_setting_is_declared_once_and_its_flag_reaches_the_config():

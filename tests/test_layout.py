@@ -80,3 +80,36 @@ def test_the_checker_finds_what_the_experiments_must_not_do(tmp_path):
     assert x["private"] == {"benchmarks/a.py": ["bb._hidden"]}
     (bench / "b.py").write_text("def g():\n" + "    x = 1\n" * 130)
     assert check.report(tmp_path)["experiments"]["long_functions"] == {"benchmarks/b.py:g": 131}
+
+
+def test_the_readme_layout_table_names_every_module():
+    """Every module of the product and of the experiments is named in README's layout
+    table (a top-level module by its path, one in a folder by its file name in that folder's
+    row), so the table cannot fall behind the tree."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Layout"):text.index("Design notes and conventions:")]
+    rows = {line.split("|")[2].strip().strip("`"): line for line in table.splitlines()
+            if line.startswith("|") and line.count("|") >= 4}
+    missing = []
+    for pkg in ("kdnas", "search_spaces", "benchmarks"):
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            if f.name in ("__init__.py", "__main__.py"):
+                continue
+            rel = f.relative_to(ROOT).as_posix()
+            folder = f.parent.relative_to(ROOT).as_posix() + "/"
+            row = rows.get(rel) or rows.get(folder)
+            if row is None or (rel not in rows and f"`{f.name}`" not in row):
+                missing.append(rel)
+    assert missing == []
+
+
+def test_user_attribute_names_are_spelled_once():
+    """The study's and trials' user attributes are named in kdnas/core/attrs.py only: no part
+    of the product reads or writes one by a string of its own."""
+    import re
+
+    spelled = re.compile(r"""(set_user_attr|user_attrs\.get|user_attrs\[)\(?["']""")
+    offenders = [f"{f.relative_to(ROOT)}:{i}" for f in sorted((ROOT / "kdnas").rglob("*.py"))
+                 for i, line in enumerate(f.read_text().splitlines(), 1)
+                 if spelled.search(line)]
+    assert offenders == []

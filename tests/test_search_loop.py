@@ -308,6 +308,30 @@ def test_a_teacher_cache_over_its_limit_is_not_written(setup, caplog):
     assert [p for p in cache.iterdir() if not p.name.startswith(".")] == []
 
 
+def test_the_default_cache_limit_is_half_the_free_disk_where_the_study_writes(setup, caplog,
+                                                                              monkeypatch):
+    """--cache-limit auto (the default): a cache larger than half the free disk of the study's
+    file system is not written (said once, for the study); with room, it is written."""
+    import collections
+
+    import kdnas.distill.cache as cache_mod
+
+    cfg, teacher, data = setup
+    assert cfg.cache_limit_gb == "auto"
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: usage(10**6, 0, 2 * 10**4))
+    assert cache_mod.disk_limit(cfg.study_dir / "teacher_cache" / "x") == 10**4
+    out = run_search(dataclasses.replace(cfg, trials=2, kd="feature"), teacher, data)
+    assert out.trained == 2
+    assert len([r for r in caplog.records if "teacher cache would take" in r.message
+                and "of the free disk" in r.message]) == 1
+    cache = cfg.study_dir / "teacher_cache"
+    assert [p for p in cache.iterdir() if not p.name.startswith(".")] == []
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: usage(10**12, 0, 10**11))
+    run_search(dataclasses.replace(cfg, trials=3, kd="feature"), teacher, data)
+    assert any((p / "COMPLETE").exists() for p in cache.iterdir() if p.is_dir())
+
+
 def test_each_trial_records_where_its_time_went_and_the_report_shows_it(setup, monkeypatch):
     """The phases add up to the trial's time (nothing counted twice, little unaccounted),
     and pareto.md states the time per trial. (The step-time estimate is taken from 200-step

@@ -63,6 +63,20 @@ def test_report_front_is_optunas_front_over_every_objective(mixed_study):
     assert sorted(front.trial) == sorted(t.number for t in study.best_trials)
 
 
+def test_the_pick_below_the_report_agrees_with_the_reports_front(mixed_study):
+    """kdnas.front picks from the records alone (what the search and export read); the
+    report's frame of the same study shows the same knee and the same best student."""
+    from kdnas.front import pick_trial
+
+    study, cfg = mixed_study
+    record = load_record(study)
+    front = front_frame(trials_frame(record), cfg.cost_columns)
+    assert pick_trial(record, "knee", cfg.cost_columns) == int(
+        front.loc[front.knee.idxmax(), "trial"])
+    assert pick_trial(record, "best", cfg.cost_columns) == int(
+        front.loc[front.val_accuracy.idxmax(), "trial"])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 from kdnas.core.errors import KdnasError
+from kdnas.core.settings import DISTILL_EPOCHS
+from kdnas.front import near_chance
 
 log = logging.getLogger("kdnas")
 
@@ -43,7 +45,7 @@ def cmd_search(args) -> int:
         cfg = kept
     if args.worker_index > 0:
         return _helper_worker(cfg, args.worker_index)
-    budget = cfg.budget_obj()
+    budget = cfg.budget_value
     t0 = time.perf_counter()
     if args.workers < 1:
         raise KdnasError(f"--workers must be at least 1, got {args.workers}")
@@ -93,11 +95,6 @@ def cmd_search(args) -> int:
     return 130 if (outcome is None or outcome.interrupted) else 0
 
 
-def near_chance(accuracy: float, num_classes: int) -> bool:
-    """Below 1.5x what guessing gets: a model that learnt (almost) nothing."""
-    return accuracy < 1.5 / num_classes
-
-
 def distilled_warning(info: dict, num_classes: int) -> str | None:
     """What to tell the user about a fully distilled student that learnt nothing."""
     acc = info["val_accuracy"]
@@ -105,7 +102,8 @@ def distilled_warning(info: dict, num_classes: int) -> str | None:
         return None
     return (f"the distilled student is near chance ({100 * acc:.1f}% with {num_classes} "
             f"classes, after {info['epochs']:g} epochs): its training did not converge; "
-            "train longer (--epochs; 200 by default) or with a lower --lr, and do not ship it")
+            f"train longer (--epochs; {DISTILL_EPOCHS:g} by default) or with a lower --lr, and do "
+            "not ship it")
 
 
 def _check_teacher(cfg, teacher, data) -> None:

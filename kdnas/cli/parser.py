@@ -7,7 +7,15 @@ import argparse
 from kdnas import __version__
 from kdnas.cli import commands
 from kdnas.core.kd_methods import DISTILL_DEFAULT
-from kdnas.core.settings import DATA_HELP, KD_METHODS, flag_name, flag_settings, str_list
+from kdnas.core.settings import (
+    DATA_HELP,
+    DISTILL_EPOCHS,
+    EXPORT_FORMATS,
+    KD_METHODS,
+    flag_name,
+    flag_settings,
+    str_list,
+)
 
 
 
@@ -84,10 +92,10 @@ def _add_study_commands(sub) -> None:  # layout: table
     study_args(e)
     pick_args(e)
     e.add_argument("--out", help="output folder (default exports/<study>/trial-<N>)")
-    e.add_argument("--format", type=str_list, default=("pt2", "onnx"),
+    e.add_argument("--format", type=str_list, default=EXPORT_FORMATS,
                    help="comma-separated: pt2 (torch.export), onnx (checked with "
                    "onnxruntime), torchscript; the state_dict and spec are always written "
-                   "(default pt2,onnx)")
+                   f"(default {','.join(EXPORT_FORMATS)})")
     e.set_defaults(func=commands.cmd_export)
 
     f = sub.add_parser("distill", help="train a chosen student fully, then export it",
@@ -108,7 +116,8 @@ def _add_study_commands(sub) -> None:  # layout: table
                    "papers' form, cross-entropy weight 1; whatever the search "
                    "ranked with; in a study that searched the method with --kd auto, the "
                    "trial's method)")
-    f.add_argument("--epochs", type=float, default=200, help="default 200")
+    f.add_argument("--epochs", type=float, default=DISTILL_EPOCHS,
+                   help=f"default {DISTILL_EPOCHS:g}")
     f.add_argument("--lr", type=float, help="peak SGD learning rate (default: the study's)")
     f.add_argument("--batch-size", type=int, help="default: the study's")
     f.add_argument("--schedule", choices=["cosine", "step"], default="cosine",
@@ -117,8 +126,8 @@ def _add_study_commands(sub) -> None:  # layout: table
                    "the study's)")
     f.add_argument("--out", help="output folder (default "
                    "exports/<study>/trial-<N>-<method>-distilled; no -<method> for FitNets)")
-    f.add_argument("--format", type=str_list, default=("pt2", "onnx"),
-                   help="as for export (default pt2,onnx)")
+    f.add_argument("--format", type=str_list, default=EXPORT_FORMATS,
+                   help=f"as for export (default {','.join(EXPORT_FORMATS)})")
     f.set_defaults(func=commands.cmd_distill)
 
 

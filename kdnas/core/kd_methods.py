@@ -55,7 +55,8 @@ KD_BY_NAME = {m.name: m for m in KD_TABLE}
 AUTO_METHODS = tuple(m.name for m in KD_TABLE if m.auto)
 FEATURE_METHODS = tuple(m.name for m in KD_TABLE if m.feature_weight is not None)
 FEATURE_WEIGHTS = {m.name: m.feature_weight for m in KD_TABLE if m.feature_weight is not None}
-# --kd: "feature" is FitNets, the default; "none" is cross-entropy alone
+# --kd: "feature" is FitNets (the search's default before SEARCH_DEFAULT, below); "none" is
+# cross-entropy alone
 KD_METHODS = ("feature", *FEATURE_METHODS,
               *(m.name for m in KD_TABLE if m.feature_weight is None), "none")
 

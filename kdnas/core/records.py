@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kdnas.core.attrs import Outcome
 from kdnas.core.errors import KdnasError
 
 
@@ -13,7 +14,7 @@ class TrialRecord:
     """One trial: its candidate, cost, gate result and (if trained) accuracy and weights."""
 
     number: int
-    state: str  # trained, infeasible, failed, interrupted, running, ...
+    state: str  # an Outcome (trained, infeasible, ...), or Optuna's state name (running)
     spec: dict | None = None
     spec_id: str | None = None
     cost: dict = field(default_factory=dict)  # Cost.to_dict()
@@ -40,7 +41,7 @@ class TrialRecord:
 
     @property
     def trained(self) -> bool:
-        return self.state == "trained"
+        return self.state == Outcome.TRAINED
 
     @property
     def within_budget(self) -> bool | None:

@@ -10,22 +10,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdnas.core.budget import Budget, parse_budget
+from kdnas.core.budget import parse_budget
 from kdnas.core.errors import KdnasError
 from kdnas.core.kd_methods import (  # noqa: F401  (their names, also read from here)
-    AUTO_METHODS,
-    FEATURE_METHODS,
-    FEATURE_WEIGHTS,
-    KD_BY_NAME,
-    KD_METHODS,
-    KD_TABLE,
-    DISTILL_DEFAULT,
-    SEARCH_DEFAULT,
-    KDMethod,
-    canonical_method,
-    kd_method,
-    reads_features,
-)
+    AUTO_METHODS, DISTILL_DEFAULT, FEATURE_METHODS, FEATURE_WEIGHTS, KD_BY_NAME, KD_METHODS,
+    KD_TABLE, SEARCH_DEFAULT, KDMethod, canonical_method, kd_method, reads_features)
 
 
 # the brief recipe when neither --steps nor --epochs is given: a fixed number of optimizer
@@ -41,6 +30,11 @@ def check_device(text: str, flag: str = "--device") -> None:
     if not DEVICE_PATTERN.fullmatch(text):
         raise KdnasError(f"{flag} {text!r}: use auto (a GPU when one is visible), cpu, cuda "
                          "or cuda:N")
+
+
+# kdnas export's and kdnas distill's defaults, named once (the parser's help reads them)
+EXPORT_FORMATS = ("pt2", "onnx")  # the deploy files written by default
+DISTILL_EPOCHS = 200.0  # the full distillation's length
 
 
 @dataclass(frozen=True)
@@ -140,7 +134,9 @@ def setting(default, help: str | None = None, *, fixed: bool = False, kind: type
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Everything that defines a study. Stored with the study, so workers and reports agree."""
+    """Everything that defines a study. Stored with the study, so workers and reports agree.
+    ``budget_value``: the budget text parsed once, when the config is made (a
+    :class:`~kdnas.core.budget.Budget`)."""
 
     study: str = setting("kdnas", "study name (default kdnas): folder WORKDIR/NAME holds "
                          "study.db, manifest.json and trial weights")
@@ -206,10 +202,10 @@ class SearchConfig:
         "30000, rkd 25)", fixed=True, kind=float)
     teacher_cache: bool = setting(True, "run the teacher in every trial instead of computing "
                                   "its outputs once per study", kind="off")
-    cache_limit_gb: float = setting(8.0, "largest teacher cache to write, in GB (default 8): a "
-                                    "study whose cache would be larger runs the teacher in "
-                                    "every trial instead", kind=float, flag="--cache-limit",
-                                    metavar="GB")
+    cache_limit_gb: float | str = setting(
+        "auto", "largest teacher cache to write, in GB, or auto (default: half the free disk "
+        "where the study writes, when the cache is made): a study whose cache would be larger "
+        "runs the teacher in every trial instead", flag="--cache-limit", metavar="GB")
     noise_check: bool = setting(True, "do not train the front's knee again with another seed "
                                 "at the end (the report then cannot say how much of the front "
                                 "is seed noise)", kind="off")
@@ -298,11 +294,17 @@ class SearchConfig:
             raise KdnasError("a latency objective needs latency measured: drop --no-latency")
         if self.steps is not None and self.epochs is not None:
             raise KdnasError("give --steps or --epochs for the brief training, not both")
-        self.budget_obj()  # validates the budget text
+        if self.cache_limit_gb != "auto":
+            try:
+                limit = float(self.cache_limit_gb)
+            except ValueError:
+                limit = -1.0
+            if not limit >= 0:
+                raise KdnasError(f"--cache-limit {self.cache_limit_gb!r}: give auto or a size "
+                                 "in GB (0 or more)")
+            object.__setattr__(self, "cache_limit_gb", limit)
+        object.__setattr__(self, "budget_value", parse_budget(self.budget))  # parsed once
         self.train_config(1000)  # validates the training recipe
-
-    def budget_obj(self) -> Budget:
-        return parse_budget(self.budget)
 
     def brief_steps(self, n_train: int) -> int:
         """Optimizer steps of the brief recipe for a training split of ``n_train`` images

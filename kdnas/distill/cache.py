@@ -13,9 +13,20 @@ import torch
 
 log = logging.getLogger(__name__)
 
+DISK_SHARE = 0.5  # with no --cache-limit, a cache may take this share of the free disk
 RESIDENT_SHARE = 0.25  # a complete cache moves to a GPU when it takes at most this share of
 # the GPU's free memory (the data set follows the same rule)
 _RESIDENT: dict[tuple, dict[int, dict]] = {}  # one cache on one device at a time
+
+
+def disk_limit(path: Path) -> int:
+    """The largest cache the machine takes where ``path`` will be: DISK_SHARE of the free
+    space of its file system (read when a cache is about to be written; the cache is read
+    memory-mapped, so RAM and GPU memory bound only its residency, RESIDENT_SHARE)."""
+    path = Path(path).resolve()
+    while not path.exists():
+        path = path.parent
+    return int(DISK_SHARE * shutil.disk_usage(path).free)
 
 
 class TeacherCache:
@@ -118,8 +129,10 @@ class TeacherCache:
     def _too_large(self) -> bool:
         """A first step already showed this cache to exceed the (current) limit."""
         m = self._marker()
-        return m.exists() and self.limit_bytes is not None and \
-            int(m.read_text() or 0) > self.limit_bytes
+        return m.exists() and int(m.read_text() or 0) > self._limit()
+
+    def _limit(self) -> int:
+        return self.limit_bytes if self.limit_bytes is not None else disk_limit(self.dir)
 
     def _unlock(self) -> None:
         if self._lock is not None:
@@ -134,13 +147,17 @@ class TeacherCache:
             return False
         if not self.features:
             feats = []
-        if self.writes == 0 and total and self.limit_bytes is not None:
+        if self.writes == 0 and total:
             size = sum(t.numel() * 2 for t in (logits, *feats)) * total  # fp16
-            if size > self.limit_bytes:
+            limit = self._limit()
+            if size > limit:
                 self._marker().write_text(str(size))  # later trials need not try again
-                log.warning("the teacher cache would take %.1f GB (limit %.1f GB): not written; "
-                            "the teacher runs in every trial (raise --cache-limit to trade "
-                            "disk for speed)", size / 1e9, self.limit_bytes / 1e9)
+                log.warning("the teacher cache would take %.1f GB (limit %.1f GB%s): not "
+                            "written; the teacher runs in every trial (%s)", size / 1e9,
+                            limit / 1e9, "" if self.limit_bytes is not None else
+                            f", {DISK_SHARE:.0%} of the free disk", "raise --cache-limit to "
+                            "trade disk for speed" if self.limit_bytes is not None else
+                            "free disk space where the study writes")
                 self.abort()
                 return False
         torch.save({"logits": logits.detach().half().contiguous().cpu(),

@@ -1,7 +1,8 @@
 """The brief trainer: it reads straight down. For each batch, run the teacher (no grad, or
 read its outputs from the cache) and the student, each with forward hooks on its stage taps;
-add cross-entropy, Hinton KD on the logits and the feature loss between stages of equal
-resolution; step SGD on a warmup+cosine schedule. Nothing here knows which search space the
+add cross-entropy, the method's logit loss (Hinton KD, DKD, DIST; Hinton's mixing or the
+papers' form) and its feature loss between stages of equal resolution; step SGD on a
+warmup+cosine schedule. Nothing here knows which search space the
 student came from: it only needs its taps.
 """
 
@@ -182,7 +183,8 @@ def _save_checkpoint(path: Path, student, extra, opt, step, epoch, total, curve,
 
 def _load_checkpoint(path: Path, student, extra, opt, total: int
                      ) -> tuple[int, int, list, list]:
-    """Restore a run saved by :func:`_save_checkpoint`; returns ``(step, epoch, curve)``."""
+    """Restore a run saved by :func:`_save_checkpoint`; returns ``(step, epoch, curve,
+    points)``: where it stopped, its per-step losses and its learning-curve points."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state["total"] != total:
         raise KdnasError(f"checkpoint {path} is for a run of {state['total']} steps, "
@@ -372,15 +374,13 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
         progress: Callable[[int, int, float], None] | None = None) -> FitResult:
     """Train ``student`` on the training split; return its validation accuracy.
 
-    ``teacher``: a :class:`kdnas.teacher.Teacher` or None (CE alone). Loss: ``(1-a) CE +
-    a T^2 KL`` plus ``w * feature loss`` (FitNets, AT, SP, PKT) when both nets have taps
-    (the student's detected when ``student_taps`` is empty). ``cache``: the teacher's outputs
-    read from it (or written on first use). ``checkpoint``: saved every epoch; a run that
-    finds one resumes and ends exactly where an uninterrupted run would. ``start``
-    (``{"student": state, "extra": state}``): train on from those weights (a promotion);
-    ``keep`` receives the connectors' weights at the end. On ``cfg.device``; the student is
-    returned on the CPU.
-    """
+    ``teacher``: a Teacher or None (CE alone). Loss: ``cfg.kd``'s logit loss L as ``(1-a) CE
+    + a L`` (Hinton's mixing) or ``c CE + L`` (the papers', ``c = cfg.ce_weight``), plus ``w *
+    feature loss`` when both nets have taps (the student's found when ``student_taps`` is []).
+    ``cache``: the teacher's outputs, read (or written on first use). ``checkpoint``: saved
+    every epoch; a run that finds one resumes where an uninterrupted run would be. ``start``
+    (``{"student": state, "extra": state}``): train on from those weights; ``keep`` receives
+    the connectors' weights. On ``cfg.device``; the student is returned on the CPU."""
     torch.manual_seed(cfg.seed)
     dev = resolve(cfg.device)
     data = data.on(dev)

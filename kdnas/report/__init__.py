@@ -1,7 +1,7 @@
 """Reports people read, from a study's records: ``trials.csv``, ``pareto.csv``, ``pareto.md``,
 ``pareto.png`` (and ``pareto_latency.png``), ``learning_curves.png``, ``summary.json``,
 ``report.json`` and the self-contained ``report.html``. Tables in :mod:`.frames`, the
-front's arithmetic in :mod:`.front`, plots in :mod:`.plots`, Markdown in :mod:`.markdown`,
+front's arithmetic in :mod:`kdnas.front`, plots in :mod:`.plots`, Markdown in :mod:`.markdown`,
 HTML in :mod:`.html`."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 from kdnas.core.files import write_text
 from kdnas.core.records import StudyRecord
 from kdnas.core.settings import SearchConfig
+from kdnas.front import pick_trial
 from kdnas.report.frames import (
     export_command,
     front_frame,
-    pick_trial,
     references_frame,
     summary,
     trials_frame,

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from kdnas.core.budget import fmt_count
-from kdnas.core.errors import KdnasError
 from kdnas.core.kd_methods import ACROSS_FAMILIES_TAU
 from kdnas.core.records import StudyRecord
 from kdnas.core.settings import SearchConfig
-from kdnas.report.front import hypervolume, knee_index, pareto_mask
+from kdnas.front import front_order, hypervolume, near_chance, wilson
+from kdnas.front import hypervolume_reference as _reference
 from kdnas.report.rungs import rung_summary
 from search_spaces import describe
 
@@ -26,31 +26,6 @@ COLUMNS = ["trial", "state", "spec_id", "arch", "macs", "flops", "params", "late
            "latency_p90_ms", "latency_setting", "val_accuracy", "within_budget",
            "train_seconds", "train_step_ms", "student_seconds", "kd", "note", "spec", "rung",
            "brief_val_accuracy", "val_lo", "val_hi", "val_images"]
-
-
-def wilson(acc: float | None, n: int | None, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson score interval of an accuracy measured on ``n`` images: the validation
-    set's own sampling error (NaNs when either is unknown). Unlike acc +- z*se it stays inside
-    [0, 1] and is honest near 100%, where small students' accuracies on small sets sit."""
-    if acc is None or not n or pd.isna(acc):
-        return float("nan"), float("nan")
-    centre = (acc + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
-
-
-def accuracy_se(acc, n):
-    """Standard error of accuracies measured on ``n`` images (Agresti-Coull: two hits and two
-    misses added, so that 100% on a small set is not certain); arrays welcome."""
-    p = (np.asarray(acc, float) * n + 2) / (n + 4)
-    return np.sqrt(p * (1 - p) / (n + 4))
-
-
-def tied(acc_a, acc_b, n, z: float = 1.96):
-    """Whether two accuracies on the same ``n`` validation images differ by less than the 95%
-    interval of their difference (their sampling errors combined): a tie."""
-    return np.abs(np.asarray(acc_a, float) - acc_b) <= z * np.hypot(accuracy_se(acc_a, n),
-                                                                    accuracy_se(acc_b, n))
 
 
 def trials_frame(record: StudyRecord) -> pd.DataFrame:
@@ -91,9 +66,9 @@ def front_frame(df: pd.DataFrame, costs: list[str] | str = "macs") -> pd.DataFra
     """Trained, within-budget trials on the Pareto front of accuracy versus every cost column
     in ``costs`` (macs, params, latency_ms: the study's objectives), cheapest first in the
     first, with a ``knee`` flag: the best trade-off of accuracy against the first cost, or the
-    cheapest student tied with it (a difference within the 95% interval of the validation
-    set's sampling error, :func:`tied`; ``tied_with_knee``). With ``--rungs``, only the
-    trials at the top rung reached compete (at that rung's accuracy)."""
+    cheapest student tied with it (``tied_with_knee``); :func:`kdnas.front.front_order`. With
+    ``--rungs``, only the trials at the top rung reached compete (at that rung's
+    accuracy)."""
     costs = [costs] if isinstance(costs, str) else list(costs)
     ok = df[(df.state == "trained") & df.within_budget.eq(True)].copy()
     ok = ok[ok[costs].notna().all(axis=1)]
@@ -102,28 +77,13 @@ def front_frame(df: pd.DataFrame, costs: list[str] | str = "macs") -> pd.DataFra
     if ok.empty:
         ok["knee"] = []
         return ok
-    ok = ok[pareto_mask(ok.val_accuracy.to_numpy(), ok[costs].to_numpy())]
-    first = costs[0]
-    ok = ok.sort_values([first, "val_accuracy"], ascending=[True, False]).reset_index(drop=True)
-    k = knee_index(ok.val_accuracy.to_numpy(), ok[first].to_numpy())
-    # students whose accuracy is the knee's within sampling error are ties: the cheapest wins
     n = ok.val_images.iloc[0] if "val_images" in ok else None
-    ok["tied_with_knee"] = tied(ok.val_accuracy.to_numpy(), ok.val_accuracy[k], n) \
-        if n and not pd.isna(n) else False
-    if ok.tied_with_knee.any():
-        k = int(ok[ok.tied_with_knee].index[0])  # sorted cheapest first
+    order, k, ties = front_order(ok.val_accuracy.to_numpy(), ok[costs].to_numpy(),
+                                 None if n is None or pd.isna(n) else int(n))
+    ok = ok.iloc[order].reset_index(drop=True)
+    ok["tied_with_knee"] = ties
     ok["knee"] = [i == k for i in range(len(ok))]
     return ok
-
-
-def pick_trial(record: StudyRecord, pick: str, costs: list[str] | str = "macs") -> int:
-    """Trial number for ``knee`` or ``best`` (most accurate within budget)."""
-    front = front_frame(trials_frame(record), costs)
-    if front.empty:
-        raise KdnasError(f"study {record.name!r} has no trained trial within budget yet")
-    if pick == "best":
-        return int(front.loc[front.val_accuracy.idxmax(), "trial"])
-    return int(front.loc[front.knee.idxmax(), "trial"])
 
 
 def export_command(cfg: SearchConfig, trial: int | None = None) -> str:
@@ -134,21 +94,8 @@ def export_command(cfg: SearchConfig, trial: int | None = None) -> str:
 
 
 def hypervolume_reference(record: StudyRecord, cfg: SearchConfig) -> dict[str, float]:
-    """The worst point of the hypervolume: accuracy 0 and, on each cost objective, the budget
-    where the budget bounds it, else the value the study fixed when it was created (so that
-    the hypervolumes of a resumed study stay comparable)."""
-    budget = cfg.budget_obj()
-    stored = record.hypervolume_reference or {}
-    ref = {"val_accuracy": 0.0}
-    for c in cfg.cost_columns:
-        if c == budget.metric:
-            ref[c] = budget.limit
-        elif c in stored:
-            ref[c] = float(stored[c])
-        else:  # a study made before the reference was stored: from its costs
-            ref[c] = 1.1 * float(max((t.cost.get(c) or 0 for t in record.trials), default=1)
-                                 or 1)
-    return ref
+    """The study's hypervolume reference (:func:`kdnas.front.hypervolume_reference`)."""
+    return _reference(record, cfg.budget_value, cfg.cost_columns)
 
 
 def summary(record: StudyRecord, cfg: SearchConfig, df: pd.DataFrame | None = None) -> dict:
@@ -156,7 +103,7 @@ def summary(record: StudyRecord, cfg: SearchConfig, df: pd.DataFrame | None = No
     df = trials_frame(record) if df is None else df
     costs = cfg.cost_columns
     front = front_frame(df, costs)
-    budget = cfg.budget_obj()
+    budget = cfg.budget_value
     ref = hypervolume_reference(record, cfg)
     hv = hypervolume(front.val_accuracy.to_numpy(), front[costs].to_numpy(), ref_acc=0.0,
                      ref_cost=[ref[c] for c in costs]) if not front.empty else 0.0
@@ -230,12 +177,6 @@ def curve_text(curves: dict | None) -> str | None:
             "choosing")
 
 
-def far_above_chance(acc: float, classes: int) -> bool:
-    """Whether an accuracy is at least a quarter of the way from chance to perfect."""
-    chance = 1.0 / classes
-    return acc >= chance + 0.25 * (1.0 - chance)
-
-
 def noise_text(noise: dict | None) -> str | None:
     """The seed spread of the knee, in words."""
     if not noise:
@@ -256,7 +197,7 @@ def caveat(front: pd.DataFrame, record: StudyRecord) -> str | None:
     fix = ("train each candidate longer (--steps" + (f", now {steps}" if steps else "")
            + ") or on more of the data (--train-fraction)")
     best, worst = float(front.val_accuracy.max()), float(front.val_accuracy.min())
-    if record.num_classes and not far_above_chance(best, record.num_classes):
+    if record.num_classes and near_chance(best, record.num_classes):
         return (f"Not a result yet: the best student reaches {100 * best:.1f}%, near chance "
                 f"({100 / record.num_classes:.1f}% with {record.num_classes} classes), so "
                 f"this ranking is noise; {fix}.")

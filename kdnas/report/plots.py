@@ -55,7 +55,7 @@ def plot_front(df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg: SearchCon
         for _, r in refs.iterrows():
             ax.annotate(r["name"], (r[x] / scale, 100 * r.val_accuracy), fontsize=8,
                         xytext=(4, 4), textcoords="offset points")
-    budget = cfg.budget_obj()
+    budget = cfg.budget_value
     if budget.metric == x:
         ax.axvline(budget.limit / scale, ls="--", c="#d62728", lw=1,
                    label=f"budget {budget.describe()}")

@@ -9,6 +9,7 @@ import dataclasses
 import logging
 
 from kdnas.core.budget import Cost
+from kdnas.front import reference_at_creation
 from kdnas.core.settings import SearchConfig, reads_features
 from kdnas.cost import measure_cost, measure_latency
 from kdnas.device import resolve
@@ -49,7 +50,7 @@ def smallest_cost(cfg: SearchConfig, data) -> tuple[dict, Cost] | None:
              "input_size": data.input_size}
     specs = space.smallest_each(**shape) if hasattr(space, "smallest_each") else \
         [space.smallest(**shape)]
-    metric = cfg.budget_obj().metric
+    metric = cfg.budget_value.metric
     best = None
     for spec in specs:
         if spec is None:
@@ -69,19 +70,14 @@ def train_context(cfg: SearchConfig, teacher, data) -> TrainContext:
     cache folder (none with ``--no-teacher-cache`` or ``--kd none``)."""
     cached = cfg.teacher_cache and cfg.kd != "none"
     return TrainContext(teacher, data, cfg.study_dir / "teacher_cache" if cached else None,
-                        int(cfg.cache_limit_gb * 1e9), cache_features=reads_features(cfg.kd))
+                        None if cfg.cache_limit_gb == "auto" else int(cfg.cache_limit_gb * 1e9),
+                        cache_features=reads_features(cfg.kd))
 
 
 def hypervolume_reference(cfg: SearchConfig, cheapest: tuple[dict, Cost] | None
                           ) -> dict[str, float]:
-    """The hypervolume's reference on each cost objective the budget does not bound, fixed
-    when the study is made: the cheapest candidate's cost scaled by how many times the budget
-    exceeds that candidate's cost on the budget's metric."""
-    budget = cfg.budget_obj()
-    if cheapest is None:
-        return {}
-    cost = cheapest[1]
-    base = cost.value(budget.metric)
-    scale = budget.limit / base if base else 1.0
-    return {c: float(cost.value(c)) * scale for c in cfg.cost_columns
-            if c != budget.metric and cost.value(c) is not None}
+    """The study's hypervolume reference, fixed at creation from its cheapest candidate
+    (:func:`kdnas.front.reference_at_creation`)."""
+    budget = cfg.budget_value
+    return reference_at_creation(budget, cfg.cost_columns, None if cheapest is None else {
+        c: cheapest[1].value(c) for c in {*cfg.cost_columns, budget.metric}})

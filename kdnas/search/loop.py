@@ -1,13 +1,11 @@
 """The search loop: an Optuna multi-objective study over student specs.
 
 Objectives: maximise validation accuracy, minimise MACs. The budget is an Optuna constraint
-(``trial.set_constraint("budget", cost / limit - 1)``): a candidate over budget is recorded as
-infeasible and never trained. ``--trials N`` counts the *study's* trained candidates, whoever
-trained them: running the same command again resumes the study in its storage (SQLite in the
-study folder by default), and several workers (``--workers``, or one process per machine on a
-shared ``--storage``) stop together at N. A trial whose worker dies or is interrupted is
-failed with the reason and its candidate queued to be trained again.
-"""
+(``cost / limit - 1``): a candidate over budget is infeasible and never trained. ``--trials
+N`` counts the *study's* trained candidates: the same command resumes the study (SQLite in its
+folder by default), and several workers (``--workers``, or one process per machine on a shared
+``--storage``) stop together at N. A trial whose worker dies or is interrupted is failed with
+the reason and its candidate queued to be trained again."""
 
 from __future__ import annotations
 
@@ -23,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 from torch import nn
 
+from kdnas.core.attrs import Outcome, StudyAttr, TrialAttr
 from kdnas.core.budget import Cost
 from kdnas.core.errors import KdnasError
 from kdnas.core.settings import AUTO_METHODS, FEATURE_WEIGHTS, SearchConfig
@@ -92,7 +91,7 @@ class SearchOutcome:
 def _gate_space(cfg: SearchConfig, data) -> tuple[dict, Cost] | None:
     """Refuse, before any training, a budget that the space's cheapest candidate exceeds or
     cannot be held to; returns that candidate and its cost."""
-    budget = cfg.budget_obj()
+    budget = cfg.budget_value
     cheapest = smallest_cost(cfg, data)
     if cheapest is not None and budget.refusal(cheapest[1]):
         raise KdnasError(f"the {cfg.space!r} space cannot be held to a MACs budget: "
@@ -120,14 +119,15 @@ def _open(cfg: SearchConfig, teacher, data, worker: int) -> tuple[optuna.Study, 
         with warnings.catch_warnings():  # stable in practice; named for optuna-dashboard
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(["val_accuracy", *cfg.cost_columns])
-        study.set_user_attr("config", cfg.to_dict())
-        study.set_user_attr("lead_host", socket.gethostname())
-        study.set_user_attr("fingerprint", fingerprint)
-        study.set_user_attr("normalization", {"mean": list(data.mean), "std": list(data.std)})
-        study.set_user_attr("teacher_val_accuracy", _teacher_accuracy(cfg, teacher, data))
-        study.set_user_attr("num_classes", data.num_classes)
-        study.set_user_attr("val_images", len(data.val_y))  # each accuracy's sampling error
-        study.set_user_attr("hypervolume_reference", hypervolume_reference(cfg, cheapest))
+        study.set_user_attr(StudyAttr.CONFIG, cfg.to_dict())
+        study.set_user_attr(StudyAttr.LEAD_HOST, socket.gethostname())
+        study.set_user_attr(StudyAttr.FINGERPRINT, fingerprint)
+        study.set_user_attr(StudyAttr.NORMALIZATION,
+                            {"mean": list(data.mean), "std": list(data.std)})
+        study.set_user_attr(StudyAttr.TEACHER_VAL_ACCURACY, _teacher_accuracy(cfg, teacher, data))
+        study.set_user_attr(StudyAttr.NUM_CLASSES, data.num_classes)
+        study.set_user_attr(StudyAttr.VAL_IMAGES, len(data.val_y))  # each accuracy's sampling error
+        study.set_user_attr(StudyAttr.HYPERVOLUME_REFERENCE, hypervolume_reference(cfg, cheapest))
     if cfg.storage is None or cfg.study_dir.exists():
         write_manifest(cfg, info)
     stale = fail_stale_trials(study)
@@ -161,9 +161,9 @@ def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = Non
     lead = worker == 0 and is_lead_host(study)
     if lead:
         train_references(study, cfg, ctx, emit)
-    other = None if is_lead_host(study) else study.user_attrs.get("lead_host")
+    other = None if is_lead_host(study) else study.user_attrs.get(StudyAttr.LEAD_HOST)
     emit(StudyStart(trained_count(study), cfg.trials, stale, other))
-    counts = {"infeasible": 0, "duplicate": 0, "failures": 0, "proposals": 0}
+    counts = {Outcome.INFEASIBLE: 0, Outcome.DUPLICATE: 0, "failures": 0, "proposals": 0}
     interrupted = False
     try:
         interrupted = _loop(study, cfg, ctx, emit, counts)
@@ -176,8 +176,8 @@ def run_search(cfg: SearchConfig, teacher, data, *, on_event: Event | None = Non
                 measure_noise(study, cfg, ctx, emit)
         except KeyboardInterrupt:
             interrupted = True
-    return SearchOutcome(study, trained_count(study), counts["infeasible"], interrupted,
-                         counts["duplicate"])
+    return SearchOutcome(study, trained_count(study), counts[Outcome.INFEASIBLE], interrupted,
+                         counts[Outcome.DUPLICATE])
 
 
 def _loop(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext, emit: Event,
@@ -239,9 +239,9 @@ def _close_failed(study: optuna.Study, trial: optuna.Trial, reason: str, *,
     may come after the trial's result was stored) and queue its candidate again."""
     if frozen(study, trial).state.is_finished():
         return
-    trial.set_user_attr("error", reason)
+    trial.set_user_attr(TrialAttr.ERROR, reason)
     if interrupted:
-        trial.set_user_attr("interrupted", True)
+        trial.set_user_attr(TrialAttr.INTERRUPTED, True)
     study.tell(trial, state=TrialState.FAIL)
     if retry:
         retry_trial(study, frozen(study, trial), reason)
@@ -249,11 +249,12 @@ def _close_failed(study: optuna.Study, trial: optuna.Trial, reason: str, *,
 
 def _record_result(trial: optuna.Trial, tcfg, result, weights: str) -> None:
     """What a trained trial keeps besides its objectives."""
-    for key, value in (("trained", True), ("val_accuracy", result.val_accuracy),
-                       ("train_seconds", result.seconds), ("curve", result.curve),
-                       ("learning_curve", result.points), ("recipe", recipe(tcfg, result)),
-                       ("kd", tcfg.method), ("feature_weight", tcfg.weight),
-                       ("weights", weights)):
+    A = TrialAttr
+    for key, value in ((A.TRAINED, True), (A.VAL_ACCURACY, result.val_accuracy),
+                       (A.TRAIN_SECONDS, result.seconds), (A.CURVE, result.curve),
+                       (A.LEARNING_CURVE, result.points), (A.RECIPE, recipe(tcfg, result)),
+                       (A.KD, tcfg.method), (A.FEATURE_WEIGHT, tcfg.weight),
+                       (A.WEIGHTS, weights)):
         trial.set_user_attr(key, value)
 
 
@@ -270,42 +271,42 @@ def _costs(cfg: SearchConfig, cost: Cost) -> list[float]:
 def _trained_twin(study: optuna.Study, key: str) -> optuna.trial.FrozenTrial | None:
     """A trial of the study that already trained the candidate with spec id ``key``."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get("trained") and t.user_attrs.get("spec_id") == key:
+        if t.user_attrs.get(TrialAttr.TRAINED) and t.user_attrs.get(TrialAttr.SPEC_ID) == key:
             return t
     return None
 
 
 def _reuse(study: optuna.Study, trial: optuna.Trial, twin: optuna.trial.FrozenTrial,
-           emit: Event) -> str:
+           emit: Event) -> Outcome:
     """Tell a repeated candidate the result its twin got: a spec is trained once a study."""
-    trial.set_user_attr("duplicate_of", twin.number)
-    trial.set_user_attr("trained", False)
+    trial.set_user_attr(TrialAttr.DUPLICATE_OF, twin.number)
+    trial.set_user_attr(TrialAttr.TRAINED, False)
     for key in ("val_accuracy", "kd", "feature_weight", "recipe"):
         if key in twin.user_attrs:
             trial.set_user_attr(key, twin.user_attrs[key])
     study.tell(trial, list(twin.values))
     emit(Duplicate(trial.number, twin.number))
-    return "duplicate"
+    return Outcome.DUPLICATE
 
 
 def _running_twin(study: optuna.Study, trial: optuna.Trial, key: str) -> int | None:
     """An earlier trial of another worker that is training the candidate ``key``."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.number < trial.number and t.user_attrs.get("spec_id") == key:
+        if t.number < trial.number and t.user_attrs.get(TrialAttr.SPEC_ID) == key:
             return t.number
     return None
 
 
-def _surplus(study: optuna.Study, trial: optuna.Trial, why: str) -> str:
+def _surplus(study: optuna.Study, trial: optuna.Trial, why: str) -> Outcome:
     """Another worker took the last place, or this candidate, first: it is not trained here
     (a retried one is queued again for a later run)."""
-    trial.set_user_attr("training", False)
-    trial.set_user_attr("surplus", why)
+    trial.set_user_attr(TrialAttr.TRAINING, False)
+    trial.set_user_attr(TrialAttr.SURPLUS, why)
     study.tell(trial, state=TrialState.PRUNED)
     now = frozen(study, trial)
-    if now.user_attrs.get("retry_of") is not None:
+    if now.user_attrs.get(TrialAttr.RETRY_OF) is not None:
         retry_trial(study, now, "a retried candidate left for a later run")
-    return "surplus"
+    return Outcome.SURPLUS
 
 
 def _propose(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, data, tcfg
@@ -313,7 +314,7 @@ def _propose(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, data, 
     """Sample the trial's candidate and count its cost; record both with the trial and the
     budget constraint. Returns the spec, its id, its cost, how far over budget it is and the
     module it counted (for the step-time estimate)."""
-    budget = cfg.budget_obj()
+    budget = cfg.budget_value
     spec = get_space(cfg.space).sample(trial, in_channels=data.in_channels,
                                        num_classes=data.num_classes,
                                        input_size=data.input_size)
@@ -331,24 +332,24 @@ def _propose(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, data, 
     if "train_step_ms" in cfg.cost_columns:  # an objective: every candidate is told it
         cost = estimate_step(cfg, tcfg, model, data, cost)
     excess = float(budget.excess(cost))
-    trial.set_user_attr("spec", spec)
-    trial.set_user_attr("spec_id", key)
-    trial.set_user_attr("cost", cost.to_dict())
+    trial.set_user_attr(TrialAttr.SPEC, spec)
+    trial.set_user_attr(TrialAttr.SPEC_ID, key)
+    trial.set_user_attr(TrialAttr.COST, cost.to_dict())
     trial.set_constraint("budget", excess)
     set_dashboard_constraint(study, trial, excess)
     return spec, key, cost, excess, model
 
 
 def _infeasible(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, spec: dict,
-                cost: Cost, emit: Event) -> str:
+                cost: Cost, emit: Event) -> Outcome:
     """Over budget (or its MACs not countable): recorded, never trained."""
-    refusal = cfg.budget_obj().refusal(cost)
-    trial.set_user_attr("trained", False)
+    refusal = cfg.budget_value.refusal(cost)
+    trial.set_user_attr(TrialAttr.TRAINED, False)
     if refusal:
-        trial.set_user_attr("refused", refusal)
+        trial.set_user_attr(TrialAttr.REFUSED, refusal)
     study.tell(trial, [0.0, *_costs(cfg, cost)])
     emit(Infeasible(trial.number, cost, spec, refusal or "over budget"))
-    return "infeasible"
+    return Outcome.INFEASIBLE
 
 
 def _not_here(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, key: str,
@@ -358,7 +359,7 @@ def _not_here(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, key: 
     twin = _trained_twin(study, key)
     if twin is not None:
         return _reuse(study, trial, twin, emit)
-    trial.set_user_attr("training", True)
+    trial.set_user_attr(TrialAttr.TRAINING, True)
     if trained_count(study) + len(training_now(study, before=trial.number)) >= cfg.trials:
         return _surplus(study, trial, "not trained: other workers reached the target first")
     rival = _running_twin(study, trial, key)
@@ -372,14 +373,14 @@ def _auto_methods(study: optuna.Study) -> tuple[str, ...]:
     """The methods ``--kd auto`` searches in this study: those it searched from its first trial
     (a study made before DKD, DIST, LS and RKD keeps its five, as Optuna refuses a categorical
     whose choices change), else every method of the table."""
-    kept = study.user_attrs.get("kd_auto_methods")
+    kept = study.user_attrs.get(StudyAttr.KD_AUTO_METHODS)
     if kept is None:
         kept = AUTO_METHODS
         for t in study.get_trials(deepcopy=False):
             if "kd" in t.distributions:
                 kept = t.distributions["kd"].choices
                 break
-        study.set_user_attr("kd_auto_methods", list(kept))
+        study.set_user_attr(StudyAttr.KD_AUTO_METHODS, list(kept))
     return tuple(kept)
 
 
@@ -395,13 +396,13 @@ def _method(trial: optuna.Trial, cfg: SearchConfig, tcfg):
 
 
 def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, ctx: TrainContext,
-               *, index: int, emit: Event) -> str:
+               *, index: int, emit: Event) -> Outcome:
     """Sample, cost, gate and (if feasible and new) train one candidate; tell the study.
     Returns ``trained``, ``infeasible``, ``duplicate`` or ``surplus``."""
     t0 = time.perf_counter()
     data = ctx.data
     tcfg = cfg.train_config(len(data.train_y))
-    trial.set_user_attr("worker", worker_id())
+    trial.set_user_attr(TrialAttr.WORKER, worker_id())
     spec, key, cost, excess, model = _propose(study, trial, cfg, data, tcfg)
     propose_seconds = time.perf_counter() - t0
     if excess > 0:
@@ -413,12 +414,12 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, ctx:
     t_est = time.perf_counter()
     if cost.train_step_ms is None and tcfg.steps >= ESTIMATE_MIN_STEPS:
         cost = estimate_step(cfg, tcfg, model, data, cost)
-        trial.set_user_attr("cost", cost.to_dict())
+        trial.set_user_attr(TrialAttr.COST, cost.to_dict())
     estimate_seconds = time.perf_counter() - t_est
     emit(TrialStart(trial.number, index, cfg.trials, cost, spec, tcfg.method,
                     None if cost.train_step_ms is None
                     else cost.train_step_ms * tcfg.steps / 1e3,
-                    trial.user_attrs.get("retry_of")))
+                    trial.user_attrs.get(TrialAttr.RETRY_OF)))
     estimate = None if cost.train_step_ms is None else cost.train_step_ms * tcfg.steps / 1e3
     with TrialLimit(cfg.trial_limit(estimate), lambda reason: _close_failed(
             study, trial, reason, retry=False)) as limit:
@@ -436,14 +437,14 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, ctx:
     # counting, latency included), the training's phases, and the rest (checks, storage,
     # saving the weights) up to here
     t_end = time.perf_counter()
-    trial.set_user_attr("time", {
+    trial.set_user_attr(TrialAttr.TIME, {
         "propose": round(propose_seconds, 3), "estimate": round(estimate_seconds, 3),
         **out.result.phases,
         "storage": round(t_end - t0 - propose_seconds - estimate_seconds - out.result.seconds,
                          3),
         "total": round(t_end - t0, 3)})
     study.tell(trial, [out.val_accuracy, *_costs(cfg, cost)])
-    front = [t for t in study.best_trials if t.user_attrs.get("trained")]
+    front = [t for t in study.best_trials if t.user_attrs.get(TrialAttr.TRAINED)]
     emit(TrialEnd(trial.number, index, cfg.trials, out.val_accuracy, out.result.seconds, cost,
                   len(front), max((t.values[0] for t in front), default=None)))
-    return "trained"
+    return Outcome.TRAINED

@@ -7,9 +7,11 @@ import dataclasses
 
 import optuna
 
+from kdnas.core.attrs import StudyAttr
 from kdnas.core.settings import SearchConfig
 from kdnas.distill.candidate import TrainContext, climb, init_seed
-from kdnas.report import front_frame, trials_frame
+from kdnas.core.errors import KdnasError
+from kdnas.front import pick_trial
 from kdnas.search.events import Event, NoiseEnd, NoiseStart, step_events
 from kdnas.search.rungs import trial_recipe
 from kdnas.search.storage import load_record
@@ -21,11 +23,11 @@ def measure_noise(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext,
     data order) and keep both accuracies in the study as ``noise``. Done once per knee: a
     resumed study whose knee did not change keeps its measurement."""
     record = load_record(study)
-    front = front_frame(trials_frame(record), cfg.cost_columns)
-    if front.empty:
+    try:
+        knee = pick_trial(record, "knee", cfg.cost_columns)
+    except KdnasError:  # no trained trial within budget: no front, no knee
         return None
-    knee = int(front.loc[front.knee.idxmax(), "trial"])
-    old = study.user_attrs.get("noise")
+    old = study.user_attrs.get(StudyAttr.NOISE)
     if old and old.get("trial") == knee:
         return old
     t = record.trial(knee)
@@ -36,7 +38,7 @@ def measure_noise(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext,
     noise = {"trial": knee, "seeds": [cfg.seed, seed],
              "accuracies": [t.val_accuracy, result.val_accuracy],
              "spread": abs(result.val_accuracy - t.val_accuracy)}
-    study.set_user_attr("noise", noise)
+    study.set_user_attr(StudyAttr.NOISE, noise)
     emit(NoiseEnd(**noise))
     return noise
 

@@ -18,6 +18,7 @@ import time
 
 import optuna
 
+from kdnas.core.attrs import StudyAttr
 from kdnas.core.settings import SearchConfig
 from kdnas.distill.candidate import TrainContext, init_seed, rung_weights, save_weights, train_on
 from kdnas.search.events import (
@@ -47,7 +48,7 @@ def train_rungs(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext,
         return {}
     n_train = len(ctx.data.train_y)
     brief = cfg.brief_steps(n_train)
-    state = {k: dict(v) for k, v in study.user_attrs.get("rungs", {}).items()}
+    state = {k: dict(v) for k, v in study.user_attrs.get(StudyAttr.RUNGS, {}).items()}
     trained = {t.number: t for t in load_record(study).trials if t.trained}
     cost_col = cfg.cost_columns[0]
     here = {n: (t.val_accuracy, t.weights) for n, t in trained.items()}
@@ -68,7 +69,7 @@ def train_rungs(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext,
                     done = {"failed": f"{type(e).__name__}: {e}"}
                     emit(PromotionFailed(n, hi, done["failed"]))
                 state.setdefault(str(n), {})[str(hi)] = done
-                study.set_user_attr("rungs", state)
+                study.set_user_attr(StudyAttr.RUNGS, state)
             if "failed" not in done:  # a failed one keeps its last rung, and is not tried again
                 reached[n] = (done["val_accuracy"], done["weights"])
         here = reached

@@ -18,6 +18,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from kdnas.core.attrs import TrialAttr
 from kdnas.core.settings import SearchConfig
 from kdnas.optuna_internals import trials as study_trials
 from kdnas.cost import macs_lower_bound
@@ -87,9 +88,9 @@ class FeasibleSampler(optuna.samplers.BaseSampler):
         done = len(study_trials(study, (TrialState.COMPLETE,), use_cache=True))
         taken = set()
         if self.key is not None:  # trained, or being trained by another worker
-            taken = {t.user_attrs.get("spec_id") for t in study_trials(
+            taken = {t.user_attrs.get(TrialAttr.SPEC_ID) for t in study_trials(
                 study, (TrialState.COMPLETE, TrialState.RUNNING), use_cache=False)
-                if t.user_attrs.get("trained") or t.user_attrs.get("training")}
+                if t.user_attrs.get(TrialAttr.TRAINED) or t.user_attrs.get(TrialAttr.TRAINING)}
         if self._seed is not None:  # draws depend on the trial number: workers that ask
             # at the same moment (with the same seed) draw different candidates
             self._rng = np.random.RandomState((self._seed + 7 * trial.number) % 2**32)
@@ -183,7 +184,7 @@ def make_sampler(cfg: SearchConfig, data, *, resumed_at: int = 0, worker: int = 
     space = get_space(cfg.space)
     if not hasattr(space, "distributions"):
         return tpe
-    budget = cfg.budget_obj()
+    budget = cfg.budget_value
     cache: dict[str, bool] = {}
     built: dict[str, tuple] = {}  # the last few counted, for the trial to take
 

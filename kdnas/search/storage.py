@@ -25,6 +25,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from kdnas.core.attrs import Outcome, StudyAttr, TrialAttr
 from kdnas.core.errors import KdnasError
 from kdnas.core.files import write_text
 from kdnas.core.records import StudyRecord, TrialRecord
@@ -48,7 +49,7 @@ def is_lead_host(study: optuna.Study) -> bool:
     """Whether this machine leads the study: the one that made it trains its references,
     promotions and noise check (worker 0 there), so that machines sharing a database never
     train one of them twice. A study made before this was recorded is led by any machine."""
-    lead = study.user_attrs.get("lead_host")
+    lead = study.user_attrs.get(StudyAttr.LEAD_HOST)
     return lead is None or lead == socket.gethostname()
 
 
@@ -138,7 +139,7 @@ def open_study(cfg: SearchConfig, *, create: bool,
 
 
 def stored_config(study: optuna.Study) -> SearchConfig | None:
-    d = study.user_attrs.get("config")
+    d = study.user_attrs.get(StudyAttr.CONFIG)
     return SearchConfig.from_dict(d) if d else None
 
 
@@ -160,7 +161,7 @@ def check_resume(study: optuna.Study, cfg: SearchConfig, fingerprint: dict) -> N
     if old is None:
         return
     changed = [k for k in fixed_settings() if getattr(old, k) != getattr(cfg, k)]
-    old_fp = study.user_attrs.get("fingerprint", {})
+    old_fp = study.user_attrs.get(StudyAttr.FINGERPRINT, {})
     changed += [k for k in ("teacher_digest", "data_digest")
                 if k in old_fp and old_fp[k] != fingerprint[k]]
     if changed:
@@ -210,14 +211,14 @@ def retry_trial(study: optuna.Study, t: optuna.trial.FrozenTrial, reason: str) -
         return False
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=t.params, distributions=t.distributions,
-        user_attrs={"retry_of": t.number, "retry_reason": reason},
+        user_attrs={TrialAttr.RETRY_OF: t.number, TrialAttr.RETRY_REASON: reason},
         system_attrs={"retry_history": history}))
     return True
 
 
 def _retry_stale(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
     """Optuna's callback for a trial failed because its heartbeat stopped."""
-    retry_trial(study, t, f"its worker {t.user_attrs.get('worker', '?')} stopped sending "
+    retry_trial(study, t, f"its worker {t.user_attrs.get(TrialAttr.WORKER, '?')} stopped sending "
                           "heartbeats (killed, or its machine lost)")
 
 
@@ -229,7 +230,7 @@ def fail_stale_trials(study: optuna.Study) -> int:
     storage = storage_of(study)
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        w = t.user_attrs.get("worker", "")
+        w = t.user_attrs.get(TrialAttr.WORKER, "")
         h, _, pid = w.rpartition(":")
         if h == host and pid.isdigit() and not _alive(int(pid)):
             reason = f"its worker {w} died (killed, or crashed) during the trial"
@@ -287,48 +288,48 @@ def _alive(pid: int) -> bool:
 
 def trained_count(study: optuna.Study) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-               if t.user_attrs.get("trained"))
+               if t.user_attrs.get(TrialAttr.TRAINED))
 
 
 def training_now(study: optuna.Study, before: int | None = None) -> list[int]:
     """Numbers of the RUNNING trials that train a candidate (any worker), optionally only
     those numbered below ``before``."""
     return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t.user_attrs.get("training") and (before is None or t.number < before)]
+            if t.user_attrs.get(TrialAttr.TRAINING) and (before is None or t.number < before)]
 
 
 def _state(t: optuna.trial.FrozenTrial) -> str:
     if t.state == TrialState.COMPLETE:
-        if t.user_attrs.get("duplicate_of") is not None:
-            return "duplicate"
-        return "trained" if t.user_attrs.get("trained") else "infeasible"
+        if t.user_attrs.get(TrialAttr.DUPLICATE_OF) is not None:
+            return Outcome.DUPLICATE
+        return Outcome.TRAINED if t.user_attrs.get(TrialAttr.TRAINED) else Outcome.INFEASIBLE
     if t.state == TrialState.FAIL:
-        return "interrupted" if t.user_attrs.get("interrupted") else "failed"
-    if t.state == TrialState.PRUNED and t.user_attrs.get("surplus"):
-        return "surplus"
+        return Outcome.INTERRUPTED if t.user_attrs.get(TrialAttr.INTERRUPTED) else Outcome.FAILED
+    if t.state == TrialState.PRUNED and t.user_attrs.get(TrialAttr.SURPLUS):
+        return Outcome.SURPLUS
     return t.state.name.lower()
 
 
 def trial_record(t: optuna.trial.FrozenTrial) -> TrialRecord:
-    a = t.user_attrs
+    a, A = t.user_attrs, TrialAttr
     return TrialRecord(
-        number=t.number, state=_state(t), spec=a.get("spec"), spec_id=a.get("spec_id"),
-        cost=dict(a.get("cost", {})), budget_excess=t.constraints.get("budget"),
-        val_accuracy=a.get("val_accuracy"), train_seconds=a.get("train_seconds"),
-        kd=a.get("kd"), feature_weight=a.get("feature_weight"), weights=a.get("weights"),
-        curve=tuple(a.get("curve", ())), learning_curve=tuple(a.get("learning_curve", ())),
-        recipe=dict(a.get("recipe", {})),
+        number=t.number, state=_state(t), spec=a.get(A.SPEC), spec_id=a.get(A.SPEC_ID),
+        cost=dict(a.get(A.COST, {})), budget_excess=t.constraints.get("budget"),
+        val_accuracy=a.get(A.VAL_ACCURACY), train_seconds=a.get(A.TRAIN_SECONDS),
+        kd=a.get(A.KD), feature_weight=a.get(A.FEATURE_WEIGHT), weights=a.get(A.WEIGHTS),
+        curve=tuple(a.get(A.CURVE, ())), learning_curve=tuple(a.get(A.LEARNING_CURVE, ())),
+        recipe=dict(a.get(A.RECIPE, {})),
         started=t.datetime_start.timestamp() if t.datetime_start else None,
         completed=t.datetime_complete.timestamp() if t.datetime_complete else None,
-        values=tuple(t.values or ()), note=_note(a), time=dict(a.get("time", {})))
+        values=tuple(t.values or ()), note=_note(a), time=dict(a.get(A.TIME, {})))
 
 
 def _note(a: dict) -> str | None:
-    parts = [a["error"]] if a.get("error") else []
-    if a.get("retry_of") is not None:
+    parts = [a[TrialAttr.ERROR]] if a.get(TrialAttr.ERROR) else []
+    if a.get(TrialAttr.RETRY_OF) is not None:
         parts.append(f"retry of trial {a['retry_of']}: {a.get('retry_reason', '')}")
-    if a.get("surplus"):
-        parts.append(a["surplus"])
+    if a.get(TrialAttr.SURPLUS):
+        parts.append(a[TrialAttr.SURPLUS])
     return "; ".join(parts) or None
 
 
@@ -349,23 +350,24 @@ def _with_rungs(t: TrialRecord, rungs: dict, first: int | None) -> TrialRecord:
 def load_record(study: optuna.Study) -> StudyRecord:
     """The study as plain records, for reports and shipping."""
     attrs = study.user_attrs
-    factors = (attrs.get("config") or {}).get("rungs") or []
+    factors = (attrs.get(StudyAttr.CONFIG) or {}).get("rungs") or []
     first = factors[0] if len(factors) > 1 else None
-    rungs = attrs.get("rungs", {})
+    rungs = attrs.get(StudyAttr.RUNGS, {})
     return StudyRecord(name=study.study_name,
                        trials=tuple(_with_rungs(trial_record(t), rungs, first)
                                     for t in study.get_trials(deepcopy=False)),
-                       references=dict(attrs.get("references", {})),
-                       teacher_val_accuracy=attrs.get("teacher_val_accuracy"),
-                       normalization=attrs.get("normalization"),
-                       hypervolume_reference=attrs.get("hypervolume_reference"),
-                       num_classes=attrs.get("num_classes"), noise=attrs.get("noise"),
-                       val_images=attrs.get("val_images"),
-                       distilled=dict(attrs.get("distilled", {})))
+                       references=dict(attrs.get(StudyAttr.REFERENCES, {})),
+                       teacher_val_accuracy=attrs.get(StudyAttr.TEACHER_VAL_ACCURACY),
+                       normalization=attrs.get(StudyAttr.NORMALIZATION),
+                       hypervolume_reference=attrs.get(StudyAttr.HYPERVOLUME_REFERENCE),
+                       num_classes=attrs.get(StudyAttr.NUM_CLASSES),
+                       noise=attrs.get(StudyAttr.NOISE),
+                       val_images=attrs.get(StudyAttr.VAL_IMAGES),
+                       distilled=dict(attrs.get(StudyAttr.DISTILLED, {})))
 
 
 def add_distilled(study: optuna.Study, info: dict) -> None:
     """Keep a full distillation's result (``kdnas distill``) in the study, by its name: the
     report reads it from the study's record."""
-    study.set_user_attr("distilled", {**study.user_attrs.get("distilled", {}),
+    study.set_user_attr(StudyAttr.DISTILLED, {**study.user_attrs.get(StudyAttr.DISTILLED, {}),
                                       info["name"]: info})

@@ -28,7 +28,7 @@ import torch
 from kdnas.core.budget import fmt_count
 from kdnas.core.errors import KdnasError
 from kdnas.core.records import StudyRecord, TrialRecord
-from kdnas.core.settings import SearchConfig
+from kdnas.core.settings import EXPORT_FORMATS, SearchConfig
 from kdnas.cost import count_macs, count_params
 from kdnas.distill import evaluate
 from search_spaces import build, describe
@@ -109,7 +109,7 @@ TOLERANCES = {"pt2": 1e-4, "onnx": 1e-3, "torchscript": 1e-4}
 
 
 def export_trial(record: StudyRecord, cfg: SearchConfig, trial_number: int, data,
-                 out_dir: Path, *, formats: tuple[str, ...] = ("pt2", "onnx")) -> ExportResult:
+                 out_dir: Path, *, formats: tuple[str, ...] = EXPORT_FORMATS) -> ExportResult:
     """Export one trained trial; ``data`` carries the study's normalisation.
 
     Writes the state_dict and spec always, and each of ``formats`` (``pt2``: torch.export,

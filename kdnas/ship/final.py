@@ -20,6 +20,7 @@ import torch
 
 from kdnas.core.records import StudyRecord
 from kdnas.core.settings import (
+    EXPORT_FORMATS,
     DISTILL_DEFAULT,
     SearchConfig,
     TrainConfig,
@@ -44,7 +45,7 @@ class FullRecipe:
     batch_size: int | None = None
     schedule: str = "cosine"
     seed: int | None = None
-    formats: tuple[str, ...] = ("pt2", "onnx")
+    formats: tuple[str, ...] = EXPORT_FORMATS
 
 
 def final_method(requested: str | None, study_kd: str, trial_kd: str | None
@@ -94,7 +95,7 @@ class _Pick:
 def distill_trial(record: StudyRecord, cfg: SearchConfig, trial_number: int, teacher, data, *,
                   epochs: float, out_dir: Path, lr: float | None = None,
                   batch_size: int | None = None, schedule: str = "cosine",
-                  seed: int | None = None, formats: tuple[str, ...] = ("pt2", "onnx"),
+                  seed: int | None = None, formats: tuple[str, ...] = EXPORT_FORMATS,
                   kd: str | None = None,
                   progress: Callable[[int, int, float], None] | None = None) -> dict:
     """Train trial ``trial_number``'s student fully (see the module text) with ``kd`` (None:
@@ -112,7 +113,7 @@ def distill_trial(record: StudyRecord, cfg: SearchConfig, trial_number: int, tea
 def distill_reference(cfg: SearchConfig, name: str, teacher, data, *, epochs: float,
                       out_dir: Path, lr: float | None = None, batch_size: int | None = None,
                       schedule: str = "cosine", seed: int | None = None,
-                      formats: tuple[str, ...] = ("pt2", "onnx"), kd: str | None = None,
+                      formats: tuple[str, ...] = EXPORT_FORMATS, kd: str | None = None,
                       progress: Callable[[int, int, float], None] | None = None) -> dict:
     """Train a hand-designed student (a preset of a space, ``resnet8`` or
     ``mobilenet:mobilenetv2_half``) exactly as :func:`distill_trial` trains a found one, with

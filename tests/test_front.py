@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdnas.report.front import hypervolume, knee_index, pareto_mask
+from kdnas.front import hypervolume, knee_index, pareto_mask
 
 
 def test_pareto_mask_keeps_only_non_dominated_points():
@@ -39,7 +39,7 @@ def test_knee_with_few_points_is_the_most_accurate():
 
 
 def test_wilson_interval_and_ties_by_the_formula():
-    from kdnas.report.frames import accuracy_se, tied, wilson
+    from kdnas.front import accuracy_se, tied, wilson
 
     lo, hi = wilson(0.5, 100)
     assert (round(lo, 4), round(hi, 4)) == (0.4038, 0.5962)  # the textbook Wilson values
@@ -55,7 +55,7 @@ def test_wilson_interval_and_ties_by_the_formula():
 def _front_df(n):
     import pandas as pd
 
-    from kdnas.report.frames import wilson
+    from kdnas.front import wilson
 
     rows = [(0, 1e5, 0.90), (1, 2e5, 0.93), (2, 8e5, 0.99)]
     return pd.DataFrame([{"trial": t, "state": "trained", "within_budget": True, "macs": m,
