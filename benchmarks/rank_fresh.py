@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import across_families as af
+from benchmarks import rank_signals as rs
+from benchmarks.rank_signals import set_table
 from benchmarks.common import (
     ROOT,
     Results,
@@ -102,28 +104,42 @@ def run_truth(ctx, base, cands: list[dict], data, work: Path, results: Results) 
             drop_caches(ctx.cache_for(recipe).dir, f"truth seed {s}")
 
 
+def score_set(ctx, cands: list[dict], prefix: str, data, results: Results) -> None:
+    """The training-free signals of every candidate of a set at the brief arms'
+    initialisation (seed PROXY_SEED), each with its seconds, under ``signals[prefix]``."""
+    import torch
+
+    from kdnas.distill.candidate import init_seed
+    from kdnas.distill.signals import score_all
+    from search_spaces import get_space
+
+    for i, c in enumerate(cands):
+        if c["id"] in results.runs("signals").get(prefix, {}):
+            continue
+        spec = spec_of(c, data)
+        space = get_space(spec["space"])
+        torch.manual_seed(init_seed(PROXY_SEED, 1000 + i))
+        scores = score_all(space.build(spec), data, teacher=ctx.teacher)
+        results.put(prefix, {c["id"]: scores}, "signals")
+        print(f"{c['arch']} {prefix} signals: " + ", ".join(
+            f"{k} {v['value']:.3g} ({v['seconds']:.2f} s)" for k, v in scores.items()),
+            flush=True)
+
+
 # ---- figures -------------------------------------------------------------------------------
-
-def set_table(res: dict, which: str) -> dict:
-    """One set as the across-families summary reads it: candidates, runs (without the set's
-    prefix) and, for the development set, the table's truth as ``source_truth``."""
-    runs = {k.split("/", 1)[1]: v for k, v in res.get("runs", {}).items()
-            if k.startswith(which + "/")}
-    out = {"candidates": res.get(f"{which}_candidates", []), "runs": runs}
-    if which == "dev":
-        out["source_truth"] = res.get("dev_truth", {})
-    return out
-
 
 def summarise(res: dict) -> dict:
     """Per set: each brief arm's pooled and within-family tau against the truth, the truth's
     seed tau and spread, the noise families; the development runs' final accuracies against
     part B's (the same seed, initialisation and batches)."""
     out = {}
+    frozen = res.get("frozen")
     for which in ("dev", "fresh"):
         t = set_table(res, which)
         if t["candidates"]:
             out[which] = af.summarise(t)
+            if res.get("signals", {}).get(which) and (which == "dev" or frozen):
+                out[which]["signals"] = rs.taus(rs.table(res, which), frozen)
     repeat = res.get("dev_part_b", {})
     mine = res.get("runs", {}).get(f"dev/brief-dkd-ls/s{PROXY_SEED}", {})
     both = [cid for cid in mine if cid in repeat]
@@ -138,13 +154,37 @@ def rank_keys(res: dict) -> dict:
     """The protocol's headline keys, as far as the runs go (no decision before the signals
     are frozen and the fresh truth is complete)."""
     s = res.get("summary", {}).get("fresh", {})
-    arm = s.get("arms", {}).get(f"brief-dkd-ls/s{PROXY_SEED}", {})
+    sig = s.get("signals", {})
     complete = s.get("truth_complete", 0) == len(res.get("fresh_candidates", [])) > 0
-    return {"fresh": {"brief_tau": arm.get("tau_pooled"),
+    dec = rs.decisions(sig, complete and bool(res.get("frozen_at")) and bool(sig))
+    chosen = sig.get(dec.get("ranker") or "", {})
+    return {"fresh": {"brief_tau": sig.get("brief_dkd_ls", {}).get("tau_pooled"),
+                      "kendall_tau_pooled": chosen.get("tau_pooled"),
+                      "cost_vs_brief": chosen.get("cost_vs_brief"),
                       "truth_complete": s.get("truth_complete", 0)},
-            "frozen_at": res.get("frozen_at"),
-            "decision": None if not complete or not res.get("frozen_at") else "pending",
+            "frozen_at": res.get("frozen_at"), **dec,
+            "target": {"kendall_tau_pooled": 0.8, "cost_vs_brief": 1.5},
             "protocol": "docs/evidence/rank_fresh.md"}
+
+
+def freeze(res: dict) -> dict:
+    """Fix every signal's formula and fitted parameters (the mix, fitted on the development
+    set) at the checked-out commit, which must hold this code unchanged; refused once the
+    fresh truth's first seed is complete, as the protocol says."""
+    import subprocess
+
+    if res.get("frozen"):
+        raise SystemExit(f"already frozen at {res.get('frozen_at')}")
+    first = res.get("runs", {}).get(f"fresh/truth/s{TRUTH_SEEDS[0]}", {})
+    if len(first) >= len(res.get("fresh_candidates", [])) > 0:
+        raise SystemExit("the fresh truth's first seed is complete: too late to freeze")
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "kdnas", "benchmarks"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    if dirty.strip():
+        raise SystemExit("commit the signals' code first: the freeze names a commit\n" + dirty)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    return {**res, "frozen": rs.freeze(rs.table(res, "dev")), "frozen_at": head}
 
 
 def figures(res: dict) -> dict:
@@ -155,9 +195,7 @@ def figures(res: dict) -> dict:
 
 
 def write_markdown(path: Path, res: dict) -> None:
-    def f2(v):
-        return "-" if v is None else f"{v:.2f}"
-
+    f2 = _f2
     lines = ["# Ranking across families at brief cost: development and fresh sets", "",
              "Protocol: [docs/evidence/rank_fresh.md](../docs/evidence/rank_fresh.md) "
              "(committed before the runs). Raw results: `reports/rank_fresh.json`.", ""]
@@ -180,6 +218,7 @@ def write_markdown(path: Path, res: dict) -> None:
             lines.append(f"| {key} | {a['candidates']} | {f2(a['tau_pooled'])} (n={a['over']})"
                          " | " + " | ".join(f2(a["tau_within"].get(f)) for f in fams) + " |")
         lines.append("")
+        lines += signal_lines(s.get("signals"), fams, which, res.get("frozen"))
         t = set_table(res, which)
         t_mean, _ = af.truth(t)
         table = af.run_table(t)
@@ -199,10 +238,67 @@ def write_markdown(path: Path, res: dict) -> None:
                   f"initialisation and batches) on {rep['candidates']} candidates: largest "
                   f"difference in final accuracy {100 * rep['max_abs_difference']:.2f} points.",
                   ""]
-    lines += ["No signal is frozen and no decision is taken yet: the protocol scores the "
-              "signals once, after the fresh truth is complete." if not res.get("rank", {}).get(
-                  "decision") else f"Decision: {res['rank']['decision']}."]
+    lines += decision_lines(res)
     path.write_text("\n".join(lines) + "\n")
+
+
+def _f2(v) -> str:
+    return "-" if v is None or v != v else f"{v:.2f}"
+
+
+def _ci(v) -> str:
+    return "" if not v else f" [{v[0]:.2f}, {v[1]:.2f}]"
+
+
+def signal_lines(sig: dict | None, fams: list[str], which: str, frozen: dict | None
+                 ) -> list[str]:
+    """Each signal's tau table, and on the development set the mix as fitted there."""
+    if not sig:
+        return []
+    lines = [("Signals (tuned on this set: in-sample figures)" if which == "dev" else
+              "Signals (frozen before this set's truth was complete)") + ": Kendall tau "
+             "against the truth with a bootstrap 95% interval over candidates; the difference "
+             "from brief dkd-ls's tau is a tie where its interval holds 0.", "",
+             "| signal | n | tau pooled | minus brief dkd-ls | " + " | ".join(
+                 f"within {f}" for f in fams) + " | cost vs brief |",
+             "| --- | --- | --- | --- | " + " | ".join("---" for _ in fams) + " | --- |"]
+    for name, v in sig.items():
+        if not v["over"]:
+            continue
+        d = None if name == "brief_dkd_ls" else v["diff_vs_brief_ci95"]
+        tie = "" if name == "brief_dkd_ls" or not d else (
+            " (tie)" if d[0] <= 0 <= d[1] else " (better)" if d[0] > 0 else " (worse)")
+        lines.append(f"| {name} | {v['over']} | {_f2(v['tau_pooled'])}{_ci(v['ci95'])} | "
+                     f"{_ci(d).strip() or '-'}{tie} | " + " | ".join(
+                         _f2(v["tau_within"].get(f)) for f in fams)
+                     + " | " + ("-" if v["cost_vs_brief"] is None
+                                else f"{v['cost_vs_brief']:.3g}x") + " |")
+    lines.append("")
+    if which == "dev" and frozen:
+        m = frozen["mix"]
+        loo = ", ".join(f"{k} {v:.2f}" for k, v in frozen["mix_loo_tau"].items())
+        lines += [f"The mix (frozen): ridge regression (penalty {m['ridge']}) of the truth on "
+                  f"the standardised {', '.join(m['features'])} and one offset per family, "
+                  f"chosen among {frozen['mixes_tried']} by the leave-one-out pooled tau on "
+                  f"this set ({loo}).", ""]
+    return lines
+
+
+def decision_lines(res: dict) -> list[str]:
+    r = res.get("rank", {})
+    frozen = (f"Signals frozen at {r['frozen_at']}." if r.get("frozen_at")
+              else "No signal is frozen yet.")
+    if not r.get("decision"):
+        return [frozen + " No decision is taken yet: the protocol scores the signals once, "
+                "after the fresh truth is complete."]
+    f = r["fresh"]
+    met = (f["kendall_tau_pooled"] or 0) >= r["target"]["kendall_tau_pooled"] and (
+        f["cost_vs_brief"] or 9) <= r["target"]["cost_vs_brief"]
+    return [frozen, "", f"Decision 1 (the ranker): {r['decision']}: fresh pooled tau "
+            f"{_f2(f['kendall_tau_pooled'])} at {_f2(f['cost_vs_brief'])}x the brief cost "
+            f"(brief dkd-ls {_f2(f['brief_tau'])}); target tau 0.8 at 1.5x: "
+            f"{'met' if met else 'missed'}.", "",
+            f"Decision 2 (features): {r['features_decision']}."]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -211,14 +307,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--band", default="4.4,5.5", help="the fresh set's MACs band, millions")
     ap.add_argument("--table", type=Path, default=TABLE, help="the development set")
     ap.add_argument("--steps", type=int, default=None, help="brief steps (default 400)")
-    ap.add_argument("--phase", choices=("all", "truth"), default="all", help="truth: only the "
-                    "fresh truth (a second process; runs are claimed)")
+    ap.add_argument("--phase", choices=("all", "truth", "signals"), default="all",
+                    help="truth: only the fresh truth (a second process; runs are claimed); "
+                    "signals: only the training-free signals of both sets")
     ap.add_argument("--summarise", action="store_true")
+    ap.add_argument("--freeze", action="store_true", help="fix the signals and the mix "
+                    "(fitted on the development set) at the checked-out commit")
     args = ap.parse_args(argv)
     results = Results(args.out, figures,
                       lambda r: write_markdown(args.out.with_suffix(".md"), r))
-    if args.summarise:
-        results.update(lambda d: d)
+    if args.summarise or args.freeze:
+        results.update(freeze if args.freeze else lambda d: d)
         return
     from kdnas.search.costs import train_context
 
@@ -251,6 +350,10 @@ def main(argv: list[str] | None = None) -> None:
     work = args.work / "rank_fresh"
     ctx = dataclasses.replace(train_context(cfg, teacher, data),
                               cache_root=work / "teacher_cache", cache_features=True)
+    if args.phase == "signals":
+        for which in ("dev", "fresh"):
+            score_set(ctx, res[f"{which}_candidates"], which, data, results)
+        return
     if args.phase == "all":
         run_set(ctx, base, res["dev_candidates"], DEV_METHODS, "dev", data, work, results)
         run_set(ctx, base, res["fresh_candidates"], FRESH_METHODS, "fresh", data, work, results)

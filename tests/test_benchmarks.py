@@ -679,3 +679,66 @@ def test_the_run_grid_trains_what_is_missing_and_drops_each_seeds_caches_once(mo
                            "-ce1", None, None, "logits")
     assert trained == [("dkd-ce1/s12", "dkd", 1.0)]
     assert dropped == ["cache-s10", "cache-s11", "cache-s12"]
+
+
+def _signal_frame(n_per=6, seed=0):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.RandomState(seed)
+    fams = ["mobilenet"] * n_per + ["resnet"] * n_per + ["shufflenet"] * n_per
+    offset = {"mobilenet": 0.70, "resnet": 0.71, "shufflenet": 0.75}
+    curve = rng.uniform(0.3, 0.6, len(fams))
+    truth = [offset[f] + 0.05 * c for f, c in zip(fams, curve, strict=True)]
+    return pd.DataFrame({"family": fams, "curve_extrapolated": curve, "truth": truth,
+                         "brief_dkd_ls": curve - 0.1 + rng.normal(0, 0.05, len(fams)),
+                         "brief_dkd_ls_seconds": 40.0},
+                        index=[f"c{i}" for i in range(len(fams))])
+
+
+def test_the_mix_recovers_family_offsets_and_a_slope_it_was_made_from():
+    """Truth = family offset + 0.05 x a signal: the ridge fit (penalty 0) finds both and
+    ranks a fresh set drawn the same way perfectly; the leave-one-out tau is computed
+    without each candidate's own truth (it stays perfect here, as the model is exact)."""
+    from benchmarks import rank_signals as rs
+
+    dev, fresh = _signal_frame(seed=0), _signal_frame(seed=1)
+    mix = rs.fit_mix(dev, ["curve_extrapolated"], ridge=0.0)
+    pred = rs.mix_score(fresh, mix)
+    assert max(abs(pred - fresh["truth"])) < 1e-9
+    assert rs.loo_tau(dev, ["curve_extrapolated"]) == pytest.approx(1.0)
+    noisy = rs.fit_mix(dev, ["brief_dkd_ls"])  # a noisy signal ranks worse out of sample
+    assert rs.mix_score(fresh, noisy).corr(fresh["truth"], method="kendall") < 1.0
+
+
+def test_the_protocols_decisions_take_a_signal_only_past_its_margin_and_cost():
+    from benchmarks import rank_signals as rs
+
+    def arm(tau, cost=1.0):
+        return {"tau_pooled": tau, "cost_vs_brief": cost}
+    base = {"brief_dkd_ls": arm(0.50), "brief_fitnets": arm(0.45),
+            "brief_dkd_ls_hints": arm(0.55), "macs": arm(0.9, 0.0)}
+    assert rs.decisions(base, complete=False)["decision"] is None
+    keep = rs.decisions({**base, "mix": arm(0.60)}, complete=True)
+    assert keep["decision"].startswith("keep") and keep["ranker"] == "brief_dkd_ls"
+    assert keep["features_decision"] == "move to brief_dkd_ls_hints"  # not beaten by > 0.1
+    adopt = rs.decisions({**base, "mix": arm(0.61), "naswot": arm(0.9, 2.0)}, complete=True)
+    assert adopt["ranker"] == "mix"  # naswot is past the cost, macs is a baseline
+    stay = rs.decisions({**base, "brief_dkd_ls": arm(0.70)}, complete=True)
+    assert stay["features_decision"] == "keep dkd-ls"
+
+
+def test_the_signal_table_reads_the_recorded_development_set():
+    """The committed raw results give every development candidate its brief accuracy, its
+    curve's signals and its truth; the taus are those of the recorded numbers."""
+    from benchmarks import rank_signals as rs
+
+    res = json.loads((common.ROOT / "reports" / "rank_fresh.json").read_text())
+    dev = rs.table(res, "dev")
+    assert len(dev) == 18 and dev["truth"].notna().all()
+    assert dev["curve_extrapolated"].between(0, 1).all()
+    taus = rs.taus(dev, None)
+    assert taus["brief_dkd_ls"]["tau_pooled"] == pytest.approx(
+        res["summary"]["dev"]["arms"]["brief-dkd-ls/s2"]["tau_pooled"])
+    lo, hi = taus["brief_dkd_ls"]["ci95"]
+    assert lo < taus["brief_dkd_ls"]["tau_pooled"] < hi

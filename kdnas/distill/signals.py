@@ -15,9 +15,12 @@ poorly across architectures.
 - ``grad_norm`` (Abdelfattah et al. 2021): log of the L2 norm of the cross-entropy gradient
   over every weight, on the batch with its labels.
 - ``teacher_similarity`` (after DisWOT, Dong et al. 2023): the student's and the teacher's
-  sample-to-sample similarity on the batch (each image's last-stage features, pooled,
-  L2-normalised; G = F F^T), score = -mean (G_s - G_t)^2: a student whose features already
-  relate the images as the teacher's do scores higher. Needs a teacher with taps.
+  sample-to-sample similarity on the batch, score = -mean (G_s - G_t)^2 with G = F F^T, F each
+  image's whole map at the output of the last ReLU the forward pass runs, centred over the
+  batch and L2-normalised: a student whose features already relate the images as the
+  teacher's do scores higher. Not the last stage's output (zero at initialisation where blocks
+  end in a zero-initialised batch norm, MobileNetV2 and ShuffleNetV2 here), nor pooled
+  uncentred features (all alike after a ReLU): either made such students score the same.
 """
 
 from __future__ import annotations
@@ -28,8 +31,6 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from kdnas.distill.hooks import FeatureTaps
 
 SIGNAL_BATCH = 128
 SIGNAL_SEED = 0  # which training images make the batch: the same for every candidate
@@ -96,34 +97,52 @@ def grad_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _relations(feats: torch.Tensor) -> torch.Tensor:
-    v = F.normalize(feats.float().mean(dim=(2, 3)) if feats.dim() == 4 else feats.float(), dim=1)
+    """Cosine similarities of the images' whole feature maps, centred over the batch (after
+    a ReLU every map is positive, so uncentred they are all alike at initialisation)."""
+    v = feats.float().flatten(1)
+    v = F.normalize(v - v.mean(0, keepdim=True), dim=1)
     return v @ v.T
 
 
-def teacher_similarity(model: nn.Module, tap: str, teacher, x: torch.Tensor) -> float:
-    """-mean (G_s - G_t)^2 of the last stages' sample similarities (module text)."""
-    with torch.no_grad():
-        with_taps = FeatureTaps(teacher.module, [teacher.taps[-1].module])
-        try:
-            teacher(x)
-            g_t = _relations(with_taps.features()[0])
-        finally:
-            with_taps.close()
-        mine = FeatureTaps(model, [tap])
-        try:
-            model.eval()
+def last_activation(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The output of the last ReLU (or ReLU6) call of ``model``'s forward pass on ``x``."""
+    seen: list[torch.Tensor] = []
+
+    def hook(_m, _inp, out):
+        seen[:] = [out.detach()]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, RELUS)]
+    try:
+        with torch.no_grad():
             model(x)
-            g_s = _relations(mine.features()[0])
-        finally:
-            mine.close()
-            model.train()
+    finally:
+        for h in handles:
+            h.remove()
+    if not seen:
+        raise ValueError(f"{type(model).__name__} runs no ReLU: no features to compare")
+    return seen[0]
+
+
+def teacher_similarity(model: nn.Module, teacher: nn.Module, x: torch.Tensor) -> float:
+    """-mean (G_s - G_t)^2 of the last activations' sample similarities (module text)."""
+    was = teacher.training
+    teacher.eval()
+    try:
+        g_t = _relations(last_activation(teacher, x.clone()))  # a copy: it may write to it
+    finally:
+        teacher.train(was)
+    model.eval()
+    try:
+        g_s = _relations(last_activation(model, x))
+    finally:
+        model.train()
     return -float((g_s - g_t).pow(2).mean())
 
 
-def score_all(model: nn.Module, data, *, teacher=None, taps=None) -> dict[str, dict]:
+def score_all(model: nn.Module, data, *, teacher=None) -> dict[str, dict]:
     """Every training-free signal of ``model`` (a candidate at its initialisation; left as
-    it was), each ``{"value": ..., "seconds": ...}``; ``teacher_similarity`` only with a
-    teacher and the student's taps."""
+    it was, and torch's random state too), each ``{"value": ..., "seconds": ...}``;
+    ``teacher_similarity`` only with a teacher (a module, or kdnas' teacher: its ``module``)."""
+    rng = torch.get_rng_state()
     x, y = signal_batch(data)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     out: dict[str, dict] = {}
@@ -136,7 +155,55 @@ def score_all(model: nn.Module, data, *, teacher=None, taps=None) -> dict[str, d
     timed("naswot", lambda: naswot(model, x))
     timed("grad_norm", lambda: grad_norm(model, x, y))
     timed("synflow", lambda: synflow(model, tuple(x.shape[1:])))
-    if teacher is not None and teacher.taps and taps:
-        timed("teacher_similarity", lambda: teacher_similarity(model, taps[-1].module, teacher, x))
+    if teacher is not None:
+        module = getattr(teacher, "module", teacher)
+        timed("teacher_similarity", lambda: teacher_similarity(model, module, x))
     model.load_state_dict(state)  # batch norm's statistics too
+    torch.set_rng_state(rng)
     return out
+
+
+# ---- from the learning curve -----------------------------------------------------------------
+
+CURVE_HORIZON = 8  # extrapolate to this many times the curve's last step (the truth's 8x)
+POW_EXPONENTS = tuple(0.05 * k for k in range(1, 61))  # 0.05 .. 3.0
+
+
+def _accuracy(point: dict) -> float | None:
+    v = point.get("val_subset_accuracy", point.get("val_accuracy"))
+    return None if v is None else float(v)
+
+
+def curve_signals(points, horizon: int = CURVE_HORIZON) -> dict[str, dict]:
+    """Signals of a trial's learning curve (``points``: dicts with ``step`` and the accuracy
+    on the curve's sample of validation images), each ``{"value": ..., "seconds": ...}``:
+
+    - ``curve_extrapolated``: the power law a - b t^-c (pow3, after Domhan et al. 2015),
+      fitted by least squares (c on a grid of 0.05-3, a and b exactly for each c), at
+      ``horizon`` times the last step; clipped to [0, 1].
+    - ``curve_slope``: accuracy gained per doubling of the steps over the curve's second half
+      (a least-squares line against log2 steps).
+
+    Empty with fewer than 4 points (nothing to fit)."""
+    t0 = time.perf_counter()
+    pts = [(float(p["step"]), _accuracy(p)) for p in points if _accuracy(p) is not None]
+    if len(pts) < 4:
+        return {}
+    steps = torch.tensor([s for s, _ in pts], dtype=torch.float64)
+    acc = torch.tensor([a for _, a in pts], dtype=torch.float64)
+    best = None
+    for c in POW_EXPONENTS:
+        x = torch.stack([torch.ones_like(steps), -steps.pow(-c)], 1)
+        coef = torch.linalg.lstsq(x, acc.unsqueeze(1)).solution.squeeze(1)
+        err = float((x @ coef - acc).pow(2).sum())
+        if best is None or err < best[0]:
+            best = (err, c, coef)
+    _, c, (a, b) = best
+    at = float(steps[-1]) * horizon
+    extrapolated = min(1.0, max(0.0, float(a - b * at ** -c)))
+    half = len(pts) // 2
+    xs, ys = torch.log2(steps[half:]), acc[half:]
+    slope = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / (xs - xs.mean()).pow(2).sum())
+    seconds = round(time.perf_counter() - t0, 4)
+    return {"curve_extrapolated": {"value": extrapolated, "seconds": seconds},
+            "curve_slope": {"value": slope, "seconds": 0.0}}
