@@ -542,6 +542,10 @@ def test_the_two_kd_defaults_are_the_ones_the_recorded_evidence_chose():
     assert canonical_method(SEARCH_DEFAULT) == (best if tau[best] > tau["fitnets"] + 0.1
                                                 else "fitnets")
     assert ACROSS_FAMILIES_TAU == {m: round(t, 2) for m, t in tau.items()}
+    from kdnas.core.kd_methods import ACROSS_FAMILIES_RERUN
+    rerun = json.loads((ROOT / "reports" / "rank_fresh.json").read_text())
+    assert ACROSS_FAMILIES_RERUN["dkd-ls"] == round(
+        rerun["summary"]["dev"]["arms"]["brief-dkd-ls/s2"]["tau_pooled"], 2)
     decision = figures["distill_decision"]
     expected = decision["method"] if decision["complete"] else "fitnets"
     assert canonical_method(DISTILL_DEFAULT) == expected

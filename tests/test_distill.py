@@ -293,8 +293,8 @@ def test_interrupted_cache_is_not_used(teacher_and_data, tmp_path):
 
     model, taps = _student(data)
     with pytest.raises(KeyboardInterrupt):
-        fit(model, data, TrainConfig(epochs=1), teacher=teacher, student_taps=taps,
-            cache=cache, progress=stop)
+        fit(model, data, TrainConfig(epochs=1, kd="feature"), teacher=teacher,
+            student_taps=taps, cache=cache, progress=stop)
     # nothing half-written is left (the writer's lock file, .k.lock, may stay)
     assert not cache.complete and [p for p in tmp_path.iterdir()
                                    if not p.name.startswith('.')] == []

@@ -148,3 +148,25 @@ def test_climb_keeps_each_rung_and_resumes_from_the_last_one_kept(digits, tmp_pa
     climb(ctx, spec, brief, init=2, factors=(1, 2, 4), folder=tmp_path,
           have=lambda f: f in (1, 2), on_rung=on_rung)
     assert list(seen) == [1, 2, 4] and seen == full
+
+
+def test_a_candidate_scored_at_its_initialisation_trains_exactly_as_one_that_is_not(
+        teacher_and_data, tmp_path):
+    """The training-free signals run on the new candidate before it trains; its training
+    (weights, accuracy, curve) is bit for bit the same as without them, and a continuation
+    is not scored (it does not start from an initialisation)."""
+    from kdnas.core.attrs import SIGNAL_NAMES
+
+    teacher, data = teacher_and_data
+    ctx, spec = TrainContext(teacher, data), _spec(data)
+    recipe = TrainConfig(steps=12, kd="dkd-ls", device="cpu", eval_every=3)
+    plain = train_candidate(ctx, spec, recipe, init=5)
+    scored = train_candidate(ctx, spec, recipe, init=5, signals=True)
+    sa, sb = plain.model.state_dict(), scored.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert plain.val_accuracy == scored.val_accuracy and plain.signals == {}
+    assert tuple(scored.signals) == SIGNAL_NAMES  # what trials.csv names
+    assert all(v["seconds"] >= 0 for v in scored.signals.values())
+    save_weights(tmp_path / "w.pt", scored)
+    assert train_on(ctx, spec, recipe, init=5, start=tmp_path / "w.pt", to=15,
+                    ).signals == {}

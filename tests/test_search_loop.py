@@ -365,6 +365,13 @@ def test_each_trial_records_where_its_time_went_and_the_report_shows_it(setup, m
     assert est["trials"] == 2 and est["median_ratio"] > 0
     frame = pd.read_csv(out_dir / "trials.csv")
     assert frame.loc[frame.state == "trained", "train_step_ms"].gt(0).all()
+    # every trained trial's signals, with their cost, in the record and the table
+    from kdnas.core.attrs import SIGNAL_NAMES
+    trained = frame[frame.state == "trained"]
+    for name in SIGNAL_NAMES:
+        assert trained[f"signal_{name}"].notna().all(), name
+    assert trained["signals_seconds"].gt(0).all()
+    assert all(t.time["signals"] > 0 for t in record.trials if t.trained)
     # the brief training's learning curves: drawn, and read in one sentence
     assert (out_dir / "learning_curves.png").stat().st_size > 10_000
     assert "Learning curves (learning_curves.png): " in text

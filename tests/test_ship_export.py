@@ -130,3 +130,67 @@ def test_an_export_is_judged_relative_to_the_largest_logit(searched, monkeypatch
         export.write_exports(model, rec.spec, data, tmp_path / "bad", formats=("pt2",),
                              meta={"training": {}})
     assert not (tmp_path / "bad" / "student.pt2").exists()
+
+
+def test_int8_is_written_beside_fp32_and_measured_on_the_runtime(searched):
+    """--int8: a QDQ model whose Conv and Gemm take int8 weights, its test accuracy and
+    ONNX Runtime latency beside the fp32 file's (computed here again from the files), the
+    card's table, and the figures in spec.json."""
+    import numpy as np
+    import onnx
+
+    from kdnas.ship.export import Int8Options
+    from kdnas.ship.int8 import session
+
+    study, cfg, data, tmp = searched
+    trial = pick_trial(study, "best")
+    out = tmp / "int8"
+    r = export_trial(study, cfg, trial, data, out, formats=("pt2",),
+                     int8=Int8Options(images=64))
+    assert (out / "student.onnx").is_file() and (out / "student.int8.onnx") in r.files
+    graph = onnx.load(str(out / "student.int8.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    q_weights = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert q_weights, "weights must be stored as int8"
+    meta = json.loads((out / "spec.json").read_text())["int8"]
+    for name, file in (("fp32", "student.onnx"), ("int8", "student.int8.onnx")):
+        sess = session(out / file)
+        logits = np.concatenate([sess.run(None, {"images": x.contiguous().numpy()})[0]
+                                 for x, _, _ in data.batches("test", 256)])
+        acc = float((logits.argmax(1) == data.test_y.numpy()).mean())
+        assert meta[name]["accuracy"] == pytest.approx(acc)
+        assert meta[name]["images"] == len(data.test_y)
+        assert meta[name]["accuracy_lo"] <= acc <= meta[name]["accuracy_hi"]
+        assert 0 < meta[name]["latency_p50_ms"] <= meta[name]["latency_p90_ms"]
+    assert meta["accuracy_drop"] == pytest.approx(meta["fp32"]["accuracy"]
+                                                  - meta["int8"]["accuracy"])
+    assert meta["calibration"]["images"] == 64 and meta["calibration"]["method"] == "minmax"
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "## int8 (ONNX Runtime)" in card and "student.int8.onnx" in card
+    assert "1 thread" in card
+
+
+def test_int8_refuses_a_calibration_set_too_small_and_names_the_flag(searched):
+    from kdnas.ship.export import Int8Options
+
+    study, cfg, data, tmp = searched
+    with pytest.raises(KdnasError, match="--calibration-images 8"):
+        Int8Options(images=8)
+    with pytest.raises(KdnasError, match="at most the"):
+        export_trial(study, cfg, pick_trial(study, "best"), data, tmp / "many",
+                     int8=Int8Options(images=10 ** 6))
+    assert not (tmp / "many" / "student.int8.onnx").exists()
+
+
+def test_the_int8_warning_says_what_was_lost_and_what_to_try():
+    from kdnas.ship.int8 import Int8Report, Measured
+
+    fp32 = Measured("student.onnx", 0.90, 0.89, 0.91, 1000, 2.0, 2.2)
+    fine = Int8Report(fp32, Measured("s.int8.onnx", 0.895, 0.88, 0.91, 1000, 1.0, 1.1), {},
+                      "x")
+    assert fine.warning() is None and fine.speedup == pytest.approx(2.0)
+    lost = Int8Report(fp32, Measured("s.int8.onnx", 0.87, 0.86, 0.88, 1000, 1.0, 1.1), {},
+                      "x", {"Sigmoid": 3})
+    text = lost.warning()
+    assert "3.00 points" in text and "Sigmoid" in text and "--calibration-method" in text

@@ -209,7 +209,8 @@ def cmd_export(args) -> int:
     if norm:
         data = data.with_normalization(norm["mean"], norm["std"])
     out = Path(args.out) if args.out else Path("exports") / cfg.study / f"trial-{trial}"
-    r = export_trial(record, cfg, trial, data, out, formats=args.format)
+    r = export_trial(record, cfg, trial, data, out, formats=args.format,
+                     int8=_int8_options(args))
     say(f"exported trial {r.trial}: {fmt_count(r.macs)} MACs ({fmt_count(2 * r.macs)} FLOPs), "
          f"{fmt_count(r.params)} params (re-counted, match the study)")
     say(f"validation accuracy re-measured {100 * r.val_accuracy:.2f}% "
@@ -219,7 +220,29 @@ def cmd_export(args) -> int:
              f"validation images {diff:.2g}")
     for f in r.files:
         say(f"  {f}")
+    _say_int8(r.int8)
     return 0
+
+
+def _int8_options(args):
+    from kdnas.ship.export import Int8Options
+
+    return Int8Options(args.calibration_images, args.calibration_method) if args.int8 else None
+
+
+def _say_int8(d: dict | None) -> None:
+    """The int8 file's figures beside the fp32 file's, and the warning where it loses."""
+    from kdnas.cli.progress import say
+
+    if not d:
+        return
+    f, q = d["fp32"], d["int8"]
+    say(f"int8 ({q['file']}): test accuracy {100 * q['accuracy']:.2f}% against fp32's "
+        f"{100 * f['accuracy']:.2f}% ({d['calibration']['split']}, {q['images']} images); "
+        f"ONNX Runtime p50 {q['latency_p50_ms']:.3g} ms against {f['latency_p50_ms']:.3g} ms "
+        f"({d['speedup_p50']:.2f}x; {d['latency_setting']})")
+    if d.get("warning"):
+        log.warning(d["warning"])
 
 
 def cmd_distill(args) -> int:
@@ -237,7 +260,8 @@ def cmd_distill(args) -> int:
         say(note)
     seed_tag = "" if args.seed is None else f"-seed{args.seed}"
     opts = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                schedule=args.schedule, seed=args.seed, formats=args.format)
+                schedule=args.schedule, seed=args.seed, formats=args.format,
+                int8=_int8_options(args))
     if args.reference:
         who = f"reference {args.reference}"
         kd, _ = final_method(args.kd, cfg.kd, None)  # resolved once: folder, message, run
@@ -268,6 +292,7 @@ def cmd_distill(args) -> int:
         f"accuracy {100 * info['test_accuracy']:.2f}%")
     for f in info["files"]:
         say(f"  {f}")
+    _say_int8(info.get("int8"))
     warning = distilled_warning(info, data.num_classes)
     if warning:
         log.warning(warning)

@@ -51,6 +51,13 @@ class TrialAttr:
     CURVE = "curve"
     LEARNING_CURVE = "learning_curve"
     RECIPE = "recipe"
+    SIGNALS = "signals"  # name -> {"value", "seconds"}: training-free and learning-curve
+
+
+# the signals a trained trial records (``TrialAttr.SIGNALS``; trials.csv's ``signal_*``):
+# kdnas.distill.signals' score_all and curve_signals, in that order
+SIGNAL_NAMES = ("naswot", "grad_norm", "synflow", "teacher_similarity", "curve_extrapolated",
+                "curve_slope")
 
 
 class Outcome(StrEnum):

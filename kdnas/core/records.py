@@ -38,6 +38,7 @@ class TrialRecord:
     rung: int | None = None
     brief_accuracy: float | None = None
     rungs: dict = field(default_factory=dict)
+    signals: dict = field(default_factory=dict)  # name -> {"value", "seconds"}
 
     @property
     def trained(self) -> bool:

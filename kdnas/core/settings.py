@@ -34,6 +34,8 @@ def check_device(text: str, flag: str = "--device") -> None:
 
 # kdnas export's and kdnas distill's defaults, named once (the parser's help reads them)
 EXPORT_FORMATS = ("pt2", "onnx")  # the deploy files written by default
+INT8_CALIBRATION_IMAGES, INT8_CALIBRATION_DEFAULT = 512, "minmax"  # --int8 (kdnas.ship.int8)
+INT8_CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DISTILL_EPOCHS = 200.0  # the full distillation's length
 
 
@@ -49,7 +51,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup: float = 0.05
     train_fraction: float = 1.0
-    kd: str = "feature"
+    kd: str = SEARCH_DEFAULT  # the search's; kdnas distill passes its own (DISTILL_DEFAULT)
     temperature: float = 4.0
     kd_alpha: float = 0.9
     # None: (1 - kd_alpha) x CE + kd_alpha x the logit loss (Hinton's mixing, every method);
@@ -159,8 +161,9 @@ class SearchConfig:
     steps: int | None = setting(
         None, "brief training per candidate, in optimizer steps of --batch-size images "
         "(default 400, or 30 epochs of a small data set if that is fewer; on CIFAR-10 it "
-        "ranks candidates of one space like 8x longer training at Kendall tau 0.81, and 800 "
-        "steps did no better: reports/search_quality.md)", fixed=True, kind=int)
+        "ranks candidates of one space like 8x longer training at Kendall tau 0.62 with "
+        "seeds of its own, and 800 steps did no better: reports/search_quality.md)",
+        fixed=True, kind=int)
     epochs: float | None = setting(None, "brief training per candidate in epochs instead of "
                                    "steps", fixed=True, kind=float)
     train_fraction: float = setting(1.0, "fraction of the train split used per candidate "
@@ -168,16 +171,13 @@ class SearchConfig:
     batch_size: int = setting(128, "default 128", fixed=True, kind=int)
     lr: float = setting(0.1, "peak SGD learning rate (default 0.1)", fixed=True, kind=float)
     kd: str = setting(SEARCH_DEFAULT, "distillation the candidates are ranked with: dkd-ls "
-                      "(the default: decoupled KD on standardised logits, which ranked 18 "
-                      "CIFAR-10 candidates of three families closest to longer training, "
-                      "Kendall tau 0.66 against FitNets' 0.54: reports/distill_methods.md); "
-                      "feature (= fitnets) is Hinton KD on the logits plus FitNets hints at "
-                      "stage boundaries through 1x1-conv + BN connectors; at (attention "
-                      "transfer), sp (similarity preserving), pkt and rkd (relational, no "
-                      "connector) add their loss to Hinton KD instead; logit is Hinton KD "
-                      "alone; dkd (decoupled KD), dist (DIST) and logit-ls are logit methods "
-                      "in its place; none is cross-entropy alone; auto searches the method and "
-                      "its weight. kdnas distill trains the final student with its own --kd",
+                      "(the default: decoupled KD on standardised logits; its lead over FitNets "
+                      "in ranking, tau 0.66 against 0.54, fell to 0.44 when run again and is "
+                      "measured anew: reports/rank_fresh.md); feature (= fitnets): Hinton KD "
+                      "plus FitNets hints through 1x1-conv + BN connectors; at, sp, pkt, rkd "
+                      "add their loss to Hinton KD; logit, dkd, dist, logit-ls: logit methods; "
+                      "none: cross-entropy alone; auto searches the method and its weight. "
+                      "kdnas distill trains the final student with its own --kd",
                       fixed=True,
                       choices=(*KD_METHODS, "auto"))
     rungs: tuple[int, ...] = setting(
@@ -206,6 +206,8 @@ class SearchConfig:
         "auto", "largest teacher cache to write, in GB, or auto (default: half the free disk "
         "where the study writes, when the cache is made): a study whose cache would be larger "
         "runs the teacher in every trial instead", flag="--cache-limit", metavar="GB")
+    signals: bool = setting(True, "do not record each trial's training-free and learning-"
+                            "curve signals (trials.csv; about a second a trial)", kind="off")
     noise_check: bool = setting(True, "do not train the front's knee again with another seed "
                                 "at the end (the report then cannot say how much of the front "
                                 "is seed noise)", kind="off")

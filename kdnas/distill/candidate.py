@@ -22,7 +22,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ from torch import nn
 from kdnas.core.files import atomic_path
 from kdnas.core.settings import CURVE_POINTS, TrainConfig, reads_features
 from kdnas.distill.cache import TeacherCache
+from kdnas.distill.signals import curve_signals, score_all
 from kdnas.distill.trainer import FitResult, fit
 from search_spaces import get_space
 
@@ -89,6 +90,7 @@ class CandidateOutcome:
     extra: dict
     seconds: float
     steps_before: int = 0  # steps it had been trained before this call (a continuation)
+    signals: dict = field(default_factory=dict)  # name -> {"value", "seconds"} at its init
 
     @property
     def val_accuracy(self) -> float:
@@ -101,16 +103,22 @@ class CandidateOutcome:
 
 def train_candidate(ctx: TrainContext, spec: dict, recipe: TrainConfig, *, init: int,
                     start: str | Path | None = None, checkpoint: Path | None = None,
-                    progress: Progress | None = None) -> CandidateOutcome:
+                    progress: Progress | None = None, signals: bool = False
+                    ) -> CandidateOutcome:
     """Build ``spec`` with initialisation seed ``init`` (see :func:`init_seed`) and train it
-    with ``recipe``. ``start``: weights written by :func:`save_weights` to train on from (a
-    promotion to a longer rung; ``recipe`` is then a :func:`continuation`). ``checkpoint``:
+    with ``recipe``. ``signals``: score the new candidate at its initialisation first
+    (:func:`kdnas.distill.signals.score_all`; the training is the same with or without) and
+    read its learning curve's (``curve_signals``) after.
+    ``start``: weights written by :func:`save_weights` to train on from (a promotion to a
+    longer rung; ``recipe`` is then a :func:`continuation`; not scored). ``checkpoint``:
     saved every epoch, and a run that finds it resumes there."""
     t0 = time.perf_counter()
     space = get_space(spec["space"])
     torch.manual_seed(init)
     model = space.build(spec)
     state, before = None, 0
+    scores = score_all(model, ctx.data, teacher=ctx.teacher) if signals and start is None \
+        else {}
     if start is not None:
         saved = torch.load(start, map_location="cpu", weights_only=True)
         state = {"student": saved["state_dict"], "extra": saved.get("extra") or {}}
@@ -119,8 +127,10 @@ def train_candidate(ctx: TrainContext, spec: dict, recipe: TrainConfig, *, init:
     result = fit(model, ctx.data, recipe, teacher=ctx.teacher, student_taps=space.taps(spec),
                  cache=ctx.cache_for(recipe), checkpoint=checkpoint, start=state,
                  progress=progress, keep=keep)
+    if scores:
+        scores.update(curve_signals(result.points))
     return CandidateOutcome(spec, model, result, keep.get("extra", {}),
-                            time.perf_counter() - t0, before)
+                            time.perf_counter() - t0, before, scores)
 
 
 def save_weights(path: Path, outcome: CandidateOutcome) -> None:

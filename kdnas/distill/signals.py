@@ -127,7 +127,9 @@ def teacher_similarity(model: nn.Module, teacher: nn.Module, x: torch.Tensor) ->
     was = teacher.training
     teacher.eval()
     try:
-        g_t = _relations(last_activation(teacher, x.clone()))  # a copy: it may write to it
+        on = next(iter(teacher.parameters()), torch.empty(0)).device  # where it runs
+        g_t = _relations(last_activation(teacher, x.to(on, copy=True)).cpu())  # a copy: it
+        # may write to its input
     finally:
         teacher.train(was)
     model.eval()

@@ -13,8 +13,9 @@ import numpy as np
 
 import pandas as pd
 
+from kdnas.core.attrs import SIGNAL_NAMES
 from kdnas.core.budget import fmt_count
-from kdnas.core.kd_methods import ACROSS_FAMILIES_TAU
+from kdnas.core.kd_methods import ACROSS_FAMILIES_RERUN, ACROSS_FAMILIES_TAU
 from kdnas.core.records import StudyRecord
 from kdnas.core.settings import SearchConfig
 from kdnas.front import front_order, hypervolume, near_chance, wilson
@@ -25,7 +26,8 @@ from search_spaces import describe
 COLUMNS = ["trial", "state", "spec_id", "arch", "macs", "flops", "params", "latency_ms",
            "latency_p90_ms", "latency_setting", "val_accuracy", "within_budget",
            "train_seconds", "train_step_ms", "student_seconds", "kd", "note", "spec", "rung",
-           "brief_val_accuracy", "val_lo", "val_hi", "val_images"]
+           "brief_val_accuracy", "val_lo", "val_hi", "val_images",
+           *(f"signal_{n}" for n in SIGNAL_NAMES), "signals_seconds"]
 
 
 def trials_frame(record: StudyRecord) -> pd.DataFrame:
@@ -46,6 +48,9 @@ def trials_frame(record: StudyRecord) -> pd.DataFrame:
             "rung": t.rung, "brief_val_accuracy": t.brief_accuracy,
             **dict(zip(("val_lo", "val_hi"), wilson(t.val_accuracy, record.val_images),
                        strict=True)), "val_images": record.val_images,
+            **{f"signal_{k}": v["value"] for k, v in t.signals.items()},
+            "signals_seconds": round(sum(v["seconds"] for v in t.signals.values()), 3)
+            if t.signals else None,
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -218,14 +223,17 @@ def caveat(front: pd.DataFrame, record: StudyRecord) -> str | None:
     if len(families) > 1:
         methods = sorted({record.trial(int(n)).kd or "?" for n in front.trial})
         tau = ACROSS_FAMILIES_TAU.get(methods[0]) if len(methods) == 1 else None
+        again = ACROSS_FAMILIES_RERUN.get(methods[0])
         measured = (f"with {methods[0]}, Kendall tau {tau:.2f} against 8x longer training "
-                    "over 18 CIFAR-10 students of three families" if tau is not None else
+                    "over 18 CIFAR-10 students of three families"
+                    + (f", {again:.2f} when run again" if again is not None else "")
+                    if tau is not None else
                     f"not measured for {', '.join(methods)}; FitNets' was Kendall tau "
                     f"{ACROSS_FAMILIES_TAU['fitnets']:.2f} over 18 CIFAR-10 students of "
                     "three families")
         return (f"This front mixes families ({', '.join(families)}): brief training ranks "
                 f"students across families poorly ({measured}; FitNets' within a family: "
-                "0.81), though its best pick held up (reports/search_replay.md); compare "
+                "0.62), though its best pick held up (reports/search_replay.md); compare "
                 "students of different families only after distilling them fully "
                 "(`kdnas distill`).")
     return None
@@ -263,7 +271,7 @@ def hypervolume_text(info: dict) -> str:
 PHASES = {"student": "student forward/backward", "teacher": "teacher (run or cache)",
           "data": "batches", "curve": "learning-curve points", "eval": "final validation",
           "propose": "proposal (sampling, cost counting, latency)",
-          "estimate": "step-time estimate",
+          "estimate": "step-time estimate", "signals": "training-free signals",
           "storage": "checks and storage", "other": "checkpoints and progress"}
 
 

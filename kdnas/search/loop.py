@@ -247,14 +247,14 @@ def _close_failed(study: optuna.Study, trial: optuna.Trial, reason: str, *,
         retry_trial(study, frozen(study, trial), reason)
 
 
-def _record_result(trial: optuna.Trial, tcfg, result, weights: str) -> None:
+def _record_result(trial: optuna.Trial, tcfg, out, weights: str) -> None:
     """What a trained trial keeps besides its objectives."""
-    A = TrialAttr
+    A, result = TrialAttr, out.result
     for key, value in ((A.TRAINED, True), (A.VAL_ACCURACY, result.val_accuracy),
                        (A.TRAIN_SECONDS, result.seconds), (A.CURVE, result.curve),
                        (A.LEARNING_CURVE, result.points), (A.RECIPE, recipe(tcfg, result)),
                        (A.KD, tcfg.method), (A.FEATURE_WEIGHT, tcfg.weight),
-                       (A.WEIGHTS, weights)):
+                       (A.WEIGHTS, weights), (A.SIGNALS, out.signals)):
         trial.set_user_attr(key, value)
 
 
@@ -429,19 +429,19 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, ctx:
             report(step, total, loss)
             limit.check()
         out = train_candidate(ctx, spec, tcfg, init=init_seed(cfg.seed, trial.number),
-                              progress=progress)
+                              progress=progress, signals=cfg.signals)
     path = cfg.study_dir / "trials" / str(trial.number) / "student.pt"
     save_weights(path, out)
-    _record_result(trial, tcfg, out.result, path.relative_to(cfg.study_dir).as_posix())
-    # where the trial's time went (seconds): the proposal (the sampler's draws and their cost
-    # counting, latency included), the training's phases, and the rest (checks, storage,
-    # saving the weights) up to here
+    _record_result(trial, tcfg, out, path.relative_to(cfg.study_dir).as_posix())
+    # where the trial's time went (seconds): the proposal (sampling, costs, latency), the
+    # training's phases, the signals, and the rest (checks, storage, saving the weights)
     t_end = time.perf_counter()
+    signal_seconds = sum(v["seconds"] for v in out.signals.values())
     trial.set_user_attr(TrialAttr.TIME, {
         "propose": round(propose_seconds, 3), "estimate": round(estimate_seconds, 3),
-        **out.result.phases,
-        "storage": round(t_end - t0 - propose_seconds - estimate_seconds - out.result.seconds,
-                         3),
+        **out.result.phases, "signals": round(signal_seconds, 3),
+        "storage": round(t_end - t0 - propose_seconds - estimate_seconds - out.result.seconds
+                         - signal_seconds, 3),
         "total": round(t_end - t0, 3)})
     study.tell(trial, [out.val_accuracy, *_costs(cfg, cost)])
     front = [t for t in study.best_trials if t.user_attrs.get(TrialAttr.TRAINED)]

@@ -321,7 +321,8 @@ def trial_record(t: optuna.trial.FrozenTrial) -> TrialRecord:
         recipe=dict(a.get(A.RECIPE, {})),
         started=t.datetime_start.timestamp() if t.datetime_start else None,
         completed=t.datetime_complete.timestamp() if t.datetime_complete else None,
-        values=tuple(t.values or ()), note=_note(a), time=dict(a.get(A.TIME, {})))
+        values=tuple(t.values or ()), note=_note(a), time=dict(a.get(A.TIME, {})),
+        signals=dict(a.get(A.SIGNALS, {})))
 
 
 def _note(a: dict) -> str | None:

@@ -7,6 +7,8 @@ Writes into the output folder:
 * ``student.pt2``: a ``torch.export`` program that loads with plain PyTorch
   (``torch.export.load(path).module()``), no kdnas needed;
 * ``student.onnx``: ONNX, checked with onnxruntime (``student.ts``, TorchScript, if asked);
+* ``student.int8.onnx`` with ``int8`` (``--int8``): quantized by ONNX Runtime, measured
+  beside the fp32 file (:mod:`kdnas.ship.int8`);
 * ``MODEL_CARD.md``: what it is, what it costs, how it was made.
 
 Every export re-counts MACs and params and re-measures validation accuracy, and fails if
@@ -31,6 +33,13 @@ from kdnas.core.records import StudyRecord, TrialRecord
 from kdnas.core.settings import EXPORT_FORMATS, SearchConfig
 from kdnas.cost import count_macs, count_params
 from kdnas.distill import evaluate
+from kdnas.ship.int8 import (
+    CALIBRATION_DEFAULT,
+    CALIBRATION_IMAGES,
+    card_section,
+    check_calibration,
+    int8_export,
+)
 from search_spaces import build, describe
 
 log = logging.getLogger(__name__)
@@ -48,6 +57,18 @@ class ExportResult:
     recorded_accuracy: float
     max_abs_diff: dict[str, float]  # per format
     files: list[Path]
+    int8: dict | None = None  # Int8Report.to_dict() with its warning, with --int8
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """``--int8``: the calibration of the post-training quantization."""
+
+    images: int = CALIBRATION_IMAGES
+    method: str = CALIBRATION_DEFAULT
+
+    def __post_init__(self) -> None:  # refused before anything is written
+        check_calibration(self.images, self.method)
 
 
 def load_student(record: StudyRecord, trial_number: int, study_dir: Path
@@ -109,7 +130,8 @@ TOLERANCES = {"pt2": 1e-4, "onnx": 1e-3, "torchscript": 1e-4}
 
 
 def export_trial(record: StudyRecord, cfg: SearchConfig, trial_number: int, data,
-                 out_dir: Path, *, formats: tuple[str, ...] = EXPORT_FORMATS) -> ExportResult:
+                 out_dir: Path, *, formats: tuple[str, ...] = EXPORT_FORMATS,
+                 int8: Int8Options | None = None) -> ExportResult:
     """Export one trained trial; ``data`` carries the study's normalisation.
 
     Writes the state_dict and spec always, and each of ``formats`` (``pt2``: torch.export,
@@ -140,17 +162,23 @@ def export_trial(record: StudyRecord, cfg: SearchConfig, trial_number: int, data
                          "feature_weight": (rec.feature_weight if rec.feature_weight is not None
                                             else cfg.feature_weight)}}
     diffs, files = write_exports(model, spec, data, Path(out_dir), formats=formats, meta=meta,
-                                 counted=(macs, params))
-    return ExportResult(Path(out_dir), trial_number, macs, params, acc, recorded, diffs, files)
+                                 counted=(macs, params), int8=int8)
+    return ExportResult(Path(out_dir), trial_number, macs, params, acc, recorded, diffs, files,
+                        meta.get("int8"))
 
 
 def write_exports(model: torch.nn.Module, spec: dict, data, out: Path, *,
                   formats: tuple[str, ...], meta: dict,
-                  counted: tuple[int, int] | None = None) -> tuple[dict[str, float], list[Path]]:
+                  counted: tuple[int, int] | None = None, int8: Int8Options | None = None
+                  ) -> tuple[dict[str, float], list[Path]]:
     """Write weights, spec, each format (verified on validation images) and the model card.
 
-    ``meta`` carries what the card states about the study and the training; ``counted`` the
-    model's (MACs, params) when the caller has counted them already."""
+    ``meta`` carries what the card states about the study and the training (``meta["int8"]``
+    is set with ``int8``); ``counted`` the model's (MACs, params) when the caller has counted
+    them already. ``int8``: quantize the ONNX file (written for it if not asked) and measure
+    both on ONNX Runtime."""
+    if int8 is not None and "onnx" not in formats:
+        formats = (*formats, "onnx")
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise KdnasError(f"unknown export format(s) {sorted(unknown)}: choose from "
@@ -178,13 +206,19 @@ def write_exports(model: torch.nn.Module, spec: dict, data, out: Path, *,
         files.append(path)
         diffs[fmt] = diff
 
+    if int8 is not None:
+        report = int8_export(out / "student.onnx", data, images=int8.images,
+                             method=int8.method,
+                             split="test" if len(data.test_y) else "val")
+        meta["int8"] = {**report.to_dict(), "warning": report.warning()}
+        files.append(out / report.int8.file)
     meta = {"spec": spec, "arch": describe(spec), "input_shape": list(shape),
             "classes": list(data.classes),
             "normalization": {"mean": list(data.mean), "std": list(data.std)},
             "input_range": "pixels scaled to [0, 1], then (x - mean) / std per channel",
             "macs": macs, "flops": 2 * macs, "params": params, **meta,
             "exports": {f: {"file": p.name, "max_abs_diff": diffs[f]}
-                        for f, p in zip(formats, files[1:], strict=True)}}
+                        for f, p in zip(formats, files[1:], strict=False)}}
     (out / "spec.json").write_text(json.dumps(meta, indent=2))
     card = out / "MODEL_CARD.md"
     card.write_text(_card(meta))
@@ -242,4 +276,4 @@ logits = session.run(None, {{"images": images.numpy()}})[0]
 
 {m.get("closing", "This accuracy comes from brief search training, used for ranking; train "
              "the student fully (`kdnas distill`) before shipping it.")}
-"""
+""" + ("\n" + card_section(m["int8"]) if m.get("int8") else "")

@@ -29,7 +29,7 @@ from kdnas.core.settings import (
 )
 from kdnas.distill import evaluate
 from kdnas.distill.candidate import TrainContext, train_candidate
-from kdnas.ship.export import write_exports
+from kdnas.ship.export import Int8Options, write_exports
 from search_spaces import get_space, preset_spec
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class FullRecipe:
     schedule: str = "cosine"
     seed: int | None = None
     formats: tuple[str, ...] = EXPORT_FORMATS
+    int8: Int8Options | None = None  # --int8: quantize and measure beside the fp32 files
 
 
 def final_method(requested: str | None, study_kd: str, trial_kd: str | None
@@ -96,7 +97,7 @@ def distill_trial(record: StudyRecord, cfg: SearchConfig, trial_number: int, tea
                   epochs: float, out_dir: Path, lr: float | None = None,
                   batch_size: int | None = None, schedule: str = "cosine",
                   seed: int | None = None, formats: tuple[str, ...] = EXPORT_FORMATS,
-                  kd: str | None = None,
+                  kd: str | None = None, int8: Int8Options | None = None,
                   progress: Callable[[int, int, float], None] | None = None) -> dict:
     """Train trial ``trial_number``'s student fully (see the module text) with ``kd`` (None:
     :func:`final_method`'s choice)."""
@@ -106,7 +107,7 @@ def distill_trial(record: StudyRecord, cfg: SearchConfig, trial_number: int, tea
                  rec.feature_weight if same else None, rec.cost, rec.val_accuracy,
                  {"trial": trial_number})
     return _distill(pick, cfg, teacher, data, FullRecipe(epochs, lr, batch_size, schedule,
-                                                         seed, tuple(formats)),
+                                                         seed, tuple(formats), int8),
                     out_dir=out_dir, progress=progress)
 
 
@@ -114,6 +115,7 @@ def distill_reference(cfg: SearchConfig, name: str, teacher, data, *, epochs: fl
                       out_dir: Path, lr: float | None = None, batch_size: int | None = None,
                       schedule: str = "cosine", seed: int | None = None,
                       formats: tuple[str, ...] = EXPORT_FORMATS, kd: str | None = None,
+                      int8: Int8Options | None = None,
                       progress: Callable[[int, int, float], None] | None = None) -> dict:
     """Train a hand-designed student (a preset of a space, ``resnet8`` or
     ``mobilenet:mobilenetv2_half``) exactly as :func:`distill_trial` trains a found one, with
@@ -128,7 +130,7 @@ def distill_reference(cfg: SearchConfig, name: str, teacher, data, *, epochs: fl
     pick = _Pick(spec, f"ref-{name.replace(':', '-')}{method_tag(method)}", method,
                  cfg.feature_weight if same else None, cost, None, {"reference": name})
     return _distill(pick, cfg, teacher, data, FullRecipe(epochs, lr, batch_size, schedule,
-                                                         seed, tuple(formats)),
+                                                         seed, tuple(formats), int8),
                     out_dir=out_dir, progress=progress)
 
 
@@ -179,7 +181,8 @@ def _distill(pick: _Pick, cfg: SearchConfig, teacher, data, full: FullRecipe, *,
                          "ce_weight": tcfg.ce_weight, "feature_weight": tcfg.weight,
                          "seed": seed}}
     diffs, files = write_exports(model, spec, data, Path(out_dir), formats=full.formats,
-                                  meta=meta)
+                                  meta=meta, int8=full.int8)
+    info["int8"] = meta.get("int8")
     info["exports"] = {k: str(Path(out_dir) / f.name) for k, f in zip(diffs, files[1:],
                                                                       strict=False)}
     info["files"] = [str(f) for f in files]

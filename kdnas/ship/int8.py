@@ -1,0 +1,271 @@
+"""Int8 for the runtime the student ships on: post-training static quantization of the
+exported ONNX student with ONNX Runtime's own quantizer (QDQ format, int8 weights per output
+channel, uint8 activations: the U8S8 form ONNX Runtime runs fastest on x86 CPUs), calibrated
+on training images of the study's data, then measured beside the fp32 file on the same
+runtime: test accuracy with its 95% interval, and latency (batch 1, one thread, p50 and p90).
+
+Which operators stayed in float is read from the quantized graph: a node none of whose inputs
+comes from a DequantizeLinear computes in float (ONNX Runtime has no int8 kernel it could
+use there), and the card names those operators.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import platform
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdnas.core.errors import KdnasError
+from kdnas.core.settings import (
+    INT8_CALIBRATION_DEFAULT,
+    INT8_CALIBRATION_IMAGES,
+    INT8_CALIBRATION_METHODS,
+)
+from kdnas.front import wilson
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_IMAGES = INT8_CALIBRATION_IMAGES  # training images, drawn with CALIBRATION_SEED
+CALIBRATION_SEED = 0
+CALIBRATION_METHODS = INT8_CALIBRATION_METHODS
+CALIBRATION_DEFAULT = INT8_CALIBRATION_DEFAULT
+MIN_CALIBRATION = 32
+MAX_DROP = 0.01  # int8 losing more accuracy than this is said on the card and the console
+LATENCY_RUNS = 200
+LATENCY_WARMUP = 20
+BATCH = 64
+SKIP = {"QuantizeLinear", "DequantizeLinear", "Constant", "Shape", "Identity"}
+
+
+@dataclass
+class Measured:
+    """One ONNX file on ONNX Runtime: test accuracy (and its 95% interval), latency."""
+
+    file: str
+    accuracy: float
+    accuracy_lo: float
+    accuracy_hi: float
+    images: int
+    latency_p50_ms: float
+    latency_p90_ms: float
+
+
+@dataclass
+class Int8Report:
+    fp32: Measured
+    int8: Measured
+    calibration: dict
+    latency_setting: str
+    float_ops: dict = field(default_factory=dict)  # op type -> nodes left in float
+
+    @property
+    def drop(self) -> float:
+        """Accuracy points lost (0..1 scale), positive when int8 is worse."""
+        return self.fp32.accuracy - self.int8.accuracy
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32.latency_p50_ms / self.int8.latency_p50_ms
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "accuracy_drop": self.drop, "speedup_p50": self.speedup}
+
+    def warning(self) -> str | None:
+        """What to say when int8 loses more than MAX_DROP, with what to try."""
+        if self.drop <= MAX_DROP:
+            return None
+        left = (f"; left in float: {', '.join(sorted(self.float_ops))}" if self.float_ops
+                else "")
+        return (f"int8 loses {100 * self.drop:.2f} points of test accuracy "
+                f"({100 * self.fp32.accuracy:.2f}% -> {100 * self.int8.accuracy:.2f}%){left}. "
+                "Try another --calibration-method (percentile or entropy) or more "
+                "--calibration-images, or ship the fp32 file.")
+
+
+class _Reader:
+    """Calibration batches for ONNX Runtime: normalised training images, no augmentation."""
+
+    def __init__(self, data, images: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.idx = torch.randperm(len(data.train_y), generator=g)[:images]
+        self.data = data
+        self.it = None
+
+    def get_next(self):
+        if self.it is None:
+            self.it = self.data.batches("train", BATCH, indices=self.idx)
+        batch = next(self.it, None)
+        return None if batch is None else {"images": batch[0].contiguous().numpy()}
+
+    def rewind(self):
+        self.it = None
+
+
+def _calibration_reader(data, images: int, seed: int):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(_Reader, CalibrationDataReader):
+        pass
+    return Reader(data, images, seed)
+
+
+def check_calibration(images: int, method: str, n_train: int | None = None) -> None:
+    """A clear error for a calibration kdnas cannot run (before anything is written)."""
+    if method not in CALIBRATION_METHODS:
+        raise KdnasError(f"unknown calibration method {method!r}: choose one of "
+                         f"{', '.join(CALIBRATION_METHODS)}")
+    if images < MIN_CALIBRATION or (n_train is not None and images > n_train):
+        most = "" if n_train is None else f" and at most the {n_train} the data has"
+        raise KdnasError(f"--calibration-images {images}: int8 calibration needs at least "
+                         f"{MIN_CALIBRATION} training images{most}")
+
+
+def quantize(fp32: Path, data, out: Path, *, images: int = CALIBRATION_IMAGES,
+             method: str = CALIBRATION_DEFAULT, seed: int = CALIBRATION_SEED) -> dict:
+    """Write the int8 model of ``fp32`` to ``out``; returns the calibration as recorded."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    check_calibration(images, method, len(data.train_y))
+    calib = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+             "entropy": CalibrationMethod.Entropy}[method]
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        pre = Path(tmp) / "pre.onnx"
+        try:  # shape inference and graph clean-up, as ONNX Runtime advises before quantizing
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
+        except Exception as e:  # noqa: BLE001 - quantize the file as exported
+            log.info("quantization pre-processing skipped: %s", e)
+            pre = fp32
+        t0 = time.perf_counter()
+        try:
+            quantize_static(str(pre), str(out), _calibration_reader(data, images, seed),
+                            quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=calib)
+        except Exception as e:
+            out.unlink(missing_ok=True)
+            raise KdnasError(f"ONNX Runtime could not quantize {fp32.name}: {e}. The fp32 "
+                             "files are written; ship those, or export without --int8") from e
+    return {"images": images, "method": method, "seed": seed, "format": "QDQ",
+            "weights": "int8 per channel", "activations": "uint8 per tensor",
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def float_ops(path: Path) -> dict[str, int]:
+    """Op types (and how many nodes) of a QDQ model that compute in float: no input from a
+    DequantizeLinear."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    out: dict[str, int] = {}
+    for n in graph.node:
+        if n.op_type in SKIP:
+            continue
+        if not any(made_by.get(i) == "DequantizeLinear" for i in n.input):
+            out[n.op_type] = out.get(n.op_type, 0) + 1
+    return out
+
+
+def session(path: Path, threads: int | None = None):
+    import onnxruntime
+
+    opts = onnxruntime.SessionOptions()
+    opts.log_severity_level = 3
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def accuracy(path: Path, data, split: str = "test") -> tuple[float, int]:
+    """Top-1 accuracy of an ONNX file on ``split``, on ONNX Runtime."""
+    sess, right, n = session(path), 0, 0
+    for x, y, _ in data.batches(split, 256):
+        logits = sess.run(None, {"images": x.contiguous().numpy()})[0]
+        right += int((np.argmax(logits, 1) == y.numpy()).sum())
+        n += len(y)
+    return right / max(1, n), n
+
+
+def latency(path: Path, shape: tuple[int, ...], *, runs: int = LATENCY_RUNS,
+            warmup: int = LATENCY_WARMUP, threads: int = 1) -> tuple[float, float]:
+    """p50 and p90 milliseconds of one image on ONNX Runtime with ``threads`` threads."""
+    sess = session(path, threads)
+    x = {"images": np.random.RandomState(0).randn(1, *shape).astype(np.float32)}
+    for _ in range(warmup):
+        sess.run(None, x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, x)
+        times.append(1e3 * (time.perf_counter() - t0))
+    return float(np.percentile(times, 50)), float(np.percentile(times, 90))
+
+
+def latency_setting(threads: int = 1) -> str:
+    import onnxruntime
+
+    return (f"ONNX Runtime {onnxruntime.__version__} CPU, batch 1, {threads} thread, "
+            f"{platform.machine()} {platform.processor() or ''}".strip())
+
+
+def measure(path: Path, data, shape, split: str = "test") -> Measured:
+    acc, n = accuracy(path, data, split)
+    lo, hi = wilson(acc, n)
+    p50, p90 = latency(path, shape)
+    return Measured(path.name, acc, lo, hi, n, p50, p90)
+
+
+def int8_export(fp32: Path, data, *, images: int = CALIBRATION_IMAGES,
+                method: str = CALIBRATION_DEFAULT, split: str = "test") -> Int8Report:
+    """Quantize ``fp32`` (an exported student.onnx) beside it as ``student.int8.onnx`` and
+    measure both on ONNX Runtime."""
+    out = fp32.with_name(fp32.stem + ".int8.onnx")
+    calibration = quantize(fp32, data, out, images=images, method=method)
+    shape = tuple(data.input_shape)
+    report = Int8Report(measure(fp32, data, shape, split), measure(out, data, shape, split),
+                        {**calibration, "split": split}, latency_setting(), float_ops(out))
+    if report.warning():
+        log.warning(report.warning())
+    return report
+
+
+def card_section(d: dict) -> str:
+    """The model card's fp32 / int8 table, from :meth:`Int8Report.to_dict`."""
+    f, q, c = d["fp32"], d["int8"], d["calibration"]
+
+    def acc(m):
+        return (f"{100 * m['accuracy']:.2f}% [{100 * m['accuracy_lo']:.1f}, "
+                f"{100 * m['accuracy_hi']:.1f}] ({m['images']} {c['split']} images)")
+    left = ", ".join(f"{k} x{v}" for k, v in sorted(d["float_ops"].items())) or "none"
+    warn = d.get("warning")
+    return f"""## int8 (ONNX Runtime)
+
+| | fp32 (`{f['file']}`) | int8 (`{q['file']}`) |
+| --- | --- | --- |
+| test accuracy, 95% interval | {acc(f)} | {acc(q)} |
+| latency p50 / p90 | {f['latency_p50_ms']:.3g} / {f['latency_p90_ms']:.3g} ms | \
+{q['latency_p50_ms']:.3g} / {q['latency_p90_ms']:.3g} ms ({d['speedup_p50']:.2f}x) |
+
+Latency: {d['latency_setting']}, on the machine that exported it. Quantization: post-training,
+static, {c['format']}, weights {c['weights']}, activations {c['activations']}, calibrated
+with {c['method']} on {c['images']} training images (seed {c['seed']}). Operators left in
+float: {left}.{(chr(10) * 2 + "**" + warn + "**") if warn else ""}
+"""
