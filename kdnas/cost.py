@@ -120,16 +120,23 @@ def uncounted_message(ops: tuple[str, ...]) -> str:
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, batch: int = 1,
                     threads: int | None = None, warmup: int = 5, repeats: int = 30,
-                    channels_last: bool = True, device: str | torch.device = "cpu"
-                    ) -> tuple[float, float, str]:
+                    channels_last: bool = True, device: str | torch.device = "cpu",
+                    runtime: str = "torch") -> tuple[float, float, str]:
     """Median and p90 wall time (ms) of an eval-mode float32 forward pass on ``device``.
 
     On a CPU, timed with ``torch.utils.benchmark``, which runs at ``threads`` threads for
     the measurement without changing the process-wide setting; on CUDA, with CUDA events
     around each pass after a warm-up (the model is moved there for the measurement and
     back). Returns ``(median_ms, p90_ms, setting)`` where ``setting`` states the device (by
-    name on CUDA), threads and batch.
+    name on CUDA), threads and batch. ``runtime`` ``onnxruntime`` or ``onnxruntime-int8``:
+    the module exported to ONNX (and quantized) and timed on ONNX Runtime's CPU provider
+    (:func:`kdnas.ort.runtime_latency`).
     """
+    if runtime != "torch":
+        from kdnas.ort import runtime_latency
+
+        return runtime_latency(model, input_shape, int8=runtime == "onnxruntime-int8",
+                               batch=batch, threads=threads or 1)
     device = torch.device(device)
     if device.type == "cuda":
         return _cuda_latency(model, input_shape, batch, warmup, repeats, channels_last, device)
@@ -196,7 +203,8 @@ def _benchmark():
 
 def measure_cost(model: nn.Module, input_shape: tuple[int, ...], *, latency: bool = True,
                  latency_threads: int | None = None, latency_batch: int = 1,
-                 latency_device: str | torch.device = "cpu") -> Cost:
+                 latency_device: str | torch.device = "cpu", latency_runtime: str = "torch"
+                 ) -> Cost:
     """MACs and params, and latency when asked. Ops whose MACs were not counted are kept in
     the cost, and a MACs budget refuses such a candidate (see :class:`Budget`)."""
     macs, uncounted = count_ops(model, input_shape)
@@ -204,5 +212,6 @@ def measure_cost(model: nn.Module, input_shape: tuple[int, ...], *, latency: boo
     if not latency:
         return Cost(macs, params, uncounted_ops=uncounted)
     p50, p90, setting = measure_latency(model, input_shape, batch=latency_batch,
-                                        threads=latency_threads, device=latency_device)
+                                        threads=latency_threads, device=latency_device,
+                                        runtime=latency_runtime)
     return Cost(macs, params, p50, p90, setting, uncounted_ops=uncounted)

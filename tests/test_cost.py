@@ -205,3 +205,31 @@ def test_the_cheap_bound_leaves_out_functional_matmuls():
 
     m = Mixer()
     assert macs_lower_bound(m, (16,)) == 256 < count_macs(m, (16,)) == 512
+
+
+def test_latency_on_onnx_runtime_fp32_and_int8_names_the_runtime_and_leaves_the_model():
+    """--latency-runtime: the candidate exported to ONNX (and quantized) and timed on ONNX
+    Runtime; the setting says which; a CUDA latency device cannot be combined with it."""
+    import pytest
+    import torch
+
+    from kdnas.core.errors import KdnasError
+    from kdnas.core.settings import SearchConfig
+    from kdnas.cost import measure_cost, measure_latency
+    from search_spaces import get_space
+
+    sp = get_space("mobilenet")
+    model = sp.build(sp.smallest(in_channels=3, num_classes=10, input_size=32))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for runtime in ("onnxruntime", "onnxruntime-int8"):
+        p50, p90, setting = measure_latency(model, (3, 32, 32), runtime=runtime)
+        assert 0 < p50 <= p90
+        assert setting.startswith("onnxruntime") and ("int8" in setting) == runtime.endswith(
+            "int8") and "1 threads, batch 1" in setting
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    cost = measure_cost(model, (3, 32, 32), latency_runtime="onnxruntime")
+    assert cost.latency_setting.startswith("onnxruntime") and cost.macs > 0
+    with pytest.raises(KdnasError, match="CPU only"):
+        SearchConfig(latency_runtime="onnxruntime", latency_device="cuda")

@@ -78,6 +78,10 @@ def test_score_all_on_real_digits_is_deterministic_and_leaves_the_candidate(teac
     assert model.training
     x, _ = signal_batch(data)
     assert x.shape[0] == 128 and torch.equal(x, signal_batch(data)[0])
+    # the teacher's side is kept for the study's next candidate, and is what it computes anew
+    assert a["teacher_similarity"]["value"] == teacher_similarity(model, teacher.module, x)
+    # each at the initialisation: not after another's train-mode pass moved batch norm's stats
+    assert a["synflow"]["value"] == synflow(model, tuple(x.shape[1:]))
     wider, _ = _candidate(data, "mobilenet")
     assert set(score_all(wider, data)) == {"naswot", "grad_norm", "synflow"}  # no teacher
 

@@ -140,7 +140,7 @@ def test_int8_is_written_beside_fp32_and_measured_on_the_runtime(searched):
     import onnx
 
     from kdnas.ship.export import Int8Options
-    from kdnas.ship.int8 import session
+    from kdnas.ort import session
 
     study, cfg, data, tmp = searched
     trial = pick_trial(study, "best")

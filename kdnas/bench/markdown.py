@@ -171,7 +171,8 @@ def unmet_lines(res: dict, targets: dict) -> list[str]:
             "distillation loss itself (sp and pkt compare every pair of a batch's images).")
     if not _met("framework_overhead", res["framework_overhead"], targets):
         parts = {"propose": "sampling, cost counting and latency", "estimate":
-                 "the step-time estimate", "data": "batches", "curve": "the learning curve",
+                 "the step-time estimate", "signals": "the training-free signals", "data":
+                 "batches", "curve": "the learning curve",
                  "storage": "checks and storage", "other": "checkpoints and progress",
                  "outside trials": "loading, the references and the report"}
         named = ", ".join(f"{v} {100 * sh.get(k, 0.0):.1f}%" for k, v in sorted(

@@ -96,7 +96,7 @@ def kdnas_search(cfg: SearchConfig) -> tuple[dict, object, object]:
     phases = {k: sum(t.time.get(k, 0.0) for t in trained) for k in PHASES}
     in_trials = sum(t.time.get("total", 0.0) for t in trained)
     shares = {k: v / wall for k, v in phases.items()}
-    for key in ("propose", "estimate", "storage"):
+    for key in ("propose", "estimate", "signals", "storage"):
         shares[key] = sum(t.time.get(key, 0.0) for t in trained) / wall
     shares["outside trials"] = (wall - in_trials) / wall
     cache = cfg.study_dir / "teacher_cache"

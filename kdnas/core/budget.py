@@ -13,6 +13,10 @@ from dataclasses import asdict, dataclass
 
 from kdnas.core.errors import KdnasError
 
+BUDGET_HELP = ("cost limit at batch 1: 50MFLOPs or 50MMACs (the same thing: multiply-"
+               "accumulates, the fvcore/torchvision convention; FLOPs = MACs here), 1.5GFLOPs, "
+               "0.5Mparams, or 5ms (measured latency)")
+
 _SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _UNIT = {"flops": "macs", "flop": "macs", "macs": "macs", "mac": "macs", "params": "params",
          "param": "params", "ms": "latency_ms"}

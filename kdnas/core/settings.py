@@ -10,15 +10,14 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdnas.core.budget import parse_budget
+from kdnas.core.budget import BUDGET_HELP, parse_budget
 from kdnas.core.errors import KdnasError
 from kdnas.core.kd_methods import (  # noqa: F401  (their names, also read from here)
     AUTO_METHODS, DISTILL_DEFAULT, FEATURE_METHODS, FEATURE_WEIGHTS, KD_BY_NAME, KD_METHODS,
     KD_TABLE, SEARCH_DEFAULT, KDMethod, canonical_method, kd_method, reads_features)
 
 
-# the brief recipe when neither --steps nor --epochs is given: a fixed number of optimizer
-# steps (images seen), so a small data set gets many epochs and a large one a part of one
+# the brief recipe without --steps or --epochs: a fixed number of optimizer steps
 DEFAULT_STEPS = 400
 MAX_DEFAULT_EPOCHS = 30  # a tiny data set stops here instead
 CURVE_POINTS = 5  # validation points of each candidate's learning curve
@@ -36,6 +35,7 @@ def check_device(text: str, flag: str = "--device") -> None:
 EXPORT_FORMATS = ("pt2", "onnx")  # the deploy files written by default
 INT8_CALIBRATION_IMAGES, INT8_CALIBRATION_DEFAULT = 512, "minmax"  # --int8 (kdnas.ship.int8)
 INT8_CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+LATENCY_RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8")
 DISTILL_EPOCHS = 200.0  # the full distillation's length
 
 
@@ -61,8 +61,7 @@ class TrainConfig:
     schedule: str = "cosine"  # or "step": x0.1 at 50% and 75% of the steps
     seed: int = 0
     channels_last: bool = True
-    # learning curve: accuracy on a fixed sample of ``eval_limit`` validation images every
-    # ``eval_every`` steps (None: only at the end)
+    # learning curve: accuracy on ``eval_limit`` validation images every ``eval_every`` steps
     eval_every: int | None = None
     eval_limit: int = 1000
     device: str = "auto"  # auto, cpu, cuda, cuda:N (kdnas.device)
@@ -112,9 +111,6 @@ OBJECTIVE_COLUMNS = {"macs": "macs", "params": "params", "latency": "latency_ms"
                      "train_time": "train_step_ms"}
 
 
-BUDGET_HELP = ("cost limit at batch 1: 50MFLOPs or 50MMACs (the same thing: multiply-"
-               "accumulates, the fvcore/torchvision convention; FLOPs = MACs here), 1.5GFLOPs, "
-               "0.5Mparams, or 5ms (measured latency)")
 DATA_HELP = ("digits (scikit-learn's 8x8 digits, bundled), cifar10:PATH (torchvision's "
              "cifar-10-batches-py layout) or imagefolder:PATH (PATH/train/<class>/*, "
              "PATH/test/<class>/* or val/); decoded image folders are cached in $KDNAS_CACHE "
@@ -156,8 +152,7 @@ class SearchConfig:
                           "this study; over-budget proposals are not counted (default 20)",
                           kind=int)
     seed: int = setting(0, "sampler and training seed (default 0)", fixed=True, kind=int)
-    # brief training used to rank candidates: steps, or epochs, or (neither) the default of
-    # DEFAULT_STEPS steps, at most MAX_DEFAULT_EPOCHS epochs
+    # brief training: steps, or epochs, or DEFAULT_STEPS (at most MAX_DEFAULT_EPOCHS epochs)
     steps: int | None = setting(
         None, "brief training per candidate, in optimizer steps of --batch-size images "
         "(default 400, or 30 epochs of a small data set if that is fewer; on CIFAR-10 it "
@@ -190,11 +185,10 @@ class SearchConfig:
     promote_eta: float = setting(3.0, "share of each cost band promoted to the next rung: "
                                  "1/ETA (default 3)", fixed=True, kind=float)
     trial_timeout: str = setting(
-        "auto", "a trial still training after this many seconds is failed with the reason and "
-        "the search goes on: auto (default: 10x the candidate's measured step time x its "
-        "steps, plus 2 minutes; no limit when the step time was not measured), off, or "
-        "seconds. A trial that hangs past its limit and does not come back is recorded as "
-        "failed and the process stops, to be run again", metavar="S")
+        "auto", "a trial training longer fails with the reason and the search goes on: auto "
+        "(default: 10x its measured step time x steps + 2 min; none if not measured), off, or "
+        "seconds; one that hangs past it is recorded as failed and the process stops",
+        metavar="S")
     temperature: float = setting(4.0, fixed=True)
     kd_alpha: float = setting(0.9, fixed=True)
     feature_weight: float | None = setting(  # None: the method's default
@@ -247,6 +241,10 @@ class SearchConfig:
     latency_batch: int = setting(1, "batch size for latency (default 1)", kind=int)
     latency_device: str = setting("cpu", "where latency is measured: cpu (the default: most "
                                   "students ship to CPUs), cuda or cuda:N", fixed=True)
+    latency_runtime: str = setting("torch", "latency on: torch (eager, default), onnxruntime "
+                                   "or onnxruntime-int8 (the exported file, fp32 or --int8: "
+                                   "an export per candidate)", fixed=True,
+                                   choices=LATENCY_RUNTIMES)
     device: str = setting("auto", "where candidates train: auto (a CUDA GPU when one is "
                           "visible, else the CPU; the default), cpu, cuda or cuda:N. On CUDA "
                           "the data and teacher outputs stay on the GPU and training runs in "
@@ -272,6 +270,8 @@ class SearchConfig:
         if self.latency_device == "auto" or not DEVICE_PATTERN.fullmatch(self.latency_device):
             raise KdnasError(f"--latency-device {self.latency_device!r}: use cpu, cuda or "
                              "cuda:N")
+        if self.latency_runtime != "torch" and self.latency_device != "cpu":
+            raise KdnasError(f"--latency-runtime {self.latency_runtime} runs on the CPU only")
         if self.latency_threads < 1 or self.latency_batch < 1:
             raise KdnasError("latency threads and batch must be at least 1")
         if self.rungs and (self.rungs[0] != 1 or len(self.rungs) < 2

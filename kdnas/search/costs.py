@@ -24,14 +24,16 @@ def measure(cfg: SearchConfig, model, data, *, latency: bool) -> Cost:
     """A candidate's cost at the study's latency setting (latency only when asked)."""
     return measure_cost(model, data.input_shape, latency=latency,
                         latency_threads=cfg.latency_threads, latency_batch=cfg.latency_batch,
-                        latency_device=resolve(cfg.latency_device) if latency else "cpu")
+                        latency_device=resolve(cfg.latency_device) if latency else "cpu",
+                        latency_runtime=cfg.latency_runtime)
 
 
 def with_latency(cfg: SearchConfig, model, data, cost: Cost) -> Cost:
     """``cost`` (MACs and params already counted) with the latency measured."""
     p50, p90, setting = measure_latency(model, data.input_shape, batch=cfg.latency_batch,
                                         threads=cfg.latency_threads,
-                                        device=resolve(cfg.latency_device))
+                                        device=resolve(cfg.latency_device),
+                                        runtime=cfg.latency_runtime)
     return dataclasses.replace(cost, latency_ms=p50, latency_p90_ms=p90,
                                latency_setting=setting)
 

@@ -17,8 +17,6 @@ they or the exported program disagree with the study's record.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import warnings
@@ -27,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from kdnas import ort
 from kdnas.core.budget import fmt_count
 from kdnas.core.errors import KdnasError
 from kdnas.core.records import StudyRecord, TrialRecord
@@ -98,17 +97,8 @@ def _write_pt2(model, x, out: Path):
 
 
 def _write_onnx(model, x, out: Path):
-    import onnxruntime
-
-    path = out / "student.onnx"
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (x[:2],), dynamo=True, input_names=["images"],
-                                    output_names=["logits"], verbose=False,
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},))
-        program.save(str(path))
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return path, session.run(None, {"images": x.numpy()})[0]
+    path = ort.write_onnx(model, x[:2], out / "student.onnx")
+    return path, ort.session(path).run(None, {"images": x.numpy()})[0]
 
 
 def _write_torchscript(model, x, out: Path):

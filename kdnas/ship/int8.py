@@ -11,13 +11,8 @@ use there), and the card names those operators.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import platform
-import tempfile
-import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,13 +25,14 @@ from kdnas.core.settings import (
     INT8_CALIBRATION_IMAGES,
     INT8_CALIBRATION_METHODS,
 )
+from kdnas import ort
 from kdnas.front import wilson
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_IMAGES = INT8_CALIBRATION_IMAGES  # training images, drawn with CALIBRATION_SEED
 CALIBRATION_SEED = 0
-CALIBRATION_METHODS = INT8_CALIBRATION_METHODS
+CALIBRATION_METHODS = INT8_CALIBRATION_METHODS  # kdnas.ort.QUANTIZE_METHODS
 CALIBRATION_DEFAULT = INT8_CALIBRATION_DEFAULT
 MIN_CALIBRATION = 32
 MAX_DROP = 0.01  # int8 losing more accuracy than this is said on the card and the console
@@ -91,33 +87,6 @@ class Int8Report:
                 "--calibration-images, or ship the fp32 file.")
 
 
-class _Reader:
-    """Calibration batches for ONNX Runtime: normalised training images, no augmentation."""
-
-    def __init__(self, data, images: int, seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.idx = torch.randperm(len(data.train_y), generator=g)[:images]
-        self.data = data
-        self.it = None
-
-    def get_next(self):
-        if self.it is None:
-            self.it = self.data.batches("train", BATCH, indices=self.idx)
-        batch = next(self.it, None)
-        return None if batch is None else {"images": batch[0].contiguous().numpy()}
-
-    def rewind(self):
-        self.it = None
-
-
-def _calibration_reader(data, images: int, seed: int):
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class Reader(_Reader, CalibrationDataReader):
-        pass
-    return Reader(data, images, seed)
-
-
 def check_calibration(images: int, method: str, n_train: int | None = None) -> None:
     """A clear error for a calibration kdnas cannot run (before anything is written)."""
     if method not in CALIBRATION_METHODS:
@@ -129,42 +98,27 @@ def check_calibration(images: int, method: str, n_train: int | None = None) -> N
                          f"{MIN_CALIBRATION} training images{most}")
 
 
+def calibration_batches(data, images: int, seed: int = CALIBRATION_SEED):
+    """Normalised training images (no augmentation), drawn with ``seed``, as arrays."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.train_y), generator=g)[:images]
+    for x, _, _ in data.batches("train", BATCH, indices=idx):
+        yield x.contiguous().numpy()
+
+
 def quantize(fp32: Path, data, out: Path, *, images: int = CALIBRATION_IMAGES,
              method: str = CALIBRATION_DEFAULT, seed: int = CALIBRATION_SEED) -> dict:
     """Write the int8 model of ``fp32`` to ``out``; returns the calibration as recorded."""
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-
     check_calibration(images, method, len(data.train_y))
-    calib = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-             "entropy": CalibrationMethod.Entropy}[method]
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), \
-            contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        pre = Path(tmp) / "pre.onnx"
-        try:  # shape inference and graph clean-up, as ONNX Runtime advises before quantizing
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
-        except Exception as e:  # noqa: BLE001 - quantize the file as exported
-            log.info("quantization pre-processing skipped: %s", e)
-            pre = fp32
-        t0 = time.perf_counter()
-        try:
-            quantize_static(str(pre), str(out), _calibration_reader(data, images, seed),
-                            quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=calib)
-        except Exception as e:
-            out.unlink(missing_ok=True)
-            raise KdnasError(f"ONNX Runtime could not quantize {fp32.name}: {e}. The fp32 "
-                             "files are written; ship those, or export without --int8") from e
+    try:
+        seconds = ort.quantize(fp32, out, calibration_batches(data, images, seed),
+                               method=method)
+    except KdnasError as e:
+        raise KdnasError(f"{e}. The fp32 files are written; ship those, or export without "
+                         "--int8") from e
     return {"images": images, "method": method, "seed": seed, "format": "QDQ",
             "weights": "int8 per channel", "activations": "uint8 per tensor",
-            "seconds": round(time.perf_counter() - t0, 2)}
+            "seconds": round(seconds, 2)}
 
 
 def float_ops(path: Path) -> dict[str, int]:
@@ -183,20 +137,9 @@ def float_ops(path: Path) -> dict[str, int]:
     return out
 
 
-def session(path: Path, threads: int | None = None):
-    import onnxruntime
-
-    opts = onnxruntime.SessionOptions()
-    opts.log_severity_level = 3
-    if threads is not None:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def accuracy(path: Path, data, split: str = "test") -> tuple[float, int]:
     """Top-1 accuracy of an ONNX file on ``split``, on ONNX Runtime."""
-    sess, right, n = session(path), 0, 0
+    sess, right, n = ort.session(path), 0, 0
     for x, y, _ in data.batches(split, 256):
         logits = sess.run(None, {"images": x.contiguous().numpy()})[0]
         right += int((np.argmax(logits, 1) == y.numpy()).sum())
@@ -204,32 +147,16 @@ def accuracy(path: Path, data, split: str = "test") -> tuple[float, int]:
     return right / max(1, n), n
 
 
-def latency(path: Path, shape: tuple[int, ...], *, runs: int = LATENCY_RUNS,
-            warmup: int = LATENCY_WARMUP, threads: int = 1) -> tuple[float, float]:
-    """p50 and p90 milliseconds of one image on ONNX Runtime with ``threads`` threads."""
-    sess = session(path, threads)
-    x = {"images": np.random.RandomState(0).randn(1, *shape).astype(np.float32)}
-    for _ in range(warmup):
-        sess.run(None, x)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, x)
-        times.append(1e3 * (time.perf_counter() - t0))
-    return float(np.percentile(times, 50)), float(np.percentile(times, 90))
-
-
 def latency_setting(threads: int = 1) -> str:
-    import onnxruntime
-
-    return (f"ONNX Runtime {onnxruntime.__version__} CPU, batch 1, {threads} thread, "
+    return (f"{ort.runtime_name()} CPU, batch 1, {threads} thread, "
             f"{platform.machine()} {platform.processor() or ''}".strip())
 
 
 def measure(path: Path, data, shape, split: str = "test") -> Measured:
     acc, n = accuracy(path, data, split)
     lo, hi = wilson(acc, n)
-    p50, p90 = latency(path, shape)
+    p50, p90 = ort.onnx_latency(path, shape, warmup=LATENCY_WARMUP,
+                                repeats=LATENCY_RUNS)
     return Measured(path.name, acc, lo, hi, n, p50, p90)
 
 
