@@ -275,12 +275,28 @@ def load_data(spec: str, *, val_fraction: float = 0.1, seed: int = 0,
                      "imagefolder:PATH")
 
 
-def _load_digits(val_fraction: float, seed: int) -> DataBundle:
-    from sklearn.datasets import load_digits
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as (images N,8,8 in 0..16, labels). Read from the file it ships
+    (what ``load_digits`` reads) without importing scikit-learn, which takes about a second
+    of every worker's start; through ``load_digits`` where the file is not found."""
+    import importlib.util
 
-    d = load_digits()
-    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # N,1,8,8
-    y = d.target.astype(np.int64)
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / \
+        "digits.csv.gz" if spec and spec.submodule_search_locations else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return d.images, d.target
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
+
+
+def _load_digits(val_fraction: float, seed: int) -> DataBundle:
+    images, target = _digits_arrays()
+    x = np.round(images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # N,1,8,8
+    y = target.astype(np.int64)
     # digits ships no test split: hold out a seeded 20% as test, then carve val from the rest
     perm = np.random.default_rng(12345).permutation(len(y))
     n_test = int(round(0.2 * len(y)))

@@ -222,14 +222,15 @@ def test_latency_on_onnx_runtime_fp32_and_int8_names_the_runtime_and_leaves_the_
     model = sp.build(sp.smallest(in_channels=3, num_classes=10, input_size=32))
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    for runtime in ("onnxruntime", "onnxruntime-int8"):
-        p50, p90, setting = measure_latency(model, (3, 32, 32), runtime=runtime)
-        assert 0 < p50 <= p90
-        assert setting.startswith("onnxruntime") and ("int8" in setting) == runtime.endswith(
-            "int8") and "1 threads, batch 1" in setting
+    # each ONNX export takes seconds: one through measure_latency, one through measure_cost
+    p50, p90, setting = measure_latency(model, (3, 32, 32), runtime="onnxruntime")
+    assert 0 < p50 <= p90
+    assert setting.startswith("onnxruntime") and "int8" not in setting \
+        and "1 threads, batch 1" in setting
+    cost = measure_cost(model, (3, 32, 32), latency_runtime="onnxruntime-int8")
+    assert cost.latency_setting.startswith("onnxruntime") and "int8" in cost.latency_setting
+    assert 0 < cost.latency_ms and cost.macs > 0
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    cost = measure_cost(model, (3, 32, 32), latency_runtime="onnxruntime")
-    assert cost.latency_setting.startswith("onnxruntime") and cost.macs > 0
     with pytest.raises(KdnasError, match="CPU only"):
         SearchConfig(latency_runtime="onnxruntime", latency_device="cuda")

@@ -99,3 +99,17 @@ def test_folder_that_is_not_a_dataset(tmp_path):
         load_data(f"cifar10:{tmp_path}")
     with pytest.raises(KdnasError, match="not an ImageFolder tree"):
         load_data(f"imagefolder:{tmp_path}")
+
+
+def test_digits_are_read_as_scikit_learn_loads_them():
+    """The embedded default is read from scikit-learn's own file without importing it: the
+    same images and labels as ``load_digits``."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from kdnas.data import _digits_arrays
+
+    images, labels = _digits_arrays()
+    d = load_digits()
+    assert images.shape == (1797, 8, 8)
+    assert np.array_equal(images, d.images) and np.array_equal(labels, d.target)

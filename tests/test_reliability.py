@@ -183,6 +183,7 @@ def test_diverging_training_fails_trials_and_stops_with_a_message(cfg, teacher_a
     assert all("diverged" in t.user_attrs["error"] for t in study.trials)
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_the_trial_with_a_message_and_leaves_no_partial_file(
         cfg, teacher_and_data, monkeypatch, caplog):
     teacher, data = teacher_and_data

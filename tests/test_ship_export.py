@@ -28,6 +28,7 @@ def searched(tmp_path_factory, digits, digits_teacher):
     return load_record(out.study), cfg, data, tmp
 
 
+@pytest.mark.slow  # writes and checks every format (ONNX through torch.export: seconds)
 def test_export_round_trips(searched):
     study, cfg, data, tmp = searched
     trial = pick_trial(study, "best")
@@ -132,6 +133,7 @@ def test_an_export_is_judged_relative_to_the_largest_logit(searched, monkeypatch
     assert not (tmp_path / "bad" / "student.pt2").exists()
 
 
+@pytest.mark.slow  # writes and checks every format (ONNX through torch.export: seconds)
 def test_int8_is_written_beside_fp32_and_measured_on_the_runtime(searched):
     """--int8: a QDQ model whose Conv and Gemm take int8 weights, its test accuracy and
     ONNX Runtime latency beside the fp32 file's (computed here again from the files), the

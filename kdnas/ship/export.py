@@ -169,6 +169,8 @@ def write_exports(model: torch.nn.Module, spec: dict, data, out: Path, *,
     both on ONNX Runtime."""
     if int8 is not None and "onnx" not in formats:
         formats = (*formats, "onnx")
+    if int8 is not None:  # a calibration the data cannot give: refused before any file
+        check_calibration(int8.images, int8.method, len(data.train_y))
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise KdnasError(f"unknown export format(s) {sorted(unknown)}: choose from "
