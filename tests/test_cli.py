@@ -59,9 +59,17 @@ def test_search_report_export_as_users_type_them(tmp_path, digits_teacher, capsy
 
     out_dir = tmp_path / "exported"
     assert main(["export", "--study", "cli", "--pick", "knee", "--out", str(out_dir),
-                 *common]) == 0
+                 "--int8", "--calibration-images", "64", *common]) == 0
     assert (out_dir / "student.pt2").exists() and (out_dir / "spec.json").exists()
-    assert "re-counted, match the study" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "re-counted, match the study" in out and "int8 (student.int8.onnx)" in out
+    # the report is written again with the shipped student's fp32 and int8 figures
+    page = (rep / "report.html").read_text()
+    assert "<h2>Exported students</h2>" in page and str(out_dir) in page
+    int8 = json.loads((out_dir / "spec.json").read_text())["int8"]
+    row = page[page.index("<h2>Exported students</h2>"):]
+    assert f"{100 * int8['int8']['accuracy']:.2f}%" in row
+    assert f"{int8['int8']['latency_p50_ms']:.3g} ms ({int8['speedup_p50']:.2f}x)" in row
 
 
 def _check_html_report(path, *, n_front):

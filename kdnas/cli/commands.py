@@ -200,6 +200,8 @@ def cmd_export(args) -> int:
     from kdnas.cli.progress import say
     from kdnas.core.budget import fmt_count
     from kdnas.data import load_data
+    from kdnas.report import write_report
+    from kdnas.search.storage import add_exported, load_record, open_study
     from kdnas.ship.export import export_trial
 
     record, cfg = _study_and_config(args)
@@ -221,6 +223,11 @@ def cmd_export(args) -> int:
     for f in r.files:
         say(f"  {f}")
     _say_int8(r.int8)
+    study = open_study(cfg, create=False)  # the report shows what was shipped
+    add_exported(study, {"out_dir": str(out), "trial": r.trial, "macs": r.macs,
+                         "params": r.params, "val_accuracy": r.val_accuracy,
+                         "files": [Path(f).name for f in r.files], "int8": r.int8})
+    write_report(load_record(study), cfg)
     return 0
 
 

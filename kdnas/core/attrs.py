@@ -24,6 +24,7 @@ class StudyAttr:
     REFERENCES = "references"  # --references, trained with the brief recipe
     RUNGS = "rungs"  # --rungs: trial -> rung -> result
     DISTILLED = "distilled"  # kdnas distill's results, by name
+    EXPORTED = "exported"  # kdnas export's results, by output folder
 
 
 class TrialAttr:

@@ -63,6 +63,7 @@ class StudyRecord:
     val_images: int | None = None  # the validation split every accuracy is measured on
     noise: dict | None = None  # the knee trained again with another seed (search/noise.py)
     distilled: dict = field(default_factory=dict)  # name -> a `kdnas distill` run's result
+    exported: dict = field(default_factory=dict)  # folder -> a `kdnas export` run's result
 
     def trial(self, number: int) -> TrialRecord:
         for t in self.trials:

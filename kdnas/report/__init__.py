@@ -54,5 +54,6 @@ def write_report(record: StudyRecord, cfg: SearchConfig, out_dir: Path | None = 
                    refs=refs)
     (out / "learning_curves.png").unlink(missing_ok=True)
     plot_curves(record, front, info, out / "learning_curves.png")
-    write_html(out, df, front, info, cfg, refs, record.distilled, rung_html(record, info))
+    write_html(out, df, front, info, cfg, refs, record.distilled, rung_html(record, info),
+               record.exported)
     return out

@@ -128,6 +128,50 @@ def _references_table(refs: pd.DataFrame | None) -> list[str]:
     return parts
 
 
+DEPLOY_HEAD = ("<th>fp32 test acc</th><th>int8 test acc</th><th>fp32 p50</th>"
+               "<th>int8 p50</th>")
+
+
+def _deploy_cells(d: dict | None) -> str:
+    """A shipped student's fp32 and int8 ONNX files side by side (``--int8``): test accuracy
+    with its 95% interval, ONNX Runtime p50 latency; dashes without ``--int8``."""
+    if not d:
+        return "<td>-</td>" * 4
+    f, q = d["fp32"], d["int8"]
+
+    def acc(m):
+        return (f"{_pct(m['accuracy'])} <span class='muted'>({_pct(m['accuracy_lo'])}-"
+                f"{_pct(m['accuracy_hi'])})</span>")
+    lost = " class='warn'" if d.get("warning") else ""
+    return (f"<td>{acc(f)}</td><td{lost}>{acc(q)}</td><td>{f['latency_p50_ms']:.3g} ms</td>"
+            f"<td>{q['latency_p50_ms']:.3g} ms ({d['speedup_p50']:.2f}x)</td>")
+
+
+def _deploy_note(rows: list[dict]) -> list[str]:
+    settings = sorted({d["int8"]["latency_setting"] for d in rows if d.get("int8")})
+    if not settings:
+        return ["<p class='muted'>int8: export with <code>--int8</code> to see the quantized "
+                "student's accuracy and ONNX Runtime latency here.</p>"]
+    warns = [d["int8"]["warning"] for d in rows if d.get("int8") and d["int8"].get("warning")]
+    return [f"<p class='muted'>fp32 and int8: the ONNX files on ONNX Runtime, test split "
+            f"(95% Wilson intervals); latency {html.escape('; '.join(settings))}, on the "
+            "machine that exported them.</p>",
+            *(f"<p class='warn'>{html.escape(w)}</p>" for w in warns)]
+
+
+def _exported_table(exported: dict) -> list[str]:
+    if not exported:
+        return []
+    e = html.escape
+    parts = ["<h2>Exported students</h2><table><tr><th>trial</th><th>MACs</th><th>params</th>"
+             f"<th>val acc</th>{DEPLOY_HEAD}<th class='l'>folder</th></tr>"]
+    for folder, d in sorted(exported.items()):
+        parts.append(f"<tr><td>{d['trial']}</td><td>{fmt_count(d['macs'])}</td>"
+                     f"<td>{fmt_count(d['params'])}</td><td>{_pct(d['val_accuracy'])}</td>"
+                     f"{_deploy_cells(d.get('int8'))}<td class='l'>{e(folder)}</td></tr>")
+    return [*parts, "</table>", *_deploy_note(list(exported.values()))]
+
+
 def _distilled_table(distilled: dict) -> list[str]:
     e = html.escape
     parts: list[str] = []
@@ -135,7 +179,8 @@ def _distilled_table(distilled: dict) -> list[str]:
         parts.append("<h2>Fully distilled students</h2><table><tr><th>student</th>"
                      "<th>seed</th><th>epochs</th>"
                      "<th>search val acc</th><th>val acc</th><th>test acc</th>"
-                     "<th class='l'>distillation</th><th class='l'>files</th></tr>")
+                     f"{DEPLOY_HEAD}<th class='l'>distillation</th><th class='l'>files</th>"
+                     "</tr>")
         for _, d in sorted(distilled.items()):
             files = ", ".join(Path(p).name for p in d.get("exports", {}).values())
             who = (f"reference {e(d['reference'])}" if d.get("reference")
@@ -144,9 +189,10 @@ def _distilled_table(distilled: dict) -> list[str]:
                          f"<td>{d['epochs']:g}</td>"
                          f"<td>{_pct(d.get('search_val_accuracy'))}</td>"
                          f"<td>{_pct(d['val_accuracy'])}</td><td>{_pct(d['test_accuracy'])}</td>"
-                         f"<td class='l'>{e(d['recipe']['kd'])}</td><td class='l'>{e(files)}"
-                         "</td></tr>")
+                         f"{_deploy_cells(d.get('int8'))}<td class='l'>{e(d['recipe']['kd'])}"
+                         f"</td><td class='l'>{e(files)}</td></tr>")
         parts.append("</table>")
+        parts += _deploy_note(list(distilled.values()))
 
     return parts
 
@@ -185,13 +231,14 @@ def _facts(df: pd.DataFrame, info: dict, cfg) -> list[str]:
 
 def write_html(out: Path, df: pd.DataFrame, front: pd.DataFrame, info: dict, cfg,
                refs: pd.DataFrame | None = None, distilled: dict | None = None,
-               rungs: list[str] | None = None) -> Path:
+               rungs: list[str] | None = None, exported: dict | None = None) -> Path:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>kdnas: {e(cfg.study)}"
              f"</title><style>{CSS}</style></head><body>",
              f"<h1>Study {e(cfg.study)}: which student to ship</h1>",
              *_headline(out, front, info, cfg), *_front_table(front, info, cfg),
              *(rungs or []), *_references_table(refs), *_distilled_table(distilled or {}),
+             *_exported_table(exported or {}),
              *_facts(df, info, cfg)]
     parts.append("<p class='muted'>MACs: multiply-accumulates at batch 1 (torch's flop "
                  "counter); FLOPs = 2 x MACs. Accuracy: validation split carved from the "

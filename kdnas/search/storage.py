@@ -364,7 +364,8 @@ def load_record(study: optuna.Study) -> StudyRecord:
                        num_classes=attrs.get(StudyAttr.NUM_CLASSES),
                        noise=attrs.get(StudyAttr.NOISE),
                        val_images=attrs.get(StudyAttr.VAL_IMAGES),
-                       distilled=dict(attrs.get(StudyAttr.DISTILLED, {})))
+                       distilled=dict(attrs.get(StudyAttr.DISTILLED, {})),
+                       exported=dict(attrs.get(StudyAttr.EXPORTED, {})))
 
 
 def add_distilled(study: optuna.Study, info: dict) -> None:
@@ -372,3 +373,10 @@ def add_distilled(study: optuna.Study, info: dict) -> None:
     report reads it from the study's record."""
     study.set_user_attr(StudyAttr.DISTILLED, {**study.user_attrs.get(StudyAttr.DISTILLED, {}),
                                       info["name"]: info})
+
+
+def add_exported(study: optuna.Study, info: dict) -> None:
+    """Keep an export's result (``kdnas export``) in the study, by its folder: the report
+    shows its fp32 and int8 figures beside the front."""
+    study.set_user_attr(StudyAttr.EXPORTED, {**study.user_attrs.get(StudyAttr.EXPORTED, {}),
+                                             info["out_dir"]: info})
