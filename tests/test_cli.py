@@ -63,6 +63,7 @@ def test_search_report_export_as_users_type_them(tmp_path, digits_teacher, capsy
     assert (out_dir / "student.pt2").exists() and (out_dir / "spec.json").exists()
     out = capsys.readouterr().out
     assert "re-counted, match the study" in out and "int8 (student.int8.onnx)" in out
+    assert f"report: {rep / 'report.html'} lists this export" in out
     # the report is written again with the shipped student's fp32 and int8 figures
     page = (rep / "report.html").read_text()
     assert "<h2>Exported students</h2>" in page and str(out_dir) in page

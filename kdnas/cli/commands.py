@@ -227,7 +227,8 @@ def cmd_export(args) -> int:
     add_exported(study, {"out_dir": str(out), "trial": r.trial, "macs": r.macs,
                          "params": r.params, "val_accuracy": r.val_accuracy,
                          "files": [Path(f).name for f in r.files], "int8": r.int8})
-    write_report(load_record(study), cfg)
+    page = write_report(load_record(study), cfg) / "report.html"
+    say(f"report: {page} lists this export beside the front")
     return 0
 
 
