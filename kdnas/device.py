@@ -10,10 +10,12 @@ are computed on float32 logits and features), and the loss is read back every
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
 from kdnas.core.errors import KdnasError
+from kdnas.core.settings import WORKERS_PER_GPU
 
 
 def resolve(text: str | torch.device | None) -> torch.device:
@@ -62,3 +64,28 @@ def sync_every(dev: torch.device) -> int:
     every 50 on a GPU (each read makes the host wait for the device)."""
     return 1 if dev.type == "cpu" else 50
 
+
+def resolve_workers(text: str | int, device: str) -> int:
+    """``--workers``: a count, or ``auto``: 1 on a CPU (its threads are shared out instead);
+    on CUDA, WORKERS_PER_GPU trial processes sharing each GPU the search may use, at most
+    one per CPU core.
+
+    WORKERS_PER_GPU (4) is provisional: one process kept an H200's SMs busy 0-26% of the time
+    on students of a few million MACs (launch-bound), and several jobs sharing one GPU are
+    reported at 3-4x one job's throughput. kdnas' own figure is the GPU benchmark's (``kdnas
+    bench --device cuda`` trains the same candidates with 1 and with this many workers), and
+    this number follows it."""
+    t = str(text).strip().lower()
+    if t != "auto":
+        try:
+            n = int(t)
+        except ValueError:
+            raise KdnasError(f"--workers {text!r}: give a number of processes or auto") \
+                from None
+        if n < 1:
+            raise KdnasError(f"--workers must be at least 1, got {n}")
+        return n
+    if resolve(device).type != "cuda":
+        return 1
+    gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 1
+    return max(1, min(WORKERS_PER_GPU * gpus, os.cpu_count() or 1))

@@ -14,6 +14,13 @@ CIFAR_ARCHIVE = Path(os.environ.get(
     "KDNAS_CIFAR10_JPG", ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"))
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # tests run side by side: a core each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Keep kdnas' cache (decoded data, demo teacher) inside the test's temporary folder."""

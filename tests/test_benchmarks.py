@@ -263,17 +263,6 @@ def test_kdnas_bench_runs_on_a_tiny_workload_and_reports_every_figure(tmp_path):
     assert "| >= 0.6 |" in md and "| <= 1.15 |" in md and "| >= 2.5 |" in md
     assert "| >= 1.3 |" in md and "like for like" in md and archs[0] in md
     assert "## On a GPU" in md and "Not measured: no GPU was visible" in md
-    # the GPU benchmark's code, run on this CPU: its figures join the CPU ones
-    from kdnas.bench.gpu import GpuWorkload, run_gpu
-    from kdnas.bench.run import write
-
-    gpu = run_gpu(tmp_path / "work", "cpu", GpuWorkload.quick(), CIFAR_ARCHIVE)
-    assert gpu["trained"] == 2 and gpu["device"] == "cpu" and gpu["utilisation"] is None
-    assert gpu["trial_seconds_median"] > 0 and gpu["trials_per_hour"] > 0
-    assert all(m <= 5e6 for m in gpu["trial_macs"])
-    write(out, {"gpu": gpu})
-    both = json.loads((out / "benchmarks.json").read_text())
-    assert both["efficiency"] == res["efficiency"] and both["gpu"]["trained"] == 2
 
 
 def test_the_plain_loop_reads_the_very_images_kdnas_trains_and_validates_on(cifar_subset):
@@ -298,18 +287,64 @@ def test_the_plain_loop_reads_the_very_images_kdnas_trains_and_validates_on(cifa
             assert np.array_equal(pixels, xs[j].numpy()), (ours, int(i))
 
 
-def test_the_gpu_section_states_its_figures_against_the_goal():
+@pytest.mark.slow
+def test_the_gpu_check_runs_on_a_cpu_in_its_quick_form(tmp_path):
+    """tools/gpu_check.sh, as a GPU machine runs it but on this CPU and with the tiny
+    workload: the device tests, then the GPU benchmark's plain loop and kdnas on the same
+    candidates, its figures written and marked as not a GPU's."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import CIFAR_ARCHIVE
+
+    if not CIFAR_ARCHIVE.exists():
+        pytest.skip(f"CIFAR-10 archive not found at {CIFAR_ARCHIVE}")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, QUICK="1", DEVICE="cpu", NO_INSTALL="1", PYTHON=sys.executable,
+               OUT=str(tmp_path / "out"), TESTS="tests/test_device.py -k workers_auto")
+    run = subprocess.run(["bash", str(root / "tools" / "gpu_check.sh"), "run",
+                          str(CIFAR_ARCHIVE)], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "CUDA TESTS FAILED" not in run.stdout and " passed" in run.stdout
+    gpu = json.loads((tmp_path / "out" / "benchmarks.json").read_text())["gpu"]
+    assert gpu["gpu"] is False and gpu["device"] == "cpu"
+    fams = [c["family"] for c in gpu["candidates"]]
+    assert fams == ["resnet", "mobilenet", "shufflenet"]
+    assert all(0.2e6 <= c["macs"] <= 3e6 for c in gpu["candidates"])
+    peer, ours = gpu["peer"], gpu["kdnas"][0]
+    assert len(peer["trials"]) == 3 and ours["trained"] == 3 and ours["workers"] == 1
+    # the same steps of the same batches: 108 training images, one short batch an epoch
+    assert peer["images"] == ours["images"] == 3 * 3 * 108
+    assert gpu["throughput_vs_plain_loop"] > 0 and gpu["minutes_for_100_trials"] > 0
+    assert gpu["teacher_step"]["kdnas_seconds"] > 0 and gpu["teacher_step"]["ratio"] > 0
+    md = (tmp_path / "out" / "BENCHMARKS.md").read_text()
+    assert "**not a GPU**" in md and "| plain loop | 1 |" in md and "| kdnas | 1 |" in md
+
+
+def test_the_gpu_section_states_its_figures_against_the_targets():
     from kdnas.bench.gpu import gpu_lines
 
-    gpu = {"device": "cuda:0 (NVIDIA H100 80GB HBM3)", "trained": 6, "epochs": 5,
-           "train_images": 50000, "budget_macs": 50e6, "trial_macs": [31e6, 49e6],
-           "trial_seconds_median": 12.0, "trials_per_hour": 300.0,
-           "minutes_for_100_trials": 20.0, "shares": {"student": 0.8, "eval": 0.1},
+    run = {"workers": 4, "images_per_second": 9000.0, "trials_per_hour": 1500.0,
+           "wall_seconds": 40.0, "shares": {"student": 0.8, "eval": 0.1},
            "utilisation": {"mean_percent": 71.0, "median_percent": 80.0, "samples": 90}}
+    gpu = {"device": "cuda:0 (NVIDIA H100 80GB HBM3)", "gpu": True, "steps": 400,
+           "batch": 128, "kd": "dkd-ls", "train_images": 45000,
+           "candidates": [{"macs": 6e6}, {"macs": 48e6}],
+           "peer": {"images_per_second": 3000.0, "trials_per_hour": 500.0,
+                    "wall_seconds": 120.0, "utilisation": None},
+           "kdnas": [dict(run, workers=1, images_per_second=2000.0), run], "best_workers": 4,
+           "throughput_vs_plain_loop": 3.0, "minutes_for_100_trials": 4.0,
+           "teacher_step": {"arch": "resnet20", "kdnas_seconds": 0.010,
+                            "plain_seconds": 0.0086, "ratio": 1.16}}
     text = "\n".join(gpu_lines(gpu))
-    assert "| trials per hour | 300 |" in text and "20.0 min (goal: 15 min, **not met**)" in text
-    assert "71% mean" in text and "student 80%" in text
-    assert "met)" in "\n".join(gpu_lines(dict(gpu, minutes_for_100_trials=9.0)))
+    assert "| plain loop | 1 | 3000 | 500 | 120.0 | not sampled" in text
+    assert "| kdnas | 4 | 9000 | 1500 | 40.0 | 71% mean (90 samples) |" in text
+    assert "| 3.00x | >= 4: **not met** |" in text and "| 4.0 | <= 5: met |" in text
+    assert "10.0 / 8.6 ms = 1.16x | <= 1.2: met |" in text and "student 80%" in text
+    assert "not a GPU" not in text and "H100" in text
+    assert "not a GPU" in "\n".join(gpu_lines(dict(gpu, gpu=False, device="cpu")))
     assert "Not measured" in "\n".join(gpu_lines(None))
 
 

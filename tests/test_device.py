@@ -128,6 +128,26 @@ def test_one_gpu_per_worker_when_several_are_visible(monkeypatch):
     assert workers.gpu_for(1, "auto") is None
 
 
+def test_workers_auto_is_one_on_a_cpu_and_several_sharing_each_gpu(monkeypatch):
+    import os
+
+    from kdnas import device as workers
+
+    assert workers.resolve_workers("auto", "cpu") == 1  # the CPU shares out its threads
+    assert workers.resolve_workers("3", "cpu") == 3 and workers.resolve_workers(2, "auto") == 2
+    for bad in ("0", "many"):
+        with pytest.raises(KdnasError, match="--workers"):
+            workers.resolve_workers(bad, "cpu")
+    monkeypatch.setattr(workers, "resolve", lambda text: torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    per = workers.WORKERS_PER_GPU
+    assert workers.resolve_workers("auto", "cuda") == 2 * per  # both GPUs, shared
+    assert workers.resolve_workers("auto", "cuda:1") == per  # the one named
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert workers.resolve_workers("auto", "auto") == 3  # at most one a core
+
+
 # ---------------------------------------------------------------- on a GPU, where there is one
 
 @needs_cuda

@@ -1,43 +1,80 @@
-"""``kdnas bench --device cuda``: the figures a GPU user needs, measured on their GPU.
+"""``kdnas bench --device cuda`` (and the GPU check): kdnas against a plain PyTorch loop on the
+GPU, like for like.
 
-A kdnas search on the whole CIFAR-10 training set (the JPEG archive), 5 epochs a trial, a
-50M-MAC budget, FitNets distillation over ResNets (pinned: the figures recorded so far were
-measured so; the search's defaults are ``--kd dkd-ls`` over every family), as ``kdnas search
---device cuda`` runs it. Reported:
-seconds per trained trial (median, and where they went), trials per hour, the projected time
-of 100 trials against the goal of 15 minutes on one H100, and the GPU's utilisation sampled
-while the trials train (``nvidia-smi``, every half second). The figures go under ``gpu`` in
-``benchmarks.json`` beside the CPU figures of an earlier ``kdnas bench``, and into their own
-section of ``BENCHMARKS.md``. On a CPU the same code runs (the tests use it so that it cannot
-rot) and says that no GPU was measured.
+A fixed list of candidates (``per_family`` of each of resnet, mobilenet and shufflenet, drawn
+with a fixed seed in a MAC band: 5-50M), each trained with the search's default recipe (400
+steps of 128 images, dkd-ls, one teacher):
+
+* the peer (:mod:`.gpu_peer`): a plain PyTorch loop training them one after another in one
+  process (fp32, channels_last, data on the GPU, cudnn.benchmark);
+* kdnas, as ``kdnas search --device cuda`` trains them: the candidates enqueued in a study of
+  their own and trained by ``--workers N`` processes sharing the GPU, for each N of
+  ``workers`` (``auto``: what the search does by default).
+
+Reported under ``gpu`` in ``benchmarks.json`` and on BENCHMARKS.md with the GPU's name:
+student images/s and trials/hour of each, ``throughput_vs_plain_loop`` (kdnas at its best
+worker count / the peer), the GPU's utilisation sampled while training, where a trial's time
+went, a teacher training step of kdnas (``kdnas teacher train``'s loop) against the peer's,
+and ``minutes_for_100_trials``. On a CPU the same code runs (``--workload gpu``; the tests use
+it so that it cannot rot) and its figures say they are not a GPU's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-GOAL_TRIALS, GOAL_MINUTES = 100, 15.0
+from kdnas.core.errors import KdnasError
+
+GOAL_TRIALS = 100
+TARGETS = {"throughput_vs_plain_loop": (">=", 4.0), "minutes_for_100_trials": ("<=", 5.0),
+           "teacher_step_vs_plain_loop": ("<=", 1.2)}
+FAMILY_ORDER = ("resnet", "mobilenet", "shufflenet")
 
 
 @dataclass(frozen=True)
 class GpuWorkload:
     per_class: int | None = None  # training images a class: None = all 5,000 (50,000)
     test_per_class: int | None = None
-    budget_macs: float = 50e6
-    epochs: float = 5
-    trials: int = 6
+    band: tuple[float, float] = (5e6, 50e6)  # the candidates' MACs
+    per_family: int = 4
+    steps: int = 400  # the search's default brief recipe
+    kd: str = "dkd-ls"
+    teacher_arch: str = "resnet56"
+    workers: tuple = (1, "auto")
+    teacher_train_arch: str = "resnet20"
+    teacher_train_steps: int = 100
+    seed: int = 0
 
     @classmethod
     def quick(cls) -> GpuWorkload:  # the test's: every code path, on a CPU, in seconds
-        return cls(per_class=12, test_per_class=4, budget_macs=5e6, epochs=1, trials=2)
+        return cls(per_class=12, test_per_class=4, band=(0.2e6, 3e6), per_family=1, steps=3,
+                   teacher_arch="resnet8", workers=(1,), teacher_train_arch="resnet8",
+                   teacher_train_steps=2)
+
+
+def candidates(load: GpuWorkload, data) -> list[dict]:
+    """The fixed list: ``per_family`` of each family in ``band``, drawn with ``seed``; their
+    parameters as the ``all`` space names them (``family``, ``resnet.depth1``...)."""
+    from kdnas.bench.workload import draw_in_band
+
+    rng = np.random.RandomState(load.seed)
+    out = []
+    for fam in FAMILY_ORDER:
+        for c in draw_in_band(fam, data, *load.band, load.per_family, rng):
+            params = {"family": fam, **{f"{fam}.{k}": v for k, v in c["params"].items()}}
+            out.append({**c, "family": fam, "params": params})
+    return out
 
 
 class UtilisationSampler:
@@ -77,75 +114,179 @@ class UtilisationSampler:
                 "samples": len(self.samples)}
 
 
+def _kdnas(cfg, cands: list[dict], workers, dev, log) -> dict:
+    """The candidates trained by ``kdnas search`` with ``--workers workers`` on a fresh study:
+    wall seconds, images, trials, where a trial's time went, the GPU's utilisation."""
+    from kdnas.core.attrs import StudyAttr
+    from kdnas.device import resolve_workers
+    from kdnas.report.frames import time_per_trial
+    from kdnas.search.storage import load_record, open_study
+
+    n = resolve_workers(str(workers), cfg.device)
+    cfg = dataclasses.replace(cfg, study=f"bench-gpu-w{n}")
+    shutil.rmtree(cfg.study_dir, ignore_errors=True)
+    study = open_study(cfg, create=True)
+    study.set_user_attr(StudyAttr.CONFIG, cfg.to_dict())
+    for c in cands:
+        study.enqueue_trial(c["params"])
+    log(f"kdnas search, {n} worker(s) on {dev}: {len(cands)} candidates")
+    out = Path(cfg.workdir) / f"{cfg.study}.log"
+    t0 = time.perf_counter()
+    with UtilisationSampler(dev) as util, open(out, "w") as sink:
+        code = subprocess.run([sys.executable, "-m", "kdnas", "search", "--study", cfg.study,
+                               "--teacher", cfg.teacher, "--data", cfg.data, "--trials",
+                               str(cfg.trials), "--no-noise-check", "--device", cfg.device,
+                               "--workdir", str(cfg.workdir), "--reports", str(cfg.reports),
+                               "--workers", str(n)], stdout=sink,
+                              stderr=subprocess.STDOUT).returncode
+    wall = time.perf_counter() - t0
+    if code != 0:
+        raise KdnasError(f"kdnas search ({n} workers) ended with status {code}: see {out}")
+    record = load_record(open_study(cfg, create=False))
+    trained = [t for t in record.trials if t.trained]
+    per = time_per_trial(record) or {"median_seconds": float("nan"), "shares": {}}
+    images = sum(t.recipe.get("images", 0) for t in trained)
+    if not trained or not images:
+        raise KdnasError(f"kdnas search ({n} workers) trained none of the candidates: see {out}")
+    return {"workers": n, "wall_seconds": wall, "trained": len(trained),
+            "images": images, "images_per_second": images / wall,
+            "trials_per_hour": 3600 * len(trained) / wall,
+            "trial_seconds_median": per["median_seconds"], "shares": per["shares"],
+            "val_accuracy": [t.val_accuracy for t in trained], "utilisation": util.summary()}
+
+
+def _teacher_step(load: GpuWorkload, data, dev) -> dict:
+    """A teacher training step: kdnas' loop (``fit`` with no teacher, as ``kdnas teacher
+    train`` runs it) against the peer's, the same network, batch and augmentation."""
+    from kdnas.bench.gpu_peer import teacher_steps
+    from kdnas.core.settings import TrainConfig
+    from kdnas.distill import fit
+    from search_spaces.resnet import PRESETS, ResNetSpace
+
+    def net():
+        spec = ResNetSpace().preset(load.teacher_train_arch, in_channels=data.in_channels,
+                                    num_classes=data.num_classes, input_size=data.input_size)
+        torch.manual_seed(0)
+        return ResNetSpace().build(spec)
+
+    assert load.teacher_train_arch in PRESETS
+    plain = teacher_steps(net(), data, dev, steps=load.teacher_train_steps)
+    res = fit(net(), data, TrainConfig(steps=load.teacher_train_steps + 5, kd="none",
+                                       device=str(dev)))
+    ours = (res.phases.get("student", 0) + res.phases.get("data", 0)) / res.steps
+    return {"arch": load.teacher_train_arch, "kdnas_seconds": ours, "plain_seconds": plain,
+            "ratio": ours / plain}
+
+
 def run_gpu(work: Path, device: str, load: GpuWorkload, archive: Path,
-            teacher_path: Path | None = None, log=print) -> dict:
-    """Train ``load.trials`` candidates with kdnas on ``device``; the figures as a dict."""
+            teacher_path: Path | None = None, log=print, save=None) -> dict:
+    """The candidates trained by the peer and by kdnas on ``device``; the figures as a dict,
+    also given to ``save`` after each part (the peer, the teacher step, each kdnas run), so
+    that a run stopped by a time limit leaves the figures it measured."""
+    from kdnas.bench.gpu_peer import run_peer
     from kdnas.bench.workload import make_subset, make_teacher
     from kdnas.core.settings import SearchConfig
     from kdnas.device import describe, resolve
-    from kdnas.report.frames import time_per_trial
-    from kdnas.search.loop import run_search
     from kdnas.teacher.prepare import prepare
-    from kdnas.search.storage import load_record
 
     dev = resolve(device)
     name = f"cifar10-{load.per_class or 'all'}-{load.test_per_class or 'all'}"
     root = make_subset(archive, work / name, load.per_class, load.test_per_class)
-    teacher_path = teacher_path or make_teacher(root, "resnet56", work / "teacher-resnet56.pt")
+    teacher_path = teacher_path or make_teacher(root, load.teacher_arch,
+                                                work / f"teacher-{load.teacher_arch}.pt")
     cfg = SearchConfig(study="bench-gpu", teacher=str(teacher_path), data=f"imagefolder:{root}",
-                       budget=f"{load.budget_macs / 1e6:g}MMACs", trials=load.trials,
-                       epochs=load.epochs, noise_check=False, latency=False, space="resnet",
-                       kd="feature",
-                       device=str(dev), workdir=str(work / "runs"), reports=str(work / "reports"))
-    shutil.rmtree(cfg.study_dir, ignore_errors=True)
-    log(f"GPU benchmark on {describe(dev)}: {load.trials} trials of {load.epochs:g} epochs")
-    t0 = time.perf_counter()
+                       budget=f"{load.band[1] / 1e6:g}MMACs", trials=load.per_family * 3,
+                       steps=load.steps, kd=load.kd, noise_check=False, space="all",
+                       device=str(dev), workdir=str(work / "runs"),
+                       reports=str(work / "reports"))
     cfg, teacher, data, _ = prepare(cfg)
+    cands = candidates(load, data)
+    recipe = cfg.train_config(len(data.train_y))
+    log(f"GPU benchmark on {describe(dev)}: {len(cands)} candidates, {recipe.steps} steps of "
+        f"{recipe.batch_size}, {recipe.kd}; the plain loop first")
     with UtilisationSampler(dev) as util:
-        out = run_search(cfg, teacher, data)
-    wall = time.perf_counter() - t0
-    record = load_record(out.study)
-    trained = [t for t in record.trials if t.trained]
-    per = time_per_trial(record) or {"median_seconds": float("nan"), "shares": {}}
-    median = per["median_seconds"]
-    return {
-        "device": describe(dev), "trained": len(trained), "train_images": len(data.train_y),
-        "epochs": load.epochs, "budget_macs": load.budget_macs, "wall_seconds": wall,
-        "trial_seconds_median": median, "trial_macs": [t.cost["macs"] for t in trained],
-        "trial_seconds": [t.time.get("total") for t in trained],
-        "val_accuracy": [t.val_accuracy for t in trained],
-        "trials_per_hour": 3600 / median if median == median and median > 0 else None,
-        f"minutes_for_{GOAL_TRIALS}_trials": GOAL_TRIALS * median / 60,
-        "goal_minutes": GOAL_MINUTES, "shares": per["shares"],
-        "utilisation": util.summary(),
-    }
+        peer = run_peer([c["spec"] for c in cands], data, teacher.module, recipe, dev)
+    peer.update(images_per_second=peer["images"] / peer["wall_seconds"],
+                trials_per_hour=3600 * len(cands) / peer["wall_seconds"],
+                utilisation=util.summary())
+    res = {"device": describe(dev), "gpu": dev.type == "cuda", "complete": False,
+           "candidates": [{"id": c["id"], "family": c["family"], "macs": c["macs"]}
+                          for c in cands],
+           "steps": recipe.steps, "batch": recipe.batch_size, "kd": recipe.kd,
+           "train_images": len(data.train_y), "peer": peer, "kdnas": []}
+    for part in ("teacher", *load.workers):
+        if save is not None:
+            save(res)
+        if part == "teacher":
+            res["teacher_step"] = _teacher_step(load, data, dev)
+            continue
+        res["kdnas"].append(_kdnas(cfg, cands, part, dev, log))
+        best = max(res["kdnas"], key=lambda r: r["images_per_second"])
+        res.update(best_workers=best["workers"], throughput_vs_plain_loop=best[
+            "images_per_second"] / peer["images_per_second"], **{
+            f"minutes_for_{GOAL_TRIALS}_trials": GOAL_TRIALS * 60 / best["trials_per_hour"]})
+    res["complete"] = True
+    return res
+
+
+def _meets(key: str, value: float) -> str:
+    op, goal = TARGETS[key]
+    ok = value >= goal if op == ">=" else value <= goal
+    return f"{op} {goal:g}: {'met' if ok else '**not met**'}"
+
+
+def _util(u: dict | None) -> str:
+    return (f"{u['mean_percent']:.0f}% mean ({u['samples']} samples)" if u
+            else "not sampled (no nvidia-smi)")
 
 
 def gpu_lines(gpu: dict | None) -> list[str]:
     """The GPU section of BENCHMARKS.md."""
     lines = ["## On a GPU", ""]
-    if not gpu or not gpu.get("device", "").startswith("cuda"):
+    if not gpu or "peer" not in gpu:
         return lines + ["Not measured: no GPU was visible to the runs behind this page. On a "
-                        "machine with one, `kdnas bench --device cuda` trains "
-                        f"{GpuWorkload.trials} candidates of a {GpuWorkload.budget_macs / 1e6:g}"
-                        f"M-MAC budget for {GpuWorkload.epochs:g} epochs of CIFAR-10 each and "
-                        "adds the time per trial, trials per hour and the GPU's utilisation "
-                        "here (the goal: 100 such trials in 15 minutes on one H100).", ""]
-    u = gpu.get("utilisation")
-    minutes = gpu[f"minutes_for_{GOAL_TRIALS}_trials"]
+                        "machine with one, `tools/gpu_check.sh ARCHIVE` (or `kdnas bench "
+                        "--device cuda`) trains 12 candidates of the three families (5-50M "
+                        "MACs, 400 steps of 128, dkd-ls) with a plain PyTorch loop and with "
+                        "kdnas and writes the figures here. Targets: kdnas at least 4x the "
+                        "plain loop's throughput, 100 default trials in at most 5 minutes, "
+                        "a teacher training step within 1.2x the plain loop's.", ""]
+    where = gpu["device"] if gpu.get("gpu") else \
+        f"{gpu['device']} (**not a GPU**: a check that the code runs; no GPU figure)"
+    peer, t = gpu["peer"], gpu.get("teacher_step")
+    macs = [c["macs"] for c in gpu["candidates"]]
+    out = lines + [
+        f"Device {where}. {len(macs)} candidates ({', '.join(FAMILY_ORDER)}; "
+        f"{min(macs) / 1e6:.1f}-{max(macs) / 1e6:.1f}M MACs), each {gpu['steps']} steps of "
+        f"{gpu['batch']} images of {gpu['train_images']}, {gpu['kd']}, the same teacher. The "
+        "plain loop: one process, one student after another, fp32, channels_last, data on the "
+        "device, cudnn.benchmark, the teacher run at every step.", "",
+        "| trainer | workers | student images/s | trials/hour | wall s | utilisation |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| plain loop | 1 | {peer['images_per_second']:.0f} | {peer['trials_per_hour']:.0f} "
+        f"| {peer['wall_seconds']:.1f} | {_util(peer.get('utilisation'))} |"]
+    if not gpu.get("complete", True):
+        out.insert(len(lines) + 1, "**Incomplete**: the run stopped before every part was "
+                   "measured; what it measured is below.")
+    if not gpu["kdnas"]:
+        return out + ["", "kdnas: not measured (the run stopped first).", ""]
+    for r in gpu["kdnas"]:
+        out.append(f"| kdnas | {r['workers']} | {r['images_per_second']:.0f} | "
+                   f"{r['trials_per_hour']:.0f} | {r['wall_seconds']:.1f} | "
+                   f"{_util(r.get('utilisation'))} |")
+    ratio, minutes = gpu["throughput_vs_plain_loop"], gpu[f"minutes_for_{GOAL_TRIALS}_trials"]
+    best = next(r for r in gpu["kdnas"] if r["workers"] == gpu["best_workers"])
     shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(
-        gpu["shares"].items(), key=lambda kv: -kv[1]) if v >= 0.005)
-    return lines + [
-        f"Device {gpu['device']}. {gpu['trained']} trials, each {gpu['epochs']:g} epochs of "
-        f"{gpu['train_images']} CIFAR-10 images, budget {gpu['budget_macs'] / 1e6:g}M MACs "
-        f"(students of {min(gpu['trial_macs']) / 1e6:.1f}-{max(gpu['trial_macs']) / 1e6:.1f}"
-        "M MACs), FitNets distillation, ResNets.", "",
-        "| figure | value |", "| --- | --- |",
-        f"| seconds per trial (median) | {gpu['trial_seconds_median']:.1f} |",
-        f"| trials per hour | {gpu['trials_per_hour']:.0f} |",
-        f"| {GOAL_TRIALS} trials | {minutes:.1f} min (goal: {GOAL_MINUTES:g} min, "
-        f"{'met' if minutes <= GOAL_MINUTES else '**not met**'}) |",
-        "| GPU utilisation while training | " + (
-            f"{u['mean_percent']:.0f}% mean, {u['median_percent']:.0f}% median "
-            f"({u['samples']} samples)" if u else "not sampled (no nvidia-smi)") + " |",
-        "", f"Where a trial's time went: {shares}.", ""]
+        best["shares"].items(), key=lambda kv: -kv[1]) if v >= 0.005)
+    return out + [
+        "", "| figure | value | target |", "| --- | --- | --- |",
+        f"| throughput_vs_plain_loop (kdnas at {gpu['best_workers']} worker(s)) | {ratio:.2f}x "
+        f"| {_meets('throughput_vs_plain_loop', ratio)} |",
+        f"| minutes_for_{GOAL_TRIALS}_trials | {minutes:.1f} | "
+        f"{_meets('minutes_for_100_trials', minutes)} |",
+        f"| teacher training step ({t['arch']}), kdnas / plain loop | "
+        f"{1e3 * t['kdnas_seconds']:.1f} / {1e3 * t['plain_seconds']:.1f} ms = "
+        f"{t['ratio']:.2f}x | {_meets('teacher_step_vs_plain_loop', t['ratio'])} |"
+        if t else "| teacher training step | not measured | |",
+        "", f"Where a kdnas trial's time went (at {gpu['best_workers']} worker(s)): {shares}.",
+        ""]

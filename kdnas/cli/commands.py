@@ -25,7 +25,7 @@ def cmd_search(args) -> int:
     from kdnas.cli.workers import Helpers, threads_per_worker
     from kdnas.core.budget import fmt_count
     from kdnas.core.settings import fixed_settings, flag_settings, load_config
-    from kdnas.device import describe, resolve
+    from kdnas.device import describe, resolve, resolve_workers
     from kdnas.report import write_report
     from kdnas.search.events import StudyStart
     from kdnas.search.loop import run_search
@@ -47,8 +47,7 @@ def cmd_search(args) -> int:
         return _helper_worker(cfg, args.worker_index)
     budget = cfg.budget_value
     t0 = time.perf_counter()
-    if args.workers < 1:
-        raise KdnasError(f"--workers must be at least 1, got {args.workers}")
+    workers = resolve_workers(args.workers, cfg.device)
     cfg, teacher, data, notes = prepare(cfg)
     for note in notes:
         say(note)
@@ -70,11 +69,10 @@ def cmd_search(args) -> int:
 
     def on_event(event) -> None:
         helpers.revive()
-        if isinstance(event, StudyStart) and args.workers > 1:  # others may join now
-            helpers.start(args.argv, args.workers, cfg.study_dir / "workers", cfg.device)
-            others = "worker 1 logs" if args.workers == 2 else \
-                f"workers 1-{args.workers - 1} log"
-            say(f"{args.workers} workers on this study, {threads_per_worker(args.workers)} "
+        if isinstance(event, StudyStart) and workers > 1:  # others may join now
+            helpers.start(args.argv, workers, cfg.study_dir / "workers", cfg.device)
+            others = "worker 1 logs" if workers == 2 else f"workers 1-{workers - 1} log"
+            say(f"{workers} workers on this study, {threads_per_worker(workers)} "
                 f"thread(s) each ({others} to {cfg.study_dir / 'workers'}/; this one reports "
                 "its own trials and, at the end, all of them)")
         progress(event)

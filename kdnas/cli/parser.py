@@ -15,6 +15,7 @@ from kdnas.core.settings import (
     INT8_CALIBRATION_IMAGES,
     INT8_CALIBRATION_METHODS,
     KD_METHODS,
+    WORKERS_PER_GPU,
     flag_name,
     flag_settings,
     str_list,
@@ -45,9 +46,10 @@ def _add_search(sub) -> None:
                        "Running the same command again resumes the study.")
     s.add_argument("--config", help="study config TOML (see studies/); flags override it")
     add_setting_flags(s)
-    s.add_argument("--workers", type=int, default=1, help="trial processes on this machine, "
-                   "sharing the study and the CPU threads; the study stops at --trials "
-                   "whichever worker trains them (default 1)")
+    s.add_argument("--workers", default="auto", help="trial processes on this machine, "
+                   "sharing the study, the CPU threads and the GPU; the study stops at "
+                   "--trials whichever worker trains them (default auto: 1 on a CPU, "
+                   f"{WORKERS_PER_GPU} sharing each GPU on CUDA)")
     s.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     s.set_defaults(func=commands.cmd_search)
 

@@ -1,4 +1,5 @@
-"""``kdnas search --workers N``: N trial processes on this machine share one study.
+"""``kdnas search --workers N``: N trial processes on this machine share one study (``auto``,
+the default: :func:`kdnas.device.resolve_workers`).
 
 Worker 0 is the command itself; workers 1..N-1 are the same command started again with a
 hidden ``--worker-index``, each with its share of the CPU threads and its own sampler seed,
@@ -12,15 +13,16 @@ is started again (:class:`Helpers`).
 
 from __future__ import annotations
 
+# torch is imported where it is used (``--help`` stays fast)
+
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from kdnas.search.watchdog import HUNG_EXIT
+
 
 
 def threads_per_worker(workers: int) -> int:
@@ -30,6 +32,8 @@ def threads_per_worker(workers: int) -> int:
 def gpu_for(worker: int, device: str) -> str | None:
     """The one GPU (an entry of ``CUDA_VISIBLE_DEVICES``) worker ``worker`` trains on, when
     several are visible and ``device`` names none in particular; else None."""
+    import torch
+
     count = torch.cuda.device_count() if device in ("auto", "cuda") else 0
     if count < 2:
         return None
@@ -58,6 +62,8 @@ class Helpers:
 
     def start(self, argv: list[str], workers: int, log_dir: Path, device: str = "auto"
               ) -> None:
+        import torch
+
         threads = threads_per_worker(workers)
         torch.set_num_threads(threads)
         self.base, self.log_dir, self.device = _without_workers(argv), log_dir, device

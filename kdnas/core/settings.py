@@ -36,7 +36,7 @@ EXPORT_FORMATS = ("pt2", "onnx")  # the deploy files written by default
 INT8_CALIBRATION_IMAGES, INT8_CALIBRATION_DEFAULT = 512, "minmax"  # --int8 (kdnas.ship.int8)
 INT8_CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 LATENCY_RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8")
-DISTILL_EPOCHS = 200.0  # the full distillation's length
+DISTILL_EPOCHS, WORKERS_PER_GPU = 200.0, 4  # full distillation's length; kdnas.device
 
 
 @dataclass(frozen=True)
