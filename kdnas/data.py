@@ -134,38 +134,54 @@ class DataBundle:
         g = torch.Generator().manual_seed(seed)
         return torch.randperm(n, generator=g)[:k].sort().values
 
-    def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = x_uint8.float().div_(255.0)
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        x = (x - mean) / std
+    def normalize(self, x_uint8: torch.Tensor, consts: tuple | None = None) -> torch.Tensor:
+        """Float images scaled by the mean and std (``consts``: them as tensors on the images'
+        device, made once by the caller), channels_last."""
+        mean, std = consts or self._consts(x_uint8.device)
+        x = (x_uint8.float().div_(255.0) - mean) / std
         return x.contiguous(memory_format=torch.channels_last)
 
+    def _consts(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.tensor(self.mean, device=device).view(1, -1, 1, 1),
+                torch.tensor(self.std, device=device).view(1, -1, 1, 1))
+
+    def _draws(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """A batch's random crop offsets (rows, columns) and flips, drawn from ``g`` on the CPU
+        in a fixed order, so a seed gives the same batches on every device."""
+        p, none = self.pad, torch.zeros(n, dtype=torch.long)
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=g) if p else none
+        dx = torch.randint(0, 2 * p + 1, (n,), generator=g) if p else none
+        flip = torch.rand(n, generator=g) < 0.5 if self.flip else none.bool()
+        return dy, dx, flip
+
     def augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Random crop after zero padding by ``pad`` pixels, and random horizontal flip. The
-        random draws come from ``g`` on the CPU whatever the device of ``x``, so a seed gives
-        the same batches on every device."""
+        """Random crop after zero padding by ``pad`` pixels, and random horizontal flip, drawn
+        from ``g`` (on the CPU whatever the device of ``x``)."""
+        return self._crop_flip(x, *(t.to(x.device) for t in self._draws(len(x), g)))
+
+    def _crop_flip(self, x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
+                   flip: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         dev = x.device
         if self.pad:
             p = self.pad
             padded = torch.nn.functional.pad(x, (p, p, p, p))
-            dy = torch.randint(0, 2 * p + 1, (n,), generator=g)
-            dx = torch.randint(0, 2 * p + 1, (n,), generator=g)
-            rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).to(dev)  # n, h
-            cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).to(dev)  # n, w
+            rows = dy.view(n, 1) + torch.arange(h, device=dev).view(1, h)  # n, h
+            cols = dx.view(n, 1) + torch.arange(w, device=dev).view(1, w)  # n, w
             idx_n = torch.arange(n, device=dev).view(n, 1, 1)
             x = padded.permute(0, 2, 3, 1)[idx_n, rows.view(n, h, 1), cols.view(n, 1, w)]
             x = x.permute(0, 3, 1, 2)
         if self.flip:
-            mask = (torch.rand(n, generator=g) < 0.5).to(dev)
-            x = torch.where(mask.view(n, 1, 1, 1), x.flip(3), x)
+            x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
         return x
 
     def batches(self, split: str, batch_size: int, *, indices: torch.Tensor | None = None,
                 shuffle: bool = False, augment: bool = False, seed: int = 0,
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yield ``(x, y, idx)``: normalised float images, labels and their split indices."""
+        """Yield ``(x, y, idx)``: normalised float images, labels and their split indices
+        (``idx`` on the CPU). The order and the augmentation's draws are made on the CPU for
+        the whole pass and, with the data on a GPU, copied there once: a copy from pageable
+        memory inside a step would wait for the device to finish the steps before it."""
         if split == "test":
             log.info("reading the test split")
         xs, ys = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
@@ -173,13 +189,20 @@ class DataBundle:
         g = torch.Generator().manual_seed(seed)
         if shuffle:
             idx = idx[torch.randperm(len(idx), generator=g)]
-        on_cpu = xs.device.type == "cpu"
-        for start in range(0, len(idx), batch_size):
-            b = idx[start:start + batch_size]
-            x = xs[b if on_cpu else b.to(xs.device)]
+        starts = range(0, len(idx), batch_size)
+        draws = [self._draws(min(batch_size, len(idx) - s), g) for s in starts] if augment \
+            else []
+        cols = [idx, *(torch.cat(c) for c in zip(*draws, strict=True))]
+        dev = xs.device
+        if dev.type != "cpu":
+            cols = [c.pin_memory().to(dev, non_blocking=True) for c in cols]
+        consts = self._consts(dev)
+        for start in starts:
+            part = [c[start:start + batch_size] for c in cols]
+            x = xs[part[0]]
             if augment:
-                x = self.augment(x, g)
-            yield self.normalize(x), ys[b if on_cpu else b.to(ys.device)], b
+                x = self._crop_flip(x, *part[1:])
+            yield self.normalize(x, consts), ys[part[0]], idx[start:start + batch_size]
 
 
 NAMED_NORMALIZATION = {

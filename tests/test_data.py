@@ -50,6 +50,22 @@ def test_augment_crops_and_flips_within_the_padded_image(digits):
         assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
 
 
+def test_a_pass_drawn_at_once_gives_the_batches_drawn_one_by_one(digits):
+    """batches() draws a whole pass's order and augmentation before the first batch (one copy
+    to a GPU); the batches are those of drawing batch by batch from the same generator, so a
+    seed keeps its data order and every teacher cache stays valid."""
+    d = digits.with_normalization(digits.mean, digits.std)
+    d.pad = 2
+    g = torch.Generator().manual_seed(5)
+    order = torch.randperm(len(d.train_y), generator=g)
+    got = list(d.batches("train", 100, shuffle=True, augment=True, seed=5))
+    assert len(got) == -(-len(order) // 100)
+    for k, (x, y, idx) in enumerate(got):
+        want = order[100 * k:100 * (k + 1)]
+        assert torch.equal(idx, want) and torch.equal(y, d.train_y[want])
+        assert torch.equal(x, d.normalize(d.augment(d.train_x[want], g)))
+
+
 def test_imagefolder_of_real_cifar_images(cifar_subset):
     d = load_data(f"imagefolder:{cifar_subset}")
     assert d.input_shape == (3, 32, 32)

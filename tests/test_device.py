@@ -75,6 +75,20 @@ def test_the_cpu_path_reads_the_loss_every_step_and_runs_float32():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
+def test_precision_is_float32_unless_a_family_was_measured_faster_in_bf16(monkeypatch):
+    from kdnas import device
+
+    assert device.BF16_FAMILIES == frozenset()  # none measured faster so far
+    assert {device.precision_for(f) for f in ("resnet", "mobilenet", "shufflenet")} == {"fp32"}
+    with autocast(torch.device("cpu"), "bf16"):  # a CPU trains float32 whatever the family
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    monkeypatch.setattr(device, "BF16_FAMILIES", frozenset({"mobilenet"}))
+    assert device.precision_for("mobilenet") == "bf16" and device.precision_for("resnet") == \
+        "fp32"
+    with pytest.raises(KdnasError, match="precision"):
+        TrainConfig(precision="fp16")
+
+
 def test_loss_log_reads_back_in_blocks_and_names_the_step_that_diverged():
     log = trainer_mod._LossLog(every=3, total=10, cfg=TrainConfig())
     assert not log.add(torch.tensor(1.0), 2, 0)
@@ -182,6 +196,19 @@ def test_cuda_training_distils_with_the_cache_and_returns_a_cpu_student(teacher_
     from kdnas.distill.cache import _RESIDENT  # the complete cache was moved to the GPU
 
     assert [k[1] for k in _RESIDENT] == ["cuda:0"]
+
+
+@needs_cuda
+def test_a_family_in_bf16_trains_under_autocast_to_the_float32_accuracy(teacher_and_data):
+    teacher, data = teacher_and_data
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        model, taps = _student(data)
+        runs[precision] = fit(model, data, TrainConfig(epochs=6, kd="dkd-ls", device="cuda",
+                                                       precision=precision),
+                              teacher=teacher, student_taps=taps)
+    assert runs["fp32"].val_accuracy > 0.8
+    assert runs["bf16"].val_accuracy == pytest.approx(runs["fp32"].val_accuracy, abs=0.05)
 
 
 @needs_cuda

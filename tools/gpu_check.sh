@@ -10,12 +10,12 @@
 #                                           wheels it lacks) into a venv over the machine's
 #                                           PyTorch, runs tests/test_device.py, then
 #                                           `kdnas bench --device cuda`; figures go to
-#                                           ${OUT:-reports}/benchmarks.json (key gpu) and
+#                                           ${REPORTS:-reports}/benchmarks.json (key gpu) and
 #                                           BENCHMARKS.md
 #
 # Settings (environment): DEVICE (cuda), CANDIDATES (12: a third of each family), QUICK=1
 # (the tiny workload: what the tests run on a CPU, with DEVICE=cpu and NO_INSTALL=1),
-# NO_INSTALL=1 (use the python on PATH as it is), PYTHON (python3), OUT (reports), TESTS
+# NO_INSTALL=1 (use the python on PATH as it is), PYTHON (python3), REPORTS (reports), TESTS
 # (tests/test_device.py: what pytest runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,7 @@ prepare() {
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux_2_28_x86_64 -d "$here/wheels" \
         optuna alembic sqlalchemy colorlog mako greenlet tqdm pytest pluggy iniconfig \
-        scikit-learn joblib threadpoolctl onnxscript ml_dtypes
+        scikit-learn joblib threadpoolctl onnxscript onnx-ir ml_dtypes
     cp "${1:-../shared/datasets/cifar10-jpg.tar.gz}" "$here/cifar10-jpg.tar.gz"
     du -sh "$here"
 }
@@ -38,10 +38,10 @@ install() {
     "$py" -m venv --system-site-packages "$here/venv"
     py="$here/venv/bin/python"
     local need=()
-    for mod_whl in optuna:optuna alembic:alembic sqlalchemy:SQLAlchemy colorlog:colorlog \
-            mako:Mako tqdm:tqdm pytest:pytest pluggy:pluggy iniconfig:iniconfig \
+    for mod_whl in optuna:optuna alembic:alembic sqlalchemy:sqlalchemy colorlog:colorlog \
+            mako:mako tqdm:tqdm pytest:pytest pluggy:pluggy iniconfig:iniconfig \
             sklearn:scikit_learn joblib:joblib threadpoolctl:threadpoolctl \
-            onnxscript:onnxscript ml_dtypes:ml_dtypes greenlet:greenlet; do
+            onnxscript:onnxscript onnx_ir:onnx_ir ml_dtypes:ml_dtypes greenlet:greenlet; do
         "$py" -c "import ${mod_whl%%:*}" 2>/dev/null \
             || need+=("$(ls "$here"/wheels/"${mod_whl#*:}"-*.whl 2>/dev/null | head -1)")
     done
@@ -56,14 +56,15 @@ run() {
 torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
     echo "== CUDA tests (${TESTS:-tests/test_device.py})"
     # shellcheck disable=SC2086  # TESTS may hold pytest's own arguments
-    "$py" -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_device.py} \
+    # one at a time (-o addopts=: no test processes side by side on the GPU, no xdist needed)
+    "$py" -m pytest -q -p no:cacheprovider -o addopts= ${TESTS:-tests/test_device.py} \
         || echo "CUDA TESTS FAILED"
     echo "== GPU benchmark ($((SECONDS - t0)) s so far)"
     local quick=() trials=()
     [ "${QUICK:-0}" = 1 ] && quick=(--quick)
     [ -n "${CANDIDATES:-}" ] && trials=(--trials "$CANDIDATES")
     "$py" -m kdnas bench --workload gpu --device "$device" --archive "$archive" \
-        --work "$here/work" --out "${OUT:-reports}" "${quick[@]}" "${trials[@]}"
+        --work "$here/work" --out "${REPORTS:-reports}" "${quick[@]}" "${trials[@]}"
     echo "== done in $((SECONDS - t0)) s"
 }
 

@@ -158,7 +158,7 @@ def _kdnas(cfg, cands: list[dict], workers, dev, log) -> dict:
 def _teacher_step(load: GpuWorkload, data, dev) -> dict:
     """A teacher training step: kdnas' loop (``fit`` with no teacher, as ``kdnas teacher
     train`` runs it) against the peer's, the same network, batch and augmentation."""
-    from kdnas.bench.gpu_peer import teacher_steps
+    from kdnas.bench.gpu_peer import train_steps
     from kdnas.core.settings import TrainConfig
     from kdnas.distill import fit
     from search_spaces.resnet import PRESETS, ResNetSpace
@@ -170,12 +170,30 @@ def _teacher_step(load: GpuWorkload, data, dev) -> dict:
         return ResNetSpace().build(spec)
 
     assert load.teacher_train_arch in PRESETS
-    plain = teacher_steps(net(), data, dev, steps=load.teacher_train_steps)
+    plain = train_steps(net(), data, dev, steps=load.teacher_train_steps)
     res = fit(net(), data, TrainConfig(steps=load.teacher_train_steps + 5, kd="none",
                                        device=str(dev)))
     ours = (res.phases.get("student", 0) + res.phases.get("data", 0)) / res.steps
     return {"arch": load.teacher_train_arch, "kdnas_seconds": ours, "plain_seconds": plain,
             "ratio": ours / plain}
+
+
+def _precision(cands: list[dict], data, dev, steps: int) -> dict:
+    """For the first candidate of each family: a training step's seconds in float32 and
+    under bf16 autocast, in the plain loop (speed only: equal accuracy needs whole trials)."""
+    from kdnas.bench.gpu_peer import train_steps
+    from search_spaces import get_space
+
+    out = {}
+    for fam in FAMILY_ORDER:
+        c = next(c for c in cands if c["family"] == fam)
+        sec = {}
+        for p in ("fp32", "bf16"):
+            torch.manual_seed(0)
+            sec[p] = train_steps(get_space(fam).build(c["spec"]), data, dev, steps=steps,
+                                 precision=p)
+        out[fam] = {"id": c["id"], **sec, "bf16_speedup": sec["fp32"] / sec["bf16"]}
+    return out
 
 
 def run_gpu(work: Path, device: str, load: GpuWorkload, archive: Path,
@@ -214,11 +232,14 @@ def run_gpu(work: Path, device: str, load: GpuWorkload, archive: Path,
                           for c in cands],
            "steps": recipe.steps, "batch": recipe.batch_size, "kd": recipe.kd,
            "train_images": len(data.train_y), "peer": peer, "kdnas": []}
-    for part in ("teacher", *load.workers):
+    for part in ("teacher", "precision", *load.workers):
         if save is not None:
             save(res)
         if part == "teacher":
             res["teacher_step"] = _teacher_step(load, data, dev)
+            continue
+        if part == "precision":
+            res["precision"] = _precision(cands, data, dev, load.teacher_train_steps)
             continue
         res["kdnas"].append(_kdnas(cfg, cands, part, dev, log))
         best = max(res["kdnas"], key=lambda r: r["images_per_second"])
@@ -289,4 +310,15 @@ def gpu_lines(gpu: dict | None) -> list[str]:
         f"{t['ratio']:.2f}x | {_meets('teacher_step_vs_plain_loop', t['ratio'])} |"
         if t else "| teacher training step | not measured | |",
         "", f"Where a kdnas trial's time went (at {gpu['best_workers']} worker(s)): {shares}.",
-        ""]
+        "", *_precision_lines(gpu.get("precision"))]
+
+
+def _precision_lines(prec: dict | None) -> list[str]:
+    if not prec:
+        return []
+    return ["Precision by family (a training step of the family's first candidate in the "
+            "plain loop; kdnas trains a family in bf16 only where it is faster at equal "
+            "accuracy: `kdnas.device.BF16_FAMILIES`):", "",
+            "| family | fp32 ms | bf16 autocast ms | bf16 speed-up |", "| --- | --- | --- | --- |",
+            *(f"| {f} | {1e3 * p['fp32']:.2f} | {1e3 * p['bf16']:.2f} | "
+              f"{p['bf16_speedup']:.2f}x |" for f, p in prec.items()), ""]

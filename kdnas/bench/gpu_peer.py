@@ -111,10 +111,12 @@ def run_peer(specs: list[dict], data, teacher: torch.nn.Module, recipe: TrainCon
             "images": sum(t["images"] for t in out)}
 
 
-def teacher_steps(model: torch.nn.Module, data, dev: torch.device, *, steps: int,
-                  batch: int = 128, lr: float = 0.1, pad: int = 4) -> float:
+def train_steps(model: torch.nn.Module, data, dev: torch.device, *, steps: int,
+                batch: int = 128, lr: float = 0.1, pad: int = 4,
+                precision: str = "fp32") -> float:
     """Seconds a training step of ``model`` takes in the same loop with no teacher (what
-    ``kdnas teacher train`` does), after 5 steps of warmup."""
+    ``kdnas teacher train`` does), after 5 steps of warmup; ``precision`` ``bf16``: the
+    forward pass under bf16 autocast (batch norm and the loss in float32)."""
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     fmt = torch.channels_last
@@ -125,6 +127,7 @@ def teacher_steps(model: torch.nn.Module, data, dev: torch.device, *, steps: int
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
                           weight_decay=5e-4)
     g = torch.Generator(device=dev).manual_seed(0)
+    half = precision == "bf16"
     for step in range(steps + 5):
         if step == 5:
             _sync(dev)
@@ -132,7 +135,9 @@ def teacher_steps(model: torch.nn.Module, data, dev: torch.device, *, steps: int
         idx = torch.randint(0, len(y_all), (batch,), generator=g, device=dev)
         x = ((_crop_flip(x_all[idx], pad, g).float() / 255 - mean) / std).contiguous(
             memory_format=fmt)
-        loss = F.cross_entropy(model(x), y_all[idx])
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=half):
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

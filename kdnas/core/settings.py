@@ -65,6 +65,7 @@ class TrainConfig:
     eval_every: int | None = None
     eval_limit: int = 1000
     device: str = "auto"  # auto, cpu, cuda, cuda:N (kdnas.device)
+    precision: str = "fp32"  # or bf16: autocast on CUDA (kdnas.device.precision_for)
 
     def __post_init__(self) -> None:
         check_device(self.device)
@@ -81,8 +82,9 @@ class TrainConfig:
             raise KdnasError(f"kd_alpha must be in [0, 1], got {self.kd_alpha}")
         if self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
             raise KdnasError("batch size, learning rate and temperature must be positive")
-        if self.schedule not in ("cosine", "step"):
-            raise KdnasError(f"schedule must be cosine or step, got {self.schedule!r}")
+        if self.schedule not in ("cosine", "step") or self.precision not in ("fp32", "bf16"):
+            raise KdnasError(f"schedule must be cosine or step and precision fp32 or bf16, got "
+                             f"{self.schedule!r} and {self.precision!r}")
         if self.feature_weight is not None and self.feature_weight < 0:
             raise KdnasError(f"feature weight must be >= 0, got {self.feature_weight}")
         if self.ce_weight is not None and self.ce_weight < 0:
@@ -247,9 +249,7 @@ class SearchConfig:
                                    choices=LATENCY_RUNTIMES)
     device: str = setting("auto", "where candidates train: auto (a CUDA GPU when one is "
                           "visible, else the CPU; the default), cpu, cuda or cuda:N. On CUDA "
-                          "the data and teacher outputs stay on the GPU and training runs in "
-                          "bf16 autocast")
-    # where things go
+                          "the data and teacher outputs stay on the GPU")
     workdir: str = setting("runs", "where study folders go (default runs)")
     reports: str = setting("reports", "where reports go (default reports)")
     storage: str | None = setting(None, "Optuna storage URL shared by workers, e.g. "

@@ -39,7 +39,7 @@ def time_step(model: nn.Module, input_shape: tuple[int, ...], cfg: TrainConfig,
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             t0 = time.perf_counter()
-            with autocast(dev):
+            with autocast(dev, cfg.precision):
                 out = m(x)
             loss = F.cross_entropy(out.float(), torch.zeros(len(out), dtype=torch.long,
                                                             device=dev))

@@ -91,10 +91,10 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 @torch.no_grad()
 def evaluate(model: nn.Module, data, split: str = "val", *, batch_size: int = 128,
              channels_last: bool = True, limit: int | None = None,
-             device: str | torch.device | None = None) -> float:
+             device: str | torch.device | None = None, precision: str = "fp32") -> float:
     """Top-1 accuracy (0..1): the mean of :func:`hits` with the same arguments."""
     h = hits(model, data, split, batch_size=batch_size, channels_last=channels_last,
-             limit=limit, device=device)
+             limit=limit, device=device, precision=precision)
     return float(h.float().mean()) if len(h) else 0.0
 
 
@@ -115,20 +115,20 @@ def subset_order(n: int, limit: int | None) -> torch.Tensor | None:
 @torch.no_grad()
 def hits(model: nn.Module, data, split: str = "val", *, batch_size: int = 128,
          channels_last: bool = True, limit: int | None = None,
-         device: str | torch.device | None = None) -> torch.Tensor:
+         device: str | torch.device | None = None, precision: str = "fp32") -> torch.Tensor:
     """Whether each image of a split, or of a fixed ``limit``-image subset of it
     (:func:`subset_order`), is classified right: a bool tensor on the CPU in the split's order
     (or the subset's). Evaluated on ``device`` (``auto``, ``cuda``...:
     the model goes there for the evaluation and back) or, by default, on the device the
     model is on. With ``channels_last`` false the inputs are fed contiguous (teachers that
     need it). Batches of 128 (the training batch): on a 2-core CPU, 1.4-2.2x faster than 500
-    for small CIFAR students (the activations stay in cache)."""
+    for small CIFAR students (the activations stay in cache); ``precision``: as trained."""
     home = next(model.parameters(), torch.empty(0)).device
     dev = home if device is None else resolve(device)
     if dev != home:
         try:
             return hits(model.to(dev), data, split, batch_size=batch_size,
-                        channels_last=channels_last, limit=limit)
+                        channels_last=channels_last, limit=limit, precision=precision)
         finally:
             model.to(home)
     was_training = model.training
@@ -143,7 +143,7 @@ def hits(model: nn.Module, data, split: str = "val", *, batch_size: int = 128,
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         if not channels_last:
             x = x.clone(memory_format=torch.contiguous_format)
-        with autocast(dev):
+        with autocast(dev, precision):
             out.append(model(x).argmax(1) == y)
     model.train(was_training)
     return torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.bool)
@@ -151,7 +151,8 @@ def hits(model: nn.Module, data, split: str = "val", *, batch_size: int = 128,
 
 def _curve_point(student, data, cfg: TrainConfig, step: int, train_loss: float) -> dict:
     """One point of the learning curve: accuracy on a fixed validation subset."""
-    acc = evaluate(student, data, "val", channels_last=cfg.channels_last, limit=cfg.eval_limit)
+    acc = evaluate(student, data, "val", channels_last=cfg.channels_last, limit=cfg.eval_limit,
+                   precision=cfg.precision)
     n_val = len(data.val_y) if cfg.eval_limit is None else min(cfg.eval_limit, len(data.val_y))
     return {"step": step, "images": step * cfg.batch_size, "val_subset_accuracy": acc,
             "val_images": n_val, "train_loss": train_loss}
@@ -161,7 +162,8 @@ def _final_point(student, data, cfg: TrainConfig, step: int, points: list[dict])
     """The learning curve's last point: accuracy on the whole validation split and, from the
     same evaluation, on the curve's subset, so that its last interval compares the same
     images."""
-    right = hits(student, data, "val", channels_last=cfg.channels_last)
+    right = hits(student, data, "val", channels_last=cfg.channels_last,
+                 precision=cfg.precision)
     last = {"step": step, "images": step * cfg.batch_size,
             "val_accuracy": float(right.float().mean()) if len(right) else 0.0}
     if points:
@@ -229,7 +231,7 @@ class _TeacherSignal:
                 logits = logits.to(self.device, non_blocking=True)
                 feats = [f.to(self.device, non_blocking=True) for f in feats]
             return logits, feats
-        with torch.no_grad(), autocast(self.device):
+        with torch.no_grad():  # float32: no family was measured faster in bf16 (kdnas.device)
             logits = self.teacher(x).float()
         feats = self.taps.features() if self.taps else []
         if self.taps:
@@ -282,8 +284,8 @@ def _loss(student, x, y, cfg: TrainConfig, signal: _TeacherSignal | None, at: tu
           kd_loss: nn.Module, extra, s_taps: FeatureTaps | None, clock: _Clock) -> torch.Tensor:
     """One batch's loss: cross-entropy, and with a teacher the method's logit loss (Hinton KD,
     DKD, DIST; :mod:`kdnas.distill.logit_losses`) and its feature loss. The forward passes
-    run under the device's autocast; the losses in float32."""
-    with autocast(x.device):
+    run under the recipe's precision (:func:`kdnas.device.autocast`); the losses in float32."""
+    with autocast(x.device, cfg.precision):
         logits = student(x)
     logits = logits.float()
     loss = F.cross_entropy(logits, y)
@@ -298,7 +300,7 @@ def _loss(student, x, y, cfg: TrainConfig, signal: _TeacherSignal | None, at: tu
         loss = cfg.ce_weight * loss + kd_loss(logits, t_logits, y, *at)
     if extra is not None:
         s_feats = s_taps.features()
-        if x.device.type != "cpu":  # bf16 from autocast, fp16 from the cache
+        if x.device.type != "cpu":  # bf16 from autocast or fp16 from the cache
             s_feats, t_feats = [f.float() for f in s_feats], [f.float() for f in t_feats]
         loss = loss + cfg.weight * extra(s_feats, t_feats)
         s_taps.clear()
