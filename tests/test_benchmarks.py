@@ -329,6 +329,19 @@ def test_the_gpu_check_runs_on_a_cpu_in_its_quick_form(tmp_path):
     md = (tmp_path / "out" / "BENCHMARKS.md").read_text()
     assert "**not a GPU**" in md and "| plain loop | 1 |" in md and "| kdnas | 1 |" in md
     assert "| mobilenet |" in md and "bf16 speed-up" in md
+    # at its time budget the benchmark is interrupted: it stops its searches (no process
+    # goes on training) and keeps the parts it finished, marked incomplete
+    env.update(BUDGET="20", REPORTS=str(tmp_path / "cut"))
+    cut = subprocess.run(["bash", str(root / "tools" / "gpu_check.sh"), "run",
+                          str(CIFAR_ARCHIVE)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert cut.returncode == 0 and "GPU BENCHMARK STOPPED (status 124" in cut.stdout
+    left = subprocess.run(["pgrep", "-f", "kdnas search --study bench-gpu"],
+                          capture_output=True, text=True)
+    assert left.stdout == "", left.stdout
+    part = tmp_path / "cut" / "benchmarks.json"
+    if part.exists():  # the plain loop finished within the budget
+        assert json.loads(part.read_text())["gpu"]["complete"] is False
 
 
 def test_the_gpu_section_states_its_figures_against_the_targets():

@@ -16,7 +16,8 @@
 # Settings (environment): DEVICE (cuda), CANDIDATES (12: a third of each family), QUICK=1
 # (the tiny workload: what the tests run on a CPU, with DEVICE=cpu and NO_INSTALL=1),
 # NO_INSTALL=1 (use the python on PATH as it is), PYTHON (python3), REPORTS (reports), TESTS
-# (tests/test_device.py: what pytest runs).
+# (tests/test_device.py: what pytest runs), BUDGET (470: seconds for the whole run; the
+# benchmark stops at what is left and keeps the parts it finished).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=.gpu_check
@@ -63,13 +64,19 @@ torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_availab
     local quick=() trials=()
     [ "${QUICK:-0}" = 1 ] && quick=(--quick)
     [ -n "${CANDIDATES:-}" ] && trials=(--trials "$CANDIDATES")
-    "$py" -m kdnas bench --workload gpu --device "$device" --archive "$archive" \
-        --work "$here/work" --out "${REPORTS:-reports}" "${quick[@]}" "${trials[@]}"
+    # what is left of the 8 minutes (BUDGET s in all): at the limit the benchmark is
+    # interrupted and keeps the parts it finished (it writes them after each part)
+    local left=$(( ${BUDGET:-470} - (SECONDS - t0) ))
+    [ "$left" -gt 10 ] || left=10
+    timeout -s INT -k 60 "$left" "$py" -m kdnas.bench --workload gpu --device "$device" \
+        --archive "$archive" --work "$here/work" --out "${REPORTS:-reports}" "${quick[@]}" \
+        "${trials[@]}" || echo "GPU BENCHMARK STOPPED (status $?, ${left} s left for it of" \
+        "BUDGET ${BUDGET:-470} s): the parts it finished are in ${REPORTS:-reports}/"
     echo "== done in $((SECONDS - t0)) s"
 }
 
 case "${1:-}" in
     prepare) shift; prepare "$@" ;;
     run) shift; run "$@" ;;
-    *) sed -n '2,22p' "$0"; exit 2 ;;
+    *) sed -n '2,24p' "$0"; exit 2 ;;
 esac

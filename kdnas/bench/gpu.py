@@ -22,7 +22,9 @@ it so that it cannot rot) and its figures say they are not a GPU's.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -114,6 +116,25 @@ class UtilisationSampler:
                 "samples": len(self.samples)}
 
 
+def _search(argv: list[str], sink) -> int:
+    """Run ``kdnas search`` in a process group of its own; if this process is interrupted
+    (the GPU check's time limit sends SIGINT), the search and its helper workers are stopped
+    too (SIGINT, then SIGKILL after 20 s) instead of going on training on the GPU."""
+    proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        return proc.wait()
+    except BaseException:
+        for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=wait)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        raise
+
+
 def _kdnas(cfg, cands: list[dict], workers, dev, log) -> dict:
     """The candidates trained by ``kdnas search`` with ``--workers workers`` on a fresh study:
     wall seconds, images, trials, where a trial's time went, the GPU's utilisation."""
@@ -133,12 +154,11 @@ def _kdnas(cfg, cands: list[dict], workers, dev, log) -> dict:
     out = Path(cfg.workdir) / f"{cfg.study}.log"
     t0 = time.perf_counter()
     with UtilisationSampler(dev) as util, open(out, "w") as sink:
-        code = subprocess.run([sys.executable, "-m", "kdnas", "search", "--study", cfg.study,
-                               "--teacher", cfg.teacher, "--data", cfg.data, "--trials",
-                               str(cfg.trials), "--no-noise-check", "--device", cfg.device,
-                               "--workdir", str(cfg.workdir), "--reports", str(cfg.reports),
-                               "--workers", str(n)], stdout=sink,
-                              stderr=subprocess.STDOUT).returncode
+        code = _search([sys.executable, "-m", "kdnas", "search", "--study", cfg.study,
+                        "--teacher", cfg.teacher, "--data", cfg.data, "--trials",
+                        str(cfg.trials), "--no-noise-check", "--device", cfg.device,
+                        "--workdir", str(cfg.workdir), "--reports", str(cfg.reports),
+                        "--workers", str(n)], sink)
     wall = time.perf_counter() - t0
     if code != 0:
         raise KdnasError(f"kdnas search ({n} workers) ended with status {code}: see {out}")

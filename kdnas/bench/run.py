@@ -255,6 +255,10 @@ def main(argv: list[str] | None = None) -> None:
         run_from_args(args)
     except KdnasError as e:  # what was wrong and what to do, without a traceback
         raise SystemExit(f"kdnas bench: error: {e}") from None
+    except KeyboardInterrupt:  # the GPU workload has written the parts it finished
+        raise SystemExit("kdnas bench: interrupted (the GPU workload keeps the parts it "
+                         "finished in benchmarks.json; the CPU workload writes at its end)"
+                         ) from None
 
 
 def add_arguments(ap) -> None:
