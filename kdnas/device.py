@@ -101,5 +101,11 @@ def resolve_workers(text: str | int, device: str) -> int:
         return n
     if resolve(device).type != "cuda":
         return 1
-    gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 1
+    gpus = max(1, shared_gpus(device))  # cuda:N: that one
     return max(1, min(WORKERS_PER_GPU * gpus, os.cpu_count() or 1))
+
+
+def shared_gpus(device: str) -> int:
+    """The CUDA GPUs a search's workers are spread over: every visible one when ``device``
+    (the setting's text) names none in particular (auto, cuda); none otherwise."""
+    return torch.cuda.device_count() if device in ("auto", "cuda") else 0

@@ -45,6 +45,18 @@ def _crop_flip(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
 
 
+def _resident(data, dev: torch.device):
+    """The training images (uint8) and labels on ``dev``, and the function that scales a
+    batch of them by the data's mean and std into channels_last floats."""
+    mean = torch.tensor(data.mean, device=dev).view(1, -1, 1, 1)
+    std = torch.tensor(data.std, device=dev).view(1, -1, 1, 1)
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return ((x.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
+
+    return data.train_x.to(dev), data.train_y.to(dev), norm
+
+
 def _lr(step: int, total: int, recipe: TrainConfig) -> float:
     warm = max(1, int(recipe.warmup * total))
     if step < warm:
@@ -61,14 +73,8 @@ def run_peer(specs: list[dict], data, teacher: torch.nn.Module, recipe: TrainCon
         torch.backends.cudnn.benchmark = True
     t0 = time.perf_counter()
     fmt = torch.channels_last
-    train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
+    train_x, train_y, norm = _resident(data, dev)
     val_x, val_y = data.val_x.to(dev), data.val_y.to(dev)
-    mean = torch.tensor(data.mean, device=dev).view(1, -1, 1, 1)
-    std = torch.tensor(data.std, device=dev).view(1, -1, 1, 1)
-
-    def norm(x: torch.Tensor) -> torch.Tensor:
-        return ((x.float() / 255 - mean) / std).contiguous(memory_format=fmt)
-
     teacher = teacher.to(device=dev, memory_format=fmt).eval()
     kd = logit_loss(kd_method(recipe.kd), recipe.temperature)
     a, steps, batch = recipe.kd_alpha, recipe.steps, recipe.batch_size
@@ -119,11 +125,8 @@ def train_steps(model: torch.nn.Module, data, dev: torch.device, *, steps: int,
     forward pass under bf16 autocast (batch norm and the loss in float32)."""
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    fmt = torch.channels_last
-    x_all, y_all = data.train_x.to(dev), data.train_y.to(dev)
-    mean = torch.tensor(data.mean, device=dev).view(1, -1, 1, 1)
-    std = torch.tensor(data.std, device=dev).view(1, -1, 1, 1)
-    model = model.to(device=dev, memory_format=fmt).train()
+    x_all, y_all, norm = _resident(data, dev)
+    model = model.to(device=dev, memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
                           weight_decay=5e-4)
     g = torch.Generator(device=dev).manual_seed(0)
@@ -133,8 +136,7 @@ def train_steps(model: torch.nn.Module, data, dev: torch.device, *, steps: int,
             _sync(dev)
             t0 = time.perf_counter()
         idx = torch.randint(0, len(y_all), (batch,), generator=g, device=dev)
-        x = ((_crop_flip(x_all[idx], pad, g).float() / 255 - mean) / std).contiguous(
-            memory_format=fmt)
+        x = norm(_crop_flip(x_all[idx], pad, g))
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=half):
             out = model(x)
         loss = F.cross_entropy(out.float(), y_all[idx])

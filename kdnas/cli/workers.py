@@ -13,8 +13,6 @@ is started again (:class:`Helpers`).
 
 from __future__ import annotations
 
-# torch is imported where it is used (``--help`` stays fast)
-
 import os
 import subprocess
 import sys
@@ -23,6 +21,7 @@ from pathlib import Path
 
 from kdnas.search.watchdog import HUNG_EXIT
 
+# torch (through kdnas.device) is imported where it is used: ``--help`` stays fast
 
 
 def threads_per_worker(workers: int) -> int:
@@ -32,9 +31,9 @@ def threads_per_worker(workers: int) -> int:
 def gpu_for(worker: int, device: str) -> str | None:
     """The one GPU (an entry of ``CUDA_VISIBLE_DEVICES``) worker ``worker`` trains on, when
     several are visible and ``device`` names none in particular; else None."""
-    import torch
+    from kdnas.device import shared_gpus
 
-    count = torch.cuda.device_count() if device in ("auto", "cuda") else 0
+    count = shared_gpus(device)
     if count < 2:
         return None
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
