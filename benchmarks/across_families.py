@@ -150,7 +150,7 @@ def summarise(res: dict) -> dict:
 
 
 def across_keys(res: dict) -> dict:
-    """The headline keys (``across.*`` of reports/search_quality.json)."""
+    """The headline keys (``across.*`` of reports/headlines.json)."""
     s = res["summary"]
     top = f"rung{RUNG_FACTORS[-1]}x/s{PROXY_SEED}"
     first = f"rung{RUNG_FACTORS[0]}x/s{PROXY_SEED}"
@@ -215,12 +215,8 @@ def main(argv: list[str] | None = None) -> None:
                     "(its candidates and `long` truth runs)")
     args = ap.parse_args(argv)
     if args.summarise:
-        res = Results(args.out, _figures,
-                      lambda r: write_markdown(args.out.with_suffix(".md"), r)).update(
-                          lambda d: d)
-        if args.out.resolve().parent == SOURCE.parent:  # the headline keys, across.*
-            Results(SOURCE).update(lambda d: {**d, "across": {
-                **d.get("across", {}), **res["across"]}})
+        Results(args.out, _figures,
+                lambda r: write_markdown(args.out.with_suffix(".md"), r)).update(lambda d: d)
         return
 
     from kdnas.distill.candidate import init_seed

@@ -7,9 +7,9 @@ when both are distilled fully the same way, by more than the seed spread of eith
 3. ``kdnas distill`` (its library calls, each checkpointed per epoch and resumable) trains the
    found student and ``--reference`` for ``--epochs`` epochs with every seed of ``--seeds``.
 
-Test accuracies, means and spreads go under ``claim`` in ``reports/search_quality.json`` (the
-proxy study's file; its data, teacher and --work are shared) and a section of
-``reports/search_quality.md``. Interrupt at any time; the same command goes on. Two
+Raw runs under ``claim_runs`` and test accuracies, means and spreads under ``claim`` in
+``reports/claim.json`` (the proxy study's data, teacher and --work are shared); the page is
+``reports/claim.md``. Interrupt at any time; the same command goes on. Two
 processes of the same command share the work (each distillation is locked to one of them).
 A larger ``--trials`` extends the search; if it finds another best student, that one is
 distilled and the earlier pick's results stay beside it.
@@ -28,12 +28,11 @@ import sys
 import numpy as np
 
 from benchmarks.common import add_setup_args, data_and_teacher, held, update_results, welch_p
-from benchmarks.search_quality import write_markdown
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_setup_args(ap)
+    add_setup_args(ap, out="claim.json")  # --across: claim_across.json beside it
     ap.add_argument("--reference", default="resnet8", help="preset of the resnet space")
     ap.add_argument("--trials", type=int, default=20, help="search trials")
     ap.add_argument("--steps", type=int, help="brief steps (default: the CLI's default)")
@@ -88,14 +87,13 @@ def main(argv: list[str] | None = None) -> None:
              "reference_params": ref_rec.get("cost", {}).get("params")}
 
     def save() -> None:
-        def update(res: dict) -> dict:  # the claim's keys only: the proxy study shares the file
+        def update(res: dict) -> dict:
             res["claim_runs"] = {**legacy_keys(res), **runs}
             res["claim"] = summarise(res["claim_runs"], args, argv, budget, found,
                                      describe(rec.spec), rec.cost["macs"], seen)
             return res
 
-        res = update_results(args.out, update)
-        write_markdown(args.out.with_suffix(".md"), res, res.get("argv", []))
+        write_page(args.out.with_suffix(".md"), update_results(args.out, update)["claim"])
 
     save()  # the search's outcome is on the page before the first long distillation ends
     opts = dict(epochs=args.epochs, formats=(), kd="feature")  # as measured: FitNets
@@ -198,6 +196,55 @@ def context(c: dict) -> str:
         out += (f"; in the search's brief recipe it led by {100 * brief_gap:+.1f} points, "
                 f"fully distilled by {100 * c['margin']:+.2f}")
     return out + "."
+
+
+def _params(c: dict, who: str) -> str:
+    n = c.get(f"{who}_params")
+    return "" if n is None else f", {n / 1e3:.1f}k parameters"
+
+
+def _brief_lines(c: dict) -> list[str]:
+    """What the search itself saw: its brief validation accuracies (the full distillations
+    decide; these only say what to expect)."""
+    found, ref = c.get("found_brief_accuracies"), c.get("reference_brief_accuracy")
+    if not found or ref is None:
+        return []
+    seeds = f" (mean of {len(found)} seeds)" if len(found) > 1 else ""
+    return ["", f"In the search's brief recipe (validation accuracy): the found student "
+            f"{100 * sum(found) / len(found):.1f}%{seeds}, the reference {100 * ref:.1f}%."]
+
+
+def write_page(path, c: dict) -> None:
+    """The claim's page, from its figures alone."""
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    def pts(v):
+        return "-" if v is None else f"{100 * v:.2f} points"
+    lines = [
+        "# The claim: a found student against a hand-designed one, both distilled fully", "",
+        "Raw results: `reports/claim.json`. The same budget searched across families: "
+        "[claim_across](claim_across.md).", "",
+        f"Budget {c['budget_macs'] / 1e6:.2f}M MACs (the reference {c['reference']}'s). "
+        f"Found: trial {c['found_trial']} of a {c['search_trials']}-trial search, "
+        f"{c['found_arch']} ({c['found_macs'] / 1e6:.2f}M MACs{_params(c, 'found')}; the "
+        f"reference {c['budget_macs'] / 1e6:.2f}M MACs{_params(c, 'reference')}). Both trained by "
+        f"`kdnas distill` for {c['epochs']:g} epochs with the same teacher and method; "
+        f"test accuracy over seeds {c['seeds']}; {c['device']}.", *_brief_lines(c), "",
+        "| student | test accuracy per seed | mean | spread (max - min) |",
+        "| --- | --- | --- | --- |",
+        f"| found ({c['found_arch']}) | {', '.join(pct(v) for v in c['found_accuracies'])} | "
+        f"{pct(c['found_accuracy_mean'])} | {pts(c['found_spread'])} |",
+        f"| reference {c['reference']} | "
+        f"{', '.join(pct(v) for v in c['reference_accuracies'])} | "
+        f"{pct(c['reference_accuracy_mean'])} | {pts(c['reference_spread'])} |",
+        *[f"| earlier pick: trial {t} (a shorter search's best) | "
+          f"{', '.join(pct(v) for v in a)} | {pct(sum(a) / len(a)) if a else '-'} | "
+          f"{pts(max(a) - min(a)) if a else '-'} |"
+          for t, a in c.get("earlier_picks", {}).items()],
+        "", c["verdict"], "",
+        f"Reproduce: `{('python -m benchmarks.claim ' + c['argv']).strip()}`."]
+    path.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

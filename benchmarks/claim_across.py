@@ -5,13 +5,14 @@ distilled fully against the strongest hand-designed student that fits the budget
 Stage 1 distils every reference once (the first seed); the strongest by that seed's test
 accuracy is the opponent; stage 2 distils the pick and the opponent with every seed. Raw
 results under ``claim_across_runs`` and figures under ``claim_across`` in
-reports/search_quality.json; the page is reports/claim_across.md. Resumable; two processes
-share the distillations.
+reports/claim_across.json (beside the claim's ``--out``, whose resnet8 runs it starts from);
+the page is reports/claim_across.md. Resumable; two processes share the distillations.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 from pathlib import Path
 
@@ -62,20 +63,20 @@ def run_across(args, argv: list[str]) -> None:
              "protocol": "docs/evidence/claim_across.md", "device": "CPU (2 cores)"}
     runs: dict = {}
 
+    out = args.out.with_name("claim_across.json")
+
     def save() -> dict:
         def update(res: dict) -> dict:
             if not res.get("claim_across_runs"):  # the earlier claim's resnet8 runs: same
-                for key, r in res.get("claim_runs", {}).items():  # teacher, data, recipe
-                    if key.startswith("reference/") and res.get("claim", {}).get(
-                            "reference") == "resnet8" and r.get("epochs") == args.epochs:
-                        runs.setdefault(f"ref-resnet8/{key.split('/')[1]}", dict(r))
+                for key, r in earlier_reference_runs(args.out, args.epochs).items():
+                    runs.setdefault(key, r)  # teacher, data and recipe
             runs.update({k: v for k, v in res.get("claim_across_runs", {}).items()
                          if k not in runs})
             res["claim_across_runs"] = dict(runs)
             res["claim_across"] = summarise(runs, setup)
             return res
-        res = update_results(args.out, update)
-        write_page(args.out.with_name("claim_across.md"), res["claim_across"])
+        res = update_results(out, update)
+        write_page(out.with_suffix(".md"), res["claim_across"])
         return res
 
     def distill(who: str, seed: int) -> None:
@@ -110,6 +111,17 @@ def run_across(args, argv: list[str]) -> None:
         for who in (f"trial-{found}", f"ref-{opponent}"):
             distill(who, seed)
     save()
+
+
+def earlier_reference_runs(claim_file: Path, epochs: float) -> dict:
+    """The ResNet-only claim's resnet8 runs (same teacher, data and recipe), as this
+    experiment's ``ref-resnet8/sN``: they are not distilled twice."""
+    res = json.loads(claim_file.read_text()) if claim_file.exists() else {}
+    if res.get("claim", {}).get("reference") != "resnet8":
+        return {}
+    return {f"ref-resnet8/{key.split('/')[1]}": dict(r)
+            for key, r in res.get("claim_runs", {}).items()
+            if key.startswith("reference/") and r.get("epochs") == epochs}
 
 
 def strongest(runs: dict, seed: int) -> str | None:
@@ -174,7 +186,7 @@ def write_page(path: Path, c: dict) -> None:
     lines = ["# The claim at resnet8's MACs, searched across families", "",
              "Protocol: [docs/evidence/claim_across.md](../docs/evidence/claim_across.md) "
              "(committed before the runs). Raw results: `claim_across_runs` in "
-             "`reports/search_quality.json`.", "",
+             "`reports/claim_across.json`.", "",
              f"Budget {c['budget_macs'] / 1e6:.2f}M MACs. The search (`--space {c['space']}`, "
              f"{c['search_trials']} trials, brief recipe) picked trial {c['found_trial']}: "
              f"{c['found_arch']}, {c['found_macs'] / 1e6:.2f}M MACs, brief validation "

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import headlines
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = Path(os.environ.get("KDNAS_CIFAR10_JPG",
@@ -55,6 +56,7 @@ class Results:
             tmp.replace(self.path)
         if self.page is not None:
             self.page(new)
+        headlines.refresh(self.path)
         return new
 
     def runs(self, field: str = "runs") -> dict:

@@ -1,7 +1,7 @@
 """Which distillation method to rank with, and which to train the final student with: the
 protocol docs/evidence/distill_methods.md, committed before the runs. This script runs it and
 records every raw result as it comes, in reports/distill_methods.json (figures beside it in
-reports/distill_methods.md, headline keys ``methods.*`` in reports/search_quality.json).
+reports/distill_methods.md, headline keys ``methods.*`` in reports/headlines.json).
 
     OMP_NUM_THREADS=1 python -m benchmarks.method_choice --part B   # resumes where it stopped
     python -m benchmarks.method_choice --summarise                  # figures from the json only
@@ -492,12 +492,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     table = json.loads(args.table.read_text())
 
-    def page(new: dict) -> None:
-        write_markdown(args.out.with_suffix(".md"), new)
-        if args.out.resolve().parent == af.SOURCE.parent:  # the headline keys, methods.*
-            Results(af.SOURCE).update(lambda d: {**d, "methods": {
-                **d.get("methods", {}), **new["methods"]}})
-    results = Results(args.out, lambda d: figures(from_table(d, table)), page)
+    results = Results(args.out, lambda d: figures(from_table(d, table)),
+                      lambda new: write_markdown(args.out.with_suffix(".md"), new))
     if args.summarise:
         results.update(lambda d: d)
         return

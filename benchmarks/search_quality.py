@@ -325,11 +325,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def merge_saved(res: dict, disk: dict) -> None:
-    """Add the results another process wrote since ``res`` was read (``disk``: the file now);
-    the claim's keys are the claim's process's to write."""
-    for key in ("claim", "claim_runs", "claim_across", "claim_across_runs"):
-        if key in disk:
-            res[key] = disk[key]
+    """Add the results another process wrote since ``res`` was read (``disk``: the file now)."""
     for key, runs in disk.get("runs", {}).items():
         res["runs"][key] = {**runs, **res["runs"].get(key, {})}
     res["seconds"] = {**disk.get("seconds", {}), **res.get("seconds", {})}
@@ -451,10 +447,9 @@ def reproduce_command(res: dict, argv) -> str:
 
 
 def write_markdown(path: Path, res: dict, argv) -> None:
-    if "summary" not in res:  # the claim alone so far
-        path.write_text("\n".join(["# Search quality", "", "The proxy study has not run "
-                                   "yet: `python -m benchmarks.search_quality`.",
-                                   *claim_lines(res.get("claim"))]) + "\n")
+    if "summary" not in res:
+        path.write_text("# Search quality\n\nThe proxy study has not run yet: "
+                        "`python -m benchmarks.search_quality`.\n")
         return
     s, setup = res["summary"], res["setup"]
     lines = [
@@ -499,7 +494,8 @@ def write_markdown(path: Path, res: dict, argv) -> None:
               "folder; `--spaces resnet` and `--spaces mobilenet shufflenet` split it over two "
               "processes, `--only NAME` runs one recipe). `--summarise` rewrites this page "
               "from the json."]
-    lines += claim_lines(res.get("claim"))
+    lines += ["", "The claim that grew out of this study (the found student against resnet8, "
+              "both distilled fully) has its own page: [claim](claim.md)."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -513,54 +509,6 @@ def _within_text(w: dict | None) -> str:
                           else "") + (": noise" if k in noisy else "")
         for k, v in w["spaces"].items()) + ")" + (
         f"; {beyond:.2f} without the noise" if noisy and beyond is not None else "")
-
-
-def _params(c: dict, who: str) -> str:
-    n = c.get(f"{who}_params")
-    return "" if n is None else f", {n / 1e3:.1f}k parameters"
-
-
-def _brief_lines(c: dict) -> list[str]:
-    """What the search itself saw: its brief validation accuracies (the full distillations
-    decide; these only say what to expect)."""
-    found, ref = c.get("found_brief_accuracies"), c.get("reference_brief_accuracy")
-    if not found or ref is None:
-        return []
-    seeds = f" (mean of {len(found)} seeds)" if len(found) > 1 else ""
-    return ["", f"In the search's brief recipe (validation accuracy): the found student "
-            f"{100 * sum(found) / len(found):.1f}%{seeds}, the reference {100 * ref:.1f}%."]
-
-
-def claim_lines(c: dict | None) -> list[str]:
-    """The claim study's section (written by benchmarks/claim.py)."""
-    if not c:
-        return ["", "## The claim", "", "Not run yet: `python benchmarks/claim.py`."]
-    def pct(v):
-        return "-" if v is None else f"{100 * v:.2f}%"
-
-    def pts(v):
-        return "-" if v is None else f"{100 * v:.2f} points"
-    return [
-        "", "## The claim: a found student against a hand-designed one, both distilled fully",
-        "", f"Budget {c['budget_macs'] / 1e6:.2f}M MACs (the reference {c['reference']}'s). "
-        f"Found: trial {c['found_trial']} of a {c['search_trials']}-trial search, "
-        f"{c['found_arch']} ({c['found_macs'] / 1e6:.2f}M MACs{_params(c, 'found')}; the "
-        f"reference {c['budget_macs'] / 1e6:.2f}M MACs{_params(c, 'reference')}). Both trained by "
-        f"`kdnas distill` for {c['epochs']:g} epochs with the same teacher and method; "
-        f"test accuracy over seeds {c['seeds']}; {c['device']}.", *_brief_lines(c), "",
-        "| student | test accuracy per seed | mean | spread (max - min) |",
-        "| --- | --- | --- | --- |",
-        f"| found ({c['found_arch']}) | {', '.join(pct(v) for v in c['found_accuracies'])} | "
-        f"{pct(c['found_accuracy_mean'])} | {pts(c['found_spread'])} |",
-        f"| reference {c['reference']} | "
-        f"{', '.join(pct(v) for v in c['reference_accuracies'])} | "
-        f"{pct(c['reference_accuracy_mean'])} | {pts(c['reference_spread'])} |",
-        *[f"| earlier pick: trial {t} (a shorter search's best) | "
-          f"{', '.join(pct(v) for v in a)} | {pct(sum(a) / len(a)) if a else '-'} | "
-          f"{pts(max(a) - min(a)) if a else '-'} |"
-          for t, a in c.get("earlier_picks", {}).items()],
-        "", c["verdict"], "",
-        f"Reproduce: `{('python benchmarks/claim.py ' + c['argv']).strip()}`."]
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import headlines
 from benchmarks.across_families import PROXY_SEED, truth
 from benchmarks.common import ROOT
 from kdnas.front import hypervolume, pareto_mask
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     res = json.loads(args.table.read_text())
     t = load_table(res)
     out = {"protocol": "docs/evidence/search_replay.md", **replay(t, args.seeds),
-           "complete": len(t.ids) == len(res["candidates"])}
+           "primary_budget_B": PRIMARY, "complete": len(t.ids) == len(res["candidates"])}
     live = json.loads(args.out.read_text()).get("live") if args.out.exists() else None
     if live:  # the live confirmation's (benchmarks/search_live.py) results stay
         out["live"] = live
@@ -229,15 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks.search_live import write_section
 
         write_section(args.out.with_suffix(".md"), live)
-    if args.out.resolve().parent == REPORTS.resolve():  # the headline: across.replay
-        from benchmarks.common import update_results
-
-        head = {"primary_budget_B": PRIMARY, "primary": out["primary"],
-                "pick_truth_mean": {name: r.get("pick_truth_mean") for name, r in
-                                    out["budgets"][str(PRIMARY)].items()},
-                "complete": out["complete"]}
-        update_results(REPORTS / "search_quality.json", lambda d: {**d, "across": {
-            **d.get("across", {}), "replay": head}})
+    headlines.refresh(args.out)  # across.replay
     print(args.out.with_suffix(".md").read_text())
 
 

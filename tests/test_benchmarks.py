@@ -119,31 +119,56 @@ def test_tau_within_space_sees_a_ranking_that_a_family_offset_hides():
     assert within["truth_range"] == pytest.approx({"a": 0.04, "b": 0.04})
 
 
-def test_proxy_study_and_claim_processes_keep_each_others_results(tmp_path):
-    """The proxy study's processes and the claim write one json: each save keeps what the
-    others wrote since it read the file."""
+def test_proxy_study_processes_keep_each_others_results(tmp_path):
+    """Two processes of the proxy study write one json: each save keeps what the other
+    wrote since it read the file."""
     out = tmp_path / "sq.json"
-    proxy = {"runs": {"brief/s0": {"a": {"val_accuracy": 0.5}}}, "seconds": {}}
-    common.update_results(out, lambda disk: proxy)
+    first = {"runs": {"brief/s0": {"a": {"val_accuracy": 0.5}}}, "seconds": {"x": 1.0}}
+    second = {"runs": {"brief/s0": {"b": {"val_accuracy": 0.6}}}, "seconds": {"y": 2.0}}
 
-    def claim_save(disk):
-        disk["claim_runs"] = {**disk.get("claim_runs", {}), "found/s0": {"test_accuracy": .8}}
-        disk["claim"] = {"seeds": [0]}
-        return disk
+    def save(mine):
+        def change(disk):
+            search_quality.merge_saved(mine, disk)
+            return mine
+        common.update_results(out, change)
 
-    common.update_results(out, claim_save)
-    proxy["runs"]["brief/s0"]["b"] = {"val_accuracy": 0.6}  # the proxy process goes on
-
-    def proxy_save(disk):
-        search_quality.merge_saved(proxy, disk)
-        return proxy
-
-    common.update_results(out, proxy_save)
+    save(first)
+    save(second)  # read before the first saved: keeps the first's run
     res = json.loads(out.read_text())
-    assert res["claim_runs"] == {"found/s0": {"test_accuracy": .8}}
-    assert set(res["runs"]["brief/s0"]) == {"a", "b"}
-    common.update_results(out, claim_save)
-    assert set(json.loads(out.read_text())["runs"]["brief/s0"]) == {"a", "b"}
+    assert set(res["runs"]["brief/s0"]) == {"a", "b"} and res["seconds"] == {"x": 1.0, "y": 2.0}
+
+
+def test_headlines_are_assembled_from_each_experiments_own_file(tmp_path):
+    """Each experiment writes its own results file; the headline keys are derived from them
+    by one function, so no two experiments write one file."""
+    from benchmarks import headlines
+
+    def put(name, value):
+        (tmp_path / name).write_text(json.dumps(value))
+    put("search_quality.json", {"runs": {}, "proxy": {"kendall_tau": 0.5}})
+    put("claim.json", {"claim_runs": {}, "claim": {"margin": 0.006}})
+    put("across_families.json", {"runs": {}, "across": {"kendall_tau_top_rung": 0.7}})
+    put("search_replay.json", {"primary_budget_B": 12, "primary": {"a": {"verdict": "tie"}},
+                               "budgets": {"12": {"a": {"pick_truth_mean": 0.75}}},
+                               "complete": True, "live": {"verdict": "tie", "arms": {
+                                   "a": {"pick_truth": 0.74}}}})
+    assert headlines.assemble(tmp_path) == {
+        "proxy": {"kendall_tau": 0.5}, "claim": {"margin": 0.006},
+        "across": {"kendall_tau_top_rung": 0.7,
+                   "replay": {"primary_budget_B": 12, "primary": {"a": {"verdict": "tie"}},
+                              "pick_truth_mean": {"a": 0.75}, "complete": True},
+                   "live": {"margin_all_minus_resnet": None, "verdict": "tie",
+                            "wall_seconds": None, "pick_truth": {"a": 0.74}}}}
+    headlines.refresh(tmp_path / "claim.json")  # a file outside reports/: nothing written
+    assert not (tmp_path / "headlines.json").exists()
+
+
+def test_the_committed_headlines_are_what_their_sources_give():
+    from benchmarks import headlines
+
+    kept = json.loads((headlines.REPORTS / headlines.FILE).read_text())
+    assert kept == headlines.assemble()
+    assert {"proxy", "claim", "claim_across", "across", "methods", "rank"} <= set(kept)
 
 
 @pytest.mark.slow
@@ -153,17 +178,17 @@ def test_claim_runs_resumes_and_reports(tmp_path):
     argv = ["--data", "digits", "--teacher-arch", "resnet8", "--teacher-epochs", "1",
             "--reference", "resnet8", "--trials", "2", "--steps", "5", "--epochs", "1",
             "--seeds", "0", "1", "--work", str(tmp_path / "work"),
-            "--out", str(tmp_path / "sq.json")]
+            "--out", str(tmp_path / "claim.json")]
     with common.held(tmp_path / "work" / "claim" / "reference-s1.lock") as mine:
         assert mine  # a second worker distils reference/s1: this one leaves it alone
         claim.main(argv)
-    part = json.loads((tmp_path / "sq.json").read_text())
+    part = json.loads((tmp_path / "claim.json").read_text())
     found = part["claim"]["found_trial"]
     assert set(part["claim_runs"]) == {f"trial-{found}/s0", "reference/s0",
                                        f"trial-{found}/s1"}
     assert part["claim"]["verdict"].startswith("In progress")
     claim.main(argv)  # the lock is free again: the rest
-    res = json.loads((tmp_path / "sq.json").read_text())
+    res = json.loads((tmp_path / "claim.json").read_text())
     c = res["claim"]
     for key in ("found_accuracy_mean", "found_spread", "reference_accuracy_mean",
                 "reference_spread", "budget_macs", "seeds"):
@@ -174,12 +199,12 @@ def test_claim_runs_resumes_and_reports(tmp_path):
                                                   - min(c["reference_accuracies"]))
     assert "the claim" in c["verdict"] and "of the budget's MACs" in c["verdict"]
     assert 0 <= c["reference_brief_accuracy"] <= 1 and c["found_brief_accuracies"]
-    md = (tmp_path / "sq.md").read_text()
+    md = (tmp_path / "claim.md").read_text()
     assert "The claim" in md and "reference resnet8" in md and "brief recipe" in md
     claim.main(argv)  # everything done: nothing trained again
-    assert json.loads((tmp_path / "sq.json").read_text())["claim_runs"] == res["claim_runs"]
+    assert json.loads((tmp_path / "claim.json").read_text())["claim_runs"] == res["claim_runs"]
     claim.main([*argv, "--trials", "4"])  # a longer search: its best is distilled
-    longer = json.loads((tmp_path / "sq.json").read_text())["claim"]
+    longer = json.loads((tmp_path / "claim.json").read_text())["claim"]
     assert len(longer["found_accuracies"]) == 2 and longer["search_trials"] == 4
     if longer["found_trial"] != found:  # the earlier pick's results stay, beside it
         assert longer["earlier_picks"] == {str(found): c["found_accuracies"]}

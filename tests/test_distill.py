@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnas.core.settings import TrainConfig
+from kdnas.core.settings import TrainConfig, kd_method
 from kdnas.distill import FeatureTaps, HintLoss, KDLoss, evaluate, fit, match_taps
 from kdnas.core.errors import KdnasError
 from search_spaces import TapInfo, get_space
@@ -427,7 +427,7 @@ def test_dkd_ls_with_hints_is_dkd_ls_plus_fitnets_hints(teacher_and_data):
     teacher, data = teacher_and_data
     _, taps = _student(data)
     assert reads_features("dkd-ls-hints") and not reads_features("dkd-ls")
-    assert isinstance(feature_loss("dkd-ls-hints", taps, teacher.taps), HintLoss)
+    assert isinstance(feature_loss(kd_method("dkd-ls-hints"), taps, teacher.taps), HintLoss)
     finals = {}
     for method in ("dkd-ls", "dkd-ls-hints", "fitnets"):
         model, taps = _student(data)

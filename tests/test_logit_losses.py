@@ -168,3 +168,19 @@ def test_the_cross_entropy_weight_switches_hintons_mixing_for_the_papers_form():
         ce + kd, rel=1e-5)
     with pytest.raises(KdnasError, match="cross-entropy weight"):
         TrainConfig(ce_weight=-1.0)
+
+
+def test_a_recipe_resolves_its_method_to_the_table_entry_once():
+    """A TrainConfig carries its method's table entry (``feature`` is FitNets'); a copy with
+    another method carries the other's; an unknown name is refused where it is given."""
+    import dataclasses
+
+    from kdnas.core.errors import KdnasError
+    from kdnas.core.settings import SEARCH_DEFAULT, TrainConfig
+
+    assert TrainConfig().entry is KD_BY_NAME[SEARCH_DEFAULT]
+    assert TrainConfig(kd="feature").entry is KD_BY_NAME["fitnets"]
+    dist = dataclasses.replace(TrainConfig(kd="fitnets"), kd="dist")
+    assert dist.entry is KD_BY_NAME["dist"] and dist.entry.final_ce_weight == 1.0
+    with pytest.raises(KdnasError, match="unknown distillation method 'dkdd'"):
+        TrainConfig(kd="dkdd")

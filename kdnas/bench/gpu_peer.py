@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kdnas.core.settings import TrainConfig, kd_method
+from kdnas.core.settings import TrainConfig
 from kdnas.distill.logit_losses import logit_loss
 from search_spaces import get_space
 
@@ -76,7 +76,7 @@ def run_peer(specs: list[dict], data, teacher: torch.nn.Module, recipe: TrainCon
     train_x, train_y, norm = _resident(data, dev)
     val_x, val_y = data.val_x.to(dev), data.val_y.to(dev)
     teacher = teacher.to(device=dev, memory_format=fmt).eval()
-    kd = logit_loss(kd_method(recipe.kd), recipe.temperature)
+    kd = logit_loss(recipe.entry, recipe.temperature)
     a, steps, batch = recipe.kd_alpha, recipe.steps, recipe.batch_size
     g = torch.Generator(device=dev).manual_seed(seed)
     out = []

@@ -89,6 +89,12 @@ class TrainConfig:
             raise KdnasError(f"feature weight must be >= 0, got {self.feature_weight}")
         if self.ce_weight is not None and self.ce_weight < 0:
             raise KdnasError(f"cross-entropy weight must be >= 0, got {self.ce_weight}")
+        object.__setattr__(self, "_entry", kd_method(self.kd))  # resolved once, here
+
+    @property
+    def entry(self) -> KDMethod:
+        """The method's :data:`KD_TABLE` entry, read by training (``kd`` is only its name)."""
+        return self._entry
 
     @property
     def method(self) -> str:
@@ -387,26 +393,19 @@ class SearchConfig:
         if unknown:
             raise KdnasError(f"unknown study setting(s) {unknown}; known: {sorted(names)}")
         d = dict(d)
-        if "teacher_layers" in d and d["teacher_layers"] is not None:
-            layers = d["teacher_layers"]
-            d["teacher_layers"] = tuple(layers.split(",") if isinstance(layers, str) else layers)
-        if isinstance(d.get("references"), str):
-            d["references"] = d["references"].split(",")
-        if d.get("references") is not None:
-            d["references"] = tuple(r.strip() for r in d["references"] if r.strip())
-        if isinstance(d.get("rungs"), str):
-            d["rungs"] = str_list(d["rungs"])
+        for key in ("teacher_layers", "references", "rungs", "objectives"):  # lists
+            if isinstance(d.get(key), str):
+                d[key] = str_list(d[key])
+            elif d.get(key) is not None:
+                d[key] = tuple(str(x).strip() for x in d[key] if str(x).strip())
         if d.get("rungs") is not None:
             try:
                 d["rungs"] = tuple(int(r) for r in d["rungs"])
             except ValueError:
                 raise KdnasError(f"rungs {d['rungs']!r}: give whole multiples of the brief "
                                  "steps, e.g. 1,4,8") from None
-        if isinstance(d.get("objectives"), str):
-            d["objectives"] = d["objectives"].split(",")
         if d.get("objectives") is not None:
-            names = [o.strip() for o in d["objectives"] if o.strip() not in ("acc", "accuracy")]
-            d["objectives"] = tuple(n for n in names if n)
+            d["objectives"] = tuple(o for o in d["objectives"] if o not in ("acc", "accuracy"))
         return cls(**d)
 
 

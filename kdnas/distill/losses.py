@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from kdnas.core.settings import canonical_method, kd_method
+from kdnas.core.settings import KDMethod
 from kdnas.distill.hint import hint_mse
 from search_spaces import TapInfo
 
@@ -246,7 +246,8 @@ FEATURE_LOSSES: dict[str, type[nn.Module]] = {"fitnets": HintLoss, "at": ATLoss,
                                               "pkt": PKTLoss, "rkd": RKDLoss}
 
 
-def feature_loss(method: str, student: list[TapInfo], teacher: list[TapInfo]) -> nn.Module:
-    """The feature loss module of a ``--kd`` feature method (its ``hints`` module, where it
-    borrows another method's)."""
-    return FEATURE_LOSSES[kd_method(method).hints or canonical_method(method)](student, teacher)
+def feature_loss(method: KDMethod, student: list[TapInfo], teacher: list[TapInfo]
+                 ) -> nn.Module:
+    """The feature loss module of a feature method's table entry (its ``hints`` module, where
+    it borrows another method's)."""
+    return FEATURE_LOSSES[method.hints or method.name](student, teacher)

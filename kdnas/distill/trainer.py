@@ -21,7 +21,7 @@ from torch import nn
 
 from kdnas.core.errors import KdnasError
 from kdnas.core.files import atomic_path
-from kdnas.core.settings import FEATURE_METHODS, TrainConfig, kd_method
+from kdnas.core.settings import FEATURE_METHODS, TrainConfig
 from kdnas.device import autocast, resolve, sync_every
 from kdnas.distill.cache import TeacherCache
 from kdnas.distill.hooks import FeatureTaps
@@ -268,7 +268,7 @@ def _feature_loss(student: nn.Module, data, cfg: TrainConfig, teacher,
     if teacher is None or cfg.method not in FEATURE_METHODS or not student_taps \
             or not teacher.taps:
         return student_taps, None
-    return student_taps, feature_loss(cfg.method, student_taps, teacher.taps).to(
+    return student_taps, feature_loss(cfg.entry, student_taps, teacher.taps).to(
         device=dev, memory_format=fmt)
 
 
@@ -391,7 +391,7 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
                                         student_taps, dev)
     feats_on = _load_start(start, student, extra)
     pinned = PinnedConvs(student) if cfg.channels_last else None  # CPU kernels' bug
-    kd_loss = logit_loss(kd_method(cfg.kd), cfg.temperature)
+    kd_loss = logit_loss(cfg.entry, cfg.temperature)
     signal = _TeacherSignal(teacher, cache, features=feats_on, device=dev) if kd_on else None
     params = list(student.parameters()) + (list(extra.parameters()) if extra else [])
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
