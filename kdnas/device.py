@@ -68,8 +68,9 @@ def precision_for(family: str | None) -> str:
 def autocast(dev: torch.device, precision: str = "fp32"):
     """bf16 autocast on CUDA when ``precision`` is ``bf16``; otherwise, and always on a CPU
     (float32 is what its kernels are fast at), nothing."""
-    if dev.type == "cuda" and precision == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if dev.type == "cuda" and precision == "bf16":  # no cast cache inside a graph's capture
+        return torch.autocast("cuda", dtype=torch.bfloat16,
+                              cache_enabled=not torch.cuda.is_current_stream_capturing())
     return contextlib.nullcontext()
 
 

@@ -351,9 +351,12 @@ def test_the_gpu_check_runs_on_a_cpu_in_its_quick_form(tmp_path):
     assert gpu["teacher_step"]["kdnas_seconds"] > 0 and gpu["teacher_step"]["ratio"] > 0
     assert set(gpu["precision"]) == set(fams) and all(
         p["fp32"] > 0 and p["bf16"] > 0 for p in gpu["precision"].values())
+    assert set(gpu["graphs"]) == set(fams) and all(  # a CPU captures nothing
+        g["eager"] > 0 and g["graph"] > 0 and g["graph_replayed"] == 0
+        for g in gpu["graphs"].values())
     md = (tmp_path / "out" / "BENCHMARKS.md").read_text()
     assert "**not a GPU**" in md and "| plain loop | 1 |" in md and "| kdnas | 1 |" in md
-    assert "| mobilenet |" in md and "bf16 speed-up" in md
+    assert "| mobilenet |" in md and "bf16 speed-up" in md and "steps replayed" in md
     # at its time budget the benchmark is interrupted: it stops its searches (no process
     # goes on training) and keeps the parts it finished, marked incomplete
     env.update(BUDGET="20", REPORTS=str(tmp_path / "cut"))
@@ -383,13 +386,16 @@ def test_the_gpu_section_states_its_figures_against_the_targets():
            "kdnas": [dict(run, workers=1, images_per_second=2000.0), run], "best_workers": 4,
            "throughput_vs_plain_loop": 3.0, "minutes_for_100_trials": 4.0,
            "teacher_step": {"arch": "resnet20", "kdnas_seconds": 0.010,
-                            "plain_seconds": 0.0086, "ratio": 1.16}}
+                            "plain_seconds": 0.0086, "ratio": 1.16},
+           "graphs": {"resnet": {"eager": 0.009, "graph": 0.003, "graph_speedup": 3.0,
+                                 "graph_replayed": 47}}}
     text = "\n".join(gpu_lines(gpu))
     assert "| plain loop | 1 | 3000 | 500 | 120.0 | not sampled" in text
     assert "| kdnas | 4 | 9000 | 1500 | 40.0 | 71% mean (90 samples) |" in text
     assert "| 3.00x | >= 4: **not met** |" in text and "| 4.0 | <= 5: met |" in text
     assert "10.0 / 8.6 ms = 1.16x | <= 1.2: met |" in text and "student 80%" in text
     assert "not a GPU" not in text and "H100" in text
+    assert "| resnet | 9.00 | 3.00 | 3.00x | 47 |" in text
     assert "not a GPU" in "\n".join(gpu_lines(dict(gpu, gpu=False, device="cpu")))
     assert "Not measured" in "\n".join(gpu_lines(None))
 

@@ -212,6 +212,37 @@ def test_a_family_in_bf16_trains_under_autocast_to_the_float32_accuracy(teacher_
 
 
 @needs_cuda
+@pytest.mark.parametrize("kd,cached", [("dkd-ls", True), ("dist", False), ("none", False)])
+def test_a_cuda_graph_trains_what_the_eager_step_trains(teacher_and_data, tmp_path,
+                                                        monkeypatch, kd, cached):
+    """The step replayed from a CUDA graph (the search's default with its cache; the full
+    distillation's method with the teacher run; teacher training's cross-entropy) against
+    KDNAS_CUDA_GRAPHS=0: the same weights up to float rounding, and every full batch after the
+    warm-up replayed."""
+    from kdnas.distill import TeacherCache
+    from kdnas.distill.graph_step import WARMUP
+
+    teacher, data = teacher_and_data
+    cfg = TrainConfig(steps=40, batch_size=100, kd=kd, device="cuda", seed=1)
+    cache = TeacherCache(tmp_path, "g", features=False) if cached else None
+    if cached:  # written once, then read by both runs
+        fit(_student(data)[0], data, cfg, teacher=teacher, cache=cache)
+    runs = {}
+    for graphs in ("0", "1"):
+        monkeypatch.setenv("KDNAS_CUDA_GRAPHS", graphs)
+        model, taps = _student(data)
+        runs[graphs] = (model, fit(model, data, cfg, teacher=teacher if kd != "none" else None,
+                                   cache=cache))
+    eager, graphed = runs["0"][1], runs["1"][1]
+    per_epoch = math.ceil(len(data.train_y) / 100)  # the last batch of each epoch is short
+    full = sum(1 for s in range(40) if s % per_epoch != per_epoch - 1)
+    assert eager.graphed_steps == 0 and graphed.graphed_steps == full - WARMUP
+    assert graphed.val_accuracy == pytest.approx(eager.val_accuracy, abs=0.02)
+    for p, q in zip(runs["0"][0].parameters(), runs["1"][0].parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-3)
+
+
+@needs_cuda
 def test_cuda_latency_names_the_gpu_and_steps_are_timed_there():
     from kdnas.cost import measure_latency
     from kdnas.distill.timing import time_step

@@ -484,7 +484,7 @@ def test_the_learning_curve_reads_a_sample_of_every_class_not_the_first_images(c
     every class (the first 100 images would be two or three), and the last point's subset
     accuracy is read from the same images as the points before it."""
     from kdnas.data import load_data
-    from kdnas.distill.trainer import hits, subset_order
+    from kdnas.distill.evaluation import hits, subset_order
 
     data = load_data(f"imagefolder:{cifar_subset}", val_fraction=0.2, seed=0)
     n = len(data.val_y)

@@ -145,23 +145,19 @@ def test_the_cross_entropy_weight_switches_hintons_mixing_for_the_papers_form():
 
     from kdnas.core.errors import KdnasError
     from kdnas.core.settings import TrainConfig
-    from kdnas.distill.trainer import _Clock, _loss
+    from kdnas.distill.trainer import _loss
 
     torch.manual_seed(0)
     student, x = torch.nn.Linear(6, 5), torch.randn(4, 6)
-    t_logits = torch.randn(4, 5)
+    t_logits = torch.randn(4, 5)  # the teacher's, as the cache serves them
     y = torch.tensor([0, 1, 2, 3])
-
-    class Signal:  # the teacher's outputs, as the cache serves them
-        def get(self, step, x, total):
-            return t_logits, []
-
     dist = logit_loss(KD_BY_NAME["dist"], temperature=4.0)
     ce = float(F.cross_entropy(student(x), y))
     kd = float(dist(student(x), t_logits, y))
 
     def loss(cfg):
-        return float(_loss(student, x, y, cfg, Signal(), (0, 10), dist, None, None, _Clock()))
+        return float(_loss(student, cfg, dist, None, None, [], x, y, t_logits,
+                           dist.scale(0, 10)))
     assert loss(TrainConfig(kd="dist", device="cpu")) == pytest.approx(0.1 * ce + 0.9 * kd,
                                                                         rel=1e-5)
     assert loss(TrainConfig(kd="dist", device="cpu", ce_weight=1.0)) == pytest.approx(

@@ -216,6 +216,39 @@ def _precision(cands: list[dict], data, dev, steps: int) -> dict:
     return out
 
 
+def _graphs(cands: list[dict], data, teacher, recipe, dev, steps: int, work: Path) -> dict:
+    """For the first candidate of each family: kdnas' training step (``fit`` with the
+    search's recipe, the teacher's logits from its cache, as a search's later trials read
+    them) eager (``KDNAS_CUDA_GRAPHS=0``) and replayed from a CUDA graph: seconds a step
+    (data, teacher and student phases), and the steps replayed."""
+    from kdnas.distill import TeacherCache, fit
+    from search_spaces import get_space
+
+    recipe = dataclasses.replace(recipe, steps=steps, eval_every=None)
+    cache = TeacherCache(work / "graphs-cache", "t", features=False)
+    before = os.environ.get("KDNAS_CUDA_GRAPHS")
+    out = {}
+    try:
+        for fam in FAMILY_ORDER:
+            c = next(c for c in cands if c["family"] == fam)
+            row = {"id": c["id"]}
+            for mode, env in (("eager", "0"), ("graph", "1"), ("eager", "0"), ("graph", "1")):
+                os.environ["KDNAS_CUDA_GRAPHS"] = env  # twice each: the first writes the cache
+                torch.manual_seed(0)
+                r = fit(get_space(fam).build(c["spec"]), data, recipe, teacher=teacher,
+                        cache=cache)
+                row[mode] = sum(r.phases.get(k, 0.0) for k in ("data", "teacher", "student")
+                                ) / r.steps
+                row[f"{mode}_replayed"] = r.graphed_steps
+            out[fam] = {**row, "graph_speedup": row["eager"] / row["graph"]}
+    finally:
+        if before is None:
+            os.environ.pop("KDNAS_CUDA_GRAPHS", None)
+        else:
+            os.environ["KDNAS_CUDA_GRAPHS"] = before
+    return out
+
+
 def run_gpu(work: Path, device: str, load: GpuWorkload, archive: Path,
             teacher_path: Path | None = None, log=print, save=None) -> dict:
     """The candidates trained by the peer and by kdnas on ``device``; the figures as a dict,
@@ -252,7 +285,7 @@ def run_gpu(work: Path, device: str, load: GpuWorkload, archive: Path,
                           for c in cands],
            "steps": recipe.steps, "batch": recipe.batch_size, "kd": recipe.kd,
            "train_images": len(data.train_y), "peer": peer, "kdnas": []}
-    for part in ("teacher", "precision", *load.workers):
+    for part in ("teacher", "precision", "graphs", *load.workers):
         if save is not None:
             save(res)
         if part == "teacher":
@@ -260,6 +293,10 @@ def run_gpu(work: Path, device: str, load: GpuWorkload, archive: Path,
             continue
         if part == "precision":
             res["precision"] = _precision(cands, data, dev, load.teacher_train_steps)
+            continue
+        if part == "graphs":
+            res["graphs"] = _graphs(cands, data, teacher, recipe, dev,
+                                    max(1, load.teacher_train_steps // 2), work)
             continue
         res["kdnas"].append(_kdnas(cfg, cands, part, dev, log))
         best = max(res["kdnas"], key=lambda r: r["images_per_second"])
@@ -330,7 +367,19 @@ def gpu_lines(gpu: dict | None) -> list[str]:
         f"{t['ratio']:.2f}x | {_meets('teacher_step_vs_plain_loop', t['ratio'])} |"
         if t else "| teacher training step | not measured | |",
         "", f"Where a kdnas trial's time went (at {gpu['best_workers']} worker(s)): {shares}.",
-        "", *_precision_lines(gpu.get("precision"))]
+        "", *_precision_lines(gpu.get("precision")), *_graph_lines(gpu.get("graphs"))]
+
+
+def _graph_lines(graphs: dict | None) -> list[str]:
+    if not graphs:
+        return []
+    return ["CUDA graphs by family (kdnas' training step of the family's first candidate, the "
+            "teacher's logits from the cache; `KDNAS_CUDA_GRAPHS=0` turns them off):", "",
+            "| family | eager ms | graph ms | speed-up | steps replayed |",
+            "| --- | --- | --- | --- | --- |",
+            *(f"| {f} | {1e3 * g['eager']:.2f} | {1e3 * g['graph']:.2f} | "
+              f"{g['graph_speedup']:.2f}x | {g['graph_replayed']} |"
+              for f, g in graphs.items()), ""]
 
 
 def _precision_lines(prec: dict | None) -> list[str]:

@@ -15,7 +15,8 @@ from kdnas.distill.losses import (
     feature_loss,
     match_taps,
 )
-from kdnas.distill.trainer import FitResult, evaluate, fit
+from kdnas.distill.evaluation import evaluate
+from kdnas.distill.trainer import FitResult, fit
 
 __all__ = ["ATLoss", "DISTLoss", "DKDLoss", "FeatureTaps", "FitResult", "HintLoss", "KDLoss",
            "PKTLoss", "RKDLoss", "SPLoss", "TeacherCache", "evaluate", "feature_loss", "fit",

@@ -125,11 +125,19 @@ class _Weighted(nn.Module):
         super().__init__()
         self.loss, self.weight, self.ramp = loss, weight, ramp
 
-    def forward(self, s, t, labels, step: int = 0, total: int = 1):
-        scale = self.weight
+    def scale(self, step: int, total: int) -> float:
+        """The weight at ``step`` of ``total``: the method's, times the ramp's share."""
         if self.ramp > 0:
-            scale *= min(1.0, (step + 1) / max(1.0, self.ramp * total))
+            return self.weight * min(1.0, (step + 1) / max(1.0, self.ramp * total))
+        return self.weight
+
+    def forward(self, s, t, labels, step: int = 0, total: int = 1, scale=None):
+        """The loss at ``step`` of ``total``, or times ``scale`` (a float, or a 0-dim tensor
+        on the device that a CUDA graph's step fills: :mod:`kdnas.distill.graph_step`)."""
+        scale = self.scale(step, total) if scale is None else scale
         value = self.loss(s, t, labels)
+        if isinstance(scale, torch.Tensor):
+            return value * scale
         return value if scale == 1.0 else value * scale
 
 

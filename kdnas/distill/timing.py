@@ -14,7 +14,6 @@ from torch import nn
 from kdnas.core.settings import TrainConfig
 from kdnas.device import autocast, resolve
 from kdnas.distill.layout import PinnedConvs
-from kdnas.distill.trainer import _sgd_step
 
 
 def time_step(model: nn.Module, input_shape: tuple[int, ...], cfg: TrainConfig,
@@ -43,7 +42,9 @@ def time_step(model: nn.Module, input_shape: tuple[int, ...], cfg: TrainConfig,
                 out = m(x)
             loss = F.cross_entropy(out.float(), torch.zeros(len(out), dtype=torch.long,
                                                             device=dev))
-            _sgd_step(opt, loss, 1e-3)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             if i:  # the first step warms up (allocations, kernel choice)

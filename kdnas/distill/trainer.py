@@ -24,6 +24,8 @@ from kdnas.core.files import atomic_path
 from kdnas.core.settings import FEATURE_METHODS, TrainConfig
 from kdnas.device import autocast, resolve, sync_every
 from kdnas.distill.cache import TeacherCache
+from kdnas.distill.evaluation import evaluate, hits, subset_order
+from kdnas.distill.graph_step import Stepper, graphs_wanted
 from kdnas.distill.hooks import FeatureTaps
 from kdnas.distill.layout import PinnedConvs
 from kdnas.distill.logit_losses import logit_loss
@@ -65,6 +67,7 @@ class FitResult:
     points: list[dict] = field(default_factory=list)  # the learning curve, by steps
     phases: dict[str, float] = field(default_factory=dict)  # seconds by phase: see _Clock
     images: int = 0  # training images seen (an epoch's last batch may be short)
+    graphed_steps: int = 0  # steps replayed from a CUDA graph (kdnas.distill.graph_step)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,67 +89,6 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     if cfg.schedule == "step":
         return cfg.lr * (0.1 ** ((progress >= 0.5) + (progress >= 0.75)))
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data, split: str = "val", *, batch_size: int = 128,
-             channels_last: bool = True, limit: int | None = None,
-             device: str | torch.device | None = None, precision: str = "fp32") -> float:
-    """Top-1 accuracy (0..1): the mean of :func:`hits` with the same arguments."""
-    h = hits(model, data, split, batch_size=batch_size, channels_last=channels_last,
-             limit=limit, device=device, precision=precision)
-    return float(h.float().mean()) if len(h) else 0.0
-
-
-CURVE_SUBSET_SEED = 0  # the learning curve's images: one fixed sample for every candidate
-
-
-def subset_order(n: int, limit: int | None) -> torch.Tensor | None:
-    """The images a ``limit``-image subset of an ``n``-image split evaluates: the first
-    ``limit`` of one fixed, seeded permutation of the split (None: all of it, in order). A
-    split lists its images as the loader does (an ImageFolder's class by class), so its first
-    N images would be one or two classes; a permutation's first N stand for all of them."""
-    if limit is None or limit >= n:
-        return None
-    g = torch.Generator().manual_seed(CURVE_SUBSET_SEED)
-    return torch.randperm(n, generator=g)[:limit]
-
-
-@torch.no_grad()
-def hits(model: nn.Module, data, split: str = "val", *, batch_size: int = 128,
-         channels_last: bool = True, limit: int | None = None,
-         device: str | torch.device | None = None, precision: str = "fp32") -> torch.Tensor:
-    """Whether each image of a split, or of a fixed ``limit``-image subset of it
-    (:func:`subset_order`), is classified right: a bool tensor on the CPU in the split's order
-    (or the subset's). Evaluated on ``device`` (``auto``, ``cuda``...:
-    the model goes there for the evaluation and back) or, by default, on the device the
-    model is on. With ``channels_last`` false the inputs are fed contiguous (teachers that
-    need it). Batches of 128 (the training batch): on a 2-core CPU, 1.4-2.2x faster than 500
-    for small CIFAR students (the activations stay in cache); ``precision``: as trained."""
-    home = next(model.parameters(), torch.empty(0)).device
-    dev = home if device is None else resolve(device)
-    if dev != home:
-        try:
-            return hits(model.to(dev), data, split, batch_size=batch_size,
-                        channels_last=channels_last, limit=limit, precision=precision)
-        finally:
-            model.to(home)
-    was_training = model.training
-    model.eval()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    data = data.on(dev)
-    n = len(getattr(data, f"{split}_y"))
-    indices = subset_order(n, limit)
-    out = []
-    for x, y, _ in data.batches(split, batch_size, indices=indices):
-        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        if not channels_last:
-            x = x.clone(memory_format=torch.contiguous_format)
-        with autocast(dev, precision):
-            out.append(model(x).argmax(1) == y)
-    model.train(was_training)
-    return torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.bool)
 
 
 def _curve_point(student, data, cfg: TrainConfig, step: int, train_loss: float) -> dict:
@@ -242,6 +184,13 @@ class _TeacherSignal:
             logits = logits.float()
         return logits, feats
 
+    def step(self, step: int, x: torch.Tensor, total: int, feats: list, clock: _Clock
+             ) -> torch.Tensor:
+        """:meth:`get` for the training loop: the logits; the features into ``feats``."""
+        logits, feats[:] = self.get(step, x, total)
+        clock.lap("teacher")
+        return logits
+
     def end(self, step: int) -> None:
         if self.writing:
             self.cache.commit(step)
@@ -280,24 +229,41 @@ def _finite(value: float, step: int, total: int, cfg: TrainConfig) -> float:
     return value
 
 
-def _loss(student, x, y, cfg: TrainConfig, signal: _TeacherSignal | None, at: tuple[int, int],
-          kd_loss: nn.Module, extra, s_taps: FeatureTaps | None, clock: _Clock) -> torch.Tensor:
-    """One batch's loss: cross-entropy, and with a teacher the method's logit loss (Hinton KD,
-    DKD, DIST; :mod:`kdnas.distill.logit_losses`) and its feature loss. The forward passes
-    run under the recipe's precision (:func:`kdnas.device.autocast`); the losses in float32."""
+def _drain(dev: torch.device, clock: _Clock) -> None:
+    """Wait for the steps still queued on a GPU: their time is the student's, not eval's."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        clock.lap("student")
+
+
+def _stepper(student, cfg: TrainConfig, kd_loss, extra, s_taps, t_feats: list, dev
+             ) -> tuple[torch.optim.SGD, Stepper]:
+    """The optimizer (student and connectors) and the step that trains with it: replayed from
+    a CUDA graph on a GPU, for logit methods (:mod:`kdnas.distill.graph_step`)."""
+    params = list(student.parameters()) + (list(extra.parameters()) if extra else [])
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                          weight_decay=cfg.weight_decay)
+    return opt, Stepper(lambda *a: _loss(student, cfg, kd_loss, extra, s_taps, t_feats, *a),
+                        opt, dev, graphs=graphs_wanted(dev) and extra is None)
+
+
+def _loss(student, cfg: TrainConfig, kd_loss: nn.Module, extra, s_taps: FeatureTaps | None,
+          t_feats: list, x, y, t_logits: torch.Tensor | None, scale) -> torch.Tensor:
+    """One batch's loss: cross-entropy, and with the teacher's logits the method's logit loss
+    (Hinton KD, DKD, DIST; :mod:`kdnas.distill.logit_losses`) at its weight ``scale``, and its
+    feature loss. The forward pass runs under the recipe's precision
+    (:func:`kdnas.device.autocast`); the losses in float32."""
     with autocast(x.device, cfg.precision):
         logits = student(x)
     logits = logits.float()
     loss = F.cross_entropy(logits, y)
-    if signal is None:
+    if t_logits is None:
         return loss
-    clock.lap("student")
-    t_logits, t_feats = signal.get(at[0], x, at[1])
-    clock.lap("teacher")
     if cfg.ce_weight is None:  # Hinton's mixing
-        loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd_loss(logits, t_logits, y, *at)
+        loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd_loss(logits, t_logits, y,
+                                                                   scale=scale)
     else:  # the DKD and DIST papers' form
-        loss = cfg.ce_weight * loss + kd_loss(logits, t_logits, y, *at)
+        loss = cfg.ce_weight * loss + kd_loss(logits, t_logits, y, scale=scale)
     if extra is not None:
         s_feats = s_taps.features()
         if x.device.type != "cpu":  # bf16 from autocast or fp16 from the cache
@@ -305,14 +271,6 @@ def _loss(student, x, y, cfg: TrainConfig, signal: _TeacherSignal | None, at: tu
         loss = loss + cfg.weight * extra(s_feats, t_feats)
         s_taps.clear()
     return loss
-
-
-def _sgd_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
-    for group in opt.param_groups:
-        group["lr"] = lr
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
 
 
 class _LossLog:
@@ -393,12 +351,11 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
     pinned = PinnedConvs(student) if cfg.channels_last else None  # CPU kernels' bug
     kd_loss = logit_loss(cfg.entry, cfg.temperature)
     signal = _TeacherSignal(teacher, cache, features=feats_on, device=dev) if kd_on else None
-    params = list(student.parameters()) + (list(extra.parameters()) if extra else [])
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-                          weight_decay=cfg.weight_decay)
     indices = data.subset_indices(cfg.train_fraction, cfg.seed)
     total = cfg.total_steps(len(indices))
     s_taps = FeatureTaps(student, [t.module for t in student_taps]) if feats_on else None
+    t_feats: list = []  # the teacher's features of this step, read by the loss
+    opt, stepper = _stepper(student, cfg, kd_loss, extra, s_taps, t_feats, dev)
     step, epoch, curve, points, t0, clock = 0, 0, [], [], time.perf_counter(), _Clock()
     losses = _LossLog(sync_every(dev), total, cfg)
     if checkpoint is not None and Path(checkpoint).exists():
@@ -415,9 +372,9 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
                     break
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 clock.lap("data")
-                loss = _loss(student, x, y, cfg, signal, (step, total), kd_loss, extra,
-                             s_taps, clock)
-                _sgd_step(opt, loss, _lr_at(step, total, cfg))
+                t_logits = signal.step(step, x, total, t_feats, clock) if signal else None
+                loss = stepper(x, y, t_logits, _lr_at(step, total, cfg),
+                               kd_loss.scale(step, total))
                 read = losses.add(loss, len(y), step)
                 step += 1
                 clock.lap("student")
@@ -433,6 +390,7 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
                 _save_checkpoint(Path(checkpoint), student, extra, opt, step, epoch, total,
                                  curve, points)
             clock.lap("other")
+        _drain(dev, clock)
         if signal is not None:
             signal.end(step)
             clock.lap("teacher")
@@ -447,4 +405,5 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
         keep["extra"] = _cpu_state(extra)
     clock.lap("eval")
     seen = images_seen(len(indices), cfg.batch_size, step)
-    return FitResult(acc, time.perf_counter() - t0, step, curve, points, clock.close(), seen)
+    return FitResult(acc, time.perf_counter() - t0, step, curve, points, clock.close(), seen,
+                     stepper.replays)
