@@ -181,6 +181,15 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     return None if p is None or np.isnan(p) else p
 
 
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar (sign) test for two classifiers on the same images: ``only_a``
+    images right by the first alone, ``only_b`` by the second alone."""
+    from scipy.stats import binomtest
+
+    n = only_a + only_b
+    return 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
+
+
 def compare(a: list[float], b: list[float]) -> dict:
     """``a`` against ``b`` by the noise rule: margin of the means, Welch's p, and a tie where
     the margin is below the larger seed SD."""

@@ -12,6 +12,7 @@ under reports/ does so too).
                    search_replay.json         .replay / .live: search against search
     methods        distill_methods.json       the distillation methods' evidence
     rank           rank_fresh.json            ranking at brief cost on a fresh set
+    deploy         deploy.json                students that ship: int8 on ONNX Runtime
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 FILE = "headlines.json"
 SOURCES = ("search_quality.json", "claim.json", "claim_across.json", "across_families.json",
-           "search_replay.json", "distill_methods.json", "rank_fresh.json")
+           "search_replay.json", "distill_methods.json", "rank_fresh.json", "deploy.json")
 
 
 def _read(reports: Path, name: str) -> dict:
@@ -63,7 +64,8 @@ def assemble(reports: Path = REPORTS) -> dict:
            "claim_across": _read(reports, "claim_across.json").get("claim_across"),
            "across": across or None,
            "methods": _read(reports, "distill_methods.json").get("methods"),
-           "rank": _read(reports, "rank_fresh.json").get("rank")}
+           "rank": _read(reports, "rank_fresh.json").get("rank"),
+           "deploy": _read(reports, "deploy.json").get("deploy")}
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -833,3 +833,44 @@ def test_the_signal_table_reads_the_recorded_development_set():
         res["summary"]["dev"]["arms"]["brief-dkd-ls/s2"]["tau_pooled"])
     lo, hi = taus["brief_dkd_ls"]["ci95"]
     assert lo < taus["brief_dkd_ls"]["tau_pooled"] < hi
+
+
+@pytest.mark.slow
+def test_the_deploy_evidence_runs_resumes_and_measures_again(tmp_path, capsys):
+    """benchmarks/deploy.py on digits, tiny: six students distilled with --int8 (the claim's
+    pick, three references, the front's two), fp32 and int8 compared image by image, the
+    latency measured again, the headline keys derived from the raw runs."""
+    from benchmarks import deploy
+
+    out = tmp_path / "dp.json"
+    argv = ["--data", "digits", "--teacher-arch", "resnet8", "--teacher-epochs", "1",
+            "--epochs", "0.1", "--front-trials", "3", "--front-budget", "2MMACs", "--steps",
+            "5", "--work", str(tmp_path / "work"), "--out", str(out)]
+    deploy.main(argv)
+    res = json.loads(out.read_text())
+    keys = set(res["runs"])
+    assert len(keys) == 6 and {"claim-pick", "resnet8", "mobilenet-mobilenetv2_half",
+                               "shufflenet-shufflenetv2_half"} < keys
+    n = res["runs"]["resnet8"]["fp32"]["images"]
+    for r in res["runs"].values():  # the paired counts are the accuracies' difference
+        pr = r["paired"]
+        assert pr["only_fp32"] - pr["only_int8"] == round(
+            n * (r["fp32"]["accuracy"] - r["int8"]["accuracy"]))
+        assert Path(r["files"]["int8"]).exists() and 0 < pr["mcnemar_p"] <= 1
+    d = res["deploy"]
+    assert d["int8_accuracy_drop_max"] == pytest.approx(
+        max(s["drop_points"] for s in d["students"].values()))
+    assert d["int8_speedup_min"] == pytest.approx(min(
+        r["fp32"]["latency_p50_ms"] / r["int8"]["latency_p50_ms"] for r in res["runs"].values()))
+    capsys.readouterr()
+    deploy.main(argv)  # all done: nothing distilled again
+    assert "distilling" not in capsys.readouterr().out
+    deploy.main([*argv, "--phase", "measure"])
+    again = json.loads(out.read_text())
+    rep = again["runs"]["resnet8"]["latency_repeats"]
+    assert len(rep["fp32"]) == len(rep["int8"]) == deploy.REPEATS
+    row = again["deploy"]["students"]["resnet8"]
+    assert row["latency_repeated"] and row["fp32_p50_ms"] == pytest.approx(
+        sorted(rep["fp32"])[1])
+    md = out.with_suffix(".md").read_text()
+    assert "`deploy.int8_speedup_min`" in md and "| resnet8 |" in md

@@ -115,15 +115,16 @@ def distill_reference(cfg: SearchConfig, name: str, teacher, data, *, epochs: fl
                       out_dir: Path, lr: float | None = None, batch_size: int | None = None,
                       schedule: str = "cosine", seed: int | None = None,
                       formats: tuple[str, ...] = EXPORT_FORMATS, kd: str | None = None,
-                      int8: Int8Options | None = None,
+                      int8: Int8Options | None = None, spec: dict | None = None,
                       progress: Callable[[int, int, float], None] | None = None) -> dict:
     """Train a hand-designed student (a preset of a space, ``resnet8`` or
-    ``mobilenet:mobilenetv2_half``) exactly as :func:`distill_trial` trains a found one, with
-    the study's teacher and the same final method: the bar a found student must clear."""
+    ``mobilenet:mobilenetv2_half``; or ``spec``, which ``name`` then labels) exactly as
+    :func:`distill_trial` trains a found one, with the study's teacher and the same final
+    method: the bar a found student must clear."""
     from kdnas.cost import measure_cost
 
-    spec = preset_spec(name, cfg.space, in_channels=data.in_channels,
-                       num_classes=data.num_classes, input_size=data.input_size)
+    spec = spec or preset_spec(name, cfg.space, in_channels=data.in_channels,
+                               num_classes=data.num_classes, input_size=data.input_size)
     cost = measure_cost(get_space(spec["space"]).build(spec), data.input_shape,
                         latency=False).to_dict()
     method, same = final_method(kd, cfg.kd, None)
