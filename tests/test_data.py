@@ -50,6 +50,23 @@ def test_augment_crops_and_flips_within_the_padded_image(digits):
         assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
 
 
+def test_crop_and_flip_take_each_images_own_window_pixel_for_pixel(digits):
+    """The batched crop and flip against cutting each image's window out of its padded copy
+    one by one (and the no-op without padding or flips)."""
+    d = digits.with_normalization(digits.mean, digits.std)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (9, 3, 6, 5), dtype=torch.uint8, generator=g)
+    for pad, flip in ((2, True), (2, False), (0, True), (0, False)):
+        d.pad, d.flip = pad, flip
+        dy, dx, fl = d._draws(len(x), g)
+        got = d._crop_flip(x, dy, dx, fl)
+        padded = torch.nn.functional.pad(x, (pad,) * 4)
+        for i in range(len(x)):
+            want = padded[i, :, dy[i]:dy[i] + 6, dx[i]:dx[i] + 5]
+            assert torch.equal(got[i], want.flip(-1) if fl[i] else want), (pad, flip, i)
+        assert got.is_contiguous(memory_format=torch.channels_last) or not (pad or flip)
+
+
 def test_a_pass_drawn_at_once_gives_the_batches_drawn_one_by_one(digits):
     """batches() draws a whole pass's order and augmentation before the first batch (one copy
     to a GPU); the batches are those of drawing batch by batch from the same generator, so a
