@@ -27,7 +27,14 @@ import sys
 
 import numpy as np
 
-from benchmarks.common import add_setup_args, data_and_teacher, held, update_results, welch_p
+from benchmarks.common import (
+    add_setup_args,
+    data_and_teacher,
+    held,
+    keep_trials,
+    update_results,
+    welch_p,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = dataclasses.replace(cfg, budget=f"{budget / 1e6:.6f}MMACs")  # exact: whole MACs
     out = run_search(cfg, teacher, data, on_event=SearchProgress(cfg))
     record = load_record(out.study)
+    keep_trials(record, args.out, cfg.study)
     found = pick_trial(record, "best")
     rec = record.trained_trial(found)
     runs = (legacy_keys(json.loads(args.out.read_text())) if args.out.exists() else {})

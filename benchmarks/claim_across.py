@@ -16,7 +16,7 @@ import json
 import statistics
 from pathlib import Path
 
-from benchmarks.common import data_and_teacher, held, update_results, welch_p
+from benchmarks.common import data_and_teacher, held, keep_trials, update_results, welch_p
 
 SPACE = "all"
 REFERENCES = ("resnet8", "mobilenet:mobilenetv2_half", "shufflenet:shufflenetv2_half")
@@ -45,6 +45,7 @@ def run_across(args, argv: list[str]) -> None:
     budget = count_macs(get_space(ref_spec["space"]).build(ref_spec), data.input_shape)
     cfg = dataclasses.replace(cfg, budget=f"{budget / 1e6:.6f}MMACs")  # exact: whole MACs
     record = load_record(run_search(cfg, teacher, data, on_event=SearchProgress(cfg)).study)
+    keep_trials(record, args.out, cfg.study)
     found = pick_trial(record, "best")
     rec = record.trained_trial(found)
     refs = {}

@@ -181,13 +181,16 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     return None if p is None or np.isnan(p) else p
 
 
-def mcnemar_p(only_a: int, only_b: int) -> float:
-    """Exact two-sided McNemar (sign) test for two classifiers on the same images: ``only_a``
-    images right by the first alone, ``only_b`` by the second alone."""
-    from scipy.stats import binomtest
+def keep_trials(record, out: Path, name: str) -> Path:
+    """An evidence search's trials kept with its results, as the study's ``trials.csv`` has
+    them (``searches/NAME.csv`` beside the results file ``out``), so that "the pick is the
+    best of N trials" can be checked from the repository without the study's database."""
+    from kdnas.report import trials_frame
 
-    n = only_a + only_b
-    return 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
+    path = Path(out).parent / "searches" / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trials_frame(record).to_csv(path, index=False)
+    return path
 
 
 def compare(a: list[float], b: list[float]) -> dict:

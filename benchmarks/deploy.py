@@ -17,13 +17,15 @@ import statistics
 import sys
 from pathlib import Path
 
+from kdnas.targets import figure, verdict
+
 from benchmarks.common import (
     Results,
     add_setup_args,
     check_teacher,
     data_and_teacher,
     held,
-    mcnemar_p,
+    keep_trials,
 )
 
 EPOCHS, SEED = 10.0, 0
@@ -72,19 +74,9 @@ def run_record(info: dict, label: str) -> dict:
     return {"label": label, "macs": info.get("macs"), "test_accuracy": info["test_accuracy"],
             "epochs": info["epochs"], "fp32": q["fp32"], "int8": q["int8"],
             "calibration": q["calibration"], "float_ops": q["float_ops"],
-            "latency_setting": q["latency_setting"],
+            "latency_setting": q["latency_setting"], "paired": q["paired"],
             "files": {"fp32": info["exports"]["onnx"], "int8": str(
                 Path(info["exports"]["onnx"]).with_name(q["int8"]["file"]))}}
-
-
-def paired(run: dict, data) -> dict:
-    """fp32 against int8 image by image on the test split: McNemar's counts and p."""
-    from kdnas.ship.int8 import hits
-
-    a, b = hits(Path(run["files"]["fp32"]), data), hits(Path(run["files"]["int8"]), data)
-    only_fp32, only_int8 = int((a & ~b).sum()), int((b & ~a).sum())
-    return {"only_fp32": only_fp32, "only_int8": only_int8,
-            "mcnemar_p": mcnemar_p(only_fp32, only_int8)}
 
 
 def remeasure(run: dict, shape) -> dict:
@@ -118,17 +110,12 @@ def figures(res: dict) -> dict:
     if rows:
         deploy["int8_accuracy_drop_max"] = max(r["drop_points"] for r in rows.values())
         deploy["int8_speedup_min"] = min(r["speedup"] for r in rows.values())
-        deploy["verdicts"] = {k: _meets(k, deploy[k]) for k in TARGETS}
+        deploy["verdicts"] = {k: verdict(*TARGETS[k], deploy[k]) for k in TARGETS}
         over = [r for r in rows.values() if r["drop_points"] > TARGETS[
             "int8_accuracy_drop_max"][1]]
         if over and all(r["drop_verdict"] == "noise" for r in over):
             deploy["verdicts"]["int8_accuracy_drop_max"] += " (within noise: McNemar p >= 0.05)"
     return {**res, "deploy": deploy}
-
-
-def _meets(key: str, value: float) -> str:
-    op, goal = TARGETS[key]
-    return "met" if (value <= goal if op == "<=" else value >= goal) else "not met"
 
 
 def write_markdown(path: Path, res: dict) -> None:
@@ -145,7 +132,7 @@ def write_markdown(path: Path, res: dict) -> None:
     for key, (op, goal) in TARGETS.items():
         unit = " points" if "drop" in key else "x"
         goal_text = f"{goal:g} point" if "drop" in key else f"{goal:g}x"
-        lines.append(f"| `deploy.{key}` | {d[key]:.2f}{unit} | {op} {goal_text} | "
+        lines.append(f"| `deploy.{key}` | {figure(d[key], op, goal)}{unit} | {op} {goal_text} | "
                      f"{d['verdicts'][key]} |")
     lines += ["", "| student | MACs | fp32 test | int8 test | drop (points) | McNemar p | "
               "fp32 p50 ms | int8 p50 ms | speed-up | left in float |",
@@ -218,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"distilling {label}, {args.epochs:g} epochs, with --int8", flush=True)
             run = run_record(make(args.work / "deploy" / key, StepBar(f"  {key}",
                                                                       every_s=120)), label)
-            results.put(key, {**run, "paired": paired(run, data)})
+            results.put(key, run)
 
     pick = pick_spec(data, check=not (args.data or args.per_class))
     distill(PICK[0], "the claim's pick: shufflenet w48-96-192 d3-1-1 k333",
@@ -229,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
                 lambda out, bar, name=name: distill_reference(
                     cfg, name, teacher, data, out_dir=out, progress=bar, **opts))
     record = load_record(run_search(cfg, teacher, data, on_event=SearchProgress(cfg)).study)
+    keep_trials(record, args.out, cfg.study)
     for label, trial in front_picks(record):
         distill(label, f"{label} (trial {trial})",
                 lambda out, bar, trial=trial: distill_trial(

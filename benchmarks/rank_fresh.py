@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kdnas.targets import shown
+
 from benchmarks import across_families as af
 from benchmarks import rank_signals as rs
 from benchmarks.rank_signals import set_table
@@ -291,13 +293,11 @@ def decision_lines(res: dict) -> list[str]:
     if not r.get("decision"):
         return [frozen + " No decision is taken yet: the protocol scores the signals once, "
                 "after the fresh truth is complete."]
-    f = r["fresh"]
-    met = (f["kendall_tau_pooled"] or 0) >= r["target"]["kendall_tau_pooled"] and (
-        f["cost_vs_brief"] or 9) <= r["target"]["cost_vs_brief"]
+    f, t = r["fresh"], r["target"]
     return [frozen, "", f"Decision 1 (the ranker): {r['decision']}: fresh pooled tau "
-            f"{_f2(f['kendall_tau_pooled'])} at {_f2(f['cost_vs_brief'])}x the brief cost "
-            f"(brief dkd-ls {_f2(f['brief_tau'])}); target tau 0.8 at 1.5x: "
-            f"{'met' if met else 'missed'}.", "",
+            f"{shown(f['kendall_tau_pooled'], '>=', t['kendall_tau_pooled'])} at "
+            f"{shown(f['cost_vs_brief'], '<=', t['cost_vs_brief'])}x the brief cost "
+            f"(brief dkd-ls {_f2(f['brief_tau'])}).", "",
             f"Decision 2 (features): {r['features_decision']}."]
 
 

@@ -28,6 +28,7 @@ from benchmarks.common import (
     Results,
     add_setup_args,
     data_and_teacher,
+    keep_trials,
     run_one,
     truth_recipe,
     update_results,
@@ -78,6 +79,7 @@ def read_pick(arm: str, work: Path) -> dict:
 
     cfg = SearchConfig(study=f"live-{arm}", workdir=str(work / arm / "runs"))
     record = load_record(open_study(cfg, create=False))
+    keep_trials(record, OUT, cfg.study)
     best = pick_trial(record, "best")
     rec = record.trained_trial(best)
     trained = [t for t in record.trials if t.trained]

@@ -91,6 +91,16 @@ def wilson(acc: float | None, n: int | None, z: float = 1.96) -> tuple[float, fl
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar (sign) test of two classifiers on the same images: ``only_a``
+    images right by the first alone, ``only_b`` by the second alone. Exact binomial tail in
+    integers (no normal approximation, no scipy)."""
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
 def accuracy_se(acc, n):
     """Standard error of accuracies measured on ``n`` images (Agresti-Coull: two hits and two
     misses added, so that 100% on a small set is not certain); arrays welcome."""

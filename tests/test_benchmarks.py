@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from benchmarks import common, search_quality, search_replay
@@ -187,6 +188,8 @@ def test_claim_runs_resumes_and_reports(tmp_path):
     assert set(part["claim_runs"]) == {f"trial-{found}/s0", "reference/s0",
                                        f"trial-{found}/s1"}
     assert part["claim"]["verdict"].startswith("In progress")
+    kept = pd.read_csv(tmp_path / "searches" / "claim-resnet8.csv")  # the search's trials
+    assert len(kept) == 2 and found in set(kept.trial)
     claim.main(argv)  # the lock is free again: the rest
     res = json.loads((tmp_path / "claim.json").read_text())
     c = res["claim"]
@@ -398,6 +401,21 @@ def test_the_gpu_section_states_its_figures_against_the_targets():
     assert "| resnet | 9.00 | 3.00 | 3.00x | 47 |" in text
     assert "not a GPU" in "\n".join(gpu_lines(dict(gpu, gpu=False, device="cpu")))
     assert "Not measured" in "\n".join(gpu_lines(None))
+    near = "\n".join(gpu_lines(dict(gpu, throughput_vs_plain_loop=3.999)))
+    assert "| 3.999x | >= 4: **not met** |" in near  # never a rounded-up 4.00
+
+
+def test_a_figure_against_its_target_never_rounds_across_the_bar():
+    from kdnas.targets import figure, meets, shown, verdict
+
+    assert figure(0.699, ">=", 0.7) == "0.699" and verdict(">=", 0.7, 0.699) == "not met"
+    assert figure(0.70, ">=", 0.7) == "0.70" and figure(0.7349, ">=", 0.7) == "0.73"
+    assert figure(3.0004, "<=", 3.0, ".3g") == "3.0004" and figure(3.9, "<=", 3, ".3g") == "3.9"
+    assert figure(1.7996, ">=", 1.8) == "1.7996" and meets("<=", 1.0, 1.0)
+    assert shown(0.699, ">=", 0.7) == "0.699 (target >= 0.7: not met)"
+    assert shown(None, "<=", 1.0) == "not measured yet (target <= 1)"
+    with pytest.raises(ValueError):
+        meets(">", 1.0, 2.0)
 
 
 def test_a_space_whose_truth_lies_within_seed_noise_is_marked_and_left_out_of_the_mean():
@@ -858,6 +876,8 @@ def test_the_deploy_evidence_runs_resumes_and_measures_again(tmp_path, capsys):
             n * (r["fp32"]["accuracy"] - r["int8"]["accuracy"]))
         assert Path(r["files"]["int8"]).exists() and 0 < pr["mcnemar_p"] <= 1
     d = res["deploy"]
+    kept = pd.read_csv(tmp_path / "searches" / "deploy-front.csv")  # the front's search
+    assert len(kept) == 3 and {"trial", "val_accuracy", "macs"} <= set(kept.columns)
     assert d["int8_accuracy_drop_max"] == pytest.approx(
         max(s["drop_points"] for s in d["students"].values()))
     assert d["int8_speedup_min"] == pytest.approx(min(

@@ -77,3 +77,16 @@ def test_the_knee_is_the_cheapest_of_its_ties():
     from kdnas.report.frames import acc_text
 
     assert acc_text(few.iloc[1]).endswith(" tie") and "(" in acc_text(few.iloc[0])
+
+
+def test_mcnemar_p_is_the_exact_two_sided_sign_test():
+    """Against scipy's exact binomial test, and by hand where the tail is one term."""
+    from scipy.stats import binomtest
+
+    from kdnas.front import mcnemar_p
+
+    assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(7, 7) == 1.0
+    assert mcnemar_p(5, 0) == pytest.approx(2 / 2 ** 5)  # both all-one-way tails
+    for a, b in ((3, 9), (40, 10), (120, 95), (0, 1), (600, 540)):
+        assert mcnemar_p(a, b) == pytest.approx(binomtest(a, a + b, 0.5).pvalue, rel=1e-9)
+        assert mcnemar_p(a, b) == mcnemar_p(b, a)

@@ -156,20 +156,27 @@ def test_int8_is_written_beside_fp32_and_measured_on_the_runtime(searched):
     q_weights = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
     assert q_weights, "weights must be stored as int8"
     meta = json.loads((out / "spec.json").read_text())["int8"]
+    right = {}
     for name, file in (("fp32", "student.onnx"), ("int8", "student.int8.onnx")):
         sess = session(out / file)
         logits = np.concatenate([sess.run(None, {"images": x.contiguous().numpy()})[0]
                                  for x, _, _ in data.batches("test", 256)])
-        acc = float((logits.argmax(1) == data.test_y.numpy()).mean())
+        right[name] = logits.argmax(1) == data.test_y.numpy()
+        acc = float(right[name].mean())
         assert meta[name]["accuracy"] == pytest.approx(acc)
         assert meta[name]["images"] == len(data.test_y)
         assert meta[name]["accuracy_lo"] <= acc <= meta[name]["accuracy_hi"]
         assert 0 < meta[name]["latency_p50_ms"] <= meta[name]["latency_p90_ms"]
     assert meta["accuracy_drop"] == pytest.approx(meta["fp32"]["accuracy"]
                                                   - meta["int8"]["accuracy"])
+    pr = meta["paired"]  # image by image, counted again here from the two files' outputs
+    assert pr["only_fp32"] == int((right["fp32"] & ~right["int8"]).sum())
+    assert pr["only_int8"] == int((right["int8"] & ~right["fp32"]).sum())
+    assert 0 < pr["mcnemar_p"] <= 1
     assert meta["calibration"]["images"] == 64 and meta["calibration"]["method"] == "minmax"
     card = (out / "MODEL_CARD.md").read_text()
     assert "## int8 (ONNX Runtime)" in card and "student.int8.onnx" in card
+    assert f"| images right by this file alone | {pr['only_fp32']} | {pr['only_int8']} " in card
     assert "1 thread" in card
 
 
@@ -196,3 +203,7 @@ def test_the_int8_warning_says_what_was_lost_and_what_to_try():
                       "x", {"Sigmoid": 3})
     text = lost.warning()
     assert "3.00 points" in text and "Sigmoid" in text and "--calibration-method" in text
+    lost.paired = {"only_fp32": 40, "only_int8": 10, "mcnemar_p": 2.2e-5}
+    assert lost.beyond_noise and "beyond the noise" in lost.warning()
+    lost.paired = {"only_fp32": 31, "only_int8": 25, "mcnemar_p": 0.53}
+    assert not lost.beyond_noise and "within the noise" in lost.warning()

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from kdnas.core.errors import KdnasError
+from kdnas.targets import figure, verdict
 
 GOAL_TRIALS = 100
 TARGETS = {"throughput_vs_plain_loop": (">=", 4.0), "minutes_for_100_trials": ("<=", 5.0),
@@ -307,10 +308,14 @@ def run_gpu(work: Path, device: str, load: GpuWorkload, archive: Path,
     return res
 
 
+def _fig(key: str, value: float, fmt: str = ".2f") -> str:
+    return figure(value, *TARGETS[key], fmt)
+
+
 def _meets(key: str, value: float) -> str:
     op, goal = TARGETS[key]
-    ok = value >= goal if op == ">=" else value <= goal
-    return f"{op} {goal:g}: {'met' if ok else '**not met**'}"
+    v = verdict(op, goal, value)
+    return f"{op} {goal:g}: {v if v == 'met' else f'**{v}**'}"
 
 
 def _util(u: dict | None) -> str:
@@ -358,13 +363,15 @@ def gpu_lines(gpu: dict | None) -> list[str]:
         best["shares"].items(), key=lambda kv: -kv[1]) if v >= 0.005)
     return out + [
         "", "| figure | value | target |", "| --- | --- | --- |",
-        f"| throughput_vs_plain_loop (kdnas at {gpu['best_workers']} worker(s)) | {ratio:.2f}x "
+        f"| throughput_vs_plain_loop (kdnas at {gpu['best_workers']} worker(s)) | "
+        f"{_fig('throughput_vs_plain_loop', ratio)}x "
         f"| {_meets('throughput_vs_plain_loop', ratio)} |",
-        f"| minutes_for_{GOAL_TRIALS}_trials | {minutes:.1f} | "
+        f"| minutes_for_{GOAL_TRIALS}_trials | {_fig('minutes_for_100_trials', minutes, '.1f')} | "
         f"{_meets('minutes_for_100_trials', minutes)} |",
         f"| teacher training step ({t['arch']}), kdnas / plain loop | "
         f"{1e3 * t['kdnas_seconds']:.1f} / {1e3 * t['plain_seconds']:.1f} ms = "
-        f"{t['ratio']:.2f}x | {_meets('teacher_step_vs_plain_loop', t['ratio'])} |"
+        f"{_fig('teacher_step_vs_plain_loop', t['ratio'])}x | "
+        f"{_meets('teacher_step_vs_plain_loop', t['ratio'])} |"
         if t else "| teacher training step | not measured | |",
         "", f"Where a kdnas trial's time went (at {gpu['best_workers']} worker(s)): {shares}.",
         "", *_precision_lines(gpu.get("precision")), *_graph_lines(gpu.get("graphs"))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kdnas.bench.gpu import gpu_lines
+from kdnas.targets import figure, verdict
 
 
 def _target(key: str, targets: dict) -> tuple[str, float] | None:
@@ -15,8 +16,9 @@ def _row(key: str, value: float, targets: dict) -> str:
     if t is None:
         return f"| `{key}` | {value:.3g} | - | - |"
     op, bound = t
-    met = value >= bound if op == ">=" else value <= bound
-    return f"| `{key}` | {value:.3g} | {op} {bound:g} | {'met' if met else '**not met**'} |"
+    v = verdict(op, bound, value)
+    return (f"| `{key}` | {figure(value, op, bound, '.3g')} | {op} {bound:g} | "
+            f"{v if v == 'met' else f'**{v}**'} |")
 
 
 def benchmarks_markdown(res: dict, targets: dict) -> str:

@@ -217,7 +217,7 @@ def caveat(front: pd.DataFrame, record: StudyRecord) -> str | None:
     if len(families) > 1 and rung is not None and rung > 1:
         return (f"This front mixes families ({', '.join(families)}) and is read after "
                 f"{int(rung)}x the brief steps (--rungs); on CIFAR-10, 8x with FitNets "
-                "ranked 18 students of three families at Kendall tau 0.70 against full "
+                "ranked 18 students of three families at Kendall tau 0.699 against full "
                 "training (4x: 0.51; full training against itself, another seed: 0.84), so "
                 "distil the students you would choose between fully (`kdnas distill`).")
     if len(families) > 1:

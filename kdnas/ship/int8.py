@@ -26,7 +26,7 @@ from kdnas.core.settings import (
     INT8_CALIBRATION_METHODS,
 )
 from kdnas import ort
-from kdnas.front import wilson
+from kdnas.front import mcnemar_p, wilson
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,13 @@ class Int8Report:
     calibration: dict
     latency_setting: str
     float_ops: dict = field(default_factory=dict)  # op type -> nodes left in float
+    # fp32 against int8 image by image: right by one file alone, and McNemar's exact p
+    paired: dict = field(default_factory=dict)
+
+    @property
+    def beyond_noise(self) -> bool:
+        """The drop is more than the two files' disagreements give by chance (p < 0.05)."""
+        return self.paired.get("mcnemar_p", 1.0) < 0.05
 
     @property
     def drop(self) -> float:
@@ -81,8 +88,12 @@ class Int8Report:
             return None
         left = (f"; left in float: {', '.join(sorted(self.float_ops))}" if self.float_ops
                 else "")
+        noise = ("" if not self.paired else
+                 f", {'beyond' if self.beyond_noise else 'within'} the noise of these images "
+                 f"(McNemar p {self.paired['mcnemar_p']:.3g})")
         return (f"int8 loses {100 * self.drop:.2f} points of test accuracy "
-                f"({100 * self.fp32.accuracy:.2f}% -> {100 * self.int8.accuracy:.2f}%){left}. "
+                f"({100 * self.fp32.accuracy:.2f}% -> {100 * self.int8.accuracy:.2f}%"
+                f"{noise}){left}. "
                 "Try another --calibration-method (percentile or entropy) or more "
                 "--calibration-images, or ship the fp32 file.")
 
@@ -158,12 +169,22 @@ def latency_setting(threads: int = 1) -> str:
             f"{platform.machine()} {platform.processor() or ''}".strip())
 
 
-def measure(path: Path, data, shape, split: str = "test") -> Measured:
-    acc, n = accuracy(path, data, split)
+def measure(path: Path, data, shape, split: str = "test",
+            right: np.ndarray | None = None) -> Measured:
+    """Accuracy (from ``right``, the file's :func:`hits`, when given) and latency."""
+    right = hits(path, data, split) if right is None else right
+    acc, n = (float(right.mean()) if len(right) else 0.0), len(right)
     lo, hi = wilson(acc, n)
     p50, p90 = ort.onnx_latency(path, shape, warmup=LATENCY_WARMUP,
                                 repeats=LATENCY_RUNS)
     return Measured(path.name, acc, lo, hi, n, p50, p90)
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> dict:
+    """Two files' :func:`hits` on the same images: how many each alone gets right, and the
+    exact McNemar p of the difference."""
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    return {"only_fp32": only_a, "only_int8": only_b, "mcnemar_p": mcnemar_p(only_a, only_b)}
 
 
 def int8_export(fp32: Path, data, *, images: int = CALIBRATION_IMAGES,
@@ -173,8 +194,11 @@ def int8_export(fp32: Path, data, *, images: int = CALIBRATION_IMAGES,
     out = fp32.with_name(fp32.stem + ".int8.onnx")
     calibration = quantize(fp32, data, out, images=images, method=method)
     shape = tuple(data.input_shape)
-    report = Int8Report(measure(fp32, data, shape, split), measure(out, data, shape, split),
-                        {**calibration, "split": split}, latency_setting(), float_ops(out))
+    right = {f: hits(f, data, split) for f in (fp32, out)}
+    report = Int8Report(measure(fp32, data, shape, split, right[fp32]),
+                        measure(out, data, shape, split, right[out]),
+                        {**calibration, "split": split}, latency_setting(), float_ops(out),
+                        paired(right[fp32], right[out]))
     if report.warning():
         log.warning(report.warning())
     return report
@@ -188,7 +212,9 @@ def card_section(d: dict) -> str:
         return (f"{100 * m['accuracy']:.2f}% [{100 * m['accuracy_lo']:.1f}, "
                 f"{100 * m['accuracy_hi']:.1f}] ({m['images']} {c['split']} images)")
     left = ", ".join(f"{k} x{v}" for k, v in sorted(d["float_ops"].items())) or "none"
-    warn = d.get("warning")
+    warn, pr = d.get("warning"), d.get("paired")
+    paired_row = (f"| images right by this file alone | {pr['only_fp32']} | {pr['only_int8']} "
+                  f"(exact McNemar p {pr['mcnemar_p']:.3g}) |\n" if pr else "")
     return f"""## int8 (ONNX Runtime)
 
 | | fp32 (`{f['file']}`) | int8 (`{q['file']}`) |
@@ -196,7 +222,7 @@ def card_section(d: dict) -> str:
 | test accuracy, 95% interval | {acc(f)} | {acc(q)} |
 | latency p50 / p90 | {f['latency_p50_ms']:.3g} / {f['latency_p90_ms']:.3g} ms | \
 {q['latency_p50_ms']:.3g} / {q['latency_p90_ms']:.3g} ms ({d['speedup_p50']:.2f}x) |
-
+{paired_row}
 Latency: {d['latency_setting']}, on the machine that exported it. Quantization: post-training,
 static, {c['format']}, weights {c['weights']}, activations {c['activations']}, calibrated
 with {c['method']} on {c['images']} training images (seed {c['seed']}). Operators left in
