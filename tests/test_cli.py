@@ -68,6 +68,10 @@ def test_search_report_export_as_users_type_them(tmp_path, digits_teacher, capsy
     page = (rep / "report.html").read_text()
     assert "<h2>Exported students</h2>" in page and str(out_dir) in page
     int8 = json.loads((out_dir / "spec.json").read_text())["int8"]
+    pr = int8["paired"]
+    assert (f"images right by one file alone: fp32 {pr['only_fp32']}, int8 {pr['only_int8']}"
+            in out)
+    assert ("left in float" in out) == bool(int8["float_ops"])
     row = page[page.index("<h2>Exported students</h2>"):]
     assert f"{100 * int8['int8']['accuracy']:.2f}%" in row
     assert f"{int8['int8']['latency_p50_ms']:.3g} ms ({int8['speedup_p50']:.2f}x)" in row
