@@ -51,7 +51,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--across", action="store_true", help="the claim across families "
                     "(docs/evidence/claim_across.md): a --space all search, against the "
                     "strongest of the references that fit the budget")
+    ap.add_argument("--shipped", action="store_true", help="with --across: the same claim "
+                    "with the defaults as shipped, the search's ranker and distill's method "
+                    "(docs/evidence/claim_shipped.md; reports/claim_shipped.json)")
     args = ap.parse_args(argv)
+    if args.shipped and not args.across:
+        ap.error("--shipped is a variant of --across: give both")
     argv = sys.argv[1:] if argv is None else list(argv)
     if args.across:
         from benchmarks.claim_across import run_across

@@ -2,6 +2,12 @@
 ``python -m benchmarks.claim --across``: a ``--space all`` search at resnet8's MACs, its pick
 distilled fully against the strongest hand-designed student that fits the budget.
 
+``--across --shipped`` (protocol: docs/evidence/claim_shipped.md) is the same claim with the
+defaults as shipped instead of FitNets: the search ranks with its default method and ranker,
+``kdnas distill`` trains with its default method. Its results go to claim_shipped.json; the
+references' seed-0 runs of the deploy evidence (reports/deploy.json) stand in for its own
+where their recorded recipe is the one it would use.
+
 Stage 1 distils every reference once (the first seed); the strongest by that seed's test
 accuracy is the opponent; stage 2 distils the pick and the opponent with every seed. Raw
 results under ``claim_across_runs`` and figures under ``claim_across`` in
@@ -16,28 +22,55 @@ import json
 import statistics
 from pathlib import Path
 
+from dataclasses import dataclass
+
 from benchmarks.common import data_and_teacher, held, keep_trials, update_results, welch_p
 
 SPACE = "all"
 REFERENCES = ("resnet8", "mobilenet:mobilenetv2_half", "shufflenet:shufflenetv2_half")
 
 
+@dataclass(frozen=True)
+class Variant:
+    """What differs between the claim across families as made (FitNets to rank and to
+    distil) and as shipped (each command's default)."""
+
+    name: str  # the results file's stem, the study's prefix and the work folder
+    kd: str | None  # the search's and distill's method; None: each command's default
+    protocol: str
+    title: str
+
+
+AS_MADE = Variant("claim_across", "feature", "docs/evidence/claim_across.md",
+                  "The claim at resnet8's MACs, searched across families")
+SHIPPED = Variant("claim_shipped", None, "docs/evidence/claim_shipped.md",
+                  "The claim at resnet8's MACs with the defaults as shipped")
+
+
 def run_across(args, argv: list[str]) -> None:
+    v = SHIPPED if getattr(args, "shipped", False) else AS_MADE
     from kdnas.cli.progress import SearchProgress, StepBar
     from kdnas.core.settings import SearchConfig
     from kdnas.cost import count_macs
     from kdnas.report import pick_trial
     from kdnas.search.loop import run_search
     from kdnas.search.storage import load_record
-    from kdnas.ship.final import distill_reference, distill_trial
+    from kdnas.ship.final import (
+        distill_reference,
+        distill_trial,
+        final_method,
+        reference_recipe,
+    )
     from kdnas.teacher.prepare import prepare
     from search_spaces import describe, get_space, preset_spec
 
     spec, teacher_path = data_and_teacher(args)
-    cfg = SearchConfig(study=f"claim-across-{args.reference}", teacher=str(teacher_path),
-                       data=spec, budget="1GMACs", trials=args.trials, steps=args.steps,
-                       latency=False, space=SPACE, kd="feature", workdir=str(args.work / "runs"),
-                       reports=str(args.work / "reports"), references=REFERENCES)
+    method = {} if v.kd is None else {"kd": v.kd}
+    cfg = SearchConfig(study=f"{v.name.replace('_', '-')}-{args.reference}",
+                       teacher=str(teacher_path), data=spec, budget="1GMACs",
+                       trials=args.trials, steps=args.steps, latency=False, space=SPACE,
+                       workdir=str(args.work / "runs"), reports=str(args.work / "reports"),
+                       references=REFERENCES, **method)
     cfg, teacher, data, _ = prepare(cfg)
     shape = dict(in_channels=data.in_channels, num_classes=data.num_classes,
                  input_size=data.input_size)
@@ -61,36 +94,43 @@ def run_across(args, argv: list[str]) -> None:
              "found_params": rec.cost.get("params"), "found_brief": rec.val_accuracy,
              "references": refs, "argv": " ".join(["--across", *argv]).replace(
                  "--across --across", "--across").strip(),
-             "protocol": "docs/evidence/claim_across.md", "device": "CPU (2 cores)"}
+             "protocol": v.protocol, "title": v.title, "device": "CPU (2 cores)",
+             "search_kd": cfg.kd, "search_ranker": "brief validation accuracy",
+             "distill_kd": final_method(v.kd, cfg.kd, None)[0]}
     runs: dict = {}
-
-    out = args.out.with_name("claim_across.json")
+    out = args.out.with_name(f"{v.name}.json")
+    if v is AS_MADE:  # the earlier claim's resnet8 runs: same teacher, data and recipe
+        earlier = earlier_reference_runs(args.out, args.epochs)
+    else:  # the deploy evidence's seed-0 references, where their recipe is this one's
+        earlier = deploy_reference_runs(args.out.with_name("deploy.json"), {
+            name: reference_recipe(cfg, name, data, epochs=args.epochs, seed=0)
+            for name in REFERENCES}, spec, teacher.digest) if 0 in args.seeds else {}
 
     def save() -> dict:
         def update(res: dict) -> dict:
-            if not res.get("claim_across_runs"):  # the earlier claim's resnet8 runs: same
-                for key, r in earlier_reference_runs(args.out, args.epochs).items():
-                    runs.setdefault(key, r)  # teacher, data and recipe
-            runs.update({k: v for k, v in res.get("claim_across_runs", {}).items()
+            if not res.get(f"{v.name}_runs"):
+                for key, r in earlier.items():
+                    runs.setdefault(key, r)
+            runs.update({k: r for k, r in res.get(f"{v.name}_runs", {}).items()
                          if k not in runs})
-            res["claim_across_runs"] = dict(runs)
-            res["claim_across"] = summarise(runs, setup)
+            res[f"{v.name}_runs"] = dict(runs)
+            res[v.name] = summarise(runs, setup)
             return res
         res = update_results(out, update)
-        write_page(out.with_suffix(".md"), res["claim_across"])
+        write_page(out.with_suffix(".md"), res[v.name])
         return res
 
     def distill(who: str, seed: int) -> None:
         key = f"{who}/s{seed}"
         if runs.get(key, {}).get("epochs") == args.epochs:
             return
-        with held(args.work / "claim_across" / f"{key.replace('/', '-')}.lock") as mine:
+        with held(args.work / v.name / f"{key.replace('/', '-')}.lock") as mine:
             if not mine:  # a second process takes the next one
                 print(f"{key}: another process distils it; skipped", flush=True)
                 return
             print(f"distilling {key}, {args.epochs:g} epochs", flush=True)
-            opts = dict(epochs=args.epochs, formats=(), seed=seed, kd="feature",  # as measured
-                        out_dir=args.work / "claim_across" / key,
+            opts = dict(epochs=args.epochs, formats=(), seed=seed, kd=v.kd,
+                        out_dir=args.work / v.name / key,
                         progress=StepBar(f"  {key}", every_s=120))
             info = (distill_trial(record, cfg, found, teacher, data, **opts)
                     if who.startswith("trial-") else
@@ -123,6 +163,24 @@ def earlier_reference_runs(claim_file: Path, epochs: float) -> dict:
     return {f"ref-resnet8/{key.split('/')[1]}": dict(r)
             for key, r in res.get("claim_runs", {}).items()
             if key.startswith("reference/") and r.get("epochs") == epochs}
+
+
+def deploy_reference_runs(deploy_file: Path, recipes: dict, data: str, teacher: str) -> dict:
+    """The deploy evidence's runs of the references (seed 0), as this experiment's
+    ``ref-NAME/s0``, for each reference whose recorded recipe is ``recipes[NAME]`` and
+    whose data and teacher are this run's: the same training, not run twice."""
+    res = json.loads(deploy_file.read_text()) if deploy_file.exists() else {}
+    setup = res.get("setup", {})
+    if setup.get("data") != data or setup.get("teacher_digest") != teacher:
+        return {}
+    out = {}
+    for name, recipe in recipes.items():
+        r = res.get("runs", {}).get(name.replace(":", "-"), {})
+        if r.get("recipe") == recipe and r.get("epochs") == setup.get("epochs"):
+            out[f"ref-{name}/s0"] = {k: r[k] for k in ("test_accuracy", "val_accuracy",
+                                                        "macs", "epochs")}
+            out[f"ref-{name}/s0"]["from"] = "reports/deploy.json"
+    return out
 
 
 def strongest(runs: dict, seed: int) -> str | None:
@@ -184,14 +242,18 @@ def _macs_used(setup: dict, opponent: str) -> str:
 def write_page(path: Path, c: dict) -> None:
     def pct(v):
         return "-" if v is None else f"{100 * v:.2f}%"
-    lines = ["# The claim at resnet8's MACs, searched across families", "",
-             "Protocol: [docs/evidence/claim_across.md](../docs/evidence/claim_across.md) "
-             "(committed before the runs). Raw results: `claim_across_runs` in "
-             "`reports/claim_across.json`.", "",
+    protocol = c.get("protocol", AS_MADE.protocol)
+    stem = Path(protocol).stem
+    lines = [f"# {c.get('title', AS_MADE.title)}", "",
+             f"Protocol: [{protocol}](../{protocol}) "
+             f"(committed before the runs). Raw results: `{stem}_runs` in "
+             f"`reports/{stem}.json`.", "",
              f"Budget {c['budget_macs'] / 1e6:.2f}M MACs. The search (`--space {c['space']}`, "
-             f"{c['search_trials']} trials, brief recipe) picked trial {c['found_trial']}: "
+             f"{c['search_trials']} trials, brief recipe with {c.get('search_kd', 'feature')}) "
+             f"picked trial {c['found_trial']}: "
              f"{c['found_arch']}, {c['found_macs'] / 1e6:.2f}M MACs, brief validation "
-             f"{pct(c['found_brief'])}. Full recipe: `kdnas distill`, {c['epochs']:g} epochs; "
+             f"{pct(c['found_brief'])}. Full recipe: `kdnas distill`, {c['epochs']:g} epochs, "
+             f"{c.get('distill_kd', 'feature')}; "
              f"test accuracy (CIFAR-10's 10,000 test images); {c['device']}.", "",
              "| student | MACs | brief (val) | seed 0 (stage 1) | seeds | mean | spread | SD |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -72,6 +72,7 @@ def run_record(info: dict, label: str) -> dict:
     """What a distillation with ``--int8`` leaves, as this experiment records it."""
     q = info["int8"]
     return {"label": label, "macs": info.get("macs"), "test_accuracy": info["test_accuracy"],
+            "val_accuracy": info["val_accuracy"], "recipe": info["recipe"],
             "epochs": info["epochs"], "fp32": q["fp32"], "int8": q["int8"],
             "calibration": q["calibration"], "float_ops": q["float_ops"],
             "latency_setting": q["latency_setting"], "paired": q["paired"],

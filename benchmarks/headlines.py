@@ -8,6 +8,7 @@ under reports/ does so too).
     proxy          search_quality.json        the proxy study: brief recipes against the truth
     claim          claim.json                 the found student against resnet8, ResNets only
     claim_across   claim_across.json          the same budget searched across families
+    claim_shipped  claim_shipped.json         the same, with the defaults as shipped
     across         across_families.json       rungs against the truth across families, and
                    search_replay.json         .replay / .live: search against search
     methods        distill_methods.json       the distillation methods' evidence
@@ -23,8 +24,9 @@ from pathlib import Path
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 FILE = "headlines.json"
-SOURCES = ("search_quality.json", "claim.json", "claim_across.json", "across_families.json",
-           "search_replay.json", "distill_methods.json", "rank_fresh.json", "deploy.json")
+SOURCES = ("search_quality.json", "claim.json", "claim_across.json", "claim_shipped.json",
+           "across_families.json", "search_replay.json", "distill_methods.json",
+           "rank_fresh.json", "deploy.json")
 
 
 def _read(reports: Path, name: str) -> dict:
@@ -62,6 +64,7 @@ def assemble(reports: Path = REPORTS) -> dict:
     out = {"proxy": _read(reports, "search_quality.json").get("proxy"),
            "claim": _read(reports, "claim.json").get("claim"),
            "claim_across": _read(reports, "claim_across.json").get("claim_across"),
+           "claim_shipped": _read(reports, "claim_shipped.json").get("claim_shipped"),
            "across": across or None,
            "methods": _read(reports, "distill_methods.json").get("methods"),
            "rank": _read(reports, "rank_fresh.json").get("rank"),

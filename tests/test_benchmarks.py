@@ -860,7 +860,7 @@ def test_the_deploy_evidence_runs_resumes_and_measures_again(tmp_path, capsys):
     latency measured again, the headline keys derived from the raw runs."""
     from benchmarks import deploy
 
-    out = tmp_path / "dp.json"
+    out = tmp_path / "deploy.json"  # the claim with the defaults as shipped reads it there
     argv = ["--data", "digits", "--teacher-arch", "resnet8", "--teacher-epochs", "1",
             "--epochs", "0.1", "--front-trials", "3", "--front-budget", "2MMACs", "--steps",
             "5", "--work", str(tmp_path / "work"), "--out", str(out)]
@@ -894,3 +894,27 @@ def test_the_deploy_evidence_runs_resumes_and_measures_again(tmp_path, capsys):
         sorted(rep["fp32"])[1])
     md = out.with_suffix(".md").read_text()
     assert "`deploy.int8_speedup_min`" in md and "| resnet8 |" in md
+
+    # the claim with the defaults as shipped takes the references' seed-0 runs from here:
+    # the same data, teacher and recipe (distill's default, 0.1 epochs, seed 0)
+    from benchmarks import claim
+
+    capsys.readouterr()
+    claim.main(["--across", "--shipped", *argv[:6], "--trials", "2", "--steps", "5",
+                "--epochs", "0.1", "--seeds", "0", "1", "--work", str(tmp_path / "work"),
+                "--out", str(tmp_path / "claim.json")])
+    said = capsys.readouterr().out
+    shipped = json.loads((tmp_path / "claim_shipped.json").read_text())
+    runs = shipped["claim_shipped_runs"]
+    for name in ("resnet8", "mobilenet-mobilenetv2_half", "shufflenet-shufflenetv2_half"):
+        ref = name.replace("-", ":", 1) if name != "resnet8" else name
+        assert runs[f"ref-{ref}/s0"]["from"] == "reports/deploy.json"
+        assert runs[f"ref-{ref}/s0"]["test_accuracy"] == res["runs"][name]["test_accuracy"]
+        assert f"distilling ref-{ref}/s0" not in said
+    c = shipped["claim_shipped"]
+    assert c["distill_kd"] == res["runs"]["resnet8"]["recipe"]["kd"] and c["search_kd"]
+    assert {f"trial-{c['found_trial']}/s0", f"trial-{c['found_trial']}/s1",
+            f"ref-{c['opponent']}/s1"} <= set(runs)
+    assert (tmp_path / "searches" / "claim-shipped-resnet8.csv").is_file()
+    page = (tmp_path / "claim_shipped.md").read_text()
+    assert page.startswith("# The claim at resnet8's MACs with the defaults as shipped")

@@ -186,5 +186,8 @@ def test_references_and_seeds_are_distilled_side_by_side(study_with_a_student, c
     # the distill default unless --kd says otherwise, each method in its own record
     assert ref["recipe"]["kd"] == seeds[0]["recipe"]["kd"] == canonical_method(DISTILL_DEFAULT)
     assert records[f"trial-{trial}-dkd-ls"]["recipe"]["kd"] == "dkd-ls"
+    from kdnas.ship.final import reference_recipe  # the same recipe, told without training
+    assert ref["recipe"] == reference_recipe(cfg, "resnet8", data, epochs=1, seed=1)
+    assert ref["recipe"] != reference_recipe(cfg, "resnet8", data, epochs=1, seed=2)
     page = (cfg.report_dir / "report.html").read_text()
     assert "reference resnet8" in page

@@ -121,6 +121,25 @@ def distill_reference(cfg: SearchConfig, name: str, teacher, data, *, epochs: fl
     ``mobilenet:mobilenetv2_half``; or ``spec``, which ``name`` then labels) exactly as
     :func:`distill_trial` trains a found one, with the study's teacher and the same final
     method: the bar a found student must clear."""
+    return _distill(_reference_pick(cfg, name, data, kd, spec), cfg, teacher, data,
+                    FullRecipe(epochs, lr, batch_size, schedule, seed, tuple(formats), int8),
+                    out_dir=out_dir, progress=progress)
+
+
+def reference_recipe(cfg: SearchConfig, name: str, data, *, epochs: float,
+                     seed: int | None = None, kd: str | None = None,
+                     spec: dict | None = None) -> dict:
+    """The ``recipe`` that :func:`distill_reference` with these arguments (and the default
+    learning rate, batch and schedule) records, computed without training: an earlier run
+    whose recorded recipe equals it trained the same student the same way."""
+    pick = _reference_pick(cfg, name, data, kd, spec)
+    seed = cfg.seed if seed is None else seed
+    full = FullRecipe(epochs, None, None, "cosine", seed, (), None)
+    return _recipe(final_train_config(pick, cfg, full, seed), full.schedule, seed)
+
+
+def _reference_pick(cfg: SearchConfig, name: str, data, kd: str | None,
+                    spec: dict | None) -> _Pick:
     from kdnas.cost import measure_cost
 
     spec = spec or preset_spec(name, cfg.space, in_channels=data.in_channels,
@@ -128,11 +147,14 @@ def distill_reference(cfg: SearchConfig, name: str, teacher, data, *, epochs: fl
     cost = measure_cost(get_space(spec["space"]).build(spec), data.input_shape,
                         latency=False).to_dict()
     method, same = final_method(kd, cfg.kd, None)
-    pick = _Pick(spec, f"ref-{name.replace(':', '-')}{method_tag(method)}", method,
+    return _Pick(spec, f"ref-{name.replace(':', '-')}{method_tag(method)}", method,
                  cfg.feature_weight if same else None, cost, None, {"reference": name})
-    return _distill(pick, cfg, teacher, data, FullRecipe(epochs, lr, batch_size, schedule,
-                                                         seed, tuple(formats), int8),
-                    out_dir=out_dir, progress=progress)
+
+
+def _recipe(tcfg: TrainConfig, schedule: str, seed: int) -> dict:
+    return {"lr": tcfg.lr, "batch_size": tcfg.batch_size, "schedule": schedule,
+            "kd": tcfg.method, "feature_weight": tcfg.weight, "ce_weight": tcfg.ce_weight,
+            "temperature": tcfg.temperature, "kd_alpha": tcfg.kd_alpha, "seed": seed}
 
 
 def final_train_config(pick: _Pick, cfg: SearchConfig, full: FullRecipe, seed: int
@@ -164,9 +186,7 @@ def _distill(pick: _Pick, cfg: SearchConfig, teacher, data, full: FullRecipe, *,
     info = {"study": cfg.study, "name": name, **pick.extra, "epochs": epochs,
             "val_accuracy": result.val_accuracy, "test_accuracy": test_acc,
             "search_val_accuracy": pick.search_val_accuracy, "macs": cost.get("macs"),
-            "recipe": {"lr": tcfg.lr, "batch_size": tcfg.batch_size, "schedule": schedule,
-                       "kd": tcfg.method, "feature_weight": tcfg.weight,
-                       "ce_weight": tcfg.ce_weight, "seed": seed},
+            "recipe": _recipe(tcfg, schedule, seed),
             "curve": result.curve}
     torch.save({"spec": spec, "state_dict": model.state_dict()}, work / "student.pt")
     meta = {"val_accuracy": result.val_accuracy, "test_accuracy": test_acc,
