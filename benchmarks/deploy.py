@@ -92,6 +92,18 @@ def remeasure(run: dict, shape) -> dict:
     return out
 
 
+def op_profile(run: dict, shape) -> dict:
+    """Where each file's time goes, by the operators ONNX Runtime runs (its profiler)."""
+    from kdnas import ort
+
+    return {kind: ort.op_times(Path(run["files"][kind]), shape) for kind in ("fp32", "int8")}
+
+
+def _ops(times: dict, top: int = 4) -> str:
+    return ", ".join(f"{op} {v['us']:.0f} µs ({v['nodes']})"
+                     for op, v in list(times.items())[:top])
+
+
 def figures(res: dict) -> dict:
     """Per student: drop (points), its noise verdict, speed-up; the headline keys."""
     rows = {}
@@ -150,6 +162,14 @@ def write_markdown(path: Path, res: dict) -> None:
     setting = next(iter(res["runs"].values()))["latency_setting"]
     lines += ["", f"Latency: {setting}; p50 over 200 runs, the median of {REPEATS} repeats "
               "where `--phase measure` ran (with nothing else on the machine).", ""]
+    profiled = {k: r["op_times"] for k, r in res["runs"].items() if r.get("op_times")}
+    if profiled:
+        lines += ["Where the time goes: ONNX Runtime's profiler, batch 1, one thread, the "
+                  "operators it runs after its graph optimizations (kernel µs per run, and "
+                  "nodes; the profiler adds a few µs a node, so read the shares, not the sum "
+                  "against p50).", "", "| student | fp32 | int8 |", "| --- | --- | --- |"]
+        lines += [f"| {res['runs'][k]['label']} | {_ops(t['fp32'])} | {_ops(t['int8'])} |"
+                  for k, t in profiled.items()] + [""]
     path.write_text("\n".join(lines))
 
 
@@ -191,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
         "argv": sys.argv[1:] if argv is None else list(argv)}})
     if args.phase == "measure":
         for key, run in results.runs().items():
-            results.put(key, {"latency_repeats": remeasure(run, tuple(data.input_shape))})
+            results.put(key, {"latency_repeats": remeasure(run, tuple(data.input_shape)),
+                              "op_times": op_profile(run, tuple(data.input_shape))})
         return
 
     opts = dict(epochs=args.epochs, seed=SEED, formats=("onnx",), int8=Int8Options())

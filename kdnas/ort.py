@@ -67,6 +67,38 @@ def onnx_latency(path: Path, input_shape: tuple[int, ...], *, batch: int = 1,
     return statistics.median(times), times[min(len(times) - 1, round(0.9 * (len(times) - 1)))]
 
 
+def op_times(path: Path, input_shape: tuple[int, ...], *, threads: int = 1,
+             runs: int = 100) -> dict[str, dict[str, float]]:
+    """Where one batch-1 run's time goes, by the operators ONNX Runtime actually runs after
+    its graph optimizations (``QLinearConv`` for a quantized ``Conv``, the layout
+    ``Transpose`` and ``Reorder*`` nodes it adds): ``{op: {"us": microseconds per run,
+    "nodes": nodes per run}}``, from the runtime's own profiler, heaviest first."""
+    import json
+
+    import onnxruntime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = onnxruntime.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "profile")
+        sess = onnxruntime.InferenceSession(str(path), opts,
+                                            providers=["CPUExecutionProvider"])
+        x = {"images": np.random.RandomState(0).randn(1, *input_shape).astype(np.float32)}
+        for _ in range(runs):
+            sess.run(None, x)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    out: dict[str, dict[str, float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = out.setdefault(e["args"]["op_name"], {"us": 0.0, "nodes": 0.0})
+            op["us"] += e["dur"] / runs
+            op["nodes"] += 1 / runs
+    return dict(sorted(((k, {"us": round(v["us"], 1), "nodes": round(v["nodes"])})
+                        for k, v in out.items()), key=lambda kv: -kv[1]["us"]))
+
+
 def runtime_name(int8: bool = False) -> str:
     import onnxruntime
 

@@ -889,11 +889,15 @@ def test_the_deploy_evidence_runs_resumes_and_measures_again(tmp_path, capsys):
     again = json.loads(out.read_text())
     rep = again["runs"]["resnet8"]["latency_repeats"]
     assert len(rep["fp32"]) == len(rep["int8"]) == deploy.REPEATS
+    ops = again["runs"]["resnet8"]["op_times"]  # the runtime's own operators, by kernel time
+    assert "QLinearConv" in ops["int8"] and "QLinearConv" not in ops["fp32"]
+    assert all(v["us"] > 0 and v["nodes"] >= 1 for v in ops["int8"].values())
     row = again["deploy"]["students"]["resnet8"]
     assert row["latency_repeated"] and row["fp32_p50_ms"] == pytest.approx(
         sorted(rep["fp32"])[1])
     md = out.with_suffix(".md").read_text()
     assert "`deploy.int8_speedup_min`" in md and "| resnet8 |" in md
+    assert "Where the time goes" in md and "QLinearConv" in md
 
     # the claim with the defaults as shipped takes the references' seed-0 runs from here:
     # the same data, teacher and recipe (distill's default, 0.1 epochs, seed 0)
