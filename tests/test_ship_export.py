@@ -207,3 +207,11 @@ def test_the_int8_warning_says_what_was_lost_and_what_to_try():
     assert lost.beyond_noise and "beyond the noise" in lost.warning()
     lost.paired = {"only_fp32": 31, "only_int8": 25, "mcnemar_p": 0.53}
     assert not lost.beyond_noise and "within the noise" in lost.warning()
+    assert "slower" not in lost.warning()
+    slow = Int8Report(fp32, Measured("s.int8.onnx", 0.90, 0.89, 0.91, 1000, 3.0, 3.3), {},
+                      "onnxruntime, batch 1, 1 thread")
+    assert slow.speedup == pytest.approx(2 / 3)
+    assert "int8 runs slower than fp32 here" in slow.warning() and "0.67x" in slow.warning()
+    assert "loses" not in slow.warning()
+    near = Int8Report(fp32, Measured("s.int8.onnx", 0.90, 0.89, 0.91, 1000, 2.1, 2.3), {}, "x")
+    assert near.warning() is None  # 0.95x: within the latency's own noise

@@ -36,6 +36,7 @@ CALIBRATION_METHODS = INT8_CALIBRATION_METHODS  # kdnas.ort.QUANTIZE_METHODS
 CALIBRATION_DEFAULT = INT8_CALIBRATION_DEFAULT
 MIN_CALIBRATION = 32
 MAX_DROP = 0.01  # int8 losing more accuracy than this is said on the card and the console
+SLOWER = 0.9  # int8 at under this share of fp32's speed is said to be slower (p50 moves ~5%)
 LATENCY_RUNS = 200
 LATENCY_WARMUP = 20
 BATCH = 64
@@ -83,7 +84,21 @@ class Int8Report:
         return {**asdict(self), "accuracy_drop": self.drop, "speedup_p50": self.speedup}
 
     def warning(self) -> str | None:
-        """What to say when int8 loses more than MAX_DROP, with what to try."""
+        """What to say when int8 loses more than MAX_DROP, or runs slower than fp32 on this
+        machine, with what to try."""
+        said = [s for s in (self._lost(), self._slower()) if s]
+        return " ".join(said) or None
+
+    def _slower(self) -> str | None:
+        if self.speedup >= SLOWER:
+            return None
+        return (f"int8 runs slower than fp32 here (p50 {self.int8.latency_p50_ms:.3g} ms "
+                f"against {self.fp32.latency_p50_ms:.3g} ms, {self.speedup:.2f}x; "
+                f"{self.latency_setting}): at this size its quantize and layout steps cost "
+                "more than the int8 arithmetic saves. Ship the fp32 file for this CPU, or "
+                "measure both on the device you ship to.")
+
+    def _lost(self) -> str | None:
         if self.drop <= MAX_DROP:
             return None
         left = (f"; left in float: {', '.join(sorted(self.float_ops))}" if self.float_ops
