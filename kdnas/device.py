@@ -5,7 +5,8 @@ data and the teacher's outputs live on the device, the loss is read back every
 :func:`sync_every` steps instead of every step, so the host does not wait for the device, and
 a family's students train in bf16 autocast (parameters, BatchNorm statistics and the losses
 float32) only where that was measured faster at equal accuracy (:data:`BF16_FAMILIES`);
-float32 elsewhere.
+float32 elsewhere; and in the contiguous (NCHW) layout only where that was measured faster
+than channels_last (:data:`NCHW_FAMILIES`), channels_last elsewhere.
 """
 
 from __future__ import annotations
@@ -58,6 +59,19 @@ def describe(dev: torch.device) -> str:
 # in 4.07 s under bf16 autocast against 3.43 s in float32 (students this small are bound by
 # kernel launches, not arithmetic). The GPU benchmark times each family both ways.
 BF16_FAMILIES: frozenset[str] = frozenset()
+
+
+# Families whose students train faster in the contiguous (NCHW) layout than in channels_last
+# on a GPU: none measured so. A CPU always trains channels_last (about 2.4x faster there).
+# The one hint: a plain float32 channels_last loop of mobilenetv2_half on an H200 did not
+# finish 430 steps in about 25 s (resnet20: 3.4 s), as if its depthwise convolutions took
+# slow kernels in that layout. The GPU benchmark times each family in both layouts.
+NCHW_FAMILIES: frozenset[str] = frozenset()
+
+
+def channels_last_for(family: str | None, dev: torch.device) -> bool:
+    """False for a family in :data:`NCHW_FAMILIES` on CUDA; True otherwise, always on a CPU."""
+    return not (dev.type == "cuda" and family in NCHW_FAMILIES)
 
 
 def precision_for(family: str | None) -> str:

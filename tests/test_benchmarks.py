@@ -353,13 +353,15 @@ def test_the_gpu_check_runs_on_a_cpu_in_its_quick_form(tmp_path):
     assert gpu["throughput_vs_plain_loop"] > 0 and gpu["minutes_for_100_trials"] > 0
     assert gpu["teacher_step"]["kdnas_seconds"] > 0 and gpu["teacher_step"]["ratio"] > 0
     assert set(gpu["precision"]) == set(fams) and all(
-        p["fp32"] > 0 and p["bf16"] > 0 for p in gpu["precision"].values())
+        p[k] > 0 and p.get(f"{k}_speedup", 1) > 0 for p in gpu["precision"].values()
+        for k in ("fp32", "bf16", "fp32_nchw", "bf16_nchw"))
     assert set(gpu["graphs"]) == set(fams) and all(  # a CPU captures nothing
         g["eager"] > 0 and g["graph"] > 0 and g["graph_replayed"] == 0
         for g in gpu["graphs"].values())
     md = (tmp_path / "out" / "BENCHMARKS.md").read_text()
     assert "**not a GPU**" in md and "| plain loop | 1 |" in md and "| kdnas | 1 |" in md
-    assert "| mobilenet |" in md and "bf16 speed-up" in md and "steps replayed" in md
+    assert "| mobilenet |" in md and "steps replayed" in md
+    assert "| family | fp32 channels_last | bf16 channels_last | fp32 NCHW | bf16 NCHW |" in md
     # at its time budget the benchmark is interrupted: it stops its searches (no process
     # goes on training) and keeps the parts it finished, marked incomplete
     env.update(BUDGET="20", REPORTS=str(tmp_path / "cut"))
@@ -391,7 +393,10 @@ def test_the_gpu_section_states_its_figures_against_the_targets():
            "teacher_step": {"arch": "resnet20", "kdnas_seconds": 0.010,
                             "plain_seconds": 0.0086, "ratio": 1.16},
            "graphs": {"resnet": {"eager": 0.009, "graph": 0.003, "graph_speedup": 3.0,
-                                 "graph_replayed": 47}}}
+                                 "graph_replayed": 47}},
+           "precision": {"mobilenet": {"fp32": 0.010, "bf16": 0.0125, "fp32_nchw": 0.005,
+                                       "bf16_nchw": 0.008, "bf16_speedup": 0.8,
+                                       "fp32_nchw_speedup": 2.0, "bf16_nchw_speedup": 1.25}}}
     text = "\n".join(gpu_lines(gpu))
     assert "| plain loop | 1 | 3000 | 500 | 120.0 | not sampled" in text
     assert "| kdnas | 4 | 9000 | 1500 | 40.0 | 71% mean (90 samples) |" in text
@@ -399,6 +404,7 @@ def test_the_gpu_section_states_its_figures_against_the_targets():
     assert "10.0 / 8.6 ms = 1.16x | <= 1.2: met |" in text and "student 80%" in text
     assert "not a GPU" not in text and "H100" in text
     assert "| resnet | 9.00 | 3.00 | 3.00x | 47 |" in text
+    assert "| mobilenet | 10.00 | 12.50 (0.80x) | 5.00 (2.00x) | 8.00 (1.25x) |" in text
     assert "not a GPU" in "\n".join(gpu_lines(dict(gpu, gpu=False, device="cpu")))
     assert "Not measured" in "\n".join(gpu_lines(None))
     near = "\n".join(gpu_lines(dict(gpu, throughput_vs_plain_loop=3.999)))

@@ -89,6 +89,44 @@ def test_precision_is_float32_unless_a_family_was_measured_faster_in_bf16(monkey
         TrainConfig(precision="fp16")
 
 
+def test_layout_is_channels_last_unless_a_family_was_measured_faster_in_nchw_on_a_gpu(
+        monkeypatch):
+    from kdnas import device
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert device.NCHW_FAMILIES == frozenset()  # none measured faster so far
+    assert all(device.channels_last_for(f, d) for f in ("resnet", "mobilenet", "shufflenet")
+               for d in (cpu, gpu))
+    monkeypatch.setattr(device, "NCHW_FAMILIES", frozenset({"mobilenet"}))
+    assert not device.channels_last_for("mobilenet", gpu)
+    assert device.channels_last_for("mobilenet", cpu)  # a CPU trains channels_last
+    assert device.channels_last_for("resnet", gpu)
+
+
+def _conv_inputs(model) -> list:
+    """Whether the second convolution's training inputs were contiguous (NCHW), step by
+    step (the stem's one-channel digits are both layouts at once)."""
+    seen = []
+    conv = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][1]
+    conv.register_forward_pre_hook(lambda mod, args: seen.append(
+        args[0].is_contiguous()) if mod.training else None)
+    return seen
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_a_recipe_in_nchw_feeds_and_keeps_the_student_contiguous(teacher_and_data,
+                                                                channels_last):
+    teacher, data = teacher_and_data
+    model, taps = _student(data)
+    seen = _conv_inputs(model)
+    r = fit(model, data, TrainConfig(epochs=8, kd="dkd-ls", channels_last=channels_last),
+            teacher=teacher, student_taps=taps)
+    assert seen and all(c == (not channels_last) for c in seen)  # the layout as the recipe
+    conv = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][1]
+    assert conv.weight.is_contiguous() == (not channels_last)
+    assert r.val_accuracy > 0.5
+
+
 def test_loss_log_reads_back_in_blocks_and_names_the_step_that_diverged():
     log = trainer_mod._LossLog(every=3, total=10, cfg=TrainConfig())
     assert not log.add(torch.tensor(1.0), 2, 0)
@@ -196,6 +234,28 @@ def test_cuda_training_distils_with_the_cache_and_returns_a_cpu_student(teacher_
     from kdnas.distill.cache import _RESIDENT  # the complete cache was moved to the GPU
 
     assert [k[1] for k in _RESIDENT] == ["cuda:0"]
+
+
+@needs_cuda
+def test_a_family_in_nchw_trains_contiguous_on_cuda_to_the_channels_last_accuracy(
+        teacher_and_data, monkeypatch):
+    """A family in NCHW_FAMILIES (set here) trains contiguous on CUDA through
+    train_candidate, as a search trains it, to channels_last's accuracy."""
+    from kdnas import device
+    from kdnas.distill.candidate import TrainContext, train_candidate
+
+    teacher, data = teacher_and_data
+    spec = get_space("resnet").preset("resnet8", in_channels=data.in_channels,
+                                      num_classes=data.num_classes,
+                                      input_size=data.input_size)
+    recipe = TrainConfig(epochs=6, kd="dkd-ls", device="cuda")
+    base = train_candidate(TrainContext(teacher, data), spec, recipe, init=0)
+    monkeypatch.setattr(device, "NCHW_FAMILIES", frozenset({"resnet"}))
+    nchw = train_candidate(TrainContext(teacher, data), spec, recipe, init=0)
+    conv = next(m for m in nchw.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()
+    assert base.result.val_accuracy > 0.8
+    assert nchw.result.val_accuracy == pytest.approx(base.result.val_accuracy, abs=0.05)
 
 
 @needs_cuda

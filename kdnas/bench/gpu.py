@@ -199,9 +199,16 @@ def _teacher_step(load: GpuWorkload, data, dev) -> dict:
             "ratio": ours / plain}
 
 
+PRECISION_RUNS = {"fp32": ("fp32", True), "bf16": ("bf16", True),
+                  "fp32_nchw": ("fp32", False), "bf16_nchw": ("bf16", False)}
+
+
 def _precision(cands: list[dict], data, dev, steps: int) -> dict:
     """For the first candidate of each family: a training step's seconds in float32 and
-    under bf16 autocast, in the plain loop (speed only: equal accuracy needs whole trials)."""
+    under bf16 autocast, each in channels_last and in the contiguous (NCHW) layout, in the
+    plain loop (speed only: equal accuracy needs whole trials). Speed-ups are against
+    float32 channels_last, what kdnas trains in unless a family is listed otherwise
+    (``kdnas.device.BF16_FAMILIES``, ``NCHW_FAMILIES``)."""
     from kdnas.bench.gpu_peer import train_steps
     from search_spaces import get_space
 
@@ -209,11 +216,13 @@ def _precision(cands: list[dict], data, dev, steps: int) -> dict:
     for fam in FAMILY_ORDER:
         c = next(c for c in cands if c["family"] == fam)
         sec = {}
-        for p in ("fp32", "bf16"):
+        for name, (p, cl) in PRECISION_RUNS.items():
             torch.manual_seed(0)
-            sec[p] = train_steps(get_space(fam).build(c["spec"]), data, dev, steps=steps,
-                                 precision=p)
-        out[fam] = {"id": c["id"], **sec, "bf16_speedup": sec["fp32"] / sec["bf16"]}
+            sec[name] = train_steps(get_space(fam).build(c["spec"]), data, dev, steps=steps,
+                                    precision=p, channels_last=cl)
+        out[fam] = {"id": c["id"], **sec,
+                    **{f"{k}_speedup": sec["fp32"] / sec[k] for k in PRECISION_RUNS
+                       if k != "fp32"}}
     return out
 
 
@@ -392,9 +401,14 @@ def _graph_lines(graphs: dict | None) -> list[str]:
 def _precision_lines(prec: dict | None) -> list[str]:
     if not prec:
         return []
-    return ["Precision by family (a training step of the family's first candidate in the "
-            "plain loop; kdnas trains a family in bf16 only where it is faster at equal "
-            "accuracy: `kdnas.device.BF16_FAMILIES`):", "",
-            "| family | fp32 ms | bf16 autocast ms | bf16 speed-up |", "| --- | --- | --- | --- |",
-            *(f"| {f} | {1e3 * p['fp32']:.2f} | {1e3 * p['bf16']:.2f} | "
-              f"{p['bf16_speedup']:.2f}x |" for f, p in prec.items()), ""]
+    def ms(p, k):
+        return "-" if k not in p else (f"{1e3 * p[k]:.2f}" + (
+            f" ({p[k + '_speedup']:.2f}x)" if k + "_speedup" in p else ""))
+    return ["Precision and layout by family (a training step of the family's first "
+            "candidate in the plain loop, ms, and its speed-up over float32 channels_last; "
+            "kdnas trains a family in bf16 or in NCHW only where that is faster at equal "
+            "accuracy: `kdnas.device.BF16_FAMILIES`, `NCHW_FAMILIES`):", "",
+            "| family | fp32 channels_last | bf16 channels_last | fp32 NCHW | bf16 NCHW |",
+            "| --- | --- | --- | --- | --- |",
+            *(f"| {f} | {ms(p, 'fp32')} | {ms(p, 'bf16')} | {ms(p, 'fp32_nchw')} | "
+              f"{ms(p, 'bf16_nchw')} |" for f, p in prec.items()), ""]

@@ -119,14 +119,16 @@ def run_peer(specs: list[dict], data, teacher: torch.nn.Module, recipe: TrainCon
 
 def train_steps(model: torch.nn.Module, data, dev: torch.device, *, steps: int,
                 batch: int = 128, lr: float = 0.1, pad: int = 4,
-                precision: str = "fp32") -> float:
+                precision: str = "fp32", channels_last: bool = True) -> float:
     """Seconds a training step of ``model`` takes in the same loop with no teacher (what
     ``kdnas teacher train`` does), after 5 steps of warmup; ``precision`` ``bf16``: the
-    forward pass under bf16 autocast (batch norm and the loss in float32)."""
+    forward pass under bf16 autocast (batch norm and the loss in float32);
+    ``channels_last`` False: the model and the batches in the contiguous (NCHW) layout."""
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     x_all, y_all, norm = _resident(data, dev)
-    model = model.to(device=dev, memory_format=torch.channels_last).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device=dev, memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
                           weight_decay=5e-4)
     g = torch.Generator(device=dev).manual_seed(0)
@@ -136,7 +138,7 @@ def train_steps(model: torch.nn.Module, data, dev: torch.device, *, steps: int,
             _sync(dev)
             t0 = time.perf_counter()
         idx = torch.randint(0, len(y_all), (batch,), generator=g, device=dev)
-        x = norm(_crop_flip(x_all[idx], pad, g))
+        x = norm(_crop_flip(x_all[idx], pad, g)).contiguous(memory_format=fmt)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=half):
             out = model(x)
         loss = F.cross_entropy(out.float(), y_all[idx])

@@ -30,7 +30,7 @@ from torch import nn
 
 from kdnas.core.files import atomic_path
 from kdnas.core.settings import CURVE_POINTS, TrainConfig, reads_features
-from kdnas.device import precision_for
+from kdnas.device import channels_last_for, precision_for, resolve
 from kdnas.distill.cache import TeacherCache
 from kdnas.distill.signals import curve_signals, score_all
 from kdnas.distill.trainer import FitResult, fit
@@ -115,7 +115,9 @@ def train_candidate(ctx: TrainContext, spec: dict, recipe: TrainConfig, *, init:
     saved every epoch, and a run that finds it resumes there."""
     t0 = time.perf_counter()
     space = get_space(spec["space"])
-    recipe = dataclasses.replace(recipe, precision=precision_for(spec["space"]))  # on CUDA
+    recipe = dataclasses.replace(  # per family, on CUDA only (kdnas.device)
+        recipe, precision=precision_for(spec["space"]), channels_last=recipe.channels_last
+        and channels_last_for(spec["space"], resolve(recipe.device)))
     torch.manual_seed(init)
     model = space.build(spec)
     state, before = None, 0

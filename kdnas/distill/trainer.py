@@ -328,6 +328,14 @@ def _cpu_state(module: nn.Module | None) -> dict:
                                       for k, v in module.state_dict().items()}
 
 
+def _on_device(x: torch.Tensor, y: torch.Tensor, dev: torch.device, channels_last: bool
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on ``dev`` in the recipe's layout (the batches come channels_last; a copy
+    re-strides a one-channel batch too, which counts as contiguous either way)."""
+    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+    return (x if channels_last else x.clone(memory_format=torch.contiguous_format)), y
+
+
 def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
         student_taps: list[TapInfo] | None = None, cache: TeacherCache | None = None,
         checkpoint: Path | None = None, start: dict | None = None, keep: dict | None = None,
@@ -370,7 +378,7 @@ def fit(student: nn.Module, data, cfg: TrainConfig, *, teacher=None,
                                         augment=True, seed=cfg.seed * 1000 + epoch):
                 if step >= total:
                     break
-                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                x, y = _on_device(x, y, dev, cfg.channels_last)
                 clock.lap("data")
                 t_logits = signal.step(step, x, total, t_feats, clock) if signal else None
                 loss = stepper(x, y, t_logits, _lr_at(step, total, cfg),
