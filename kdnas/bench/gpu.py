@@ -295,7 +295,10 @@ def run_gpu(work: Path, device: str, load: GpuWorkload, archive: Path,
                           for c in cands],
            "steps": recipe.steps, "batch": recipe.batch_size, "kd": recipe.kd,
            "train_images": len(data.train_y), "peer": peer, "kdnas": []}
-    for part in ("teacher", "precision", "graphs", *load.workers):
+    # the headline first (kdnas as a search runs it by default: the last worker setting),
+    # then what sets the defaults, then the other worker settings: a run cut short by its
+    # time budget keeps the parts it finished
+    for part in (*load.workers[-1:], "teacher", "graphs", "precision", *load.workers[:-1]):
         if save is not None:
             save(res)
         if part == "teacher":
