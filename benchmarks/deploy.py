@@ -32,6 +32,7 @@ EPOCHS, SEED = 10.0, 0
 PICK = ("claim-pick", 8_349_184, ((48, 3, 3), (96, 1, 3), (192, 1, 3)))  # trial 19's stages
 REFERENCES = ("resnet8", "mobilenet:mobilenetv2_half", "shufflenet:shufflenetv2_half")
 FRONT_BUDGET, FRONT_TRIALS = "50MMACs", 12
+FRONT_KD = "dkd-ls"  # "the defaults as shipped at this commit" (docs/evidence/deploy.md)
 REPEATS = 3
 TARGETS = {"int8_accuracy_drop_max": ("<=", 1.0), "int8_speedup_min": (">=", 1.8)}
 
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     spec, teacher_path = data_and_teacher(args)
     cfg = SearchConfig(study="deploy-front", teacher=str(teacher_path), data=spec,
                        budget=args.front_budget, trials=args.front_trials, seed=SEED,
+                       kd=FRONT_KD,  # the search's default when the protocol was committed
                        steps=args.steps,
                        workdir=str(args.work / "runs"), reports=str(args.work / "reports"))
     cfg, teacher, data, _ = prepare(cfg)
