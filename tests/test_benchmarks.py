@@ -362,6 +362,19 @@ def test_the_gpu_check_runs_on_a_cpu_in_its_quick_form(tmp_path):
     assert "**not a GPU**" in md and "| plain loop | 1 |" in md and "| kdnas | 1 |" in md
     assert "| mobilenet |" in md and "steps replayed" in md
     assert "| family | fp32 channels_last | bf16 channels_last | fp32 NCHW | bf16 NCHW |" in md
+    # a second call sweeps worker counts (no tests, no other part) and keeps the first's
+    sweep = subprocess.run(["bash", str(root / "tools" / "gpu_check.sh"), "run",
+                            str(CIFAR_ARCHIVE)], env=dict(env, SKIP_TESTS="1", WORKERS="1,2"),
+                           capture_output=True, text=True, timeout=600)
+    assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+    assert "CUDA tests" not in sweep.stdout and "STOPPED" not in sweep.stdout
+    both = json.loads((tmp_path / "out" / "benchmarks.json").read_text())
+    assert both["gpu"] == gpu  # the full run's figures, untouched
+    rows = both["gpu_workers"]["kdnas"]
+    assert [r["workers"] for r in rows] == [1, 2] and all(r["trained"] == 3 for r in rows)
+    assert "precision" not in both["gpu_workers"] and "graphs" not in both["gpu_workers"]
+    md = (tmp_path / "out" / "BENCHMARKS.md").read_text()
+    assert "### Trial processes sharing the GPU" in md and "| 2 |" in md
     # at its time budget the benchmark is interrupted: it stops its searches (no process
     # goes on training) and keeps the parts it finished, marked incomplete
     env.update(BUDGET="20", REPORTS=str(tmp_path / "cut"))

@@ -13,7 +13,9 @@
 #                                           ${REPORTS:-reports}/benchmarks.json (key gpu) and
 #                                           BENCHMARKS.md
 #
-# Settings (environment): DEVICE (cuda), CANDIDATES (12: a third of each family), QUICK=1
+# Settings (environment): DEVICE (cuda), CANDIDATES (12: a third of each family), WORKERS
+# (say 2,8: a worker sweep instead of the full benchmark, written beside it), SKIP_TESTS=1
+# (no CUDA tests: a second call that only sweeps), QUICK=1
 # (the tiny workload: what the tests run on a CPU, with DEVICE=cpu and NO_INSTALL=1),
 # NO_INSTALL=1 (use the python on PATH as it is), PYTHON (python3), REPORTS (reports), TESTS
 # (tests/test_device.py: what pytest runs), BUDGET (470: seconds for the whole run; the
@@ -55,14 +57,17 @@ run() {
     [ "${NO_INSTALL:-0}" = 1 ] || install
     "$py" -c "import torch, kdnas; print('torch', torch.__version__, 'cuda', \
 torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
-    echo "== CUDA tests (${TESTS:-tests/test_device.py})"
-    # shellcheck disable=SC2086  # TESTS may hold pytest's own arguments
-    # one at a time (-o addopts=: no test processes side by side on the GPU, no xdist needed)
-    "$py" -m pytest -q -p no:cacheprovider -o addopts= ${TESTS:-tests/test_device.py} \
-        || echo "CUDA TESTS FAILED"
+    if [ "${SKIP_TESTS:-0}" != 1 ]; then
+        echo "== CUDA tests (${TESTS:-tests/test_device.py})"
+        # shellcheck disable=SC2086  # TESTS may hold pytest's own arguments
+        # one at a time (-o addopts=: no test processes side by side on the GPU, no xdist)
+        "$py" -m pytest -q -p no:cacheprovider -o addopts= ${TESTS:-tests/test_device.py} \
+            || echo "CUDA TESTS FAILED"
+    fi
     echo "== GPU benchmark ($((SECONDS - t0)) s so far)"
-    local quick=() trials=()
+    local quick=() trials=() sweep=()
     [ "${QUICK:-0}" = 1 ] && quick=(--quick)
+    [ -n "${WORKERS:-}" ] && sweep=(--gpu-workers "$WORKERS")
     [ -n "${CANDIDATES:-}" ] && trials=(--trials "$CANDIDATES")
     # what is left of the 8 minutes (BUDGET s in all): at the limit the benchmark is
     # interrupted and keeps the parts it finished (it writes them after each part)
@@ -70,7 +75,8 @@ torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_availab
     [ "$left" -gt 10 ] || left=10
     timeout -s INT -k 60 "$left" "$py" -m kdnas.bench --workload gpu --device "$device" \
         --archive "$archive" --work "$here/work" --out "${REPORTS:-reports}" "${quick[@]}" \
-        "${trials[@]}" || echo "GPU BENCHMARK STOPPED (status $?, ${left} s left for it of" \
+        "${trials[@]}" "${sweep[@]}" \
+        || echo "GPU BENCHMARK STOPPED (status $?, ${left} s left for it of" \
         "BUDGET ${BUDGET:-470} s): the parts it finished are in ${REPORTS:-reports}/"
     echo "== done in $((SECONDS - t0)) s"
 }

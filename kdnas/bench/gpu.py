@@ -54,7 +54,8 @@ class GpuWorkload:
     steps: int = 400  # the search's default brief recipe
     kd: str = "dkd-ls"
     teacher_arch: str = "resnet56"
-    workers: tuple = (1, "auto")
+    workers: tuple = ("auto", 1)  # the first is the headline, run right after the peer
+    parts: tuple = ("teacher", "graphs", "precision")  # () for a worker sweep
     teacher_train_arch: str = "resnet20"
     teacher_train_steps: int = 100
     seed: int = 0
@@ -295,10 +296,10 @@ def run_gpu(work: Path, device: str, load: GpuWorkload, archive: Path,
                           for c in cands],
            "steps": recipe.steps, "batch": recipe.batch_size, "kd": recipe.kd,
            "train_images": len(data.train_y), "peer": peer, "kdnas": []}
-    # the headline first (kdnas as a search runs it by default: the last worker setting),
+    # the headline first (kdnas as a search runs it by default: the first worker setting),
     # then what sets the defaults, then the other worker settings: a run cut short by its
     # time budget keeps the parts it finished
-    for part in (*load.workers[-1:], "teacher", "graphs", "precision", *load.workers[:-1]):
+    for part in (*load.workers[:1], *load.parts, *load.workers[1:]):
         if save is not None:
             save(res)
         if part == "teacher":
@@ -333,6 +334,22 @@ def _meets(key: str, value: float) -> str:
 def _util(u: dict | None) -> str:
     return (f"{u['mean_percent']:.0f}% mean ({u['samples']} samples)" if u
             else "not sampled (no nvidia-smi)")
+
+
+def sweep_lines(sweep: dict | None) -> list[str]:
+    """The worker sweep (``kdnas bench --device cuda --gpu-workers N,M``), a run of its own."""
+    if not sweep or not sweep.get("kdnas"):
+        return []
+    peer = sweep["peer"]["images_per_second"]
+    return ["### Trial processes sharing the GPU", "",
+            f"A run of its own on {sweep['device']} (`--gpu-workers`): the same "
+            f"{len(sweep['candidates'])} candidates, the plain loop at {peer:.0f} student "
+            "images/s in that run; `--workers auto` runs kdnas.device.WORKERS_PER_GPU a GPU.",
+            "", "| workers | student images/s | vs the plain loop | utilisation |",
+            "| --- | --- | --- | --- |",
+            *(f"| {r['workers']} | {r['images_per_second']:.0f} | "
+              f"{r['images_per_second'] / peer:.2f}x | {_util(r.get('utilisation'))} |"
+              for r in sorted(sweep["kdnas"], key=lambda r: r["workers"])), ""]
 
 
 def gpu_lines(gpu: dict | None) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdnas.bench.gpu import gpu_lines
+from kdnas.bench.gpu import gpu_lines, sweep_lines
 from kdnas.targets import figure, verdict
 
 
@@ -24,7 +24,8 @@ def _row(key: str, value: float, targets: dict) -> str:
 def benchmarks_markdown(res: dict, targets: dict) -> str:
     if "efficiency" not in res:  # a GPU run before any CPU run
         return "\n".join(["# kdnas benchmarks", "", "CPU figures: not measured yet "
-                          "(`kdnas bench`).", "", *gpu_lines(res.get("gpu"))])
+                          "(`kdnas bench`).", "", *gpu_lines(res.get("gpu")),
+                          *sweep_lines(res.get("gpu_workers"))])
     d, w, m = res["details"], res["workload"], res["machine"]
     s = d["search"]
     lines = ["# kdnas benchmarks", "",
@@ -88,7 +89,7 @@ def benchmarks_markdown(res: dict, targets: dict) -> str:
     for phase, v in sorted(s["shares"].items(), key=lambda kv: -kv[1]):
         lines.append(f"| {phase} | {100 * v:.1f}% |")
     lines += plain_lines(res)
-    return "\n".join(lines + gpu_lines(res.get("gpu")))
+    return "\n".join(lines + gpu_lines(res.get("gpu")) + sweep_lines(res.get("gpu_workers")))
 
 
 def plain_lines(res: dict) -> list[str]:

@@ -24,6 +24,7 @@ Figures go to ``<out>/benchmarks.json`` and ``<out>/BENCHMARKS.md``, each beside
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import platform
@@ -239,8 +240,6 @@ def write(out: Path, res: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
     ap = argparse.ArgumentParser(
         prog="kdnas bench", description="Measure kdnas' trial speed on a fixed, seeded "
         "CIFAR-10 workload (about 10 minutes on 2 cores): training efficiency per family "
@@ -279,9 +278,23 @@ def add_arguments(ap) -> None:
                     "cuda or cuda:N: instead, the GPU workload on that GPU (12 candidates of "
                     "5-50M MACs, 400 steps each, trained by a plain PyTorch loop and by kdnas "
                     "with 1 and auto workers), added beside the CPU figures")
+    ap.add_argument("--gpu-workers", type=_worker_counts, metavar="N,M",
+                    help="the GPU workload as a worker sweep: the plain loop, then kdnas with "
+                    "each of these --workers counts and nothing else; written beside the "
+                    "full run's figures (key gpu_workers), to set --workers auto by")
     ap.add_argument("--workload", choices=("cpu", "gpu"), help="which workload (default: the "
                     "device's); gpu on a CPU checks that the GPU benchmark runs (its figures "
                     "are not a GPU's)")
+
+
+def _worker_counts(text: str) -> list[int]:
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give worker counts such as 2,8")
+    return counts
 
 
 def run_from_args(args) -> dict:
@@ -293,9 +306,13 @@ def run_from_args(args) -> dict:
         gload = GpuWorkload.quick() if args.quick else GpuWorkload()
         if args.trials:  # candidates of each family
             gload = dataclasses.replace(gload, per_family=max(1, args.trials // 3))
+        key = "gpu"
+        if args.gpu_workers:  # a sweep: the plain loop and kdnas at each count, nothing else
+            gload = dataclasses.replace(gload, workers=tuple(args.gpu_workers), parts=())
+            key = "gpu_workers"
         t0 = time.perf_counter()
-        res = {"gpu": run_gpu(args.work, args.device, gload, args.archive, args.teacher,
-                              save=lambda part: write(args.out, {"gpu": part}))}
+        res = {key: run_gpu(args.work, args.device, gload, args.archive, args.teacher,
+                            save=lambda part: write(args.out, {key: part}))}
         write(args.out, res)
         print(f"wrote the GPU figures to {args.out / 'BENCHMARKS.md'} and benchmarks.json in "
               f"{time.perf_counter() - t0:.0f} s")
