@@ -20,9 +20,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 from benchmarks.common import data_and_teacher, held, keep_trials, update_results, welch_p
 
@@ -108,8 +107,8 @@ def run_across(args, argv: list[str]) -> None:
 
     def save() -> dict:
         def update(res: dict) -> dict:
-            if not res.get(f"{v.name}_runs"):
-                for key, r in earlier.items():
+            for key, r in earlier.items():  # a run of this experiment's own comes first
+                if key not in res.get(f"{v.name}_runs", {}):
                     runs.setdefault(key, r)
             runs.update({k: r for k, r in res.get(f"{v.name}_runs", {}).items()
                          if k not in runs})
