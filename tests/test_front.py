@@ -90,3 +90,21 @@ def test_mcnemar_p_is_the_exact_two_sided_sign_test():
     for a, b in ((3, 9), (40, 10), (120, 95), (0, 1), (600, 540)):
         assert mcnemar_p(a, b) == pytest.approx(binomtest(a, a + b, 0.5).pvalue, rel=1e-9)
         assert mcnemar_p(a, b) == mcnemar_p(b, a)
+
+
+def test_candidates_trained_at_once_from_the_trials_start_and_end():
+    """The most trials training at one instant, and the mean while any trained; a trial that
+    ends as another starts does not overlap it; untrained trials do not count."""
+    from kdnas.core.records import StudyRecord, TrialRecord
+    from kdnas.report.frames import at_once, at_once_text
+
+    def rec(*spans, state="trained"):
+        return StudyRecord("s", tuple(TrialRecord(i, state, started=a, completed=b)
+                                      for i, (a, b) in enumerate(spans)))
+    a = at_once(rec((0, 10), (5, 15), (20, 30)))
+    assert a["max"] == 2 and a["mean"] == pytest.approx(30 / 25)  # busy 25 s, 30 trial-s
+    assert at_once(rec((0, 10), (10, 20)))["max"] == 1  # back to back: one at a time
+    four = at_once(rec((0, 8), (0, 8), (1, 9), (2, 10), (12, 14)))
+    assert four["max"] == 4
+    assert at_once(rec((0, 10))) is None and at_once(rec((0, 5), (1, 6), state="failed")) is None
+    assert at_once_text(a) == "up to 2 at once, 1.2 on average while any trained"

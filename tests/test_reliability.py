@@ -261,6 +261,8 @@ def test_workers_share_one_study_and_stop_at_its_count(tmp_path, digits_teacher)
     assert "worker 1 done" in (tmp_path / "runs" / "k" / "workers" / "worker-1.log").read_text()
     summary = json.loads((tmp_path / "reports" / "k" / "summary.json").read_text())
     assert summary["trials_by_state"]["trained"] == 4
+    at_once = summary["trained_at_once"]  # two processes: at most two at once
+    assert at_once["max"] in (1, 2) and 1 <= at_once["mean"] <= at_once["max"]
 
 
 def test_an_unreachable_storage_is_one_message(tmp_path, digits_teacher, capsys):

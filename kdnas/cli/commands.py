@@ -142,7 +142,7 @@ def _print_summary(cfg, out: Path, record, seconds: float) -> None:
     """The closing lines: the study's summary, from its records."""
     from kdnas.cli.progress import say
     from kdnas.report import export_command
-    from kdnas.report.frames import noise_text, summary
+    from kdnas.report.frames import at_once_text, noise_text, summary
 
     s = summary(record, cfg)
     states = ", ".join(f"{v} {k}" for k, v in sorted(s["trials_by_state"].items()))
@@ -150,6 +150,8 @@ def _print_summary(cfg, out: Path, record, seconds: float) -> None:
     say(f"\nstudy {cfg.study}: {states}; front of {n} student{'' if n == 1 else 's'}"
          + (f", best val acc {100 * s['best_val_accuracy']:.2f}%, knee trial {s['knee_trial']}"
             if s["front_size"] else "") + f" ({seconds / 60:.1f} min)")
+    if (s.get("trained_at_once") or {}).get("max", 1) > 1:
+        say(f"candidates trained {at_once_text(s['trained_at_once'])}")
     if s.get("noise"):
         say(noise_text(s["noise"]).capitalize())
     if s.get("caveat"):

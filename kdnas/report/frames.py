@@ -126,7 +126,7 @@ def summary(record: StudyRecord, cfg: SearchConfig, df: pd.DataFrame | None = No
         "front_cost": costs[0], "front_costs": costs,
         "hypervolume": hv, "hypervolume_reference": ref,
         "search_seconds": float(df.train_seconds.fillna(0).sum()),
-        "wall_seconds": wall_seconds(record),
+        "wall_seconds": wall_seconds(record), "trained_at_once": at_once(record),
         "time_per_trial": time_per_trial(record),
         "macs_latency_spearman": macs_latency_spearman(df),
         "num_classes": record.num_classes, "noise": record.noise,
@@ -326,6 +326,33 @@ def wall_seconds(record: StudyRecord) -> float:
     if not times:
         return 0.0
     return max(c for _, c in times) - min(s for s, _ in times)
+
+
+def at_once(record: StudyRecord) -> dict | None:
+    """How many candidates trained at once: the most whose training overlapped at any
+    instant, and the mean over the time any trained (from each trained trial's start and
+    end, whatever process or machine trained it). None before two trials are trained."""
+    times = [(t.started, t.completed) for t in record.trials if t.trained
+             and t.started is not None and t.completed is not None
+             and t.completed > t.started]
+    if len(times) < 2:
+        return None
+    edges = sorted([(s, 1) for s, _ in times] + [(c, -1) for _, c in times],
+                   key=lambda e: (e[0], e[1]))  # an end before a start at the same instant
+    running, most, busy, area, last = 0, 0, 0.0, 0.0, edges[0][0]
+    for when, step in edges:
+        if running:
+            busy += when - last
+            area += running * (when - last)
+        running += step
+        most = max(most, running)
+        last = when
+    return {"max": most, "mean": area / busy if busy else 1.0}
+
+
+def at_once_text(a: dict | None) -> str:
+    return ("-" if not a else
+            f"up to {a['max']} at once, {a['mean']:.1f} on average while any trained")
 
 
 def macs_latency_spearman(df: pd.DataFrame) -> float | None:

@@ -15,6 +15,7 @@ from kdnas.core.files import write_text
 from kdnas.report.frames import (
     COST_NAMES,
     acc_text,
+    at_once_text,
     curve_text,
     export_command,
     fmt_value,
@@ -214,6 +215,7 @@ def _facts(df: pd.DataFrame, info: dict, cfg) -> list[str]:
         "search time": f"{info['wall_seconds'] / 60:.1f} min wall, "
                        f"{info['search_seconds'] / 60:.1f} min training",
         "time per trial": time_text(info),
+        "candidates trained at once": at_once_text(info.get("trained_at_once")),
         "MACs predict latency": ("not enough measurements" if rho is None else
                                  f"Spearman rank correlation {rho:.2f} over "
                                  f"{int(df[['macs', 'latency_ms']].dropna().shape[0])} "

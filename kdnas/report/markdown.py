@@ -8,6 +8,7 @@ from kdnas.core.budget import fmt_count
 from kdnas.core.settings import SearchConfig
 from kdnas.report.frames import (
     acc_text,
+    at_once_text,
     curve_text,
     export_command,
     fmt_value,
@@ -53,5 +54,7 @@ def front_markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
         lines += ["", f"Latency measured on this machine: {setting.iloc[0]}."]
     if curve_text(info.get("curves")):
         lines += ["", curve_text(info["curves"]).capitalize() + "."]
-    lines += ["", f"Time: {time_text(info)}."]
+    lines += ["", f"Time: {time_text(info)}" + (
+        f"; candidates trained {at_once_text(info['trained_at_once'])}"
+        if info.get("trained_at_once") else "") + "."]
     return "\n".join(lines + [""])
