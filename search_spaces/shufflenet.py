@@ -51,7 +51,14 @@ def _conv_bn(c_in: int, c_out: int, k: int = 1, stride: int = 1, groups: int = 1
 
 
 def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
+    """The channels of ``groups`` groups interleaved. A channels_last input is shuffled in
+    its own layout and stays channels_last (the NCHW form copies it into NCHW, so that every
+    unit's convolutions, batch norms and their gradients convert back and forth); the same
+    values either way, and an NCHW input (an export) takes the NCHW form."""
     n, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        nhwc = x.permute(0, 2, 3, 1).reshape(n, h, w, groups, c // groups).transpose(3, 4)
+        return nhwc.reshape(n, h, w, c).permute(0, 3, 1, 2)
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 

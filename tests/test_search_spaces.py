@@ -252,3 +252,40 @@ def test_bottleneck_resnet(space):
     assert len(blocks) == 9 and len(threes) == 1 + 9
     assert "bottleneck" in describe(spec)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_the_channel_shuffle_is_the_same_permutation_in_either_layout(monkeypatch):
+    """channels_last in, channels_last out (no conversion to NCHW inside each unit), with the
+    NCHW form's values and gradients exactly; a whole channels_last ShuffleNetV2 gives the
+    outputs and, up to float rounding, the gradients it gave with the NCHW form inside."""
+    from search_spaces import shufflenet
+
+    x = torch.randn(3, 12, 5, 4)
+    ref = shufflenet.channel_shuffle(x)  # the NCHW form
+    assert torch.equal(ref[:, 1], x[:, 6]) and torch.equal(ref[:, 2], x[:, 1])
+    cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = shufflenet.channel_shuffle(cl)
+    assert out.is_contiguous(memory_format=torch.channels_last) and torch.equal(out, ref)
+    g = torch.randn_like(ref)
+    out.backward(g)
+    plain = x.clone().requires_grad_()
+    shufflenet.channel_shuffle(plain).backward(g)
+    assert torch.equal(cl.grad, plain.grad)
+
+    def nchw_form(t, groups=2):
+        n, c, h, w = t.shape
+        return t.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+    space = get_space("shufflenet")
+    spec = space.preset("shufflenetv2_half", in_channels=3, num_classes=10, input_size=16)
+    xb = torch.randn(4, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    runs = []
+    for form in (None, nchw_form):
+        if form is not None:
+            monkeypatch.setattr(shufflenet, "channel_shuffle", form)
+        torch.manual_seed(0)
+        model = space.build(spec).to(memory_format=torch.channels_last)
+        y = model(xb)
+        y.square().mean().backward()
+        runs.append((y.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert torch.allclose(runs[0][1], runs[1][1], rtol=1e-4, atol=1e-7)
