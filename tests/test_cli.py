@@ -75,6 +75,7 @@ def test_search_report_export_as_users_type_them(tmp_path, digits_teacher, capsy
     row = page[page.index("<h2>Exported students</h2>"):]
     assert f"{100 * int8['int8']['accuracy']:.2f}%" in row
     assert f"{int8['int8']['latency_p50_ms']:.3g} ms ({int8['speedup_p50']:.2f}x)" in row
+    assert f"McNemar p {pr['mcnemar_p']:.2g}" in row
 
 
 def _check_html_report(path, *, n_front):

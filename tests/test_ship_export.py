@@ -173,6 +173,8 @@ def test_int8_is_written_beside_fp32_and_measured_on_the_runtime(searched):
     assert pr["only_fp32"] == int((right["fp32"] & ~right["int8"]).sum())
     assert pr["only_int8"] == int((right["int8"] & ~right["fp32"]).sum())
     assert 0 < pr["mcnemar_p"] <= 1
+    assert meta["slower"] == (meta["speedup_p50"] < 0.9)  # what the report marks
+    assert meta["lost"] == (meta["accuracy_drop"] > 0.01)
     assert meta["calibration"]["images"] == 64 and meta["calibration"]["method"] == "minmax"
     card = (out / "MODEL_CARD.md").read_text()
     assert "## int8 (ONNX Runtime)" in card and "student.int8.onnx" in card

@@ -143,9 +143,13 @@ def _deploy_cells(d: dict | None) -> str:
     def acc(m):
         return (f"{_pct(m['accuracy'])} <span class='muted'>({_pct(m['accuracy_lo'])}-"
                 f"{_pct(m['accuracy_hi'])})</span>")
-    lost = " class='warn'" if d.get("warning") else ""
-    return (f"<td>{acc(f)}</td><td{lost}>{acc(q)}</td><td>{f['latency_p50_ms']:.3g} ms</td>"
-            f"<td>{q['latency_p50_ms']:.3g} ms ({d['speedup_p50']:.2f}x)</td>")
+    def warn(flag):
+        return " class='warn'" if flag else ""
+    pr = d.get("paired")
+    p = (f" <span class='muted'>McNemar p {pr['mcnemar_p']:.2g}</span>" if pr else "")
+    return (f"<td>{acc(f)}</td><td{warn(d.get('lost'))}>{acc(q)}{p}</td>"
+            f"<td>{f['latency_p50_ms']:.3g} ms</td><td{warn(d.get('slower'))}>"
+            f"{q['latency_p50_ms']:.3g} ms ({d['speedup_p50']:.2f}x)</td>")
 
 
 def _deploy_note(rows: list[dict]) -> list[str]:

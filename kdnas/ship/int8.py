@@ -81,7 +81,8 @@ class Int8Report:
         return self.fp32.latency_p50_ms / self.int8.latency_p50_ms
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "accuracy_drop": self.drop, "speedup_p50": self.speedup}
+        return {**asdict(self), "accuracy_drop": self.drop, "speedup_p50": self.speedup,
+                "lost": self._lost() is not None, "slower": self._slower() is not None}
 
     def warning(self) -> str | None:
         """What to say when int8 loses more than MAX_DROP, or runs slower than fp32 on this
