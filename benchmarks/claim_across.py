@@ -94,7 +94,8 @@ def run_across(args, argv: list[str]) -> None:
              "references": refs, "argv": " ".join(["--across", *argv]).replace(
                  "--across --across", "--across").strip(),
              "protocol": v.protocol, "title": v.title, "device": "CPU (2 cores)",
-             "search_kd": cfg.kd, "search_ranker": "brief validation accuracy",
+             "search_kd": cfg.kd,  # and the ranker, once the search has more than one:
+             "search_ranker": getattr(cfg, "ranker", "brief validation accuracy"),
              "distill_kd": final_method(v.kd, cfg.kd, None)[0]}
     runs: dict = {}
     out = args.out.with_name(f"{v.name}.json")
