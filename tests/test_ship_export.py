@@ -217,3 +217,19 @@ def test_the_int8_warning_says_what_was_lost_and_what_to_try():
     assert "loses" not in slow.warning()
     near = Int8Report(fp32, Measured("s.int8.onnx", 0.90, 0.89, 0.91, 1000, 2.1, 2.3), {}, "x")
     assert near.warning() is None  # 0.95x: within the latency's own noise
+
+
+def test_a_file_onnx_runtime_cannot_quantize_is_one_clear_message(digits, tmp_path):
+    """ONNX Runtime's quantizer failing (here: a file that is not a model) is a user error
+    that says which file, that the fp32 files stand, and what to do; no int8 file is left."""
+    from kdnas.ship.int8 import quantize
+
+    bad = tmp_path / "student.onnx"
+    bad.write_bytes(b"not an onnx model" * 10)
+    out = tmp_path / "student.int8.onnx"
+    with pytest.raises(KdnasError) as e:
+        quantize(bad, digits, out, images=64)
+    text = str(e.value)
+    assert "ONNX Runtime could not quantize student.onnx" in text
+    assert "ship those, or export without --int8" in text and "\n" not in text
+    assert not out.exists()
