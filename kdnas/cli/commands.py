@@ -253,7 +253,7 @@ def _say_int8(d: dict | None) -> None:
     if pr:
         say(f"  images right by one file alone: fp32 {pr['only_fp32']}, int8 {pr['only_int8']} "
             f"(exact McNemar p {pr['mcnemar_p']:.3g}: the difference is "
-            f"{'beyond' if pr['mcnemar_p'] < 0.05 else 'within'} these images' noise)")
+            f"{'beyond' if d.get('beyond_noise') else 'within'} these images' noise)")
     if d.get("float_ops"):
         say("  left in float (ONNX Runtime has no int8 kernel for them in this graph): "
             + ", ".join(f"{k} x{v}" for k, v in sorted(d["float_ops"].items())))

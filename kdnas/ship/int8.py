@@ -82,7 +82,8 @@ class Int8Report:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "accuracy_drop": self.drop, "speedup_p50": self.speedup,
-                "lost": self._lost() is not None, "slower": self._slower() is not None}
+                "lost": self._lost() is not None, "slower": self._slower() is not None,
+                "beyond_noise": self.beyond_noise}
 
     def warning(self) -> str | None:
         """What to say when int8 loses more than MAX_DROP, or runs slower than fp32 on this
@@ -172,12 +173,6 @@ def hits(path: Path, data, split: str = "test") -> np.ndarray:
         logits = sess.run(None, {"images": x.contiguous().numpy()})[0]
         out.append(np.argmax(logits, 1) == y.numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=bool)
-
-
-def accuracy(path: Path, data, split: str = "test") -> tuple[float, int]:
-    """Top-1 accuracy of an ONNX file on ``split``, on ONNX Runtime."""
-    right = hits(path, data, split)
-    return float(right.mean()) if len(right) else 0.0, len(right)
 
 
 def latency_setting(threads: int = 1) -> str:
