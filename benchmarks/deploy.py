@@ -17,6 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from kdnas.ship.int8 import NOISE_P
 from kdnas.targets import figure, verdict
 
 from benchmarks.common import (
@@ -77,6 +78,7 @@ def run_record(info: dict, label: str) -> dict:
             "epochs": info["epochs"], "fp32": q["fp32"], "int8": q["int8"],
             "calibration": q["calibration"], "float_ops": q["float_ops"],
             "latency_setting": q["latency_setting"], "paired": q["paired"],
+            "beyond_noise": q["beyond_noise"],
             "files": {"fp32": info["exports"]["onnx"], "int8": str(
                 Path(info["exports"]["onnx"]).with_name(q["int8"]["file"]))}}
 
@@ -116,7 +118,7 @@ def figures(res: dict) -> dict:
         drop = 100 * (r["fp32"]["accuracy"] - r["int8"]["accuracy"])
         p = r.get("paired", {}).get("mcnemar_p")
         rows[key] = {"drop_points": drop, "mcnemar_p": p,
-                     "drop_verdict": "beyond noise" if p is not None and p < 0.05 else "noise",
+                     "drop_verdict": "beyond noise" if r.get("beyond_noise") else "noise",
                      "fp32_p50_ms": f50, "int8_p50_ms": q50, "speedup": f50 / q50,
                      "speedup_range": [min(speed), max(speed)] if speed else None,
                      "latency_repeated": bool(rep)}
@@ -128,7 +130,8 @@ def figures(res: dict) -> dict:
         over = [r for r in rows.values() if r["drop_points"] > TARGETS[
             "int8_accuracy_drop_max"][1]]
         if over and all(r["drop_verdict"] == "noise" for r in over):
-            deploy["verdicts"]["int8_accuracy_drop_max"] += " (within noise: McNemar p >= 0.05)"
+            deploy["verdicts"]["int8_accuracy_drop_max"] += (
+                f" (within noise: McNemar p >= {NOISE_P})")
     return {**res, "deploy": deploy}
 
 

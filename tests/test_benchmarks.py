@@ -894,7 +894,10 @@ def test_the_deploy_evidence_runs_resumes_and_measures_again(tmp_path, capsys):
         assert pr["only_fp32"] - pr["only_int8"] == round(
             n * (r["fp32"]["accuracy"] - r["int8"]["accuracy"]))
         assert Path(r["files"]["int8"]).exists() and 0 < pr["mcnemar_p"] <= 1
+        assert r["beyond_noise"] == (pr["mcnemar_p"] < 0.05)  # the int8 report's own rule
     d = res["deploy"]
+    for key, row in d["students"].items():  # the page's verdict is the run's, not a second rule
+        assert (row["drop_verdict"] == "beyond noise") == res["runs"][key]["beyond_noise"]
     kept = pd.read_csv(tmp_path / "searches" / "deploy-front.csv")  # the front's search
     assert len(kept) == 3 and {"trial", "val_accuracy", "macs"} <= set(kept.columns)
     assert d["int8_accuracy_drop_max"] == pytest.approx(

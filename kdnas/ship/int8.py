@@ -36,6 +36,7 @@ CALIBRATION_METHODS = INT8_CALIBRATION_METHODS  # kdnas.ort.QUANTIZE_METHODS
 CALIBRATION_DEFAULT = INT8_CALIBRATION_DEFAULT
 MIN_CALIBRATION = 32
 MAX_DROP = 0.01  # int8 losing more accuracy than this is said on the card and the console
+NOISE_P = 0.05  # a drop with McNemar's exact p under this is beyond the images' noise
 SLOWER = 0.9  # int8 at under this share of fp32's speed is said to be slower (p50 moves ~5%)
 LATENCY_RUNS = 200
 LATENCY_WARMUP = 20
@@ -68,8 +69,8 @@ class Int8Report:
 
     @property
     def beyond_noise(self) -> bool:
-        """The drop is more than the two files' disagreements give by chance (p < 0.05)."""
-        return self.paired.get("mcnemar_p", 1.0) < 0.05
+        """The drop is more than the two files' disagreements give by chance (p < NOISE_P)."""
+        return self.paired.get("mcnemar_p", 1.0) < NOISE_P
 
     @property
     def drop(self) -> float:
