@@ -294,11 +294,16 @@ def decision_lines(res: dict) -> list[str]:
         return [frozen + " No decision is taken yet: the protocol scores the signals once, "
                 "after the fresh truth is complete."]
     f, t = r["fresh"], r["target"]
-    return [frozen, "", f"Decision 1 (the ranker): {r['decision']}: fresh pooled tau "
+    return [frozen, "", f"Decision 1 (the ranker): {r['decision']} (no learning-curve, "
+            "training-free or mixed signal beat brief dkd-ls's fresh pooled tau, "
+            f"{_f2(f['brief_tau'])}, by more than 0.1 at no more than 1.5x its cost)."
+            if not r["decision"].startswith("adopt") else
+            f"Decision 1 (the ranker): {r['decision']}.", "",
+            f"Decision 2 (features): {r['features_decision']}.", "",
+            f"The search ranks with {r['ranker']}: fresh pooled tau "
             f"{shown(f['kendall_tau_pooled'], '>=', t['kendall_tau_pooled'])} at "
-            f"{shown(f['cost_vs_brief'], '<=', t['cost_vs_brief'])}x the brief cost "
-            f"(brief dkd-ls {_f2(f['brief_tau'])}).", "",
-            f"Decision 2 (features): {r['features_decision']}."]
+            f"a cost of {shown(f['cost_vs_brief'], '<=', t['cost_vs_brief'])} times the "
+            f"brief dkd-ls recipe's (brief dkd-ls {_f2(f['brief_tau'])})."]
 
 
 def main(argv: list[str] | None = None) -> None:

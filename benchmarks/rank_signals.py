@@ -203,6 +203,9 @@ def decisions(fresh: dict, complete: bool) -> dict:
              if k in fresh and fresh[k]["tau_pooled"] is not None}
     feat = max(feats, key=feats.get, default=None)
     keep = feat is None or brief > feats[feat] + 0.1
-    return {"decision": f"adopt {best}" if adopt else "keep the brief recipe (dkd-ls)",
-            "ranker": best if adopt else "brief_dkd_ls",
+    # the ranker the search is left with: decision 1's signal where it adopts one, else the
+    # brief recipe with the method decision 2 leaves as the default
+    ranker = best if adopt else ("brief_dkd_ls" if keep else feat)
+    return {"decision": f"adopt {best}" if adopt else "keep the brief recipe",
+            "ranker": ranker,
             "features_decision": "keep dkd-ls" if keep else f"move to {feat}"}

@@ -77,7 +77,7 @@ def test_the_cache_is_keyed_by_the_recipe_and_shared_by_candidates(teacher_and_d
 
 def test_a_logit_methods_cache_keeps_logits_only_and_trains_the_same_candidate(
         teacher_and_data, tmp_path):
-    """A study ranking with a logit method (the default, dkd-ls) caches the teacher's logits
+    """A study ranking with a logit method (dkd-ls, for one) caches the teacher's logits
     alone: its own key, no stage features on disk, and a candidate trained from it ends
     exactly where one trained from a full cache does. A feature method never reads it."""
     from kdnas.core.kd_methods import reads_features

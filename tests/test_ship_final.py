@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from kdnas.core.kd_methods import DISTILL_DEFAULT, canonical_method
+from kdnas.core.kd_methods import DISTILL_DEFAULT, SEARCH_DEFAULT, canonical_method
 from kdnas.core.settings import SearchConfig
 from kdnas.ship.final import distill_trial, final_method, method_tag
 from kdnas.report import pick_trial, write_report
@@ -30,7 +30,7 @@ def test_the_final_method_is_the_distill_default_not_the_searchs_unless_asked():
     """The search ranks with one method and the final student trains with another (the
     defaults are measured separately); a study that searched the method keeps its trial's;
     --kd overrides both; the trial's feature weight goes along only with its own method."""
-    assert SearchConfig().kd == "dkd-ls"
+    assert SearchConfig().kd == SEARCH_DEFAULT != DISTILL_DEFAULT
     assert final_method(None, "dkd-ls", "dkd-ls") == (DISTILL_DEFAULT, False)
     assert final_method(None, "feature", "feature") == (
         DISTILL_DEFAULT, canonical_method(DISTILL_DEFAULT) == "fitnets")

@@ -15,7 +15,12 @@ import pandas as pd
 
 from kdnas.core.attrs import SIGNAL_NAMES
 from kdnas.core.budget import fmt_count
-from kdnas.core.kd_methods import ACROSS_FAMILIES_RERUN, ACROSS_FAMILIES_TAU
+from kdnas.core.kd_methods import (
+    ACROSS_FAMILIES_FRESH,
+    ACROSS_FAMILIES_RERUN,
+    ACROSS_FAMILIES_TAU,
+    canonical_method,
+)
 from kdnas.core.records import StudyRecord
 from kdnas.core.settings import SearchConfig
 from kdnas.front import front_order, hypervolume, near_chance, wilson
@@ -222,11 +227,15 @@ def caveat(front: pd.DataFrame, record: StudyRecord) -> str | None:
                 "distil the students you would choose between fully (`kdnas distill`).")
     if len(families) > 1:
         methods = sorted({record.trial(int(n)).kd or "?" for n in front.trial})
-        tau = ACROSS_FAMILIES_TAU.get(methods[0]) if len(methods) == 1 else None
-        again = ACROSS_FAMILIES_RERUN.get(methods[0])
-        measured = (f"with {methods[0]}, Kendall tau {tau:.2f} against 8x longer training "
+        method = canonical_method(methods[0])
+        tau = ACROSS_FAMILIES_TAU.get(method) if len(methods) == 1 else None
+        again = ACROSS_FAMILIES_RERUN.get(method)
+        fresh = ACROSS_FAMILIES_FRESH.get(method)
+        measured = (f"with {method}, Kendall tau {tau:.2f} against 8x longer training "
                     "over 18 CIFAR-10 students of three families"
                     + (f", {again:.2f} when run again" if again is not None else "")
+                    + (f", {fresh:.2f} on 18 others with seeds of their own"
+                       if fresh is not None else "")
                     if tau is not None else
                     f"not measured for {', '.join(methods)}; FitNets' was Kendall tau "
                     f"{ACROSS_FAMILIES_TAU['fitnets']:.2f} over 18 CIFAR-10 students of "
