@@ -55,6 +55,10 @@ def test_no_candidate_over_budget_is_ever_trained(setup, monkeypatch):
             assert t.constraints["budget"] <= 0
     front = out.study.best_trials  # Optuna's own front honours the constraint
     assert front and all(t.user_attrs["trained"] for t in front)
+    # the signals are recorded only on request (--signals): none here, and no time on them
+    record = load_record(out.study)
+    assert all(t.signals == {} and t.time.get("signals", 0) == 0
+               for t in record.trials if t.trained)
 
 
 @pytest.mark.slow
@@ -343,7 +347,7 @@ def test_each_trial_records_where_its_time_went_and_the_report_shows_it(setup, m
 
     cfg, teacher, data = setup
     monkeypatch.setattr(study_mod, "ESTIMATE_MIN_STEPS", 1)
-    out = run_search(dataclasses.replace(cfg, trials=2), teacher, data)
+    out = run_search(dataclasses.replace(cfg, trials=2, signals=True), teacher, data)
     record = load_record(out.study)
     for t in record.trials:
         if not t.trained:

@@ -217,7 +217,7 @@ def _logit_first(f: dict | None) -> str:
     """The sentence on a logit method's first trial (older results have none)."""
     if not f:
         return ""
-    return (f" A logit method's study (the search's default) caches the teacher's logits "
+    return (f" A logit method's study (dkd-ls, for one) caches the teacher's logits "
             f"alone: its first trial took {f['writes_logits_only']:.2f}x, writing "
             f"{f['logits_only_mb']:.1f} MB, against {f['writes_features']:.2f}x and "
             f"{f['features_mb']:.0f} MB with the stage features.")

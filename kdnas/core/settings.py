@@ -209,8 +209,15 @@ class SearchConfig:
         "auto", "largest teacher cache to write, in GB, or auto (default: half the free disk "
         "where the study writes, when the cache is made): a study whose cache would be larger "
         "runs the teacher in every trial instead", flag="--cache-limit", metavar="GB")
-    signals: bool = setting(True, "do not record each trial's training-free and learning-"
-                            "curve signals (trials.csv; about a second a trial)", kind="off")
+    # off by default: no signal ranked across families better than the brief accuracy on
+    # candidates it was not tuned on (docs/evidence/rank_fresh.md, decision 1), and they cost
+    # 0.9% of a search's wall time (reports/BENCHMARKS.md, framework_proper)
+    signals: bool = setting(False, "record each trial's training-free scores at "
+                            "initialisation (NASWOT, synflow, grad-norm, teacher similarity) "
+                            "and its learning curve's extrapolation and slope in trials.csv "
+                            "(about a second a trial; measured, they do not rank students of "
+                            "different families better than the brief accuracy: "
+                            "reports/rank_fresh.md)", kind="on")
     noise_check: bool = setting(True, "do not train the front's knee again with another seed "
                                 "at the end (the report then cannot say how much of the front "
                                 "is seed noise)", kind="off")
