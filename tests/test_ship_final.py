@@ -98,7 +98,7 @@ def test_interrupted_distillation_resumes_to_the_same_student(study_with_a_stude
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [c["epoch"] for c in resumed["curve"]] == [1, 2, 3]
     # ranked with the search's default, trained in full with the distill default
-    assert study.trained_trial(trial).kd in (None, "dkd-ls") and cfg.kd == "dkd-ls"
+    assert study.trained_trial(trial).kd in (None, SEARCH_DEFAULT) and cfg.kd == SEARCH_DEFAULT
     assert resumed["recipe"]["kd"] == canonical_method(DISTILL_DEFAULT)
     # kept in the study (as `kdnas distill` does), the report shows it with its test accuracy
     from kdnas.search.storage import add_distilled, load_record, open_study

@@ -175,11 +175,10 @@ class SearchConfig:
     lr: float = setting(0.1, "peak SGD learning rate (default 0.1)", fixed=True, kind=float)
     kd: str = setting(SEARCH_DEFAULT, "distillation the candidates are ranked with: fitnets "
                       "(= feature, the default: Hinton KD plus FitNets hints through 1x1-conv "
-                      "+ BN connectors; on 18 fresh CIFAR-10 candidates of three families it "
-                      "ranked like 8x longer training at Kendall tau 0.69, dkd-ls at 0.56: "
-                      "reports/rank_fresh.md); dkd-ls: decoupled KD on standardised logits; "
-                      "dkd-ls-hints: dkd-ls plus FitNets' hints; at, sp, pkt, rkd "
-                      "add their loss to Hinton KD; logit, dkd, dist, logit-ls: logit methods; "
+                      "+ BN connectors; Kendall tau 0.69 against 8x training on 18 fresh "
+                      "CIFAR-10 candidates, dkd-ls 0.56: reports/rank_fresh.md); dkd-ls(-hints): "
+                      "decoupled KD on standardised logits (plus FitNets' hints); at, sp, pkt, "
+                      "rkd add their loss to Hinton KD; logit, dkd, dist, logit-ls: logit methods; "
                       "none: cross-entropy alone; auto searches the method and its weight. "
                       "kdnas distill trains the final student with its own --kd",
                       fixed=True,
@@ -209,15 +208,9 @@ class SearchConfig:
         "auto", "largest teacher cache to write, in GB, or auto (default: half the free disk "
         "where the study writes, when the cache is made): a study whose cache would be larger "
         "runs the teacher in every trial instead", flag="--cache-limit", metavar="GB")
-    # off by default: no signal ranked across families better than the brief accuracy on
-    # candidates it was not tuned on (docs/evidence/rank_fresh.md, decision 1), and they cost
-    # 0.9% of a search's wall time (reports/BENCHMARKS.md, framework_proper)
-    signals: bool = setting(False, "record each trial's training-free scores at "
-                            "initialisation (NASWOT, synflow, grad-norm, teacher similarity) "
-                            "and its learning curve's extrapolation and slope in trials.csv "
-                            "(about a second a trial; measured, they do not rank students of "
-                            "different families better than the brief accuracy: "
-                            "reports/rank_fresh.md)", kind="on")
+    signals: bool = setting(False, "record training-free scores (NASWOT, synflow, grad-norm, "
+                            "teacher similarity) and curve extrapolation in trials.csv (about "
+                            "1 s a trial; they ranked no better: reports/rank_fresh.md)", kind="on")
     noise_check: bool = setting(True, "do not train the front's knee again with another seed "
                                 "at the end (the report then cannot say how much of the front "
                                 "is seed noise)", kind="off")
