@@ -294,11 +294,10 @@ def decision_lines(res: dict) -> list[str]:
         return [frozen + " No decision is taken yet: the protocol scores the signals once, "
                 "after the fresh truth is complete."]
     f, t = r["fresh"], r["target"]
-    return [frozen, "", f"Decision 1 (the ranker): {r['decision']} (no learning-curve, "
-            "training-free or mixed signal beat brief dkd-ls's fresh pooled tau, "
-            f"{_f2(f['brief_tau'])}, by more than 0.1 at no more than 1.5x its cost)."
-            if not r["decision"].startswith("adopt") else
-            f"Decision 1 (the ranker): {r['decision']}.", "",
+    why = "" if r["decision"].startswith("adopt") else (
+        " (no learning-curve, training-free or mixed signal beat brief dkd-ls's fresh pooled "
+        f"tau, {_f2(f['brief_tau'])}, by more than 0.1 at no more than 1.5x its cost)")
+    return [frozen, "", f"Decision 1 (the ranker): {r['decision']}{why}.", "",
             f"Decision 2 (features): {r['features_decision']}.", "",
             f"The search ranks with {r['ranker']}: fresh pooled tau "
             f"{shown(f['kendall_tau_pooled'], '>=', t['kendall_tau_pooled'])} at "
