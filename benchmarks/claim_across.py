@@ -17,6 +17,7 @@ the page is reports/claim_across.md. Resumable; two processes share the distilla
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import statistics
@@ -76,29 +77,40 @@ def run_across(args, argv: list[str]) -> None:
     ref_spec = preset_spec(args.reference, "resnet", **shape)
     budget = count_macs(get_space(ref_spec["space"]).build(ref_spec), data.input_shape)
     cfg = dataclasses.replace(cfg, budget=f"{budget / 1e6:.6f}MMACs")  # exact: whole MACs
-    record = load_record(run_search(cfg, teacher, data, on_event=SearchProgress(cfg)).study)
-    keep_trials(record, args.out, cfg.study)
-    found = pick_trial(record, "best")
-    rec = record.trained_trial(found)
-    refs = {}
-    for name in REFERENCES:
-        s = preset_spec(name, "resnet", **shape)
-        r = record.references.get(name, {})
-        refs[name] = {"macs": count_macs(get_space(s["space"]).build(s), data.input_shape),
-                      "params": r.get("cost", {}).get("params"),
-                      "brief": r.get("val_accuracy")}
-    setup = {"budget_macs": budget, "seeds": list(args.seeds), "epochs": args.epochs,
-             "space": SPACE, "search_trials": args.trials, "found_trial": found,
-             "found_arch": describe(rec.spec), "found_macs": rec.cost["macs"],
-             "found_params": rec.cost.get("params"), "found_brief": rec.val_accuracy,
-             "references": refs, "argv": " ".join(["--across", *argv]).replace(
-                 "--across --across", "--across").strip(),
-             "protocol": v.protocol, "title": v.title, "device": "CPU (2 cores)",
-             "search_kd": cfg.kd,  # and the ranker, once the search has more than one:
-             "search_ranker": getattr(cfg, "ranker", "brief validation accuracy"),
-             "distill_kd": final_method(v.kd, cfg.kd, None)[0]}
-    runs: dict = {}
     out = args.out.with_name(f"{v.name}.json")
+    kept = kept_pick(out, v.name, cfg, data.input_shape)
+    if kept is not None:  # searched before, its study not on this machine: not searched again
+        setup, kept_spec = kept
+        setup = {**setup, "seeds": list(args.seeds), "epochs": args.epochs}
+        found, record = setup["found_trial"], None
+        print(f"the search's pick, trial {found} ({setup['found_arch']}), is recorded in "
+              f"{out.name} and its spec in searches/{cfg.study}.csv; the study is not in "
+              f"{args.work}, so the search is not run again", flush=True)
+    else:
+        record = load_record(run_search(cfg, teacher, data,
+                                        on_event=SearchProgress(cfg)).study)
+        keep_trials(record, args.out, cfg.study)
+        found = pick_trial(record, "best")
+        rec = record.trained_trial(found)
+        refs = {}
+        for name in REFERENCES:
+            s = preset_spec(name, "resnet", **shape)
+            r = record.references.get(name, {})
+            refs[name] = {"macs": count_macs(get_space(s["space"]).build(s),
+                                             data.input_shape),
+                          "params": r.get("cost", {}).get("params"),
+                          "brief": r.get("val_accuracy")}
+        setup = {"budget_macs": budget, "seeds": list(args.seeds), "epochs": args.epochs,
+                 "space": SPACE, "search_trials": args.trials, "found_trial": found,
+                 "found_arch": describe(rec.spec), "found_macs": rec.cost["macs"],
+                 "found_params": rec.cost.get("params"), "found_brief": rec.val_accuracy,
+                 "references": refs, "argv": " ".join(["--across", *argv]).replace(
+                     "--across --across", "--across").strip(),
+                 "protocol": v.protocol, "title": v.title, "device": "CPU (2 cores)",
+                 "search_kd": cfg.kd,  # and the ranker, once the search has more than one:
+                 "search_ranker": getattr(cfg, "ranker", "brief validation accuracy"),
+                 "distill_kd": final_method(v.kd, cfg.kd, None)[0]}
+    runs: dict = {}
     if v is AS_MADE:  # the earlier claim's resnet8 runs: same teacher, data and recipe
         earlier = earlier_reference_runs(args.out, args.epochs)
     else:  # the deploy evidence's seed-0 references, where their recipe is this one's
@@ -132,9 +144,12 @@ def run_across(args, argv: list[str]) -> None:
             opts = dict(epochs=args.epochs, formats=(), seed=seed, kd=v.kd,
                         out_dir=args.work / v.name / key,
                         progress=StepBar(f"  {key}", every_s=120))
-            info = (distill_trial(record, cfg, found, teacher, data, **opts)
-                    if who.startswith("trial-") else
-                    distill_reference(cfg, who.removeprefix("ref-"), teacher, data, **opts))
+            if not who.startswith("trial-"):
+                info = distill_reference(cfg, who.removeprefix("ref-"), teacher, data, **opts)
+            elif record is None:  # the kept pick: the same student, spec and recipe
+                info = distill_reference(cfg, who, teacher, data, spec=kept_spec, **opts)
+            else:
+                info = distill_trial(record, cfg, found, teacher, data, **opts)
         runs[key] = {k: info[k] for k in ("test_accuracy", "val_accuracy", "macs", "epochs")}
         save()
 
@@ -154,6 +169,38 @@ def run_across(args, argv: list[str]) -> None:
     save()
 
 
+_DERIVED = ("stage1", "opponent", "found", "opponent_runs", "verdict", "margin", "welch_p")
+
+
+def kept_pick(out: Path, name: str, cfg, input_shape) -> tuple[dict, dict] | None:
+    """The setup and pick's spec of a search that ran before, when its study is not in the
+    work folder (a new checkout): the results file ``out`` names the pick (``found_trial``,
+    written once the search finished) and its kept trials (``searches/STUDY.csv``) hold the
+    pick's spec, checked against its recorded MACs. None where the study is here (a search
+    resumes it) or either record is missing (the search runs)."""
+    from kdnas.cost import count_macs
+    from search_spaces import get_space
+
+    if cfg.storage or (cfg.study_dir / "study.db").exists() or not out.exists():
+        return None
+    recorded = json.loads(out.read_text()).get(name) or {}
+    trials = out.parent / "searches" / f"{cfg.study}.csv"
+    if recorded.get("found_trial") is None or not trials.exists():
+        return None
+    with trials.open(newline="") as f:
+        row = next((r for r in csv.DictReader(f)
+                    if r["trial"] == str(recorded["found_trial"])), None)
+    if row is None:
+        raise SystemExit(f"{trials} has no trial {recorded['found_trial']}, the pick that "
+                         f"{out} records: the two come from different searches")
+    spec = json.loads(row["spec"])
+    macs = count_macs(get_space(spec["space"]).build(spec), input_shape)
+    if macs != recorded["found_macs"]:
+        raise SystemExit(f"trial {recorded['found_trial']} in {trials} counts {macs} MACs; "
+                         f"{out} records {recorded['found_macs']}: not the same student")
+    return {k: v for k, v in recorded.items() if k not in _DERIVED}, spec
+
+
 def earlier_reference_runs(claim_file: Path, epochs: float) -> dict:
     """The ResNet-only claim's resnet8 runs (same teacher, data and recipe), as this
     experiment's ``ref-resnet8/sN``: they are not distilled twice."""
@@ -171,7 +218,7 @@ def deploy_reference_runs(deploy_file: Path, recipes: dict, data: str, teacher: 
     whose data and teacher are this run's: the same training, not run twice."""
     res = json.loads(deploy_file.read_text()) if deploy_file.exists() else {}
     setup = res.get("setup", {})
-    if setup.get("data") != data or setup.get("teacher_digest") != teacher:
+    if not same_data(setup.get("data"), data) or setup.get("teacher_digest") != teacher:
         return {}
     out = {}
     for name, recipe in recipes.items():
@@ -181,6 +228,22 @@ def deploy_reference_runs(deploy_file: Path, recipes: dict, data: str, teacher: 
                                                         "macs", "epochs")}
             out[f"ref-{name}/s0"]["from"] = "reports/deploy.json"
     return out
+
+
+def same_data(recorded: str | None, spec: str) -> bool:
+    """Whether a recorded data spec names this run's data: the same spec, or the default
+    work folder's copy of the CIFAR-10 archive in another checkout (``imagefolder:ROOT/
+    .bench/...``: ``make_subset`` writes the same tree from the same archive wherever the
+    checkout is)."""
+    if recorded == spec:
+        return True
+
+    def tail(s: str | None) -> tuple[str, ...] | None:
+        if not s or not s.startswith("imagefolder:"):
+            return None
+        parts = Path(s.removeprefix("imagefolder:")).parts
+        return parts[parts.index(".bench"):] if ".bench" in parts else None
+    return tail(recorded) is not None and tail(recorded) == tail(spec)
 
 
 def strongest(runs: dict, seed: int) -> str | None:
