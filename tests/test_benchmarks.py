@@ -601,6 +601,63 @@ def test_the_claim_across_families_meets_the_strongest_reference_at_the_first_se
     assert "In progress" in part["verdict"] and "margin" not in part
 
 
+def test_the_shipped_claim_takes_its_recorded_pick_from_the_kept_trials(tmp_path):
+    from benchmarks import claim_across
+    from kdnas.core.settings import SearchConfig
+
+    # the committed results and trials of the shipped claim's search, in a new checkout
+    (tmp_path / "searches").mkdir()
+    out = tmp_path / "claim_shipped.json"
+    shutil.copyfile(ROOT / "reports" / "claim_shipped.json", out)
+    shutil.copyfile(ROOT / "reports" / "searches" / "claim-shipped-resnet8.csv",
+                    tmp_path / "searches" / "claim-shipped-resnet8.csv")
+    cfg = SearchConfig(study="claim-shipped-resnet8", teacher="t.pt", data="cifar10:x",
+                       workdir=str(tmp_path / "runs"))
+    setup, spec = claim_across.kept_pick(out, "claim_shipped", cfg, (3, 32, 32))
+    recorded = json.loads(out.read_text())["claim_shipped"]
+    assert spec["space"] == "shufflenet" and setup["found_trial"] == recorded["found_trial"]
+    assert "verdict" not in setup and setup["found_macs"] == recorded["found_macs"]
+    # another trial's MACs: not the recorded pick, so it refuses instead of distilling it
+    res = json.loads(out.read_text())
+    res["claim_shipped"]["found_trial"] = 0
+    out.write_text(json.dumps(res))
+    with pytest.raises(SystemExit, match="not the same student"):
+        claim_across.kept_pick(out, "claim_shipped", cfg, (3, 32, 32))
+    # the study on this machine: the search resumes it instead
+    cfg.study_dir.mkdir(parents=True)
+    (cfg.study_dir / "study.db").write_bytes(b"")
+    assert claim_across.kept_pick(out, "claim_shipped", cfg, (3, 32, 32)) is None
+
+
+def test_a_deploy_run_in_another_checkout_is_the_same_data_only_for_the_same_work_tree():
+    from benchmarks.claim_across import same_data
+
+    assert same_data("imagefolder:/a/run_deploy/.bench/search_quality/data",
+                     "imagefolder:/b/main/.bench/search_quality/data")
+    assert not same_data("imagefolder:/a/.bench/other/data",
+                         "imagefolder:/b/.bench/search_quality/data")
+    assert not same_data("imagefolder:/a/data", "imagefolder:/b/data")
+    assert not same_data(None, "imagefolder:/b/.bench/search_quality/data")
+    assert same_data("digits", "digits") and not same_data("digits", "cifar10:/x")
+
+
+def test_the_ranking_page_states_each_decision_and_the_ranker_against_its_target():
+    from benchmarks import rank_fresh
+
+    res = json.loads((ROOT / "reports" / "rank_fresh.json").read_text())
+    r = res["rank"]
+    text = "\n".join(rank_fresh.decision_lines(res))
+    assert f"Decision 1 (the ranker): {r['decision']} (no learning-curve" in text
+    assert f"Decision 2 (features): {r['features_decision']}." in text
+    assert f"The search ranks with {r['ranker']}" in text
+    # the chosen ranker's 0.69 below the 0.8 target, its 1.22x cost within 1.5x
+    assert "tau 0.69 (target >= 0.8: not met) at a cost of 1.22 (target <= 1.5: met)" in text
+    adopted = {"rank": {**r, "decision": "adopt curve_extrapolated"}}
+    assert "(no learning-curve" not in "\n".join(rank_fresh.decision_lines(adopted))
+    pending = {"rank": {"target": r["target"]}}
+    assert rank_fresh.decision_lines(pending)[0].startswith("No signal is frozen yet.")
+
+
 def test_the_full_recipe_figures_compare_each_method_with_fitnets_by_the_noise_rule():
     from benchmarks import method_choice
 
