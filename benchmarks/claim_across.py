@@ -127,6 +127,10 @@ def run_across(args, argv: list[str]) -> None:
                          if k not in runs})
             res[f"{v.name}_runs"] = dict(runs)
             res[v.name] = summarise(runs, setup)
+            made = out.with_name(f"{AS_MADE.name}.json")
+            if v is not AS_MADE and made.exists():
+                res[v.name]["changed"] = what_changed(
+                    res[v.name], json.loads(made.read_text()).get(AS_MADE.name) or {})
             return res
         res = update_results(out, update)
         write_page(out.with_suffix(".md"), res[v.name])
@@ -293,6 +297,54 @@ def summarise(runs: dict, setup: dict) -> dict:
     return c
 
 
+def what_changed(c: dict, made: dict) -> dict | None:
+    """The protocol's "what changed" against the claim as made (``made``, claim_across's
+    figures): the pick (the same architecture or not), each reference's seed-0 accuracy,
+    the opponent, and the two margins, whose difference is read against the larger seed
+    spread of the four students involved. None until both claims have their verdicts."""
+    if c.get("margin") is None or made.get("margin") is None:
+        return None
+    stage1 = {n: {"now": c["stage1"].get(n), "as_made": made["stage1"].get(n)}
+              for n in c["stage1"]}
+    for r in stage1.values():
+        r["change"] = (None if None in (r["now"], r["as_made"])
+                       else r["now"] - r["as_made"])
+    spreads = [x["spread"] for x in (c["found"], c["opponent_runs"], made["found"],
+                                     made["opponent_runs"])]
+    change = c["margin"] - made["margin"]
+    return {"same_pick": c["found_arch"] == made["found_arch"],
+            "pick_as_made": {k: made[k] for k in ("found_trial", "found_arch", "found_macs")},
+            "stage1": stage1, "opponent_as_made": made["opponent"],
+            "margin_as_made": made["margin"], "margin_change": change,
+            "noise": max(spreads),
+            "verdict": "beyond the seed noise" if abs(change) > max(spreads)
+            else "within the seed noise"}
+
+
+def changed_lines(c: dict) -> list[str]:
+    """The page's "what changed" paragraph (empty until both verdicts are in)."""
+    w = c.get("changed")
+    if not w:
+        return []
+    p = w["pick_as_made"]
+    pick = ("the same architecture" if w["same_pick"] else
+            f"another architecture than the claim as made's trial {p['found_trial']}, "
+            f"{p['found_arch']}, {p['found_macs'] / 1e6:.2f}M MACs")
+    refs = "; ".join(f"{n} {100 * r['now']:.2f}% against {100 * r['as_made']:.2f}% "
+                     f"({100 * r['change']:+.2f})" for n, r in w["stage1"].items()
+                     if r["change"] is not None)
+    opp = ("the same opponent" if w["opponent_as_made"] == c["opponent"]
+           else f"another opponent (as made: {w['opponent_as_made']})")
+    return ["## What changed against the claim as made", "",
+            f"Against [the claim as made](claim_across.md) (FitNets to rank and to distil): "
+            f"the pick is {pick}. Each reference's seed-0 test accuracy under "
+            f"{c.get('distill_kd')} against FitNets (one seed each): {refs}; {opp}. "
+            f"The margin is {100 * c['margin']:+.2f} points against "
+            f"{100 * w['margin_as_made']:+.2f}: a change of {100 * w['margin_change']:+.2f} "
+            f"points, {w['verdict']} (the larger seed spread of the four students, "
+            f"{100 * w['noise']:.2f} points).", ""]
+
+
 def _macs_used(setup: dict, opponent: str) -> str:
     """The pick's MACs as a share of the opponent's (a metric the protocol names)."""
     theirs = (setup.get("references") or {}).get(opponent, {}).get("macs")
@@ -330,5 +382,6 @@ def write_page(path: Path, c: dict) -> None:
                      f"{pct(r['brief'])} | {pct(c['stage1'].get(name))} | "
                      + (f"{', '.join(pct(v) for v in o['accuracies'])} | {pct(o['mean'])} | "
                         f"{pct(o['spread'])} | {pct(o['sd'])} |" if o else "- | - | - | - |"))
-    lines += ["", c["verdict"], "", f"Reproduce: `python -m benchmarks.claim {c['argv']}`."]
+    lines += ["", c["verdict"], "", *changed_lines(c),
+              f"Reproduce: `python -m benchmarks.claim {c['argv']}`."]
     path.write_text("\n".join(lines) + "\n")

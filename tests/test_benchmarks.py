@@ -629,6 +629,34 @@ def test_the_shipped_claim_takes_its_recorded_pick_from_the_kept_trials(tmp_path
     assert claim_across.kept_pick(out, "claim_shipped", cfg, (3, 32, 32)) is None
 
 
+def test_the_shipped_claim_says_what_changed_against_the_claim_as_made():
+    from benchmarks import claim_across
+
+    made = json.loads((ROOT / "reports" / "claim_across.json").read_text())["claim_across"]
+    sh, mb = "shufflenet:shufflenetv2_half", "mobilenet:mobilenetv2_half"
+    setup = {"seeds": [0, 1, 2], "epochs": 10, "found_trial": 3, "distill_kd": "dist",
+             "found_arch": "shufflenet x", "found_macs": 8e6}
+    refs = {"resnet8": [0.7827], mb: [0.7138], sh: [0.7843, 0.7830, 0.7850]}
+    c = claim_across.summarise(_across_runs([0.7900, 0.7890, 0.7910], refs), setup)
+    w = claim_across.what_changed(c, made)
+    assert not w["same_pick"] and w["opponent_as_made"] == sh
+    assert w["stage1"][mb]["change"] == pytest.approx(0.7138 - made["stage1"][mb])
+    # margin +0.59 against -0.05: a change of 0.64 points, inside the as-made pick's
+    # 0.82-point spread (the largest of the four students')
+    assert w["margin_change"] == pytest.approx(c["margin"] - made["margin"])
+    assert w["noise"] == pytest.approx(made["found"]["spread"])
+    assert w["verdict"] == "within the seed noise"
+    c["changed"] = w
+    text = " ".join(claim_across.changed_lines(c))
+    assert "another architecture than the claim as made's trial 19" in text
+    assert f"{mb} 71.38% against 75.60% (-4.22)" in text and "the same opponent" in text
+    wide = claim_across.summarise(_across_runs([0.8000, 0.8010, 0.8005], refs), setup)
+    assert claim_across.what_changed(wide, made)["verdict"] == "beyond the seed noise"
+    part = claim_across.summarise(_across_runs([0.79], refs), setup)
+    assert claim_across.what_changed(part, made) is None
+    assert claim_across.changed_lines(part) == []
+
+
 def test_a_deploy_run_in_another_checkout_is_the_same_data_only_for_the_same_work_tree():
     from benchmarks.claim_across import same_data
 
