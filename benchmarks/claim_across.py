@@ -111,6 +111,9 @@ def run_across(args, argv: list[str]) -> None:
                  "search_ranker": getattr(cfg, "ranker", "brief validation accuracy"),
                  "distill_kd": final_method(v.kd, cfg.kd, None)[0]}
     runs: dict = {}
+    made_file = out.with_name(f"{AS_MADE.name}.json")  # what changed is read against it
+    made = (json.loads(made_file.read_text()).get(AS_MADE.name) or {}
+            if v is not AS_MADE and made_file.exists() else None)
     if v is AS_MADE:  # the earlier claim's resnet8 runs: same teacher, data and recipe
         earlier = earlier_reference_runs(args.out, args.epochs)
     else:  # the deploy evidence's seed-0 references, where their recipe is this one's
@@ -127,10 +130,8 @@ def run_across(args, argv: list[str]) -> None:
                          if k not in runs})
             res[f"{v.name}_runs"] = dict(runs)
             res[v.name] = summarise(runs, setup)
-            made = out.with_name(f"{AS_MADE.name}.json")
-            if v is not AS_MADE and made.exists():
-                res[v.name]["changed"] = what_changed(
-                    res[v.name], json.loads(made.read_text()).get(AS_MADE.name) or {})
+            if made is not None:
+                res[v.name]["changed"] = what_changed(res[v.name], made)
             return res
         res = update_results(out, update)
         write_page(out.with_suffix(".md"), res[v.name])
@@ -173,7 +174,9 @@ def run_across(args, argv: list[str]) -> None:
     save()
 
 
-_DERIVED = ("stage1", "opponent", "found", "opponent_runs", "verdict", "margin", "welch_p")
+# what summarise (and, for the shipped claim, what_changed) add to the setup in the results
+_DERIVED = ("stage1", "opponent", "found", "opponent_runs", "verdict", "margin", "welch_p",
+            "changed")
 
 
 def kept_pick(out: Path, name: str, cfg, input_shape) -> tuple[dict, dict] | None:

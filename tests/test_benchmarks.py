@@ -616,7 +616,8 @@ def test_the_shipped_claim_takes_its_recorded_pick_from_the_kept_trials(tmp_path
     setup, spec = claim_across.kept_pick(out, "claim_shipped", cfg, (3, 32, 32))
     recorded = json.loads(out.read_text())["claim_shipped"]
     assert spec["space"] == "shufflenet" and setup["found_trial"] == recorded["found_trial"]
-    assert "verdict" not in setup and setup["found_macs"] == recorded["found_macs"]
+    assert "verdict" not in setup and "changed" not in setup  # recomputed, never carried
+    assert setup["found_macs"] == recorded["found_macs"]
     # another trial's MACs: not the recorded pick, so it refuses instead of distilling it
     res = json.loads(out.read_text())
     res["claim_shipped"]["found_trial"] = 0
