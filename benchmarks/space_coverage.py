@@ -37,26 +37,41 @@ SPACES = ("resnet", "mobilenet", "shufflenet")
 class _Shape:
     """Just what the sampler needs of a data set."""
 
-    in_channels, num_classes, input_size, input_shape = 3, 10, 32, (3, 32, 32)
+    def __init__(self, channels: int = 3, size: int = 32) -> None:
+        self.in_channels, self.num_classes, self.input_size = channels, 10, size
+        self.input_shape = (channels, size, size)
+
+
+def propose(space_name: str, budget: str, proposals: int, *, aware: bool = True,
+            seed: int = 0, coverage: bool = True, channels: int = 3, size: int = 32
+            ) -> tuple[list[tuple[str, float]], optuna.samplers.BaseSampler]:
+    """``proposals`` candidates of one study as ``kdnas search`` proposes them, told a stand-in
+    objective (log params, maximised: pushed towards the budget as accuracy would push it)
+    instead of training: each one's family and MACs, and the sampler."""
+    space = get_space(space_name)
+    limit = parse_budget(budget).limit
+    shape = _Shape(channels, size)
+    cfg = SearchConfig(space=space_name, budget=budget, trials=proposals, seed=seed)
+    sampler = (make_sampler(cfg, shape, coverage=coverage) if aware else
+               optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                          n_startup_trials=min(10, max(3, proposals // 3))))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    out = []
+    for _ in range(proposals):
+        trial = study.ask()
+        spec = space.sample(trial, in_channels=channels, num_classes=10, input_size=size)
+        model = space.build(spec)
+        m, p = count_macs(model, shape.input_shape), count_params(model)
+        trial.set_constraint("budget", m / limit - 1)
+        study.tell(trial, [math.log(p), m])
+        out.append((spec["space"], m))
+    return out, sampler
 
 
 def run(space_name: str, budget: str, proposals: int, *, aware: bool) -> dict:
-    space = get_space(space_name)
     limit = parse_budget(budget).limit
-    cfg = SearchConfig(space=space_name, budget=budget, trials=proposals, seed=0)
-    sampler = (make_sampler(cfg, _Shape()) if aware else
-               optuna.samplers.TPESampler(seed=0, multivariate=True,
-                                          n_startup_trials=min(10, max(3, proposals // 3))))
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    macs = []
-    for _ in range(proposals):
-        trial = study.ask()
-        spec = space.sample(trial, in_channels=3, num_classes=10, input_size=32)
-        model = space.build(spec)
-        m, p = count_macs(model, (3, 32, 32)), count_params(model)
-        trial.set_constraint("budget", m / limit - 1)
-        study.tell(trial, [math.log(p), m])
-        macs.append(m)
+    rows, sampler = propose(space_name, budget, proposals, aware=aware)
+    macs = [m for _, m in rows]
     feasible = [m for m in macs if m <= limit]
     out = {"feasible": len(feasible) / len(macs)}
     if feasible:

@@ -123,6 +123,29 @@ def near_chance(acc: float, classes: int) -> bool:
     return acc < chance + 0.25 * (1.0 - chance)
 
 
+COLLAPSE_SHARE = 0.1  # of the way from chance to perfect: 19% with 10 classes
+
+
+def collapsed(acc: float, classes: int, losses: list[float] | None = None) -> str | None:
+    """Why a training failed, or None: the one rule for a candidate that did not train (its
+    accuracy is no result). Failed: an accuracy less than a tenth of the way from chance to
+    perfect (19% with 10 classes: where MobileNetV2s that diverged ended, 9-19%), or a
+    training loss whose last tenth of steps is no lower than its first tenth. Stricter than
+    :func:`near_chance` (a quarter of the way), which a weak student trained briefly on
+    CIFAR-10 may sit under and still rank."""
+    chance = 1.0 / classes
+    if acc < chance + COLLAPSE_SHARE * (1.0 - chance):
+        return (f"did not train: {100 * acc:.1f}% validation accuracy, near chance "
+                f"({100 * chance:.0f}% with {classes} classes)")
+    if losses and len(losses) >= 10:
+        k = max(1, len(losses) // 10)
+        first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+        if not last < first:
+            return (f"did not train: its loss did not fall ({first:.3g} at the start, "
+                    f"{last:.3g} at the end)")
+    return None
+
+
 # ---- the front of a study ------------------------------------------------------------------
 
 def front_order(acc, costs, n_val: int | None) -> tuple[list[int], int | None, list[bool]]:
@@ -151,6 +174,34 @@ def competing(record: StudyRecord, costs: list[str]) -> list:
           and all(t.cost.get(c) is not None for c in costs)]
     top = max((t.rung for t in ok if t.rung is not None), default=None)
     return [t for t in ok if top is None or t.rung == top]
+
+
+def reference_verdict(record: StudyRecord, costs: list[str] | str = "macs") -> dict | None:
+    """The best searched student within budget against the best reference within budget
+    (``--references``): ``beats`` or ``loses`` beyond the validation set's sampling error
+    (:func:`tied`), else ``tie``; with the sentence that says so. None without both."""
+    costs = [costs] if isinstance(costs, str) else list(costs)
+    refs = {n: r for n, r in record.references.items()
+            if r.get("within_budget") and not r.get("did_not_train")}
+    trials = competing(record, costs)
+    if not refs or not trials:
+        return None
+    best = max(trials, key=lambda t: t.val_accuracy)
+    name, ref = max(refs.items(), key=lambda r: r[1]["val_accuracy"])
+    a, b = best.val_accuracy, ref["val_accuracy"]
+    n = record.val_images
+    verdict = "tie" if n and bool(tied(a, b, n)) else "beats" if a > b else "loses"
+    said = {"beats": "beats it beyond the validation set's sampling error",
+            "loses": "loses to it beyond the validation set's sampling error",
+            "tie": "ties with it (the difference is within the validation set's sampling "
+                   "error)" if n else "ties with it"}[verdict]
+    c = costs[0]
+    sentence = (f"The best searched student (trial {best.number}, {100 * a:.2f}% at "
+                f"{best.cost.get(c, 0) / 1e6:.2f}M {c}) {said}: the best hand-designed "
+                f"reference that fits, {name}, reaches {100 * b:.2f}% at "
+                f"{ref['cost'].get(c, 0) / 1e6:.2f}M {c}, under the same brief recipe.")
+    return {"trial": best.number, "accuracy": a, "reference": name, "reference_accuracy": b,
+            "verdict": verdict, "sentence": sentence}
 
 
 def pick_trial(record: StudyRecord, pick: str, costs: list[str] | str = "macs") -> int:

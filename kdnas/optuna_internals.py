@@ -11,7 +11,8 @@ touch a private Optuna name (``tools/check_layout.py`` checks that).
   the sampler reads the study on every proposal;
 - the Pareto front and the hypervolume: the same computations as ``study.best_trials`` and
   Optuna's hypervolume plots, so the report agrees with the study and optuna-dashboard;
-- the list form of a trial's constraint that optuna-dashboard 0.21 reads.
+- the list form of a trial's constraint that optuna-dashboard 0.21 reads, and a constraint
+  on a trial made with ``create_trial`` (which has no ``set_constraint``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import optuna
 from optuna._hypervolume import compute_hypervolume as _hypervolume
 from optuna.study._multi_objective import _is_pareto_front
+from optuna.trial._trial import _CONSTRAINTS_KEY
 from optuna.trial import FrozenTrial, TrialState
 
 
@@ -52,6 +54,12 @@ def set_dashboard_constraint(study: optuna.Study, trial: optuna.Trial, value: fl
     """optuna-dashboard (0.21) reads feasibility from the older list form of the value
     ``trial.set_constraint`` stores."""
     storage(study).set_trial_system_attr(trial_id(trial), "constraints", [float(value)])
+
+
+def constraint_attrs(key: str, value: float) -> dict[str, object]:
+    """The system attributes that ``trial.set_constraint(key, value)`` and
+    :func:`set_dashboard_constraint` would write, for a trial made with ``create_trial``."""
+    return {f"{_CONSTRAINTS_KEY}:{key}": float(value), "constraints": [float(value)]}
 
 
 def pareto_mask(losses: np.ndarray) -> np.ndarray:

@@ -57,6 +57,30 @@ class BuiltinSpace:
                input_size: int) -> dict:
         raise NotImplementedError
 
+    def params_of(self, spec: dict, input_size: int) -> dict | None:
+        """The parameters :meth:`sample` turns into ``spec`` (for ``input_size`` inputs), or
+        None where no draw of the space builds it (a preset outside the grid): how a study
+        is told a candidate it did not propose, such as a reference."""
+        from optuna.trial import FixedTrial
+
+        guess = self._params_guess(spec)
+        if guess is None:
+            return None
+        try:
+            again = self.sample(FixedTrial(guess), in_channels=spec["in_channels"],
+                                num_classes=spec["num_classes"], input_size=input_size)
+        except (ValueError, KeyError):
+            return None
+        return guess if spec_id(self._canonical(again)) == spec_id(self._canonical(spec)) \
+            else None
+
+    def _params_guess(self, spec: dict) -> dict | None:
+        return None
+
+    def _canonical(self, spec: dict) -> dict:
+        """``spec`` with the keys its builder defaults written out."""
+        return spec
+
     def preset(self, name: str, *, in_channels: int, num_classes: int, input_size: int) -> dict:
         """A reference model (e.g. ``resnet20``) as a spec of this space."""
         if name not in self.presets:

@@ -148,6 +148,19 @@ class MobileNetSpace(BuiltinSpace):
             out[f"kernel{i}"] = CategoricalDistribution(KERNELS)
         return out
 
+    def _params_guess(self, spec: dict) -> dict | None:
+        stages = spec["stages"]
+        widths = [st["width"] for st in stages]
+        wm = next((m for m in WIDTH_MULTS
+                   if [s["width"] for s in _table(m, 1, _strides("cifar"))] == widths), None)
+        if wm is None or len(stages) != len(BASE):
+            return None
+        out: dict = {"width_mult": wm, "se": bool(stages[1].get("se", False))}
+        for i, st in enumerate(stages[1:], 1):
+            out[f"depth{i}"] = st["depth"] - BASE[i][2]
+            out[f"expand{i}"], out[f"kernel{i}"] = st["expand"], st["kernel"]
+        return out
+
     def sample(self, trial: Any, *, in_channels: int, num_classes: int, input_size: int) -> dict:
         spec = self._base(in_channels, num_classes, input_size)
         wm = trial.suggest_categorical("width_mult", WIDTH_MULTS)

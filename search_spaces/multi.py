@@ -70,6 +70,15 @@ class MultiSpace:
         return self.members[fam].sample(_Prefixed(trial, fam), in_channels=in_channels,
                                         num_classes=num_classes, input_size=input_size)
 
+    def params_of(self, spec: dict, input_size: int) -> dict | None:
+        """The study's parameters for ``spec`` (its family's, prefixed), or None."""
+        fam = spec["space"]
+        own = getattr(self.members.get(fam), "params_of", None)
+        got = own(spec, input_size) if own is not None else None
+        if got is None:
+            return None
+        return {FAMILY: fam, **{f"{fam}.{k}": v for k, v in got.items()}}
+
     def build(self, spec: dict) -> nn.Module:
         return self.family(spec).build(spec)
 

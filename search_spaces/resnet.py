@@ -168,6 +168,17 @@ class ResNetSpace(BuiltinSpace):
             out[f"width{i}"] = CategoricalDistribution(widths)
         return out
 
+    def _canonical(self, spec: dict) -> dict:
+        return {"block": "basic", **spec}
+
+    def _params_guess(self, spec: dict) -> dict | None:
+        if len(spec["stages"]) != len(WIDTHS):
+            return None
+        out = {"block": spec.get("block", "basic")}
+        for i, st in enumerate(spec["stages"]):
+            out[f"depth{i}"], out[f"width{i}"] = st["depth"], st["width"]
+        return out
+
     def sample(self, trial: Any, *, in_channels: int, num_classes: int, input_size: int) -> dict:
         spec = self._base(in_channels, num_classes, input_size)
         spec["block"] = trial.suggest_categorical("block", BLOCKS)

@@ -138,6 +138,16 @@ class ShuffleNetSpace(BuiltinSpace):
             out[f"kernel{i}"] = CategoricalDistribution(KERNELS)
         return out
 
+    def _params_guess(self, spec: dict) -> dict | None:
+        widths = [st["width"] for st in spec["stages"]]
+        mult = next((m for m, w in WIDTHS.items() if list(w[:3]) == widths), None)
+        if mult is None:
+            return None
+        out: dict = {"width_mult": mult}
+        for i, st in enumerate(spec["stages"]):
+            out[f"depth{i}"], out[f"kernel{i}"] = st["depth"], st["kernel"]
+        return out
+
     def sample(self, trial: Any, *, in_channels: int, num_classes: int, input_size: int) -> dict:
         spec = self._base(in_channels, num_classes, input_size)
         widths = WIDTHS[trial.suggest_categorical("width_mult", tuple(WIDTHS))]

@@ -73,11 +73,11 @@ def teacher_and_data(digits, digits_teacher):
 
 @pytest.fixture
 def search_cfg(tmp_path, digits_teacher):
-    """A small digits study under 0.5M MACs (no latency, no noise check) in ``tmp_path``:
-    tests replace the settings they vary."""
+    """A small digits study under 0.5M MACs (no latency, no noise check, no references) in
+    ``tmp_path``: tests replace the settings they vary."""
     from kdnas.core.settings import SearchConfig
 
     return SearchConfig(study="r", teacher=str(digits_teacher), data="digits",
                         budget="0.5MFLOPs", trials=3, steps=60, val_fraction=0.2,
                         workdir=str(tmp_path / "runs"), reports=str(tmp_path / "reports"),
-                        latency=False, noise_check=False)
+                        latency=False, noise_check=False, references=("none",))

@@ -343,3 +343,12 @@ def test_kdnas_bench_on_the_gpu_reports_trials_per_hour_and_utilisation(tmp_path
     assert gpu["device"].startswith("cuda") and gpu["trained"] == 2
     assert gpu["trials_per_hour"] > 0
     assert "trials per hour" in (out / "BENCHMARKS.md").read_text()
+
+
+def test_cuda_graphs_are_opt_in_until_measured_on_a_gpu(monkeypatch):
+    from kdnas.distill.graph_step import graphs_wanted
+
+    monkeypatch.delenv("KDNAS_CUDA_GRAPHS", raising=False)
+    assert not graphs_wanted(torch.device("cuda")) and not graphs_wanted(torch.device("cpu"))
+    monkeypatch.setenv("KDNAS_CUDA_GRAPHS", "1")
+    assert graphs_wanted(torch.device("cuda")) and not graphs_wanted(torch.device("cpu"))

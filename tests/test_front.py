@@ -108,3 +108,14 @@ def test_candidates_trained_at_once_from_the_trials_start_and_end():
     assert four["max"] == 4
     assert at_once(rec((0, 10))) is None and at_once(rec((0, 5), (1, 6), state="failed")) is None
     assert at_once_text(a) == "up to 2 at once, 1.2 on average while any trained"
+
+
+def test_collapsed_is_near_chance_or_a_loss_that_does_not_fall():
+    from kdnas.front import collapsed
+
+    assert "near chance" in collapsed(0.0902, 10)  # the demo's MobileNetV2: 9.02%
+    assert collapsed(0.185, 10) and collapsed(0.195, 10) is None  # 19% with 10 classes
+    assert collapsed(0.28, 10) is None  # a weak brief student, not a failed one
+    assert "did not fall" in collapsed(0.6, 10, [2.3] * 5 + [2.4] * 15)
+    assert collapsed(0.6, 10, [2.3] * 10 + [1.0] * 10) is None
+    assert collapsed(0.6, 10, [9.0, 1.0]) is None  # too few read-backs to judge the loss

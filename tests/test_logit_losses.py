@@ -125,7 +125,7 @@ def test_kd_auto_keeps_the_methods_a_study_searched_from_its_first_trial():
     """A study made when --kd auto searched five methods keeps searching those five (Optuna
     refuses a categorical whose choices change); a new study searches all of them."""
     from kdnas.core.settings import AUTO_METHODS
-    from kdnas.search.loop import _auto_methods
+    from kdnas.search.trial import _auto_methods
 
     old = optuna.create_study(directions=["maximize", "minimize"])
     t = old.ask()

@@ -32,6 +32,20 @@ def test_storage_trial_id_and_frozen_read_the_live_trial(study):
     assert oi.trial_id(trial) == oi.trial_id(oi.frozen(study, trial))
 
 
+def test_a_created_trials_constraint_reads_as_set_constraints():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    t = study.ask()
+    t.set_constraint("budget", -2.0)
+    study.tell(t, [0.5, 1.0])
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.COMPLETE, values=[0.6, 2.0],
+        system_attrs=oi.constraint_attrs("budget", 3.0)))
+    asked, made = study.get_trials()
+    assert asked.constraints["budget"] == -2.0 and made.constraints["budget"] == 3.0
+    assert made.system_attrs["constraints"] == [3.0]
+    assert [t.number for t in study.best_trials] == [0]  # Optuna honours it: 1 is infeasible
+
+
 def test_the_cached_trial_list_matches_the_public_one(study):
     for cache in (True, False):
         got = oi.trials(study, (TrialState.COMPLETE,), use_cache=cache)

@@ -21,7 +21,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import kdnas.search.loop as loop_mod
+import kdnas.search.trial as trial_mod
 from kdnas.core.errors import KdnasError
 from kdnas.core.settings import SearchConfig
 from kdnas.search.loop import run_search
@@ -159,7 +159,7 @@ def test_same_command_same_seed_gives_the_same_specs_and_accuracies(cfg, teacher
 def test_a_failing_trial_is_recorded_with_its_reason_and_the_search_goes_on(
         cfg, teacher_and_data, monkeypatch):
     teacher, data = teacher_and_data
-    real_train, calls = loop_mod.train_candidate, []
+    real_train, calls = trial_mod.train_candidate, []
 
     def flaky(*a, **k):
         calls.append(1)
@@ -167,7 +167,7 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_search_goes_on(
             raise RuntimeError("out of memory in a conv")
         return real_train(*a, **k)
 
-    monkeypatch.setattr(loop_mod, "train_candidate", flaky)
+    monkeypatch.setattr(trial_mod, "train_candidate", flaky)
     out = run_search(cfg, teacher, data)
     assert out.trained == 3
     failed = [t for t in load_record(out.study).trials if t.state == "failed"]
@@ -404,14 +404,14 @@ def test_a_trial_whose_machine_went_silent_is_failed_and_its_candidate_queued(
 
 HUNG_SEARCH = """
 import sys, time
-import kdnas.search.loop as loop
+import kdnas.search.trial as trial
 import kdnas.search.watchdog as watchdog
 from kdnas.cli import main
 
 watchdog.HANG_FACTOR, watchdog.HANG_GRACE = 1.0, 2.0
 def hangs(*a, **k):  # a kernel that never returns: no progress report, no return
     time.sleep(3600)
-loop.train_candidate = hangs
+trial.train_candidate = hangs
 sys.exit(main(sys.argv[1:]))
 """
 

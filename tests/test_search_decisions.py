@@ -13,6 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 import kdnas.search.loop as loop_mod
+import kdnas.search.trial as trial_mod
 from kdnas.core.errors import KdnasError
 from kdnas.distill.candidate import CandidateOutcome
 from kdnas.distill.trainer import FitResult
@@ -37,7 +38,7 @@ def fake(monkeypatch):
                              "val_accuracy": acc}], {"student": 0.01})
         return CandidateOutcome(spec, get_space(spec["space"]).build(spec), result, {}, 0.01)
 
-    monkeypatch.setattr(loop_mod, "train_candidate", train)
+    monkeypatch.setattr(trial_mod, "train_candidate", train)
     return state
 
 
@@ -148,10 +149,10 @@ def test_a_candidate_the_sampler_counted_is_not_built_and_counted_again(cfg, tea
     that count (and measures only the latency it lacks) instead of counting again."""
     teacher, data = teacher_and_data
     again, latency = [], []
-    real_measure, real_latency = loop_mod.measure, loop_mod.with_latency
-    monkeypatch.setattr(loop_mod, "measure", lambda *a, **k: again.append(1) or real_measure(
+    real_measure, real_latency = trial_mod.measure, trial_mod.with_latency
+    monkeypatch.setattr(trial_mod, "measure", lambda *a, **k: again.append(1) or real_measure(
         *a, **k))
-    monkeypatch.setattr(loop_mod, "with_latency", lambda *a, **k: latency.append(1)
+    monkeypatch.setattr(trial_mod, "with_latency", lambda *a, **k: latency.append(1)
                         or real_latency(*a, **k))
     out = run_search(dataclasses.replace(cfg, latency=True), teacher, data)
     record = load_record(out.study)
@@ -192,7 +193,7 @@ def test_a_trial_past_its_time_limit_is_failed_with_the_reason_and_the_search_go
                            {"student": 0.01})
         return CandidateOutcome(spec, get_space(spec["space"]).build(spec), result, {}, 0.01)
 
-    monkeypatch.setattr(loop_mod, "train_candidate", train)
+    monkeypatch.setattr(trial_mod, "train_candidate", train)
     out = run_search(dataclasses.replace(cfg, trial_timeout="0.5", trials=2), teacher, data)
     failed = [t for t in out.study.trials if t.state == TrialState.FAIL]
     assert len(failed) == 1

@@ -8,6 +8,7 @@ import torch
 from optuna.trial import TrialState
 
 import kdnas.search.loop as study_mod
+import kdnas.search.trial as trial_mod
 import kdnas.search.storage as storage_mod
 from kdnas.core.settings import SearchConfig
 from kdnas.core.errors import KdnasError
@@ -21,7 +22,7 @@ def setup(tmp_path, teacher_and_data, digits_teacher):
     cfg = SearchConfig(study="t", teacher=str(digits_teacher), data="digits",
                        budget="0.5MFLOPs", trials=3, epochs=1, val_fraction=0.2,
                        workdir=str(tmp_path / "runs"), reports=str(tmp_path / "reports"),
-                       latency=False)
+                       latency=False, references=("none",))
     return cfg, teacher, data
 
 
@@ -33,7 +34,7 @@ def test_no_candidate_over_budget_is_ever_trained(setup, monkeypatch):
     monkeypatch.setattr(study_mod, "make_sampler",
                         lambda cfg, data, **_: optuna.samplers.RandomSampler(seed=0))
     trained_macs = []
-    real_train = study_mod.train_candidate
+    real_train = trial_mod.train_candidate
 
     def spy(ctx, spec, *a, **k):
         from kdnas.cost import count_macs
@@ -42,7 +43,7 @@ def test_no_candidate_over_budget_is_ever_trained(setup, monkeypatch):
         trained_macs.append(count_macs(build(spec), data.input_shape))
         return real_train(ctx, spec, *a, **k)
 
-    monkeypatch.setattr(study_mod, "train_candidate", spy)
+    monkeypatch.setattr(trial_mod, "train_candidate", spy)
     out = run_search(cfg, teacher, data)
     trials = out.study.get_trials()
     infeasible = [t for t in trials if not t.user_attrs.get("trained")]
@@ -145,7 +146,7 @@ def test_search_other_families(setup, space):
 
 
 def test_kd_auto_searches_the_method_and_shares_one_teacher_cache(setup):
-    from kdnas.search.loop import AUTO_METHODS
+    from kdnas.search.trial import AUTO_METHODS
 
     cfg, teacher, data = setup
     out = run_search(dataclasses.replace(cfg, kd="auto", trials=3), teacher, data)
@@ -243,8 +244,8 @@ def test_a_repeated_candidate_is_not_trained_again(setup, monkeypatch):
     monkeypatch.setattr(study_mod, "make_sampler", lambda cfg, data, **_: (
         optuna.samplers.PartialFixedSampler(smallest, optuna.samplers.RandomSampler(seed=0))))
     calls = []
-    real_train = study_mod.train_candidate
-    monkeypatch.setattr(study_mod, "train_candidate",
+    real_train = trial_mod.train_candidate
+    monkeypatch.setattr(trial_mod, "train_candidate",
                         lambda *a, **k: calls.append(1) or real_train(*a, **k))
     out = run_search(cfg, teacher, data)
     record = load_record(out.study)
@@ -346,7 +347,7 @@ def test_each_trial_records_where_its_time_went_and_the_report_shows_it(setup, m
     from kdnas.report.frames import time_per_trial
 
     cfg, teacher, data = setup
-    monkeypatch.setattr(study_mod, "ESTIMATE_MIN_STEPS", 1)
+    monkeypatch.setattr(trial_mod, "ESTIMATE_MIN_STEPS", 1)
     out = run_search(dataclasses.replace(cfg, trials=2, signals=True), teacher, data)
     record = load_record(out.study)
     for t in record.trials:
@@ -451,3 +452,76 @@ def test_a_library_search_keeps_the_teacher_accuracy_in_its_record(setup):
     acc = load_record(out.study).teacher_val_accuracy
     assert acc > 0.85 and acc == pytest.approx(
         evaluate(teacher.module, data, "val", channels_last=teacher.channels_last))
+
+
+def test_a_candidate_that_does_not_train_is_retried_stabler_then_failed_off_the_front(
+        setup, monkeypatch):
+    """Trial 0 fails its first training and trains with the stabler recipe (half the peak
+    learning rate); the next fails both: it is failed with its reason, counted (never
+    trained again on resume), kept off the front and out of the sampler's accuracies."""
+    from kdnas.report import trials_frame, write_report
+
+    cfg, teacher, data = setup
+    cfg = dataclasses.replace(cfg, trials=2, noise_check=False)
+    monkeypatch.setattr(trial_mod, "CHECK_MIN_STEPS", 1)
+    lrs, verdicts = [], iter([True, False, True, True])
+    real_train = trial_mod.train_candidate
+
+    def spy(ctx, spec, recipe, **k):
+        lrs.append(recipe.lr)
+        return real_train(ctx, spec, recipe, **k)
+
+    monkeypatch.setattr(trial_mod, "train_candidate", spy)
+    monkeypatch.setattr(trial_mod, "collapsed", lambda acc, classes, losses: (
+        "did not train: forced" if next(verdicts) else None))
+    out = run_search(cfg, teacher, data)
+    assert lrs == [0.1, 0.05, 0.1, 0.05]
+    trials = [t for t in out.study.get_trials() if t.user_attrs.get("spec")]
+    ok, bad = trials
+    assert ok.state == TrialState.COMPLETE and "forced" in ok.user_attrs["retried"]
+    assert bad.state == TrialState.FAIL and "forced" in bad.user_attrs["training_failed"]
+    assert trained_count(out.study) == 2
+    assert all(t.number != bad.number for t in out.study.best_trials)
+    record = load_record(out.study)
+    df = trials_frame(record)
+    row = df[df.trial == bad.number].iloc[0]
+    assert row.state == "did not train" and "forced" in row.note
+    assert "stabler recipe" in df[df.trial == ok.number].iloc[0].note
+    write_report(record, cfg)
+    lrs.clear()
+    again = run_search(cfg, teacher, data)  # resumed: nothing is trained twice
+    assert lrs == [] and trained_count(again.study) == 2
+
+
+@pytest.mark.slow
+def test_auto_references_are_the_largest_fitting_preset_of_each_family_told_first(setup):
+    from kdnas.report import write_report
+    from kdnas.search.references import chosen_references
+    from kdnas.cost import count_macs
+    from search_spaces import get_space
+
+    cfg, teacher, data = setup
+    cfg = dataclasses.replace(cfg, space="all", budget="1MFLOPs", trials=1,
+                              references=("auto",), noise_check=False)
+    picked = chosen_references(cfg, data)
+    assert 1 <= len(picked) <= 3
+    space = get_space("all")
+    for name, spec, cost in picked:
+        fam = space.members[spec["space"]]
+        assert cost.macs <= 1e6
+        bigger = [n for n in fam.presets if count_macs(space.build(fam.preset(
+            n, in_channels=1, num_classes=10, input_size=8)), data.input_shape) > cost.macs]
+        assert all(count_macs(space.build(fam.preset(n, in_channels=1, num_classes=10,
+                                                     input_size=8)), data.input_shape) > 1e6
+                   for n in bigger), f"{name} is not the largest {spec['space']} that fits"
+    out = run_search(cfg, teacher, data)
+    told = [t for t in out.study.get_trials() if t.user_attrs.get("reference")]
+    refs = out.study.user_attrs["references"]
+    assert set(refs) == {n for n, _, _ in picked} and told
+    assert all(t.number < min(s.number for s in out.study.get_trials()
+                              if s.user_attrs.get("trained")) for t in told)
+    assert trained_count(out.study) == 1  # references are not counted as search trials
+    page = (write_report(load_record(out.study), cfg) / "report.html").read_text()
+    assert "Against hand design" in page and "best hand-designed reference" in page
+    none = run_search(dataclasses.replace(cfg, study="n", references=("none",)), teacher, data)
+    assert not none.study.user_attrs.get("references")

@@ -79,7 +79,7 @@ def test_one_search_over_families_draws_each_within_one_budget(search_cfg, teach
                                                                monkeypatch):
     """Every trained candidate is within the one budget, more than one family is trained,
     and the front is one front over them (a stand-in trainer: the loop's decisions only)."""
-    import kdnas.search.loop as loop_mod
+    import kdnas.search.trial as trial_mod
     from kdnas.distill.candidate import CandidateOutcome
     from kdnas.distill.trainer import FitResult
 
@@ -89,7 +89,7 @@ def test_one_search_over_families_draws_each_within_one_budget(search_cfg, teach
                                                      "val_accuracy": acc}], {})
         return CandidateOutcome(spec, get_space(spec["space"]).build(spec), r, {}, 0.01)
 
-    monkeypatch.setattr(loop_mod, "train_candidate", train)
+    monkeypatch.setattr(trial_mod, "train_candidate", train)
     teacher, data = teacher_and_data
     cfg = dataclasses.replace(search_cfg, space="all", trials=8, steps=5, budget="1MFLOPs")
     out = run_search(cfg, teacher, data)

@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-import kdnas.search.loop as loop_mod
+import kdnas.search.trial as trial_mod
 import kdnas.distill.candidate as candidate_mod
 from kdnas.core.errors import KdnasError
 from kdnas.core.settings import load_config
@@ -43,7 +43,7 @@ def fake(monkeypatch):
         return CandidateOutcome(spec, get_space(spec["space"]).build(spec), result, {}, 0.01,
                                 before)
 
-    for mod in (loop_mod, candidate_mod):
+    for mod in (trial_mod, candidate_mod):
         monkeypatch.setattr(mod, "train_candidate", train)
     return state
 

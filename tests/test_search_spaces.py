@@ -289,3 +289,25 @@ def test_the_channel_shuffle_is_the_same_permutation_in_either_layout(monkeypatc
         runs.append((y.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
     assert torch.equal(runs[0][0], runs[1][0])
     assert torch.allclose(runs[0][1], runs[1][1], rtol=1e-4, atol=1e-7)
+
+
+def test_params_of_gives_the_draw_that_builds_a_preset_or_none_outside_the_grid():
+    from optuna.trial import FixedTrial
+
+    from search_spaces import get_space, spec_id
+
+    space = get_space("all")
+    shape = dict(in_channels=3, num_classes=10, input_size=32)
+    for fam, name in (("resnet", "resnet20"), ("shufflenet", "shufflenetv2_half"),
+                      ("mobilenet", "mobilenetv2")):
+        spec = space.members[fam].preset(name, **shape)
+        params = space.params_of(spec, 32)
+        assert params["family"] == fam
+        again = space.sample(FixedTrial(params), **shape)
+        assert space.build(again).state_dict().keys() == space.build(spec).state_dict().keys()
+        assert spec_id({"block": "basic", **spec} if fam == "resnet" else spec) == \
+            spec_id(again)
+    # MobileNetV2 x0.5 keeps a 1280-wide head that the space's x0.5 draws do not have
+    assert space.params_of(space.members["mobilenet"].preset("mobilenetv2_half", **shape),
+                           32) is None
+    assert space.params_of(space.members["resnet"].preset("resnet8x4", **shape), 32) is None

@@ -417,7 +417,20 @@ def _graph_lines(graphs: dict | None) -> list[str]:
             "| --- | --- | --- | --- | --- |",
             *(f"| {f} | {1e3 * g['eager']:.2f} | {1e3 * g['graph']:.2f} | "
               f"{g['graph_speedup']:.2f}x | {g['graph_replayed']} |"
-              for f, g in graphs.items()), ""]
+              for f, g in graphs.items()), "",
+            graphs_default_line(graphs), ""]
+
+
+def graphs_default_line(graphs: dict) -> str:
+    """Which default these figures support: CUDA graphs stay opt-in (``KDNAS_CUDA_GRAPHS=1``)
+    unless every family replayed its steps and ran faster than eager (the equality of the
+    two is the CUDA tests' part of the check)."""
+    faster = all(g["graph_replayed"] > 0 and g["graph_speedup"] > 1.0 for g in graphs.values())
+    if faster:
+        return ("These figures support CUDA graphs on by default (every family replayed and "
+                "ran faster than eager), if the check's CUDA tests passed.")
+    return ("These figures support CUDA graphs staying opt-in (KDNAS_CUDA_GRAPHS=1): not every "
+            "family replayed its steps faster than eager.")
 
 
 def _precision_lines(prec: dict | None) -> list[str]:

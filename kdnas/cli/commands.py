@@ -156,6 +156,8 @@ def _print_summary(cfg, out: Path, record, seconds: float) -> None:
         say(noise_text(s["noise"]).capitalize())
     if s.get("caveat"):
         say(f"WARNING: {s['caveat']}")
+    if s.get("against_references"):
+        say(s["against_references"]["sentence"])
     say(f"report: {out}/report.html (and pareto.md, pareto.png, learning_curves.png, "
         "pareto.csv, trials.csv, report.json)")
     if s["front_size"]:

@@ -109,6 +109,15 @@ class SearchProgress:
         self._close_bar()
         say(f"  val acc {100 * e.accuracy:.2f}%")
 
+    def _on_TrainingFailed(self, e: ev.TrainingFailed) -> None:
+        self._close_bar()
+        if e.again:
+            say(f"  {e.reason}: training it again with the stabler recipe")
+            self._open_bar()
+        else:
+            say(f"  {e.reason}, again: recorded as failed (not on the front, not told to the "
+                "sampler as an accuracy)")
+
     def _on_Infeasible(self, e: ev.Infeasible) -> None:
         say(f"  trial {e.trial}: {fmt_count(e.cost.macs)} MACs, {fmt_count(e.cost.params)} "
             f"params: {e.reason}, not trained")

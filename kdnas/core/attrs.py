@@ -43,6 +43,11 @@ class TrialAttr:
     DUPLICATE_OF = "duplicate_of"
     SURPLUS = "surplus"  # why it was not trained (the study had its count)
     RETRY_OF = "retry_of"
+    # a candidate that did not train (kdnas.front.collapsed), after its retry with the
+    # stabler recipe: the reason; failed, never on the front or told to the sampler
+    TRAINING_FAILED = "training_failed"
+    RETRIED = "retried"  # the first training's failure, when the stabler recipe's held
+    REFERENCE = "reference"  # a hand-designed preset trained as the study's starting line
     RETRY_REASON = "retry_reason"
     VAL_ACCURACY = "val_accuracy"
     TRAIN_SECONDS = "train_seconds"
@@ -71,3 +76,5 @@ class Outcome(StrEnum):
     SURPLUS = "surplus"  # proposed after the study had its count
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    TRAINING_FAILED = "did not train"  # trained once (and again, stabler): near chance
+    REFERENCE = "reference"  # a hand-designed preset told to the study (its starting line)

@@ -33,7 +33,7 @@ class KDMethod:
 
 
 # in the order ``--kd auto`` searches them (a study made before the last five keeps searching
-# its first five: kdnas.search.loop._auto_methods)
+# its first five: kdnas.search.trial._auto_methods)
 KD_TABLE = (KDMethod("logit"), KDMethod("fitnets", 1.0), KDMethod("at", 5.0),
             KDMethod("sp", 3000.0), KDMethod("pkt", 30000.0),
             # Zhao et al. 2022: alpha 1, beta 8 (in DKDLoss), T 4, ramped over 20 of 240 epochs

@@ -113,11 +113,15 @@ class TrainConfig:
             return self.feature_weight
         return FEATURE_WEIGHTS.get(self.method, 0.0)
 
+    def stabler(self) -> TrainConfig:
+        """The recipe for a candidate that did not train, once more (kdnas.search.trial):
+        half the peak learning rate (reports/mobilenet_collapse.md)."""
+        return dataclasses.replace(self, lr=self.lr / 2)
+
 
 # cost objectives: name on the command line -> Cost field / report column
 OBJECTIVE_COLUMNS = {"macs": "macs", "params": "params", "latency": "latency_ms",
                      "train_time": "train_step_ms"}
-
 
 DATA_HELP = ("digits (scikit-learn's 8x8 digits, bundled), cifar10:PATH (torchvision's "
              "cifar-10-batches-py layout) or imagefolder:PATH (PATH/train/<class>/*, "
@@ -217,12 +221,12 @@ class SearchConfig:
     teacher_layers: tuple[str, ...] = setting((), "comma-separated teacher module names to tap "
                                               "instead of the detected stages", fixed=True,
                                               kind="list")
-    # hand-designed students trained with the same brief recipe, for the report: preset names
-    # of the study's space or space:preset (e.g. resnet20, mobilenet:mobilenetv2_half)
-    references: tuple[str, ...] = setting(
-        (), "hand-designed students to train with the same brief recipe and show in the "
-        "report, e.g. resnet8,resnet20 or mobilenet:mobilenetv2_half (presets: docs/spaces.md)",
-        kind="list")
+    # hand-designed students trained with the same brief recipe: the search's starting line
+    # (kdnas.search.references)
+    references: tuple[str, ...] = setting(("auto",), "hand-designed students trained first "
+        "with the same recipe, the sampler's first trials, held against the best found: auto "
+        "(default: the largest preset of each family that fits, at most 3), none, or names such "
+        "as resnet20,mobilenet:mobilenetv2_half (docs/spaces.md)", kind="list")
     teacher_arch: str | None = setting(None, "architecture of a state_dict teacher: a "
                                        "torchvision model name (resnet18) or your class as "
                                        "my_pkg.models:Net or file.py:Net")
@@ -380,12 +384,8 @@ class SearchConfig:
         return self.max_proposals or 20 * self.trials
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["teacher_layers"] = list(self.teacher_layers)
-        d["objectives"] = list(self.objectives)
-        d["rungs"] = list(self.rungs)
-        d["references"] = list(self.references)
-        return d
+        lists = ("teacher_layers", "objectives", "rungs", "references")
+        return {k: list(v) if k in lists else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> SearchConfig:

@@ -23,7 +23,7 @@ from kdnas.core.kd_methods import (
 )
 from kdnas.core.records import StudyRecord
 from kdnas.core.settings import SearchConfig
-from kdnas.front import front_order, hypervolume, near_chance, wilson
+from kdnas.front import front_order, hypervolume, near_chance, reference_verdict, wilson
 from kdnas.front import hypervolume_reference as _reference
 from kdnas.report.rungs import rung_summary
 from search_spaces import describe
@@ -65,11 +65,12 @@ def references_frame(record: StudyRecord) -> pd.DataFrame:
     rows = [{"name": name, "arch": describe(r["spec"]), **{k: r["cost"].get(k) for k in
             ("macs", "flops", "params", "latency_ms", "latency_p90_ms")},
              "val_accuracy": r["val_accuracy"], "within_budget": r["within_budget"],
-             "train_seconds": r["train_seconds"], "kd": r["kd"]}
+             "train_seconds": r["train_seconds"], "kd": r["kd"],
+             "did_not_train": r.get("did_not_train")}
             for name, r in record.references.items()]
     return pd.DataFrame(rows, columns=["name", "arch", "macs", "flops", "params", "latency_ms",
                                        "latency_p90_ms", "val_accuracy", "within_budget",
-                                       "train_seconds", "kd"])
+                                       "train_seconds", "kd", "did_not_train"])
 
 
 def front_frame(df: pd.DataFrame, costs: list[str] | str = "macs") -> pd.DataFrame:
@@ -137,6 +138,7 @@ def summary(record: StudyRecord, cfg: SearchConfig, df: pd.DataFrame | None = No
         "num_classes": record.num_classes, "noise": record.noise,
         "brief_steps": next((t.recipe.get("steps") for t in record.trials if t.recipe), None),
         "caveat": caveat(front, record),
+        "against_references": reference_verdict(record, costs),
         "curves": curve_summary(record, [int(t) for t in front.trial]),
         "rungs": rung_summary(record),
     }

@@ -66,6 +66,9 @@ def _headline(out: Path, front: pd.DataFrame, info: dict, cfg) -> list[str]:
         parts.append("<p>No trained student within budget yet.</p>")
     if info.get("caveat"):
         parts.append(f"<p class='warn'><b>Read this first.</b> {e(info['caveat'])}</p>")
+    if info.get("against_references"):
+        parts.append(f"<p><b>Against hand design.</b> "
+                     f"{e(info['against_references']['sentence'])}</p>")
     if info.get("noise"):
         parts.append(f"<p>{e(noise_text(info['noise']).capitalize())}.</p>")
     imgs = [_img(out / "pareto.png", "accuracy versus MACs")]
@@ -121,7 +124,9 @@ def _references_table(refs: pd.DataFrame | None) -> list[str]:
                      "</tr>")
         for _, r in refs.iterrows():
             parts.append(f"<tr><td class='l'>{e(r['name'])}</td><td class='l'>{e(r.arch)}</td>"
-                         f"<td>{_pct(r.val_accuracy)}</td><td>{fmt_count(r.macs)}</td>"
+                         f"<td>{_pct(r.val_accuracy)}"
+                         f"{'' if not r.did_not_train else ' (' + e(r.did_not_train) + ')'}"
+                         f"</td><td>{fmt_count(r.macs)}</td>"
                          f"<td>{fmt_count(r.params)}</td><td>{fmt_value(r.latency_ms)}</td>"
                          f"<td>{'yes' if r.within_budget else 'no'}</td></tr>")
         parts.append("</table>")

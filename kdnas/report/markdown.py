@@ -31,6 +31,8 @@ def front_markdown(front: pd.DataFrame, info: dict, cfg: SearchConfig) -> str:
               f"{hypervolume_text(info)}.", ""]
     if info.get("caveat"):
         lines += [f"**Read this first.** {info['caveat']}", ""]
+    if info.get("against_references"):
+        lines += [f"**Against hand design.** {info['against_references']['sentence']}", ""]
     if info.get("noise"):
         lines += [noise_text(info["noise"]).capitalize() + ".", ""]
     if front.empty:

@@ -59,6 +59,16 @@ class TrialEnd:
 
 
 @dataclass(frozen=True)
+class TrainingFailed:
+    """A candidate did not train (:func:`kdnas.front.collapsed`): trained again with the
+    stabler recipe (``again``), or, after that, recorded as failed."""
+
+    trial: int
+    reason: str
+    again: bool
+
+
+@dataclass(frozen=True)
 class Infeasible:
     trial: int
     cost: Cost
@@ -124,7 +134,8 @@ class PromotionFailed:
     reason: str
 
 
-SearchEvent = (StudyStart | Waiting | TrialStart | Step | TrialEnd | Infeasible | Duplicate
+SearchEvent = (StudyStart | Waiting | TrialStart | Step | TrialEnd | TrainingFailed
+               | Infeasible | Duplicate
                | ReferenceStart | ReferenceEnd | NoiseStart | NoiseEnd | PromotionStart
                | PromotionFailed
                | PromotionEnd)

@@ -287,8 +287,12 @@ def _alive(pid: int) -> bool:
 
 
 def trained_count(study: optuna.Study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-               if t.user_attrs.get(TrialAttr.TRAINED))
+    """Candidates the study has trained: with a result, or that did not train (a failed
+    training counts: it was trained once, and is never trained again)."""
+    return sum(1 for t in study.get_trials(deepcopy=False,
+                                           states=(TrialState.COMPLETE, TrialState.FAIL))
+               if t.user_attrs.get(TrialAttr.TRAINED)
+               or t.user_attrs.get(TrialAttr.TRAINING_FAILED))
 
 
 def training_now(study: optuna.Study, before: int | None = None) -> list[int]:
@@ -302,7 +306,11 @@ def _state(t: optuna.trial.FrozenTrial) -> str:
     if t.state == TrialState.COMPLETE:
         if t.user_attrs.get(TrialAttr.DUPLICATE_OF) is not None:
             return Outcome.DUPLICATE
+        if t.user_attrs.get(TrialAttr.REFERENCE):
+            return Outcome.REFERENCE
         return Outcome.TRAINED if t.user_attrs.get(TrialAttr.TRAINED) else Outcome.INFEASIBLE
+    if t.state == TrialState.FAIL and t.user_attrs.get(TrialAttr.TRAINING_FAILED):
+        return Outcome.TRAINING_FAILED
     if t.state == TrialState.FAIL:
         return Outcome.INTERRUPTED if t.user_attrs.get(TrialAttr.INTERRUPTED) else Outcome.FAILED
     if t.state == TrialState.PRUNED and t.user_attrs.get(TrialAttr.SURPLUS):
@@ -327,6 +335,11 @@ def trial_record(t: optuna.trial.FrozenTrial) -> TrialRecord:
 
 def _note(a: dict) -> str | None:
     parts = [a[TrialAttr.ERROR]] if a.get(TrialAttr.ERROR) else []
+    if a.get(TrialAttr.RETRIED):
+        parts.append(f"first training {a[TrialAttr.RETRIED]}; trained again with the "
+                     "stabler recipe")
+    if a.get(TrialAttr.REFERENCE):
+        parts.append(f"reference: {a[TrialAttr.REFERENCE]}")
     if a.get(TrialAttr.RETRY_OF) is not None:
         parts.append(f"retry of trial {a['retry_of']}: {a.get('retry_reason', '')}")
     if a.get(TrialAttr.SURPLUS):
