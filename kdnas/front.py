@@ -196,10 +196,11 @@ def reference_verdict(record: StudyRecord, costs: list[str] | str = "macs") -> d
             "tie": "ties with it (the difference is within the validation set's sampling "
                    "error)" if n else "ties with it"}[verdict]
     c = costs[0]
+    unit = {"macs": "MACs", "flops": "FLOPs"}.get(c, c)
     sentence = (f"The best searched student (trial {best.number}, {100 * a:.2f}% at "
-                f"{best.cost.get(c, 0) / 1e6:.2f}M {c}) {said}: the best hand-designed "
+                f"{best.cost.get(c, 0) / 1e6:.2f}M {unit}) {said}: the best hand-designed "
                 f"reference that fits, {name}, reaches {100 * b:.2f}% at "
-                f"{ref['cost'].get(c, 0) / 1e6:.2f}M {c}, under the same brief recipe.")
+                f"{ref['cost'].get(c, 0) / 1e6:.2f}M {unit}, under the same brief recipe.")
     return {"trial": best.number, "accuracy": a, "reference": name, "reference_accuracy": b,
             "verdict": verdict, "sentence": sentence}
 

@@ -119,3 +119,29 @@ def test_collapsed_is_near_chance_or_a_loss_that_does_not_fall():
     assert "did not fall" in collapsed(0.6, 10, [2.3] * 5 + [2.4] * 15)
     assert collapsed(0.6, 10, [2.3] * 10 + [1.0] * 10) is None
     assert collapsed(0.6, 10, [9.0, 1.0]) is None  # too few read-backs to judge the loss
+
+
+def test_the_verdict_against_hand_design_follows_the_noise_rule():
+    """Beats or loses only beyond the validation set's sampling error; a reference that did
+    not train, or is over budget, is no starting line."""
+    from kdnas.core.attrs import Outcome
+    from kdnas.core.records import StudyRecord, TrialRecord
+    from kdnas.front import reference_verdict
+
+    def record(searched, refs, n=2000):
+        trials = tuple(TrialRecord(i, Outcome.TRAINED, cost={"macs": 5e5}, budget_excess=-1.0,
+                                   val_accuracy=a) for i, a in enumerate(searched))
+        return StudyRecord("s", trials, references=refs, val_images=n)
+
+    ref = {"within_budget": True, "val_accuracy": 0.80, "cost": {"macs": 7e5}}
+    beats = reference_verdict(record([0.70, 0.86], {"r8": ref}))
+    assert beats["verdict"] == "beats" and beats["trial"] == 1 and beats["reference"] == "r8"
+    assert "0.50M MACs" in beats["sentence"] and "r8, reaches 80.00%" in beats["sentence"]
+    assert reference_verdict(record([0.81], {"r8": ref}))["verdict"] == "tie"
+    assert reference_verdict(record([0.74], {"r8": ref}))["verdict"] == "loses"
+    assert reference_verdict(record([0.86], {"r8": ref}, n=100))["verdict"] == "tie"
+    failed = {**ref, "val_accuracy": 0.95, "did_not_train": "did not train: 9.0%"}
+    over = {**ref, "val_accuracy": 0.99, "within_budget": False}
+    got = reference_verdict(record([0.86], {"r8": ref, "bad": failed, "big": over}))
+    assert got["reference"] == "r8" and got["verdict"] == "beats"
+    assert reference_verdict(record([0.86], {"bad": failed})) is None

@@ -145,7 +145,8 @@ def _print_summary(cfg, out: Path, record, seconds: float) -> None:
     from kdnas.report.frames import at_once_text, noise_text, summary
 
     s = summary(record, cfg)
-    states = ", ".join(f"{v} {k}" for k, v in sorted(s["trials_by_state"].items()))
+    states = ", ".join(f"{v} {k}{'s' if k == 'reference' and v != 1 else ''}"
+                       for k, v in sorted(s["trials_by_state"].items()))
     n = s["front_size"]
     say(f"\nstudy {cfg.study}: {states}; front of {n} student{'' if n == 1 else 's'}"
          + (f", best val acc {100 * s['best_val_accuracy']:.2f}%, knee trial {s['knee_trial']}"

@@ -117,11 +117,11 @@ def _add_study_commands(sub) -> None:  # layout: table
     f.add_argument("--seed", type=int, help="training seed (default: the study's); each seed "
                    "keeps its own checkpoint and record, for a seed spread")
     f.add_argument("--kd", choices=KD_METHODS, help="distillation method of the final "
-                   f"training (default {DISTILL_DEFAULT}, chosen by training the methods with "
-                   "the full recipe: reports/distill_methods.md; DIST and DKD train in their "
-                   "papers' form, cross-entropy weight 1; whatever the search "
-                   "ranked with; in a study that searched the method with --kd auto, the "
-                   "trial's method)")
+                   f"training (default {DISTILL_DEFAULT}, whatever method the search ranked "
+                   "with, chosen by training the methods with the full recipe: "
+                   "reports/distill_methods.md; in a study that searched the method with "
+                   "--kd auto, the trial's own). DIST and DKD train in their papers' form, "
+                   "cross-entropy weight 1")
     f.add_argument("--epochs", type=float, default=DISTILL_EPOCHS,
                    help=f"default {DISTILL_EPOCHS:g}")
     f.add_argument("--lr", type=float, help="peak SGD learning rate (default: the study's)")

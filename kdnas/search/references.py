@@ -46,14 +46,15 @@ def chosen_references(cfg: SearchConfig, data) -> list[tuple[str, dict, Cost]]:
         return out
     space = get_space(cfg.space)
     budget = cfg.budget_value
-    best = []
+    best, cheapest = [], None
     for member in (getattr(space, "members", None) or {space.name: space}).values():
         fitting = []
         for name in getattr(member, "presets", {}):
             spec = member.preset(name, **shape)
             model = member.build(spec)
-            if budget.metric == "macs" and macs_lower_bound(model, data.input_shape) \
-                    > budget.limit:
+            if budget.metric == "macs" and (low := macs_lower_bound(
+                    model, data.input_shape)) > budget.limit:
+                cheapest = min(cheapest or (low, name), (low, name))
                 continue
             cost = measure(cfg, model, data, latency=cfg.latency or
                            budget.metric == "latency_ms")
@@ -63,6 +64,11 @@ def chosen_references(cfg: SearchConfig, data) -> list[tuple[str, dict, Cost]]:
             _, name, spec, cost = max(fitting, key=lambda f: f[0])
             best.append((cost.value(budget.metric), name, spec, cost))
     best.sort(key=lambda b: -b[0])
+    if not best:
+        log.info("references: no hand-designed preset of the %s space fits %s%s, so the "
+                 "search has no starting line to compare with", cfg.space, cfg.budget,
+                 "" if cheapest is None else
+                 f" (the cheapest, {cheapest[1]}, costs {cheapest[0] / 1e6:.2f}M MACs)")
     return [(name, spec, cost) for _, name, spec, cost in best[:MAX_AUTO]]
 
 
