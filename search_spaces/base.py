@@ -46,6 +46,9 @@ class BuiltinSpace:
 
     name: str
     presets: dict[str, dict] = {}
+    # the search's brief runs train this family at this share of the recipe's peak learning
+    # rate (measured per family; 1: as the recipe says)
+    brief_lr_scale: float = 1.0
 
     def _base(self, in_channels: int, num_classes: int, input_size: int) -> dict:
         raise NotImplementedError

@@ -129,6 +129,11 @@ class MobileNetSpace(BuiltinSpace):
 
     name = "mobilenet"
     presets = PRESETS
+    # thin depthwise stages diverge or lag under distillation at the peak 0.1 that suits
+    # ResNets (the KD term's logit gradient is T x alpha = 3.6x cross-entropy's); published
+    # CIFAR KD recipes train MobileNetV2 at a fifth of the others' rate, and so does the
+    # search: reports/mobilenet_collapse.md
+    brief_lr_scale = 0.2
 
     def _base(self, in_channels: int, num_classes: int, input_size: int) -> dict:
         stem = "imagenet" if input_size >= 64 else "cifar"

@@ -307,3 +307,26 @@ def test_a_distilled_student_near_chance_is_called_what_it_is():
     assert "near chance (9.7% with 10 classes, after 3 epochs)" in msg and "--epochs" in msg
     assert distilled_warning({"val_accuracy": 0.92, "epochs": 20.0}, 10) is None
     assert distilled_warning({"val_accuracy": 0.30, "epochs": 3.0}, 2) is not None
+
+
+def test_the_console_shows_kdnas_info_and_third_party_warnings_only():
+    """ONNX Runtime's quantizer logs 'Performing symbolic shape inference...' at INFO for
+    every candidate of an int8-latency search: not kdnas' line, so not on the console."""
+    import logging
+
+    from kdnas.cli import console_logging
+
+    root, before = logging.getLogger(), logging.getLogger().level
+    try:
+        root.setLevel(logging.DEBUG)  # whatever it was before
+        console_logging(verbose=False)
+        ort = logging.getLogger("onnxruntime.quantization.shape_inference")
+        assert not ort.isEnabledFor(logging.INFO) and ort.isEnabledFor(logging.WARNING)
+        assert logging.getLogger("kdnas.search.references").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("kdnas.cost").isEnabledFor(logging.DEBUG)
+        console_logging(verbose=True)
+        assert logging.getLogger("kdnas.cost").isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(before)
+        for ours in ("kdnas", "search_spaces", "benchmarks"):
+            logging.getLogger(ours).setLevel(logging.NOTSET)

@@ -170,3 +170,28 @@ def test_a_candidate_scored_at_its_initialisation_trains_exactly_as_one_that_is_
     save_weights(tmp_path / "w.pt", scored)
     assert train_on(ctx, spec, recipe, init=5, start=tmp_path / "w.pt", to=15,
                     ).signals == {}
+
+
+def test_the_search_trains_each_family_at_its_measured_rate_and_distill_at_the_recipes(
+        digits, monkeypatch):
+    """MobileNetV2 at a fifth of the peak rate in the search's brief runs
+    (reports/mobilenet_collapse.md); a ResNet, and every family in kdnas distill's context,
+    at the recipe's own."""
+    from kdnas.distill import candidate
+
+    seen = []
+    real_fit = candidate.fit
+
+    def spy(model, data, recipe, **kw):
+        seen.append(recipe.lr)
+        return real_fit(model, data, recipe, **kw)
+
+    monkeypatch.setattr(candidate, "fit", spy)
+    shape = dict(in_channels=digits.in_channels, num_classes=digits.num_classes,
+                 input_size=digits.input_size)
+    mbv2 = get_space("mobilenet").smallest(**shape)
+    recipe = TrainConfig(steps=2, kd="none", device="cpu", lr=0.1)
+    search, distill = TrainContext(None, digits, family_lr=True), TrainContext(None, digits)
+    for ctx, spec in ((search, mbv2), (search, _spec(digits)), (distill, mbv2)):
+        train_candidate(ctx, spec, recipe, init=0)
+    assert seen == [0.1 * 0.2, 0.1, 0.1]

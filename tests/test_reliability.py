@@ -181,6 +181,9 @@ def test_diverging_training_fails_trials_and_stops_with_a_message(cfg, teacher_a
     study = optuna.load_study(study_name="r", storage=f"sqlite:///{cfg.study_dir}/study.db")
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 3
     assert all("diverged" in t.user_attrs["error"] for t in study.trials)
+    # each was trained once more at half the learning rate before it was given up
+    assert all("with the stabler recipe did not train: training diverged" in
+               t.user_attrs["training_failed"] for t in study.trials)
 
 
 @pytest.mark.slow

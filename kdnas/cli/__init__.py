@@ -16,6 +16,16 @@ from kdnas.core.errors import KdnasError
 log = logging.getLogger("kdnas")
 
 
+def console_logging(verbose: bool = False) -> None:
+    """The console speaks kdnas' lines: its own loggers at INFO (DEBUG with ``--verbose``),
+    every third-party library's (ONNX Runtime's per-candidate shape inference, Optuna's trial
+    lines) at WARNING only."""
+    logging.basicConfig(format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(logging.WARNING)
+    for ours in ("kdnas", "search_spaces", "benchmarks"):
+        logging.getLogger(ours).setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -26,10 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s: %(message)s", stream=sys.stderr)
-    for noisy in ("optuna", "PIL", "matplotlib", "onnxscript", "onnx_ir", "torch"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    console_logging(args.verbose)
     args.run = main  # commands that run others (demo) go through the same door
     args.argv = list(sys.argv[1:] if argv is None else argv)  # --workers starts it again
     try:

@@ -175,7 +175,7 @@ def _add_teacher(sub) -> None:
                     "e.g. 0.25 writes <out>-at25pct.pt: an earlier, weaker teacher of the same "
                     "run (for experiments: measured on CIFAR-10, a student distilled from it "
                     "ends near its accuracy, far below one distilled from the final teacher; "
-                    "see README)")
+                    "see docs/guide.md)")
     tt.set_defaults(func=commands.cmd_teacher_train)
     t.set_defaults(func=lambda a: (t.print_help(), 2)[1])
 

@@ -1,4 +1,4 @@
-"""The one exception type for user errors."""
+"""The one exception type for user errors (and its one kind a search acts on)."""
 
 from __future__ import annotations
 
@@ -9,3 +9,8 @@ class KdnasError(Exception):
     The CLI prints it without a traceback and exits with status 2. Programming errors are
     other exception types and keep their traceback.
     """
+
+
+class TrainingDiverged(KdnasError):
+    """The loss turned NaN or infinite: a search trains such a candidate once more with the
+    stabler recipe (kdnas.search.trial) before it records it as failed."""

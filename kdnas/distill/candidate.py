@@ -1,6 +1,8 @@
-"""The one way to train a candidate: every caller (search trials, references, the noise check,
-promotions to longer rungs, full distillation, benchmarks) builds a :class:`TrainContext` once
-and calls :func:`train_candidate` with a spec and a recipe.
+"""The one way to train a candidate: every caller in the product (search trials, references,
+the noise check, promotions to longer rungs, full distillation) and the experiments builds a
+:class:`TrainContext` once and calls :func:`train_candidate` with a spec and a recipe (one
+older experiment, ``benchmarks/distill_methods.py``, still calls ``fit`` with a teacher
+cache of its own).
 
 A candidate is built from its spec with a seeded initialisation, trained by
 :func:`kdnas.distill.trainer.fit` (distilled from the context's teacher through the space's
@@ -62,6 +64,9 @@ class TrainContext:
     cache_root: Path | None = None
     cache_limit_bytes: int | None = None
     cache_features: bool = True  # False: the cache keeps the teacher's logits only
+    # the search's brief runs: each family at its space's ``brief_lr_scale`` of the recipe's
+    # learning rate (kdnas distill trains every family at the recipe's own)
+    family_lr: bool = False
 
     def cache_for(self, recipe: TrainConfig) -> TeacherCache | None:
         """The teacher cache of ``recipe``: keyed by everything that changes the teacher's
@@ -118,6 +123,8 @@ def train_candidate(ctx: TrainContext, spec: dict, recipe: TrainConfig, *, init:
     recipe = dataclasses.replace(  # per family, on CUDA only (kdnas.device)
         recipe, precision=precision_for(spec["space"]), channels_last=recipe.channels_last
         and channels_last_for(spec["space"], resolve(recipe.device)))
+    if ctx.family_lr:  # the search's runs, promotions up the rungs included
+        recipe = brief_recipe(recipe, spec)
     torch.manual_seed(init)
     model = space.build(spec)
     state, before = None, 0
@@ -135,6 +142,13 @@ def train_candidate(ctx: TrainContext, spec: dict, recipe: TrainConfig, *, init:
         scores.update(curve_signals(result.points))
     return CandidateOutcome(spec, model, result, keep.get("extra", {}),
                             time.perf_counter() - t0, before, scores)
+
+
+def brief_recipe(recipe: TrainConfig, spec: dict) -> TrainConfig:
+    """``recipe`` as the search's brief runs train ``spec``'s family: at its space's
+    ``brief_lr_scale`` of the learning rate."""
+    scale = getattr(get_space(spec["space"]), "brief_lr_scale", 1.0)
+    return recipe if scale == 1.0 else dataclasses.replace(recipe, lr=recipe.lr * scale)
 
 
 def save_weights(path: Path, outcome: CandidateOutcome) -> None:

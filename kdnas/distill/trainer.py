@@ -1,4 +1,5 @@
-"""The brief trainer: it reads straight down. For each batch, run the teacher (no grad, or
+"""The trainer (brief ranking runs, promotions up the rungs and full distillation alike):
+it reads straight down. For each batch, run the teacher (no grad, or
 read its outputs from the cache) and the student, each with forward hooks on its stage taps;
 add cross-entropy, the method's logit loss (Hinton KD, DKD, DIST; Hinton's mixing or the
 papers' form) and its feature loss between stages of equal resolution; step SGD on a
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnas.core.errors import KdnasError
+from kdnas.core.errors import KdnasError, TrainingDiverged
 from kdnas.core.files import atomic_path
 from kdnas.core.settings import FEATURE_METHODS, TrainConfig
 from kdnas.device import autocast, resolve, sync_every
@@ -223,7 +224,7 @@ def _feature_loss(student: nn.Module, data, cfg: TrainConfig, teacher,
 
 def _finite(value: float, step: int, total: int, cfg: TrainConfig) -> float:
     if not math.isfinite(value):
-        raise KdnasError(f"training diverged: loss {value} at step {step + 1} of {total} "
+        raise TrainingDiverged(f"training diverged: loss {value} at step {step + 1} of {total} "
                          f"(learning rate {cfg.lr:g}); a lower --lr, or a smaller distillation "
                          "weight, may train")
     return value

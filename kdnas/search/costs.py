@@ -73,7 +73,7 @@ def train_context(cfg: SearchConfig, teacher, data) -> TrainContext:
     cached = cfg.teacher_cache and cfg.kd != "none"
     return TrainContext(teacher, data, cfg.study_dir / "teacher_cache" if cached else None,
                         None if cfg.cache_limit_gb == "auto" else int(cfg.cache_limit_gb * 1e9),
-                        cache_features=reads_features(cfg.kd))
+                        cache_features=reads_features(cfg.kd), family_lr=True)
 
 
 def hypervolume_reference(cfg: SearchConfig, cheapest: tuple[dict, Cost] | None

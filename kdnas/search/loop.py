@@ -20,12 +20,13 @@ from dataclasses import dataclass
 
 import optuna
 
-from kdnas.core.attrs import Outcome, StudyAttr
+from kdnas.core.attrs import Outcome, StudyAttr, TrialAttr
 from kdnas.core.budget import Cost
 from kdnas.core.errors import KdnasError
 from kdnas.core.settings import SearchConfig
 from kdnas.distill import evaluate
 from kdnas.distill.candidate import TrainContext
+from kdnas.optuna_internals import frozen
 from kdnas.search.costs import hypervolume_reference, smallest_cost, train_context
 from kdnas.search.events import Event, StudyStart, Waiting
 from kdnas.search.noise import measure_noise
@@ -202,6 +203,15 @@ def _loop(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext, emit: Event
                 raise KdnasError(f"{counts['failures']} trials in a row failed, the last with "
                                  f"{reason}. The study keeps every finished trial; fix the "
                                  "cause and run the same command to go on") from e
+            continue
+        if outcome == Outcome.TRAINING_FAILED:  # twice, the stabler recipe too: a recipe
+            counts["failures"] += 1  # that fails every candidate must stop the search
+            if counts["failures"] >= MAX_CONSECUTIVE_FAILURES:
+                reason = frozen(study, trial).user_attrs.get(TrialAttr.ERROR)
+                raise KdnasError(f"{counts['failures']} trials in a row failed, the last "
+                                 f"with {reason}. The study keeps every finished trial; fix "
+                                 "the cause (a lower --lr, another --kd) and run the same "
+                                 "command to go on")
             continue
         counts["failures"] = 0
         if outcome in counts:

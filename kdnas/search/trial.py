@@ -16,6 +16,7 @@ from torch import nn
 
 from kdnas.core.attrs import Outcome, StudyAttr, TrialAttr
 from kdnas.core.budget import Cost
+from kdnas.core.errors import TrainingDiverged
 from kdnas.core.settings import AUTO_METHODS, FEATURE_WEIGHTS, SearchConfig
 from kdnas.distill.candidate import TrainContext, init_seed, save_weights, train_candidate
 from kdnas.front import collapsed, near_chance
@@ -235,9 +236,12 @@ def _train(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, ctx: Tra
             losses.append(loss)
             report(step, total, loss)
             limit.check()
-        out = train_candidate(ctx, spec, rcp, init=init_seed(cfg.seed, trial.number),
-                              progress=progress, signals=cfg.signals)
-        why = did_not_train(study, rcp, ctx.data, out.val_accuracy, losses)
+        try:
+            out = train_candidate(ctx, spec, rcp, init=init_seed(cfg.seed, trial.number),
+                                  progress=progress, signals=cfg.signals)
+            why = did_not_train(study, rcp, ctx.data, out.val_accuracy, losses)
+        except TrainingDiverged as e:
+            out, why = None, f"did not train: {e}".split(";")[0]
         if why is None:
             return out, rcp, None, first
         emit(TrainingFailed(trial.number, why, again=attempt == 0))
@@ -250,12 +254,13 @@ def _did_not_train(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, 
     """A candidate that failed twice: failed with its reason (never on the front, never told
     to the sampler as an accuracy), counted as trained (never trained again)."""
     A = TrialAttr
-    for key, value in ((A.TRAINING_FAILED, f"{first}; with the stabler recipe {reason}"),
-                       (A.ERROR, f"{first}; with the stabler recipe {reason}"),
-                       (A.TRAINED, False), (A.TRAINING, False),
-                       (A.VAL_ACCURACY, out.val_accuracy),
-                       (A.TRAIN_SECONDS, out.result.seconds),
-                       (A.RECIPE, recipe(tcfg, out.result)), (A.KD, tcfg.method)):
+    kept = [(A.TRAINING_FAILED, f"{first}; with the stabler recipe {reason}"),
+            (A.ERROR, f"{first}; with the stabler recipe {reason}"),
+            (A.TRAINED, False), (A.TRAINING, False), (A.KD, tcfg.method)]
+    if out is not None:  # None: it diverged, no accuracy to keep
+        kept += [(A.VAL_ACCURACY, out.val_accuracy), (A.TRAIN_SECONDS, out.result.seconds),
+                 (A.RECIPE, recipe(tcfg, out.result))]
+    for key, value in kept:
         trial.set_user_attr(key, value)
     study.tell(trial, state=TrialState.FAIL)
     return Outcome.TRAINING_FAILED
