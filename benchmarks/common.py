@@ -272,6 +272,7 @@ def prepared(args, *, study: str, budget_macs: float, steps: int | None, seed: i
     cfg = SearchConfig(study=study, teacher=str(teacher_path), data=spec,
                        budget=f"{budget_macs / 1e6:.6g}MMACs", steps=steps, latency=False,
                        kd=kd, noise_check=False, cache_limit_gb=64, seed=seed,
+                       references=("none",),  # the experiments train what they name
                        workdir=str(args.work / "runs"), reports=str(args.work / "reports"))
     cfg, teacher, data, _ = prepare(cfg)
     return cfg, teacher, data, cfg.train_config(len(data.train_y))

@@ -56,7 +56,7 @@ def pick_spec(data, check: bool) -> dict:
 
 def front_picks(record) -> list[tuple[str, int]]:
     """The 50M front's two students: its knee and its best; if one trial, the best and the
-    most accurate other trial of the front."""
+    most accurate other trial of the front (of the trained ones, if the front holds one)."""
     from kdnas.front import competing, front_order, pick_trial
 
     knee, best = pick_trial(record, "knee"), pick_trial(record, "best")
@@ -65,8 +65,9 @@ def front_picks(record) -> list[tuple[str, int]]:
     trials = competing(record, ["macs"])
     order, _, _ = front_order([t.val_accuracy for t in trials],
                               [[t.cost["macs"]] for t in trials], record.val_images)
-    others = sorted((trials[i] for i in order if trials[i].number != best),
-                    key=lambda t: -t.val_accuracy)
+    on_front = {trials[i].number for i in order}
+    others = sorted((t for t in trials if t.number != best),
+                    key=lambda t: (t.number not in on_front, -t.val_accuracy))
     return [("front-best", best)] + [("front-second", t.number) for t in others[:1]]
 
 
@@ -248,7 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = SearchConfig(study="deploy-front", teacher=str(teacher_path), data=spec,
                        budget=args.front_budget, trials=args.front_trials, seed=SEED,
                        kd=FRONT_KD,  # the search's default when the protocol was committed
-                       steps=args.steps,
+                       steps=args.steps, references=("none",),  # as the protocol ran:
+                       # the references are distilled on their own, not told to the search
                        workdir=str(args.work / "runs"), reports=str(args.work / "reports"))
     cfg, teacher, data, _ = prepare(cfg)
     check_teacher(results.read(), teacher.digest, teacher_path)

@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     base = SearchConfig(study="sq", teacher=str(teacher_path), data=spec,
                         budget=f"{hi / 1e6:.6g}MMACs", steps=args.steps, latency=False,
                         kd="feature", noise_check=False, cache_limit_gb=64,
+                        references=("none",),  # as the protocol ran
                         workdir=str(args.work / "runs"),
                         reports=str(args.work / "reports"))
     base, teacher, data, _ = prepare(base)
