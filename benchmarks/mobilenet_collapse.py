@@ -87,7 +87,7 @@ def main() -> None:
                                       progress=lambda s, n, loss, kept=losses: kept.append(loss))
                 acc, why = out.val_accuracy, collapsed(out.val_accuracy, data.num_classes, losses)
             except TrainingDiverged as e:  # a collapse too: no accuracy, chance counted
-                acc, why = 1.0 / data.num_classes, f"did not train: {e}".split(";")[0]
+                acc, why = 1.0 / data.num_classes, e.reason
             row = {"arch": describe(spec), "val_accuracy": acc,
                    "first_loss": losses[0] if losses else None,
                    "last_loss": losses[-1] if losses else None,

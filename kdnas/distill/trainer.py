@@ -224,9 +224,9 @@ def _feature_loss(student: nn.Module, data, cfg: TrainConfig, teacher,
 
 def _finite(value: float, step: int, total: int, cfg: TrainConfig) -> float:
     if not math.isfinite(value):
-        raise TrainingDiverged(f"training diverged: loss {value} at step {step + 1} of {total} "
-                         f"(learning rate {cfg.lr:g}); a lower --lr, or a smaller distillation "
-                         "weight, may train")
+        raise TrainingDiverged(f"training diverged: loss {value} at step {step + 1} of "
+                               f"{total} (learning rate {cfg.lr:g})",
+                               "a lower --lr, or a smaller distillation weight, may train")
     return value
 
 

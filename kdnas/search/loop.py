@@ -53,8 +53,6 @@ MAX_CONSECUTIVE_FAILURES = 3
 WAIT_SECONDS = 2.0  # how often a worker looks whether the others' last trials finished
 
 
-
-
 @dataclass
 class SearchOutcome:
     study: optuna.Study
@@ -189,7 +187,6 @@ def _loop(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext, emit: Event
             close_failed(study, trial, "interrupted (Ctrl-C)", interrupted=True)
             return True
         except Exception as e:  # a failed candidate must not lose the study
-            counts["failures"] += 1
             reason = f"{type(e).__name__}: {e}"
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:
                 reason += (f" (free space where the study writes, {cfg.study_dir}, or write "
@@ -199,22 +196,25 @@ def _loop(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext, emit: Event
             else:
                 log.exception("trial %d failed", trial.number)
             close_failed(study, trial, reason, retry=False)
-            if counts["failures"] >= MAX_CONSECUTIVE_FAILURES:
-                raise KdnasError(f"{counts['failures']} trials in a row failed, the last with "
-                                 f"{reason}. The study keeps every finished trial; fix the "
-                                 "cause and run the same command to go on") from e
+            _failed_again(counts, reason, "the cause", e)
             continue
         if outcome == Outcome.TRAINING_FAILED:  # twice, the stabler recipe too: a recipe
-            counts["failures"] += 1  # that fails every candidate must stop the search
-            if counts["failures"] >= MAX_CONSECUTIVE_FAILURES:
-                reason = frozen(study, trial).user_attrs.get(TrialAttr.ERROR)
-                raise KdnasError(f"{counts['failures']} trials in a row failed, the last "
-                                 f"with {reason}. The study keeps every finished trial; fix "
-                                 "the cause (a lower --lr, another --kd) and run the same "
-                                 "command to go on")
+            # that fails every candidate must stop the search as an error does
+            _failed_again(counts, frozen(study, trial).user_attrs.get(TrialAttr.ERROR),
+                          "the cause (a lower --lr, another --kd)")
             continue
         counts["failures"] = 0
         if outcome in counts:
             counts[outcome] += 1
 
 
+
+
+def _failed_again(counts: dict, reason: str, fix: str, cause: Exception | None = None) -> None:
+    """One more trial failed; the search stops with a message at
+    :data:`MAX_CONSECUTIVE_FAILURES` in a row."""
+    counts["failures"] += 1
+    if counts["failures"] >= MAX_CONSECUTIVE_FAILURES:
+        raise KdnasError(f"{counts['failures']} trials in a row failed, the last with "
+                         f"{reason}. The study keeps every finished trial; fix {fix} and run "
+                         "the same command to go on") from cause

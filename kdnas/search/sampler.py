@@ -275,15 +275,16 @@ def make_sampler(cfg: SearchConfig, data, *, resumed_at: int = 0, worker: int = 
     def key(params: dict) -> str:
         return spec_id(spec_of(params))
 
-    def size(params: dict) -> float:
+    def size(params: dict, model=None) -> float:
         """The candidate on the budget's metric, cheaply: convolutions' and linear layers'
-        MACs, params, or the measured latency (the one count ``fits`` makes anyway)."""
+        MACs, params, or the measured latency (the one count ``fits`` makes anyway).
+        ``model``: the candidate already built."""
         k = key(params)
         if k not in sizes:
             if budget.metric == "latency_ms":
                 fits(params)
                 return sizes[k]
-            model = space.build(spec_of(params))
+            model = model if model is not None else space.build(spec_of(params))
             sizes[k] = float(macs_lower_bound(model, data.input_shape)
                              if budget.metric == "macs" else count_params(model))
         return sizes[k]
@@ -291,10 +292,8 @@ def make_sampler(cfg: SearchConfig, data, *, resumed_at: int = 0, worker: int = 
     def fits(params: dict) -> bool:
         k = key(params)
         if k not in cache:
-            spec = spec_of(params)
-            model = space.build(spec)
-            if budget.metric == "macs" and \
-                    macs_lower_bound(model, data.input_shape) > budget.limit:
+            model = space.build(spec_of(params))
+            if budget.metric == "macs" and size(params, model) > budget.limit:
                 cache[k] = False  # over budget on its convolutions alone: no full count
             else:
                 cost = measure(cfg, model, data, latency=budget.metric == "latency_ms")

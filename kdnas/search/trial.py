@@ -241,7 +241,7 @@ def _train(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, ctx: Tra
                                   progress=progress, signals=cfg.signals)
             why = did_not_train(study, rcp, ctx.data, out.val_accuracy, losses)
         except TrainingDiverged as e:
-            out, why = None, f"did not train: {e}".split(";")[0]
+            out, why = None, e.reason
         if why is None:
             return out, rcp, None, first
         emit(TrainingFailed(trial.number, why, again=attempt == 0))
@@ -249,8 +249,8 @@ def _train(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, ctx: Tra
     return out, rcp, why, first
 
 
-def _did_not_train(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, cost: Cost,
-                   tcfg, out, reason: str, first: str, emit: Event, index: int) -> Outcome:
+def _did_not_train(study: optuna.Study, trial: optuna.Trial, tcfg, out, reason: str,
+                   first: str) -> Outcome:
     """A candidate that failed twice: failed with its reason (never on the front, never told
     to the sampler as an accuracy), counted as trained (never trained again)."""
     A = TrialAttr
@@ -287,18 +287,16 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, ctx: 
         cost = estimate_step(cfg, tcfg, model, data, cost)
         trial.set_user_attr(TrialAttr.COST, cost.to_dict())
     estimate_seconds = time.perf_counter() - t_est
-    emit(TrialStart(trial.number, index, cfg.trials, cost, spec, tcfg.method,
-                    None if cost.train_step_ms is None
-                    else cost.train_step_ms * tcfg.steps / 1e3,
-                    trial.user_attrs.get(TrialAttr.RETRY_OF)))
     estimate = None if cost.train_step_ms is None else cost.train_step_ms * tcfg.steps / 1e3
+    emit(TrialStart(trial.number, index, cfg.trials, cost, spec, tcfg.method, estimate,
+                    trial.user_attrs.get(TrialAttr.RETRY_OF)))
     with TrialLimit(cfg.trial_limit(estimate), lambda reason: close_failed(
             study, trial, reason, retry=False)) as limit:
         report = step_events(emit)
         out, tcfg, failure, first = _train(study, trial, cfg, ctx, spec, tcfg, emit, report,
                                            limit)
     if failure is not None:
-        return _did_not_train(study, trial, cfg, cost, tcfg, out, failure, first, emit, index)
+        return _did_not_train(study, trial, tcfg, out, failure, first)
     if first is not None:
         trial.set_user_attr(TrialAttr.RETRIED, first)
     path = cfg.study_dir / "trials" / str(trial.number) / "student.pt"
