@@ -29,7 +29,7 @@ import torch
 from kdnas.core.budget import fmt_count
 from kdnas.core.settings import AUTO_METHODS, SearchConfig, TrainConfig
 from kdnas.cost import count_macs
-from kdnas.distill import TeacherCache, fit
+from kdnas.distill.candidate import TrainContext, train_candidate
 from kdnas.teacher.prepare import prepare
 from search_spaces import get_space
 
@@ -42,18 +42,18 @@ METHODS = ("none", *AUTO_METHODS)
 TIMED = (("resnet8", "resnet8", None), ("resnet 2-2-1", "resnet8", (2, 2, 1)))
 
 
-def train(space_name, preset, data, teacher, tcfg, seed, cache=None, depths=None):
+def train(space_name, preset, data, teacher, tcfg, seed, cache_root=None, depths=None):
+    """A preset (its stages deepened to ``depths``) trained through the one way to train a
+    candidate, the teacher's outputs cached under ``cache_root`` (None: run every step)."""
     space = get_space(space_name)
     spec = space.preset(preset, in_channels=data.in_channels, num_classes=data.num_classes,
                         input_size=data.input_size)
     for stage, depth in zip(spec["stages"], depths or (), strict=False):
         stage["depth"] = depth
-    torch.manual_seed(seed)
-    model = space.build(spec)
     t0 = time.perf_counter()
-    r = fit(model, data, dataclasses.replace(tcfg, seed=seed), teacher=teacher,
-            student_taps=space.taps(spec), cache=cache)
-    return r.val_accuracy, time.perf_counter() - t0, count_macs(model, data.input_shape)
+    out = train_candidate(TrainContext(teacher, data, cache_root), spec,
+                          dataclasses.replace(tcfg, seed=seed), init=seed)
+    return out.val_accuracy, time.perf_counter() - t0, count_macs(out.model, data.input_shape)
 
 
 def main() -> None:
@@ -94,7 +94,7 @@ def main() -> None:
         print(student[0], label, f"{secs:.1f}s", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        cache = TeacherCache(tmp, "bench")  # the same for every student: teacher and batches
+        cache = Path(tmp)  # one cache for every student: the same teacher and batches
         for student in TIMED if not args.accuracy_only else ():
             timed(student, "kd_nocache", "fitnets", None)
             if student is TIMED[0]:
@@ -154,13 +154,11 @@ def main() -> None:
     for pair, space_name, preset in pairs:
         cells = []
         with tempfile.TemporaryDirectory() as tmp:
-            cache = TeacherCache(tmp, "acc")
             for m in METHODS:
                 accs = []
-                for seed in args.seeds:
-                    c = cache if seed == args.seeds[0] else TeacherCache(tmp, f"s{seed}")
+                for seed in args.seeds:  # a cache per seed: its key holds the data order
                     acc, _, p_macs = train(space_name, preset, data, teacher,
-                                           dataclasses.replace(base, kd=m), seed, c)
+                                           dataclasses.replace(base, kd=m), seed, Path(tmp))
                     accs.append(acc)
                 cells.append(f"{100 * statistics.mean(accs):.1f} ("
                              + "/".join(f"{100 * a:.1f}" for a in accs) + ")")

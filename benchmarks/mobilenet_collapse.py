@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import torch
 
 from benchmarks.common import ROOT, Results
 from kdnas.core.budget import parse_budget
@@ -74,9 +75,11 @@ def main() -> None:
     specs = candidates(args.budget, args.count, data)
     res = Results(args.out)
     key = f"{args.data}@{args.budget}"
-    for variant in args.variants:
-        tcfg = VARIANTS[variant](base)
-        for i, spec in enumerate(specs):
+    # candidate by candidate, each under every variant: a run cut short leaves the variants
+    # compared on the same candidates
+    for i, spec in enumerate(specs):
+        for variant in args.variants:
+            tcfg = VARIANTS[variant](base)
             done = res.read().get("runs", {}).get(key, {}).get(variant, {})
             if str(i) in done:
                 continue
@@ -91,12 +94,17 @@ def main() -> None:
             row = {"arch": describe(spec), "val_accuracy": acc,
                    "first_loss": losses[0] if losses else None,
                    "last_loss": losses[-1] if losses else None,
-                   "seconds": round(time.perf_counter() - t0, 1), "collapsed": why}
+                   "seconds": round(time.perf_counter() - t0, 1), "collapsed": why,
+                   "steps": len(losses)}
             print(variant, i, row, flush=True)
 
-            def change(d, variant=variant, i=i, row=row):
+            def change(d, variant=variant, i=i, row=row, steps=tcfg.steps):
                 d.setdefault("runs", {}).setdefault(key, {}).setdefault(variant, {})[str(i)] = row
-                d["teacher_val_accuracy"] = teacher.meta.get("val_accuracy")
+                d.setdefault("setup", {})[key] = {
+                    "teacher": str(args.teacher), "teacher_digest": teacher.digest,
+                    "teacher_val_accuracy": teacher.meta.get("val_accuracy"),
+                    "data_digest": data.digest(), "steps": steps,
+                    "threads": torch.get_num_threads()}
                 return d
             res.update(change)
     summary(res.read(), args.out)

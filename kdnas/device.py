@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 import torch
 
@@ -94,10 +95,99 @@ def sync_every(dev: torch.device) -> int:
     return 1 if dev.type == "cpu" else 50
 
 
-def resolve_workers(text: str | int, device: str) -> int:
-    """``--workers``: a count, or ``auto``: 1 on a CPU (its threads are shared out instead);
-    on CUDA, WORKERS_PER_GPU trial processes sharing each GPU the search may use, at most
-    one per CPU core.
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (``taskset``, a container's
+    cpuset), bounded by a cgroup CPU quota (``docker --cpus 1.5``: 1), not ``os.cpu_count()``,
+    which counts the machine's."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # a platform without affinity
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    if quota is not None:
+        cores = min(cores, max(1, int(quota)))
+    return max(1, cores)
+
+
+def _cgroup_quota() -> float | None:
+    """The CPU quota in cores of this process's cgroup (v2 ``cpu.max``, v1 ``cfs_quota_us``),
+    or None when there is none."""
+    try:
+        text = open("/sys/fs/cgroup/cpu.max").read().split()
+        if text and text[0] != "max":
+            return int(text[0]) / int(text[1])
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        quota = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())
+        period = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def busy_cores(seconds: float = 0.3) -> float:
+    """How many of this process's usable cores other work keeps busy now: the non-idle share
+    of those cores' time in /proc/stat over ``seconds`` (this process waits meanwhile), times
+    their count. 0.0 where /proc/stat cannot be read."""
+    try:
+        cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+    except (AttributeError, OSError):
+        cpus = None
+
+    def sample() -> tuple[int, int]:
+        idle = total = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *fields = line.split()
+                if not name.startswith("cpu") or name == "cpu" or (cpus and name not in cpus):
+                    continue
+                ticks = [int(v) for v in fields[:8]]
+                idle += ticks[3] + ticks[4]  # idle and iowait
+                total += sum(ticks)
+        return idle, total
+
+    try:
+        i0, t0 = sample()
+        time.sleep(seconds)
+        i1, t1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    if t1 <= t0:
+        return 0.0
+    return max(0.0, 1 - (i1 - i0) / (t1 - t0)) * (len(cpus) if cpus else os.cpu_count() or 1)
+
+
+def free_cores() -> int:
+    """Usable cores that other work does not keep busy now (at least 1): what a job that
+    starts now should use as threads, or as one-thread workers, rather than fight for the
+    others (measured: a 2-thread search beside a busy process slowed 15-40x, where its share
+    of the machine says 2x; reports/BENCHMARKS.md, cpu)."""
+    usable = usable_cores()
+    return max(1, min(usable, usable - round(busy_cores())))
+
+
+# memory a CPU worker of a search may take (its own copy of the data, teacher and student,
+# the teacher cache read memory-mapped): the most workers the free memory takes is
+# MemAvailable / this
+CPU_WORKER_MEMORY = 2 << 30
+
+
+def resolve_workers(text: str | int, device: str, trials: int | None = None,
+                    free: int | None = None) -> int:
+    """``--workers``: a count, or ``auto``: on a CPU, one one-thread worker per free usable
+    core (``free``, else :func:`free_cores`), at most ``trials`` and what the free memory
+    takes; on CUDA,
+    WORKERS_PER_GPU trial processes sharing each GPU the search may use, at most one per
+    usable core.
+
+    On a CPU, one thread per candidate and as many candidates at once as cores: the students
+    a search trains are small and many-op, so a second thread gains little per step (on 2
+    cores, ShuffleNetV2 0.5x 1.27x, resnet8 1.93x) and loses most when it is descheduled;
+    ``kdnas bench`` measures this default against one candidate at a time with every core as
+    a thread (``cpu.trials_per_hour_vs_one_at_a_time``) and beside a busy process
+    (``cpu.contended_slowdown``).
 
     WORKERS_PER_GPU (4) is provisional: one process kept an H200's SMs busy 0-26% of the time
     on students of a few million MACs (launch-bound), and several jobs sharing one GPU are
@@ -115,9 +205,48 @@ def resolve_workers(text: str | int, device: str) -> int:
             raise KdnasError(f"--workers must be at least 1, got {n}")
         return n
     if resolve(device).type != "cuda":
-        return 1
+        n = min(free or free_cores(), max(1, _available_memory() // CPU_WORKER_MEMORY))
+        return max(1, min(n, trials) if trials else n)
     gpus = max(1, shared_gpus(device))  # cuda:N: that one
-    return max(1, min(WORKERS_PER_GPU * gpus, os.cpu_count() or 1))
+    return max(1, min(WORKERS_PER_GPU * gpus, usable_cores()))
+
+
+def _available_memory() -> int:
+    """MemAvailable in bytes (/proc/meminfo); a large number where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 40
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Each of ``workers`` processes' share of ``cores`` (default: the cores this process may
+    use)."""
+    return max(1, (cores or usable_cores()) // workers)
+
+
+def plan_workers(text: str | int, device: str, trials: int | None = None) -> tuple[int, int]:
+    """``--workers`` for a search: the processes and each one's threads, decided once. On a
+    CPU the threads are the free cores' share (a busy core is left to its owner), set in this
+    process now; on a GPU the usable cores' share."""
+    free = free_cores() if resolve(device).type == "cpu" else None
+    workers = resolve_workers(text, device, trials=trials, free=free)
+    threads = threads_per_worker(workers, free)
+    torch.set_num_threads(threads)
+    return workers, threads
+
+
+def cpu_threads() -> int:
+    """Threads for one job alone on a CPU (``kdnas distill``, ``kdnas teacher train``): the
+    free usable cores (:func:`free_cores`); ``OMP_NUM_THREADS`` when the user set it."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return free_cores()
 
 
 def shared_gpus(device: str) -> int:

@@ -297,6 +297,20 @@ def test_kdnas_bench_runs_on_a_tiny_workload_and_reports_every_figure(tmp_path):
     assert "| >= 0.6 |" in md and "| <= 1.15 |" in md and "| >= 1.05 |" in md
     assert "| >= 1.3 |" in md and "| <= 0.03 |" in md and "like for like" in md and archs[0] in md
     assert "## On a GPU" in md and "Not measured: no GPU was visible" in md
+    # step 5: the same students in every setting, as many runs as students, the default
+    # planned as `kdnas search --workers auto` plans it, and the ratios from the walls
+    c = res["cpu"]
+    runs = c["runs"]
+    assert {k: [r["student"] for r in v["runs"]] for k, v in runs.items()} == {
+        k: list(range(len(c["students"]))) for k in runs}
+    assert runs["one_at_a_time"]["workers"] == 1
+    assert runs["one_at_a_time"]["threads"] == c["usable_cores"]
+    assert runs["auto"]["workers"] * runs["auto"]["threads"] <= c["usable_cores"]
+    assert c["trials_per_hour_vs_one_at_a_time"] == pytest.approx(
+        runs["one_at_a_time"]["wall_seconds"] / runs["auto"]["wall_seconds"])
+    assert c["contended_slowdown"] == pytest.approx(
+        runs["auto_busy"]["wall_seconds"] / runs["auto"]["wall_seconds"])
+    assert 0 <= c["estimate_error"]["alone"] < 10 and "`cpu.contended_slowdown`" in md
 
 
 def test_the_plain_loop_reads_the_very_images_kdnas_trains_and_validates_on(cifar_subset):
@@ -1046,3 +1060,35 @@ def test_the_deploy_evidence_runs_resumes_and_measures_again(tmp_path, capsys):
     assert (tmp_path / "searches" / "claim-shipped-resnet8.csv").is_file()
     page = (tmp_path / "claim_shipped.md").read_text()
     assert page.startswith("# The claim at resnet8's MACs with the defaults as shipped")
+
+
+@pytest.mark.slow
+def test_the_claim_at_the_budget_runs_its_chain_and_resumes(tmp_path):
+    """`benchmarks.claim_budget run --tiny`: the search through kdnas' own CLI (its database
+    kept), every student of the ranking distilled at seed 0, the opponent chosen by
+    validation accuracy, the pick and the opponent at every seed, each run identified by its
+    data digest, device, threads and recipe; run again, it trains nothing more."""
+    from benchmarks import claim_budget
+
+    claim_budget.main(["run", "--tiny", "--work", str(tmp_path)])
+    res = json.loads((tmp_path / "claim_budget.json").read_text())
+    runs, who, c = res["runs"], res["setup"]["students"], res["claim_budget"]
+    roles = {w["role"] for w in who.values()}
+    assert roles == {"pick", "next", "reference"} and len(who) >= 3
+    assert {f"{k}/s0" for k in who} <= set(runs)
+    refs = [k for k, w in who.items() if w["role"] == "reference"]
+    opponent = max(refs, key=lambda k: runs[f"{k}/s0"]["val_accuracy"])
+    assert c["opponent"] == who[opponent]["reference"]
+    assert len(c["found"]["accuracies"]) == len(c["opponent_runs"]["accuracies"]) == 2
+    for r in runs.values():
+        assert r["data_digest"] and r["threads"] >= 1 and r["cpu"] and r["recipe"]["kd"]
+    assert sum(r["journey"] for r in runs.values()) == 1  # the pick's seed 0 exports
+    assert c["verdict"] in ("beats", "holds", "tie", "reference better",
+                            "ahead beyond the spread")
+    r = c["ranking"]  # a tiny run's accuracies may all tie: then no tau, said so
+    assert r["students"] == len(who) and (r["tau"] is None or -1 <= r["tau"] <= 1)
+    assert (tmp_path / "kept" / "claim-budget-50m.db").exists()
+    assert (tmp_path / "searches" / "claim-budget-50m.csv").exists()
+    claim_budget.main(["run", "--tiny", "--work", str(tmp_path)])
+    again = json.loads((tmp_path / "claim_budget.json").read_text())
+    assert again["runs"] == runs and len(again["search"]["runs"]) == 1

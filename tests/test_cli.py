@@ -231,7 +231,7 @@ def test_the_shipped_study_configs_parse_and_the_package_finds_them():
     """studies/ (top level, seen by the package as kdnas/studies, and copied into a wheel
     from there) holds the demo's config and a CIFAR-10 example; each is a valid study."""
     from kdnas.cli.commands import DEMO_CONFIG
-    from kdnas.core.settings import load_config
+    from kdnas.core.config import load_config
 
     root = Path(__file__).resolve().parent.parent / "studies"
     assert DEMO_CONFIG.resolve() == (root / "demo.toml").resolve()
@@ -248,7 +248,8 @@ def test_each_setting_is_declared_once_and_its_flag_reaches_the_config():
     declarations in kdnas.core.settings: a flag of every declared setting, each given value
     in the config, and the settings a resumed study must keep."""
     from kdnas.cli.parser import build_parser
-    from kdnas.core.settings import SearchConfig, fixed_settings, flag_settings, load_config
+    from kdnas.core.config import load_config
+    from kdnas.core.settings import SearchConfig, fixed_settings, flag_settings
 
     parser = build_parser()
     search = parser._subparsers._group_actions[0].choices["search"]

@@ -180,24 +180,67 @@ def test_one_gpu_per_worker_when_several_are_visible(monkeypatch):
     assert workers.gpu_for(1, "auto") is None
 
 
-def test_workers_auto_is_one_on_a_cpu_and_several_sharing_each_gpu(monkeypatch):
-    import os
-
+def test_workers_auto_is_one_a_free_core_on_a_cpu_and_several_sharing_each_gpu(monkeypatch):
     from kdnas import device as workers
 
-    assert workers.resolve_workers("auto", "cpu") == 1  # the CPU shares out its threads
+    monkeypatch.setattr(workers, "free_cores", lambda: 2)
+    assert workers.resolve_workers("auto", "cpu") == 2  # a one-thread candidate a free core
+    assert workers.resolve_workers("auto", "cpu", trials=1) == 1  # never more than trials
+    assert workers.resolve_workers("auto", "cpu", free=1) == 1  # a busy core is left alone
+    monkeypatch.setattr(workers, "_available_memory", lambda: workers.CPU_WORKER_MEMORY)
+    assert workers.resolve_workers("auto", "cpu", free=8) == 1  # what the memory takes
     assert workers.resolve_workers("3", "cpu") == 3 and workers.resolve_workers(2, "auto") == 2
     for bad in ("0", "many"):
         with pytest.raises(KdnasError, match="--workers"):
             workers.resolve_workers(bad, "cpu")
     monkeypatch.setattr(workers, "resolve", lambda text: torch.device("cuda", 0))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(workers, "usable_cores", lambda: 16)
     per = workers.WORKERS_PER_GPU
     assert workers.resolve_workers("auto", "cuda") == 2 * per  # both GPUs, shared
     assert workers.resolve_workers("auto", "cuda:1") == per  # the one named
-    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    monkeypatch.setattr(workers, "usable_cores", lambda: 3)
     assert workers.resolve_workers("auto", "auto") == 3  # at most one a core
+
+
+def test_usable_cores_follow_affinity_and_cpu_quota(monkeypatch):
+    import os
+
+    from kdnas import device
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(device, "_cgroup_quota", lambda: None)
+    assert device.usable_cores() == 4
+    monkeypatch.setattr(device, "_cgroup_quota", lambda: 1.5)  # docker --cpus 1.5
+    assert device.usable_cores() == 1
+    monkeypatch.setattr(device, "_cgroup_quota", lambda: 0.5)
+    assert device.usable_cores() == 1  # never none
+
+
+def test_busy_cores_see_a_process_that_spins_beside_this_one():
+    import subprocess
+    import sys
+
+    from kdnas import device
+
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = device.busy_cores(0.5)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert 0.7 <= busy <= device.usable_cores() + 1e-9
+    assert device.free_cores() >= 1
+
+
+def test_one_job_on_a_cpu_takes_the_threads_the_user_set(monkeypatch):
+    from kdnas import device
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert device.cpu_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(device, "free_cores", lambda: 1)
+    assert device.cpu_threads() == 1
 
 
 # ---------------------------------------------------------------- on a GPU, where there is one

@@ -108,6 +108,10 @@ def test_candidates_trained_at_once_from_the_trials_start_and_end():
     assert four["max"] == 4
     assert at_once(rec((0, 10))) is None and at_once(rec((0, 5), (1, 6), state="failed")) is None
     assert at_once_text(a) == "up to 2 at once, 1.2 on average while any trained"
+    one = StudyRecord("s", tuple(TrialRecord(i, "trained", started=a, completed=b,
+                                             recipe={"threads": 1})
+                                 for i, (a, b) in enumerate([(0, 10), (5, 15)])))
+    assert at_once_text(at_once(one)).endswith("trained, 1 CPU thread each")
 
 
 def test_collapsed_is_near_chance_or_a_loss_that_does_not_fall():

@@ -11,7 +11,7 @@ import pytest
 import kdnas.search.trial as trial_mod
 import kdnas.distill.candidate as candidate_mod
 from kdnas.core.errors import KdnasError
-from kdnas.core.settings import load_config
+from kdnas.core.config import load_config
 from kdnas.distill.candidate import CandidateOutcome
 from kdnas.distill.trainer import FitResult
 from kdnas.report import pick_trial, summary, trials_frame, write_report

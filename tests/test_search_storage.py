@@ -36,7 +36,8 @@ def mixed_study(tmp_path_factory, digits, digits_teacher):
     cfg = SearchConfig(study="dash", teacher=str(digits_teacher), data="digits",
                        budget="2MFLOPs", trials=2, epochs=1, val_fraction=0.2,
                        workdir=str(tmp / "runs"), reports=str(tmp / "reports"), latency=False,
-                       max_proposals=200, objectives=("macs", "params"))
+                       max_proposals=200, objectives=("macs", "params"),
+                       references=("none",))  # Optuna's front would hold a reference
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(loop_mod, "make_sampler",
                    lambda cfg, data, **_: optuna.samplers.RandomSampler(seed=0))

@@ -191,3 +191,12 @@ def test_references_and_seeds_are_distilled_side_by_side(study_with_a_student, c
     assert ref["recipe"] != reference_recipe(cfg, "resnet8", data, epochs=1, seed=2)
     page = (cfg.report_dir / "report.html").read_text()
     assert "reference resnet8" in page
+
+
+def test_a_seed_names_the_record_checkpoint_and_folder_by_one_rule():
+    """`kdnas distill --seed 0` on a seed-0 study is the study's own run: no tag anywhere
+    (the folder once said -seed0 while its checkpoint and record did not)."""
+    from kdnas.ship.final import seed_tag
+
+    assert seed_tag(None, 0) == "" and seed_tag(0, 0) == "" and seed_tag(1, 0) == "-seed1"
+    assert seed_tag(0, 3) == "-seed0"

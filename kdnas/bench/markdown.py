@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kdnas.bench.gpu import gpu_lines, sweep_lines
-from kdnas.targets import figure, verdict
+from kdnas.targets import figure, meets, verdict
 
 
 def _target(key: str, targets: dict) -> tuple[str, float] | None:
@@ -22,10 +22,10 @@ def _row(key: str, value: float, targets: dict) -> str:
 
 
 def benchmarks_markdown(res: dict, targets: dict) -> str:
-    if "efficiency" not in res:  # a GPU run before any CPU run
+    if "efficiency" not in res:  # a GPU run (or the CPU workers part) before any CPU run
         return "\n".join(["# kdnas benchmarks", "", "CPU figures: not measured yet "
-                          "(`kdnas bench`).", "", *gpu_lines(res.get("gpu")),
-                          *sweep_lines(res.get("gpu_workers"))])
+                          "(`kdnas bench`).", "", *cpu_lines(res.get("cpu"), targets),
+                          *gpu_lines(res.get("gpu")), *sweep_lines(res.get("gpu_workers"))])
     d, w, m = res["details"], res["workload"], res["machine"]
     s = d["search"]
     lines = ["# kdnas benchmarks", "",
@@ -49,12 +49,19 @@ def benchmarks_markdown(res: dict, targets: dict) -> str:
     if "throughput_vs_plain_loop_no_cache" in res:
         lines.append(_row("throughput_vs_plain_loop_no_cache",
                           res["throughput_vs_plain_loop_no_cache"], targets))
+    for key in ("trials_per_hour_vs_one_at_a_time", "contended_slowdown",
+                "estimate_error_median"):
+        if key in res.get("cpu", {}):
+            lines.append(_row(f"cpu.{key}", res["cpu"][key], targets))
     mem = res["memory"]
     lines += [f"| `memory.peak_rss_mb` | {mem['peak_rss_mb']:.0f} | - | data set "
               f"{mem['dataset_mb']:.0f} MB as uint8 |",
               f"| `memory.teacher_cache_mb` | {mem['teacher_cache_mb']:.0f} | bounded | "
               "`--cache-limit`, default half the free disk |", ""]
+    lines += [f"**Caveat.** {c}" for c in res.get("caveats", [])] + \
+        ([""] if res.get("caveats") else [])
     lines += unmet_lines(res, targets)
+    lines += cpu_lines(res.get("cpu"), targets)
     lines += ["## Training efficiency per family", "",
               f"This machine's fp32 GEMM: {d['gemm_flops'] / 1e9:.1f} GFLOP/s (1024x1024). "
               "Student training FLOP/s = 3 x forward MACs x 2 per image over the seconds of "
@@ -140,8 +147,57 @@ def _steps(res: dict) -> str:
 
 
 def _met(key: str, value: float, targets: dict) -> bool:
-    op, bound = _target(key, targets)
-    return value >= bound if op == ">=" else value <= bound
+    return meets(*_target(key, targets), value)
+
+
+def cpu_lines(c: dict | None, targets: dict) -> list[str]:
+    """The CPU workers part (:mod:`kdnas.bench.cpu`): candidates at once as planned by
+    default against one at a time, alone and beside a busy process, and the estimates."""
+    if not c:
+        return []
+    r = c["runs"]
+    load = c["load"]
+
+    def plan(run: dict) -> str:
+        return f"{run['workers']} worker(s) x {run['threads']} thread(s)"
+    lines = ["## Candidates at once on this CPU", "",
+             f"`kdnas bench`, step 5 ({c.get('machine', {}).get('cpu', 'this CPU')}, "
+             f"{c['usable_cores']} usable cores): the same {len(c['students'])} students "
+             f"({', '.join(s['arch'] for s in c['students'])}), {load['steps']} steps each of "
+             "the search's default recipe with its teacher cache (written before any timing), "
+             "the same initialisations, taken from one queue by each setting's workers. "
+             "Beside a busy process: a small convolutional net trained in a loop at torch's "
+             f"default threads ({c['torch_default_threads']}), the plan made after it started.",
+             "", "| setting | plan | wall s | trial-time estimate off by (median) |",
+             "| --- | --- | --- | --- |"]
+    for name, key, err in (("one at a time (the default before)", "one_at_a_time",
+                            "one_at_a_time"), ("as planned now, alone", "auto", "alone"),
+                           ("as planned now, beside a busy process", "auto_busy", "contended"),
+                           ("one at a time, beside a busy process", "one_at_a_time_busy",
+                            None)):
+        e = c["estimate_error"].get(err) if err else None
+        lines.append(f"| {name} | {plan(r[key])} | {r[key]['wall_seconds']:.1f} | "
+                     + ("-" if e is None else f"{100 * e:.0f}%") + " |")
+    lines += ["", "| figure | value | target | |", "| --- | --- | --- | --- |"]
+    for key in ("trials_per_hour_vs_one_at_a_time", "contended_slowdown",
+                "estimate_error_median"):
+        lines.append(_row(f"cpu.{key}", c[key], targets))
+    lines += [f"| `cpu.contended_slowdown_one_at_a_time` | "
+              f"{c['contended_slowdown_one_at_a_time']:.3g} | - | the default before |", ""]
+    if not _met("cpu.contended_slowdown", c["contended_slowdown"], targets):
+        a, b = r["auto"], r["auto_busy"]
+        per = (sum(x["train_seconds"] for x in b["runs"])
+               / sum(x["train_seconds"] for x in a["runs"]))
+        lines += [f"`cpu.contended_slowdown` is not met: beside the busy process the plan "
+                  f"ran {b['workers']} worker(s) instead of {a['workers']} (it leaves the "
+                  f"cores it finds busy to their owner), and each student trained "
+                  f"{per:.2f}x as long (its thread shares the cores with the neighbour's "
+                  f"{c['torch_default_threads']}); {a['workers'] / b['workers']:.2g} x "
+                  f"{per:.2f} = {a['workers'] / b['workers'] * per:.2f}, measured "
+                  f"{c['contended_slowdown']:.2f}. One at a time with every core a thread, "
+                  f"the default before, slowed {c['contended_slowdown_one_at_a_time']:.2f}x "
+                  "beside the same process.", ""]
+    return lines
 
 
 def unmet_lines(res: dict, targets: dict) -> list[str]:

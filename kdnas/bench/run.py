@@ -59,7 +59,9 @@ from search_spaces import describe
 TARGETS = {"efficiency.resnet": (">=", 0.6), "efficiency.*": (">=", 0.5),
            "teacher_overhead.*": ("<=", 1.15), "framework_proper": ("<=", 0.03),
            "throughput_vs_plain_loop": (">=", 1.3),
-           "throughput_vs_plain_loop_no_cache": (">=", 1.05)}
+           "throughput_vs_plain_loop_no_cache": (">=", 1.05),
+           "cpu.trials_per_hour_vs_one_at_a_time": (">=", 1.3),
+           "cpu.contended_slowdown": ("<=", 2.5), "cpu.estimate_error_median": ("<=", 0.25)}
 PLAIN_SETTINGS = ((0, False), (2, False), (0, True), (2, True))  # loader workers, channels_last
 METHODS = AUTO_METHODS  # every method the search can use
 
@@ -145,21 +147,29 @@ def plain_loops(root: Path, teacher, cfg: SearchConfig, search: dict, data) -> d
                                  for r in runs]}
 
 
-def run(work: Path, out: Path, load: Workload, archive: Path | None = ARCHIVE,
-        teacher_path: Path | None = None, log=print) -> dict:
-    """The whole benchmark; returns (and writes) the figures."""
-    t_start = time.perf_counter()
+def bench_config(work: Path, load: Workload, archive: Path | None,
+                 teacher_path: Path | None) -> SearchConfig:
+    """The workload's images and teacher (made once in ``work``) and its search config."""
     work.mkdir(parents=True, exist_ok=True)
     root = make_subset(archive, work / f"cifar10-{load.per_class}-{load.test_per_class}",
                        load.per_class, load.test_per_class)
     teacher_path = teacher_path or make_teacher(root, load.teacher_arch,
                                                 work / f"teacher-{load.teacher_arch}.pt")
-    cfg = SearchConfig(study="bench", teacher=str(teacher_path), data=f"imagefolder:{root}",
-                       budget=f"{load.budget_macs / 1e6:g}MMACs", trials=load.trials,
-                       epochs=load.epochs, kd="logit", noise_check=False, val_fraction=0.1,
-                       space="resnet",  # the bench's workload: its figures stay comparable
-                       workdir=str(work / "runs"), reports=str(work / "reports"))
-    log(f"1/4 kdnas search: {load.trials} trials of {load.epochs} epoch(s), with the teacher "
+    return SearchConfig(study="bench", teacher=str(teacher_path), data=f"imagefolder:{root}",
+                        budget=f"{load.budget_macs / 1e6:g}MMACs", trials=load.trials,
+                        epochs=load.epochs, kd="logit", noise_check=False, val_fraction=0.1,
+                        space="resnet",  # the bench's workload: its figures stay comparable
+                        references=("none",),  # like for like: the plain loop trains the
+                        # trials' students alone, and a reference's training is no trial's
+                        workdir=str(work / "runs"), reports=str(work / "reports"))
+
+
+def run(work: Path, out: Path, load: Workload, archive: Path | None = ARCHIVE,
+        teacher_path: Path | None = None, log=print) -> dict:
+    """The whole benchmark; returns (and writes) the figures."""
+    t_start = time.perf_counter()
+    cfg = bench_config(work, load, archive, teacher_path)
+    log(f"1/5 kdnas search: {load.trials} trials of {load.epochs} epoch(s), with the teacher "
         f"cache and without; {load.proper_trials} of the default recipe")
     search, teacher, data = kdnas_search(cfg)
     no_cache, _, _ = kdnas_search(dataclasses.replace(cfg, study="bench-no-cache",
@@ -168,22 +178,34 @@ def run(work: Path, out: Path, load: Workload, archive: Path | None = ARCHIVE,
         cfg, study="bench-default-recipe", epochs=None, steps=load.proper_steps,
         kd=SEARCH_DEFAULT, trials=load.proper_trials))
     search["default_recipe"] = proper
-    log(f"2/4 the plain loop, the same {len(search['trials'])} students, "
+    log(f"2/5 the plain loop, the same {len(search['trials'])} students, "
         f"{len(PLAIN_SETTINGS)} settings")
-    plain = plain_loops(root, teacher.module, cfg, search, data)
-    log("3/4 GEMM rate and training efficiency per family")
+    plain = plain_loops(Path(cfg.data.split(":", 1)[1]), teacher.module, cfg, search, data)
+    log("3/5 GEMM rate and training efficiency per family")
     gemm = gemm_flops()
     lo, hi = 0.8 * load.student_macs, load.student_macs  # the teacher stays >= 3x
     students = {name: draw_in_band(space, data, lo, hi, 1, np.random.RandomState(0),
                                    fixed=fixed)[0] for name, space, fixed in FAMILIES}
     eff = {name: training_flops(c, data, load.steps, 128) for name, c in students.items()}
-    log(f"4/4 teacher overhead per method ({load.rounds} rounds)")
+    log(f"4/5 teacher overhead per method ({load.rounds} rounds)")
     tcfg = TrainConfig(epochs=load.epochs, seed=0)
     over = method_times(students["resnet"], data, teacher, METHODS, tcfg, work, load.rounds)
     res = figures(search, no_cache, plain, gemm, eff, over, students, teacher, load)
+    log("5/5 candidates at once on this CPU: as planned by default, against one at a time, "
+        "alone and beside a busy process")
+    res["cpu"] = cpu_part(cfg, data, load)
     res["seconds"] = time.perf_counter() - t_start
     write(out, res)
     return res
+
+
+def cpu_part(cfg: SearchConfig, data, load: Workload) -> dict:
+    """:mod:`kdnas.bench.cpu` on the bench's images and teacher, a study of its own."""
+    from kdnas.bench.cpu import CpuLoad, run_cpu
+
+    shutil.rmtree(dataclasses.replace(cfg, study="bench-cpu").study_dir, ignore_errors=True)
+    return run_cpu(dataclasses.replace(cfg, study="bench-cpu", kd=SEARCH_DEFAULT), data,
+                   CpuLoad.quick() if load.per_class < 100 else CpuLoad())
 
 
 def figures(search, no_cache, plain, gemm, eff, over, students, teacher, load) -> dict:
@@ -215,7 +237,7 @@ def figures(search, no_cache, plain, gemm, eff, over, students, teacher, load) -
             "kdnas_mac_images_per_second": kdnas_rate,
             "plain_mac_images_per_second": plain_rate},
         "workload": dataclasses.asdict(load),
-        "machine": {"cpu": platform.processor() or platform.machine(),
+        "machine": {"cpu": cpu_name(),
                     "threads": torch.get_num_threads(), "torch": torch.__version__,
                     "python": platform.python_version(), "device": "cpu"},
         "command": "kdnas bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"]
@@ -282,9 +304,35 @@ def add_arguments(ap) -> None:
                     help="the GPU workload as a worker sweep: the plain loop, then kdnas with "
                     "each of these --workers counts and nothing else; written beside the "
                     "full run's figures (key gpu_workers), to set --workers auto by")
+    ap.add_argument("--only-cpu", action="store_true", help="only the CPU workers part (step "
+                    "5: candidates at once as planned by default against one at a time, "
+                    "alone and beside a busy process, and the trial-time estimates), kept "
+                    "beside the figures of an earlier full run")
     ap.add_argument("--workload", choices=("cpu", "gpu"), help="which workload (default: the "
                     "device's); gpu on a CPU checks that the GPU benchmark runs (its figures "
                     "are not a GPU's)")
+
+
+def run_cpu_only(work: Path, out: Path, load: Workload, archive: Path | None,
+                 teacher_path: Path | None) -> dict:
+    from kdnas.data import load_data
+
+    cfg = bench_config(work, load, archive, teacher_path)
+    data = load_data(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+    res = {"cpu": {**cpu_part(cfg, data, load), "machine": {"cpu": cpu_name()}}}
+    write(out, res)
+    return res
+
+
+def cpu_name() -> str:
+    """The CPU as the machine names it (``model name`` in /proc/cpuinfo)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _worker_counts(text: str) -> list[int]:
@@ -320,6 +368,10 @@ def run_from_args(args) -> dict:
     load = Workload.quick() if args.quick else Workload()
     if args.trials:
         load = dataclasses.replace(load, trials=args.trials)
+    if args.only_cpu:  # step 5 alone, beside the figures of an earlier full run
+        res = run_cpu_only(args.work, args.out, load, args.archive, args.teacher)
+        print(f"wrote the cpu figures to {args.out / 'BENCHMARKS.md'} and benchmarks.json")
+        return res
     res = run(args.work, args.out, load, args.archive, args.teacher)
     print(f"wrote {args.out / 'BENCHMARKS.md'} and benchmarks.json in {res['seconds']:.0f} s")
     return res

@@ -22,10 +22,11 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"  
 
 def cmd_search(args) -> int:
     from kdnas.cli.progress import SearchProgress, say
-    from kdnas.cli.workers import Helpers, threads_per_worker
+    from kdnas.cli.workers import Helpers
     from kdnas.core.budget import fmt_count
-    from kdnas.core.settings import fixed_settings, flag_settings, load_config
-    from kdnas.device import describe, resolve, resolve_workers
+    from kdnas.core.config import study_config
+    from kdnas.core.settings import flag_settings
+    from kdnas.device import describe, plan_workers, resolve
     from kdnas.report import write_report
     from kdnas.search.events import StudyStart
     from kdnas.search.loop import run_search
@@ -33,22 +34,17 @@ def cmd_search(args) -> int:
     from kdnas.search.storage import load_record, open_study, peek_stored_config
 
     overrides = {f.name: getattr(args, f.name) for f in flag_settings()}
-    cfg = load_config(args.config, overrides)
-    stored = peek_stored_config(cfg)
-    if stored is not None:  # resuming: the study's own settings where none is given
-        kept = load_config(args.config, overrides, stored=stored)
-        differ = [f"{k} {getattr(kept, k)!r}" for k in fixed_settings()
-                  if getattr(kept, k) != getattr(cfg, k)]
-        if differ and args.worker_index == 0:
-            say(f"resuming study {cfg.study!r} with its own {', '.join(differ)} (not set on "
-                "this command line or in its config)")
-        cfg = kept
+    # resuming: the study's own settings where none is given
+    cfg, differ = study_config(args.config, overrides, peek_stored_config)
+    if differ and args.worker_index == 0:
+        say(f"resuming study {cfg.study!r} with its own {', '.join(differ)} (not set on "
+            "this command line or in its config)")
     if args.worker_index > 0:
         return _helper_worker(cfg, args.worker_index)
     budget = cfg.budget_value
     t0 = time.perf_counter()
-    workers = resolve_workers(args.workers, cfg.device)
     cfg, teacher, data, notes = prepare(cfg)
+    workers, threads = plan_workers(args.workers, cfg.device, cfg.trials)
     for note in notes:
         say(note)
     say(f"data: {data.spec}: {len(data.train_y)} train / {len(data.val_y)} val images "
@@ -70,11 +66,11 @@ def cmd_search(args) -> int:
     def on_event(event) -> None:
         helpers.revive()
         if isinstance(event, StudyStart) and workers > 1:  # others may join now
-            helpers.start(args.argv, workers, cfg.study_dir / "workers", cfg.device)
+            helpers.start(args.argv, workers, cfg.study_dir / "workers", cfg.device, threads)
             others = "worker 1 logs" if workers == 2 else f"workers 1-{workers - 1} log"
-            say(f"{workers} workers on this study, {threads_per_worker(workers)} "
-                f"thread(s) each ({others} to {cfg.study_dir / 'workers'}/; this one reports "
-                "its own trials and, at the end, all of them)")
+            say(f"{workers} workers on this study, {threads} thread(s) each ({others} to "
+                f"{cfg.study_dir / 'workers'}/; this one reports its own trials and, at the "
+                "end, all of them)")
         progress(event)
 
     try:
@@ -269,7 +265,13 @@ def cmd_distill(args) -> int:
     from kdnas.report import write_report
     from kdnas.teacher.prepare import prepare
     from kdnas.search.storage import add_distilled, load_record, open_study
-    from kdnas.ship.final import distill_reference, distill_trial, final_method, method_tag
+    from kdnas.ship.final import (
+        distill_reference,
+        distill_trial,
+        final_method,
+        method_tag,
+        seed_tag,
+    )
 
     record, cfg = _study_and_config(args)
     if args.device:  # the study may have trained elsewhere
@@ -277,7 +279,8 @@ def cmd_distill(args) -> int:
     cfg, teacher, data, notes = prepare(cfg)
     for note in notes:
         say(note)
-    seed_tag = "" if args.seed is None else f"-seed{args.seed}"
+    _use_free_cores(cfg.device, say)
+    tag = seed_tag(args.seed, cfg.seed)  # as the record and checkpoint are named
     opts = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                 schedule=args.schedule, seed=args.seed, formats=args.format,
                 int8=_int8_options(args))
@@ -285,7 +288,7 @@ def cmd_distill(args) -> int:
         who = f"reference {args.reference}"
         kd, _ = final_method(args.kd, cfg.kd, None)  # resolved once: folder, message, run
         out = Path(args.out) if args.out else Path("exports") / cfg.study / (
-            f"ref-{args.reference.replace(':', '-')}{method_tag(kd)}{seed_tag}-distilled")
+            f"ref-{args.reference.replace(':', '-')}{method_tag(kd)}{tag}-distilled")
         say(f"distilling {who} with {kd} for {args.epochs:g} epochs on the full train split "
             f"({len(data.train_y)} images), as a found student would be")
         info = distill_reference(cfg, args.reference, teacher, data, out_dir=out, kd=kd,
@@ -295,7 +298,7 @@ def cmd_distill(args) -> int:
         who = f"trial {trial}"
         kd, _ = final_method(args.kd, cfg.kd, record.trained_trial(trial).kd)
         out = Path(args.out) if args.out else Path("exports") / cfg.study / (
-            f"trial-{trial}{method_tag(kd)}{seed_tag}-distilled")
+            f"trial-{trial}{method_tag(kd)}{tag}-distilled")
         say(f"distilling {who} of study {cfg.study} with {kd} (the search ranked with "
             f"{cfg.kd}) for {args.epochs:g} epochs on the full "
             f"train split ({len(data.train_y)} images); checkpoint every epoch in "
@@ -318,6 +321,21 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def _use_free_cores(device: str, say) -> None:
+    """One job alone on a CPU trains with the free cores as threads (a core that other work
+    keeps busy is left to it: two jobs fighting for one core's threads slow far more than
+    their share says), or ``OMP_NUM_THREADS`` where the user set it."""
+    import torch
+
+    from kdnas.device import cpu_threads, resolve, usable_cores
+
+    if resolve(device).type != "cpu":
+        return
+    threads = cpu_threads()
+    torch.set_num_threads(threads)
+    say(f"training on {threads} CPU thread(s) ({usable_cores()} usable core(s))")
+
+
 def cmd_teacher_train(args) -> int:
     from kdnas.cli.progress import StepBar, say
     from kdnas.teacher.train import resume_path, train_teacher
@@ -325,6 +343,7 @@ def cmd_teacher_train(args) -> int:
     out = Path(args.out or f"teachers/{args.arch}-{args.data.split(':')[0]}.pt")
     if resume_path(out, args.arch).exists():
         say(f"resuming the training saved in {resume_path(out, args.arch)}")
+    _use_free_cores(args.device, say)
     try:
         path, acc = train_teacher(args.data, args.arch, epochs=args.epochs, out=out,
                                   lr=args.lr, batch_size=args.batch_size,

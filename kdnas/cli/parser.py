@@ -48,7 +48,8 @@ def _add_search(sub) -> None:
     add_setting_flags(s)
     s.add_argument("--workers", default="auto", help="trial processes on this machine, "
                    "sharing the study, the CPU threads and the GPU; the study stops at "
-                   "--trials whichever worker trains them (default auto: 1 on a CPU, "
+                   "--trials whichever worker trains them (default auto: on a CPU, one "
+                   "one-thread worker for each core that other work does not keep busy now; "
                    f"{WORKERS_PER_GPU} sharing each GPU on CUDA)")
     s.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     s.set_defaults(func=commands.cmd_search)

@@ -24,10 +24,6 @@ from kdnas.search.watchdog import HUNG_EXIT
 # torch (through kdnas.device) is imported where it is used: ``--help`` stays fast
 
 
-def threads_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // workers)
-
-
 def gpu_for(worker: int, device: str) -> str | None:
     """The one GPU (an entry of ``CUDA_VISIBLE_DEVICES``) worker ``worker`` trains on, when
     several are visible and ``device`` names none in particular; else None."""
@@ -59,11 +55,13 @@ class Helpers:
         self.restarts: dict[int, int] = {}
         self.say = say
 
-    def start(self, argv: list[str], workers: int, log_dir: Path, device: str = "auto"
-              ) -> None:
+    def start(self, argv: list[str], workers: int, log_dir: Path, device: str = "auto",
+              threads: int | None = None) -> None:
         import torch
 
-        threads = threads_per_worker(workers)
+        from kdnas.device import threads_per_worker
+
+        threads = threads or threads_per_worker(workers)
         torch.set_num_threads(threads)
         self.base, self.log_dir, self.device = _without_workers(argv), log_dir, device
         self.env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))

@@ -38,6 +38,7 @@ class TrialAttr:
     TRAINED = "trained"
     WORKER = "worker"
     TIME = "time"  # seconds by phase
+    ESTIMATE = "estimate_seconds"  # the training time the user was told before it trained
     ERROR = "error"
     INTERRUPTED = "interrupted"
     DUPLICATE_OF = "duplicate_of"

@@ -21,6 +21,7 @@ class TrialRecord:
     budget_excess: float | None = None  # <= 0: within budget
     val_accuracy: float | None = None
     train_seconds: float | None = None
+    estimate_seconds: float | None = None  # the training time told before it trained
     kd: str | None = None
     feature_weight: float | None = None
     weights: str | None = None  # path of the trained student

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -368,6 +367,14 @@ class SearchConfig:
         return [OBJECTIVE_COLUMNS[o] for o in self.objectives]
 
     @property
+    def measures_latency(self) -> bool:
+        """Whether each candidate's latency is measured: asked for (``--latency``), bounded
+        by the budget, or an objective. The one rule; the sampler's walk measures it only
+        for a latency budget (the one count its fit needs)."""
+        return bool(self.latency) or self.budget_value.metric == "latency_ms" \
+            or "latency_ms" in self.cost_columns
+
+    @property
     def study_dir(self) -> Path:
         return Path(self.workdir) / self.study
 
@@ -429,22 +436,3 @@ def flag_name(f: dataclasses.Field) -> str:
     dashed = f.name.replace("_", "-")
     return f.metadata["flag"] or (f"--no-{dashed}" if f.metadata["kind"] == "off"
                                   else f"--{dashed}")
-
-
-def load_config(path: str | Path | None, overrides: dict,
-                stored: SearchConfig | None = None) -> SearchConfig:
-    """Defaults, then a resumed study's own fixed settings (``stored``), then the TOML file
-    (if any), then explicit flags (``None`` means unset)."""
-    values: dict = {k: v for k, v in (stored.to_dict() if stored else {}).items()
-                    if k in fixed_settings()}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise KdnasError(f"study config {str(p)!r} does not exist (see studies/ for examples)")
-        try:
-            values.update(tomllib.loads(p.read_text()))
-        except tomllib.TOMLDecodeError as e:
-            raise KdnasError(f"cannot parse {p}: {e}") from None
-        values = {k.replace("-", "_"): v for k, v in values.items()}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return SearchConfig.from_dict(values)

@@ -1,8 +1,7 @@
 """The one way to train a candidate: every caller in the product (search trials, references,
 the noise check, promotions to longer rungs, full distillation) and the experiments builds a
-:class:`TrainContext` once and calls :func:`train_candidate` with a spec and a recipe (one
-older experiment, ``benchmarks/distill_methods.py``, still calls ``fit`` with a teacher
-cache of its own).
+:class:`TrainContext` once and calls :func:`train_candidate` with a spec and a recipe (the
+benchmark's timings of the loop itself, ``kdnas.bench``, call ``fit`` on a built module).
 
 A candidate is built from its spec with a seeded initialisation, trained by
 :func:`kdnas.distill.trainer.fit` (distilled from the context's teacher through the space's

@@ -24,13 +24,14 @@ from kdnas.core.kd_methods import (
 from kdnas.core.records import StudyRecord
 from kdnas.core.settings import SearchConfig
 from kdnas.front import front_order, hypervolume, near_chance, reference_verdict, wilson
-from kdnas.front import hypervolume_reference as _reference
+from kdnas.front import hypervolume_reference
 from kdnas.report.rungs import rung_summary
 from search_spaces import describe
 
 COLUMNS = ["trial", "state", "spec_id", "arch", "macs", "flops", "params", "latency_ms",
            "latency_p90_ms", "latency_setting", "val_accuracy", "within_budget",
-           "train_seconds", "train_step_ms", "student_seconds", "kd", "note", "spec", "rung",
+           "train_seconds", "estimate_seconds", "train_step_ms", "student_seconds", "kd",
+           "note", "spec", "rung",
            "brief_val_accuracy", "val_lo", "val_hi", "val_images",
            *(f"signal_{n}" for n in SIGNAL_NAMES), "signals_seconds"]
 
@@ -46,7 +47,8 @@ def trials_frame(record: StudyRecord) -> pd.DataFrame:
             "latency_ms": cost.get("latency_ms"), "latency_p90_ms": cost.get("latency_p90_ms"),
             "latency_setting": cost.get("latency_setting"),
             "val_accuracy": t.val_accuracy, "within_budget": t.within_budget,
-            "train_seconds": t.train_seconds, "train_step_ms": cost.get("train_step_ms"),
+            "train_seconds": t.train_seconds, "estimate_seconds": t.estimate_seconds,
+            "train_step_ms": cost.get("train_step_ms"),
             "student_seconds": t.time.get("student") if t.trained else None,
             "kd": t.kd, "note": t.note,
             "spec": json.dumps(t.spec, sort_keys=True) if t.spec else None,
@@ -104,18 +106,13 @@ def export_command(cfg: SearchConfig, trial: int | None = None) -> str:
     return f"kdnas export --study {cfg.study} {which}{workdir}"
 
 
-def hypervolume_reference(record: StudyRecord, cfg: SearchConfig) -> dict[str, float]:
-    """The study's hypervolume reference (:func:`kdnas.front.hypervolume_reference`)."""
-    return _reference(record, cfg.budget_value, cfg.cost_columns)
-
-
 def summary(record: StudyRecord, cfg: SearchConfig, df: pd.DataFrame | None = None) -> dict:
     """The study in figures; ``df`` is its :func:`trials_frame` when the caller has it."""
     df = trials_frame(record) if df is None else df
     costs = cfg.cost_columns
     front = front_frame(df, costs)
     budget = cfg.budget_value
-    ref = hypervolume_reference(record, cfg)
+    ref = hypervolume_reference(record, budget, costs)
     hv = hypervolume(front.val_accuracy.to_numpy(), front[costs].to_numpy(), ref_acc=0.0,
                      ref_cost=[ref[c] for c in costs]) if not front.empty else 0.0
     counts = df.state.value_counts().to_dict()
@@ -296,12 +293,16 @@ def time_per_trial(record: StudyRecord) -> dict | None:
     shares = {p: sum(t.get(p, 0.0) for t in times) / total for p in PHASES}
     out = {"median_seconds": float(pd.Series([t["total"] for t in times]).median()),
            "trials": len(times), "shares": {p: round(v, 4) for p, v in shares.items()}}
-    # the student time each trial was expected to take (its step time measured before
-    # training x its steps) against what it took
-    pairs = pd.DataFrame([(t.time["student"], t.cost["train_step_ms"] * t.recipe["steps"] / 1e3)
-                          for t in record.trials if t.trained and t.time.get("student")
-                          and t.cost.get("train_step_ms") and t.recipe.get("steps")],
-                         columns=["measured", "estimated"])
+    # the training time each trial was told before it trained (its student's step time x
+    # its steps, scaled by what the process's earlier trials took against that) against what
+    # it took; a study that did not record it: the student's time against the unscaled product
+    told = [(t.train_seconds, t.estimate_seconds) for t in record.trials if t.trained
+            and t.train_seconds and t.estimate_seconds]
+    pairs = pd.DataFrame(told or [
+        (t.time["student"], t.cost["train_step_ms"] * t.recipe["steps"] / 1e3)
+        for t in record.trials if t.trained and t.time.get("student")
+        and t.cost.get("train_step_ms") and t.recipe.get("steps")],
+        columns=["measured", "estimated"])
     if len(pairs):
         r = pairs.measured / pairs.estimated
         rank = pairs.measured.corr(pairs.estimated, method="spearman") if len(pairs) >= 3 \
@@ -309,7 +310,7 @@ def time_per_trial(record: StudyRecord) -> dict | None:
         out["estimate"] = {"median_ratio": round(float(r.median()), 3),
                            "median_error": round(float((r - 1).abs().median()), 3),
                            "spearman": None if pd.isna(rank) else round(float(rank), 3),
-                           "trials": len(pairs)}
+                           "trials": len(pairs), "told": bool(told)}
     return out
 
 
@@ -325,8 +326,10 @@ def time_text(info: dict) -> str:
     if est:
         rank = "" if est.get("spearman") is None else \
             f", rank correlation with the measured times {est['spearman']:.2f}"
-        text += (f"; the student time estimated before training (training steps timed, "
-                 f"`train_step_ms` in trials.csv) was off by {100 * est['median_error']:.0f}% "
+        what = ("the training time told before each trial (`estimate_seconds` in "
+                "trials.csv)" if est.get("told") else "the student time estimated before "
+                "training (training steps timed, `train_step_ms` in trials.csv)")
+        text += (f"; {what} was off by {100 * est['median_error']:.0f}% "
                  f"(median of {est['trials']}; measured/estimated {est['median_ratio']:.2f}"
                  f"{rank})")
     return text
@@ -358,12 +361,19 @@ def at_once(record: StudyRecord) -> dict | None:
         running += step
         most = max(most, running)
         last = when
-    return {"max": most, "mean": area / busy if busy else 1.0}
+    threads = sorted({t.recipe["threads"] for t in record.trials
+                      if t.trained and "threads" in t.recipe})
+    return {"max": most, "mean": area / busy if busy else 1.0, "threads": threads}
 
 
 def at_once_text(a: dict | None) -> str:
-    return ("-" if not a else
-            f"up to {a['max']} at once, {a['mean']:.1f} on average while any trained")
+    if not a:
+        return "-"
+    threads = a.get("threads") or []
+    each = "" if not threads else (
+        f", {threads[0]} CPU thread{'s' if threads[0] > 1 else ''} each" if len(threads) == 1
+        else f", {threads[0]}-{threads[-1]} CPU threads each")
+    return f"up to {a['max']} at once, {a['mean']:.1f} on average while any trained{each}"
 
 
 def macs_latency_spearman(df: pd.DataFrame) -> float | None:

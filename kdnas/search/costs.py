@@ -58,8 +58,7 @@ def smallest_cost(cfg: SearchConfig, data) -> tuple[dict, Cost] | None:
         if spec is None:
             return None
         model = space.build(spec)
-        wanted = metric == "latency_ms" or "latency_ms" in cfg.cost_columns
-        cost = measure(cfg, model, data, latency=wanted)
+        cost = measure(cfg, model, data, latency=cfg.measures_latency)
         if "train_step_ms" in cfg.cost_columns:
             cost = estimate_step(cfg, cfg.train_config(len(data.train_y)), model, data, cost)
         if best is None or cost.value(metric) < best[1].value(metric):
@@ -76,7 +75,7 @@ def train_context(cfg: SearchConfig, teacher, data) -> TrainContext:
                         cache_features=reads_features(cfg.kd), family_lr=True)
 
 
-def hypervolume_reference(cfg: SearchConfig, cheapest: tuple[dict, Cost] | None
+def creation_reference(cfg: SearchConfig, cheapest: tuple[dict, Cost] | None
                           ) -> dict[str, float]:
     """The study's hypervolume reference, fixed at creation from its cheapest candidate
     (:func:`kdnas.front.reference_at_creation`)."""

@@ -27,7 +27,7 @@ from kdnas.core.settings import SearchConfig
 from kdnas.distill import evaluate
 from kdnas.distill.candidate import TrainContext
 from kdnas.optuna_internals import frozen
-from kdnas.search.costs import hypervolume_reference, smallest_cost, train_context
+from kdnas.search.costs import creation_reference, smallest_cost, train_context
 from kdnas.search.events import Event, StudyStart, Waiting
 from kdnas.search.noise import measure_noise
 from kdnas.search.references import train_references
@@ -101,7 +101,7 @@ def _open(cfg: SearchConfig, teacher, data, worker: int) -> tuple[optuna.Study, 
         study.set_user_attr(StudyAttr.TEACHER_VAL_ACCURACY, _teacher_accuracy(cfg, teacher, data))
         study.set_user_attr(StudyAttr.NUM_CLASSES, data.num_classes)
         study.set_user_attr(StudyAttr.VAL_IMAGES, len(data.val_y))  # each accuracy's sampling error
-        study.set_user_attr(StudyAttr.HYPERVOLUME_REFERENCE, hypervolume_reference(cfg, cheapest))
+        study.set_user_attr(StudyAttr.HYPERVOLUME_REFERENCE, creation_reference(cfg, cheapest))
     if cfg.storage is None or cfg.study_dir.exists():
         write_manifest(cfg, info)
     stale = fail_stale_trials(study)

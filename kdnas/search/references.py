@@ -100,10 +100,10 @@ def train_references(study: optuna.Study, cfg: SearchConfig, ctx: TrainContext,
             study.set_user_attr(StudyAttr.REFERENCES, done)
             emit(ReferenceEnd(ref, out.val_accuracy, cost))
         if ref not in told and done[ref]["within_budget"] and "did_not_train" not in done[ref]:
-            _tell(study, cfg, ref, spec, cost, done[ref], data.input_size)
+            _add_reference(study, cfg, ref, spec, cost, done[ref], data.input_size)
 
 
-def _tell(study: optuna.Study, cfg: SearchConfig, name: str, spec: dict, cost: Cost,
+def _add_reference(study: optuna.Study, cfg: SearchConfig, name: str, spec: dict, cost: Cost,
           result: dict, input_size: int) -> None:
     """Add the reference to the study as a finished trial with its accuracy and costs, so
     that the sampler learns from it (where the space can draw it; else the report alone

@@ -324,6 +324,7 @@ def trial_record(t: optuna.trial.FrozenTrial) -> TrialRecord:
         number=t.number, state=_state(t), spec=a.get(A.SPEC), spec_id=a.get(A.SPEC_ID),
         cost=dict(a.get(A.COST, {})), budget_excess=t.constraints.get("budget"),
         val_accuracy=a.get(A.VAL_ACCURACY), train_seconds=a.get(A.TRAIN_SECONDS),
+        estimate_seconds=a.get(A.ESTIMATE),
         kd=a.get(A.KD), feature_weight=a.get(A.FEATURE_WEIGHT), weights=a.get(A.WEIGHTS),
         curve=tuple(a.get(A.CURVE, ())), learning_curve=tuple(a.get(A.LEARNING_CURVE, ())),
         recipe=dict(a.get(A.RECIPE, {})),

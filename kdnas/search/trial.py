@@ -8,9 +8,11 @@ which the watchdog reports here)."""
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 
 import optuna
+import torch
 from optuna.trial import TrialState
 from torch import nn
 
@@ -42,6 +44,27 @@ ESTIMATE_MIN_STEPS = 200
 # a brief training of fewer steps is not checked for failure (kdnas.front.collapsed): every
 # candidate of a 12-step run sits at chance, which says the recipe is short, not the candidate
 CHECK_MIN_STEPS = 100
+# an estimate is scaled by the median of what this many of the process's last trained
+# trials took against their own unscaled estimates
+ESTIMATE_HISTORY = 5
+
+
+# how each way a trial ends is told to the study: its values for the sampler where it has
+# them (an infeasible one's accuracy is 0 and its constraint says why), pruned where another
+# worker took its place, failed where it trained to no result
+_STATES = {Outcome.TRAINED: TrialState.COMPLETE, Outcome.DUPLICATE: TrialState.COMPLETE,
+           Outcome.INFEASIBLE: TrialState.COMPLETE, Outcome.SURPLUS: TrialState.PRUNED,
+           Outcome.FAILED: TrialState.FAIL, Outcome.INTERRUPTED: TrialState.FAIL,
+           Outcome.TRAINING_FAILED: TrialState.FAIL}
+
+
+def _end(study: optuna.Study, trial: optuna.Trial, outcome: str,
+         values: list[float] | None = None) -> None:
+    """The one place a trial of the search is told to the study (Optuna's ``tell``)."""
+    state = _STATES[outcome]
+    if (values is not None) != (state == TrialState.COMPLETE):
+        raise ValueError(f"a {outcome} trial is told {'with' if values else 'without'} values")
+    study.tell(trial, values, state=state)
 
 
 def close_failed(study: optuna.Study, trial: optuna.Trial, reason: str, *,
@@ -53,9 +76,38 @@ def close_failed(study: optuna.Study, trial: optuna.Trial, reason: str, *,
     trial.set_user_attr(TrialAttr.ERROR, reason)
     if interrupted:
         trial.set_user_attr(TrialAttr.INTERRUPTED, True)
-    study.tell(trial, state=TrialState.FAIL)
+    _end(study, trial, Outcome.INTERRUPTED if interrupted else Outcome.FAILED)
     if retry:
         retry_trial(study, frozen(study, trial), reason)
+
+
+def _estimate(study: optuna.Study, cost: Cost, tcfg) -> float | None:
+    """The seconds this trial's training is expected to take: its student's step time
+    (measured just now, on a copy) x its steps, scaled by what this process's last trained
+    trials (at most ESTIMATE_HISTORY) took against the same product. The probe times the
+    student alone; a trial also runs the teacher (or reads its cache), the learning curve and
+    the final validation, and a machine that turned busy since slows all of it."""
+    if cost.train_step_ms is None:
+        return None
+    raw = cost.train_step_ms * tcfg.steps / 1e3
+    me, ratios = worker_id(), []
+    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                    key=lambda t: -t.number):
+        a = t.user_attrs
+        step_ms = (a.get(TrialAttr.COST) or {}).get("train_step_ms")
+        steps = (a.get(TrialAttr.RECIPE) or {}).get("steps")
+        if a.get(TrialAttr.WORKER) == me and a.get(TrialAttr.TRAIN_SECONDS) and step_ms \
+                and steps:
+            ratios.append(a[TrialAttr.TRAIN_SECONDS] / (step_ms * steps / 1e3))
+            if len(ratios) == ESTIMATE_HISTORY:
+                break
+    return scaled_estimate(raw, ratios)
+
+
+def scaled_estimate(raw: float, took: list[float]) -> float:
+    """``raw`` (a step-time probe x steps) scaled by the median of ``took``: what earlier
+    trials of the same process took against their own ``raw``."""
+    return raw * (statistics.median(took) if took else 1.0)
 
 
 def _record_result(trial: optuna.Trial, tcfg, out, weights: str) -> None:
@@ -72,7 +124,8 @@ def _record_result(trial: optuna.Trial, tcfg, out, weights: str) -> None:
 def recipe(tcfg, result) -> dict:
     """The brief training a trial got, as recorded with it."""
     return {"steps": result.steps, "images": result.images,
-            "batch_size": tcfg.batch_size, "train_fraction": tcfg.train_fraction}
+            "batch_size": tcfg.batch_size, "train_fraction": tcfg.train_fraction,
+            "threads": torch.get_num_threads()}
 
 
 def _costs(cfg: SearchConfig, cost: Cost) -> list[float]:
@@ -97,7 +150,7 @@ def _reuse(study: optuna.Study, trial: optuna.Trial, twin: optuna.trial.FrozenTr
     for key in ("val_accuracy", "kd", "feature_weight", "recipe"):
         if key in twin.user_attrs:
             trial.set_user_attr(key, twin.user_attrs[key])
-    study.tell(trial, list(twin.values))
+    _end(study, trial, Outcome.DUPLICATE, list(twin.values))
     emit(Duplicate(trial.number, twin.number))
     return Outcome.DUPLICATE
 
@@ -115,7 +168,7 @@ def _surplus(study: optuna.Study, trial: optuna.Trial, why: str) -> Outcome:
     (a retried one is queued again for a later run)."""
     trial.set_user_attr(TrialAttr.TRAINING, False)
     trial.set_user_attr(TrialAttr.SURPLUS, why)
-    study.tell(trial, state=TrialState.PRUNED)
+    _end(study, trial, Outcome.SURPLUS)
     now = frozen(study, trial)
     if now.user_attrs.get(TrialAttr.RETRY_OF) is not None:
         retry_trial(study, now, "a retried candidate left for a later run")
@@ -132,7 +185,7 @@ def _propose(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, data, 
                                        num_classes=data.num_classes,
                                        input_size=data.input_size)
     key = spec_id(spec)
-    latency = cfg.latency or budget.metric == "latency_ms"
+    latency = cfg.measures_latency
     take = getattr(study.sampler, "take_built", None)
     counted = take(key) if take is not None else None  # the sampler built and counted it
     if counted is None:
@@ -160,7 +213,7 @@ def _infeasible(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, spe
     trial.set_user_attr(TrialAttr.TRAINED, False)
     if refusal:
         trial.set_user_attr(TrialAttr.REFUSED, refusal)
-    study.tell(trial, [0.0, *_costs(cfg, cost)])
+    _end(study, trial, Outcome.INFEASIBLE, [0.0, *_costs(cfg, cost)])
     emit(Infeasible(trial.number, cost, spec, refusal or "over budget"))
     return Outcome.INFEASIBLE
 
@@ -262,7 +315,7 @@ def _did_not_train(study: optuna.Study, trial: optuna.Trial, tcfg, out, reason: 
                  (A.RECIPE, recipe(tcfg, out.result))]
     for key, value in kept:
         trial.set_user_attr(key, value)
-    study.tell(trial, state=TrialState.FAIL)
+    _end(study, trial, Outcome.TRAINING_FAILED)
     return Outcome.TRAINING_FAILED
 
 
@@ -287,7 +340,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, ctx: 
         cost = estimate_step(cfg, tcfg, model, data, cost)
         trial.set_user_attr(TrialAttr.COST, cost.to_dict())
     estimate_seconds = time.perf_counter() - t_est
-    estimate = None if cost.train_step_ms is None else cost.train_step_ms * tcfg.steps / 1e3
+    estimate = _estimate(study, cost, tcfg)
+    if estimate is not None:
+        trial.set_user_attr(TrialAttr.ESTIMATE, round(estimate, 2))
     emit(TrialStart(trial.number, index, cfg.trials, cost, spec, tcfg.method, estimate,
                     trial.user_attrs.get(TrialAttr.RETRY_OF)))
     with TrialLimit(cfg.trial_limit(estimate), lambda reason: close_failed(
@@ -312,7 +367,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: SearchConfig, ctx: 
         "storage": round(t_end - t0 - propose_seconds - estimate_seconds - out.result.seconds
                          - signal_seconds, 3),
         "total": round(t_end - t0, 3)})
-    study.tell(trial, [out.val_accuracy, *_costs(cfg, cost)])
+    _end(study, trial, Outcome.TRAINED, [out.val_accuracy, *_costs(cfg, cost)])
     front = [t for t in study.best_trials if t.user_attrs.get(TrialAttr.TRAINED)]
     emit(TrialEnd(trial.number, index, cfg.trials, out.val_accuracy, out.result.seconds, cost,
                   len(front), max((t.values[0] for t in front), default=None)))

@@ -65,6 +65,12 @@ def final_method(requested: str | None, study_kd: str, trial_kd: str | None
     return method, canonical_method(method) == trial
 
 
+def seed_tag(seed: int | None, study_seed: int) -> str:
+    """The record, checkpoint and folder suffix of a full distillation's seed: none for the
+    study's own seed (or none given), ``-seed<N>`` for another."""
+    return "" if seed is None or seed == study_seed else f"-seed{seed}"
+
+
 UNTAGGED_METHOD = "fitnets"  # the method of the records made before --kd: fixed, not the default
 
 
@@ -152,7 +158,8 @@ def _reference_pick(cfg: SearchConfig, name: str, data, kd: str | None,
 
 
 def _recipe(tcfg: TrainConfig, schedule: str, seed: int) -> dict:
-    return {"lr": tcfg.lr, "batch_size": tcfg.batch_size, "schedule": schedule,
+    return {"steps": tcfg.steps, "lr": tcfg.lr, "batch_size": tcfg.batch_size,
+            "schedule": schedule,
             "kd": tcfg.method, "feature_weight": tcfg.weight, "ce_weight": tcfg.ce_weight,
             "temperature": tcfg.temperature, "kd_alpha": tcfg.kd_alpha, "seed": seed}
 
@@ -174,8 +181,7 @@ def _distill(pick: _Pick, cfg: SearchConfig, teacher, data, full: FullRecipe, *,
              out_dir: Path, progress: Callable[[int, int, float], None] | None) -> dict:
     spec, name, cost, epochs, schedule = pick.spec, pick.name, pick.cost, full.epochs, \
         full.schedule
-    if full.seed is not None and full.seed != cfg.seed:
-        name = f"{name}-seed{full.seed}"  # its own checkpoint and record
+    name += seed_tag(full.seed, cfg.seed)  # another seed: its own checkpoint and record
     seed = cfg.seed if full.seed is None else full.seed
     tcfg = final_train_config(pick, cfg, full, seed)
     work = cfg.study_dir / "distill" / name
