@@ -19,6 +19,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # tests run side by side: a core each
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    import kdnas.device
+
+    # and a search a test starts plans one worker of one thread (--workers auto would read
+    # the other test process as a busy core, or start helpers beside it): a test that wants
+    # several workers names them, and the plan's own tests set the free cores they test
+    kdnas.device.free_cores = lambda: 1
 
 
 @pytest.fixture(scope="session", autouse=True)
