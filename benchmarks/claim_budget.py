@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -63,20 +62,11 @@ class Protocol:
     exports: bool = True  # the pick's seed-0 run writes the shipped files (the journey)
 
 
-def cpu_name() -> str:
-    """The CPU as the machine names it (``model name`` in /proc/cpuinfo)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def device_record() -> dict:
     """The device and threads as measured, not as written."""
     import torch
+
+    from kdnas.bench.run import cpu_name
     return {"device": "cpu", "cpu": cpu_name(), "threads": torch.get_num_threads(),
             "cores_usable": len(os.sched_getaffinity(0)), "torch": torch.__version__}
 
