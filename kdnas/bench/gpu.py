@@ -60,13 +60,14 @@ class GpuWorkload:
     parts: tuple = ("teacher", "graphs", "precision")  # () for a worker sweep
     teacher_train_arch: str = "resnet20"
     teacher_train_steps: int = 100
+    probe_batch: int = 128  # the teacher-step and precision parts' batch
     seed: int = 0
 
     @classmethod
     def quick(cls) -> GpuWorkload:  # the test's: every code path, on a CPU, in seconds
         return cls(per_class=12, test_per_class=4, band=(0.2e6, 3e6), per_family=1, steps=3,
                    teacher_arch="resnet8", workers=(1,), teacher_train_arch="resnet8",
-                   teacher_train_steps=2)
+                   teacher_train_steps=2, probe_batch=16)
 
 
 def candidates(load: GpuWorkload, data) -> list[dict]:
@@ -194,9 +195,10 @@ def _teacher_step(load: GpuWorkload, data, dev) -> dict:
         return ResNetSpace().build(spec)
 
     assert load.teacher_train_arch in PRESETS
-    plain = train_steps(net(), data, dev, steps=load.teacher_train_steps)
+    plain = train_steps(net(), data, dev, steps=load.teacher_train_steps,
+                        batch=load.probe_batch)
     res = fit(net(), data, TrainConfig(steps=load.teacher_train_steps + 5, kd="none",
-                                       device=str(dev)))
+                                       batch_size=load.probe_batch, device=str(dev)))
     ours = (res.phases.get("student", 0) + res.phases.get("data", 0)) / res.steps
     return {"arch": load.teacher_train_arch, "kdnas_seconds": ours, "plain_seconds": plain,
             "ratio": ours / plain}
@@ -206,7 +208,7 @@ PRECISION_RUNS = {"fp32": ("fp32", True), "bf16": ("bf16", True),
                   "fp32_nchw": ("fp32", False), "bf16_nchw": ("bf16", False)}
 
 
-def _precision(cands: list[dict], data, dev, steps: int) -> dict:
+def _precision(cands: list[dict], data, dev, steps: int, batch: int = 128) -> dict:
     """For the first candidate of each family: a training step's seconds in float32 and
     under bf16 autocast, each in channels_last and in the contiguous (NCHW) layout, in the
     plain loop (speed only: equal accuracy needs whole trials). Speed-ups are against
@@ -222,7 +224,7 @@ def _precision(cands: list[dict], data, dev, steps: int) -> dict:
         for name, (p, cl) in PRECISION_RUNS.items():
             torch.manual_seed(0)
             sec[name] = train_steps(get_space(fam).build(c["spec"]), data, dev, steps=steps,
-                                    precision=p, channels_last=cl)
+                                    batch=batch, precision=p, channels_last=cl)
         out[fam] = {"id": c["id"], **sec,
                     **{f"{k}_speedup": sec["fp32"] / sec[k] for k in PRECISION_RUNS
                        if k != "fp32"}}
@@ -308,7 +310,8 @@ def run_gpu(work: Path, device: str, load: GpuWorkload, archive: Path,
             res["teacher_step"] = _teacher_step(load, data, dev)
             continue
         if part == "precision":
-            res["precision"] = _precision(cands, data, dev, load.teacher_train_steps)
+            res["precision"] = _precision(cands, data, dev, load.teacher_train_steps,
+                                          load.probe_batch)
             continue
         if part == "graphs":
             res["graphs"] = _graphs(cands, data, teacher, recipe, dev,

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from kdnas.core.settings import TrainConfig
+from kdnas.distill.layout import PinnedConvs
 from kdnas.distill.logit_losses import logit_loss
 from search_spaces import get_space
 
@@ -85,6 +86,7 @@ def run_peer(specs: list[dict], data, teacher: torch.nn.Module, recipe: TrainCon
         t1 = time.perf_counter()
         torch.manual_seed(seed)
         model = get_space(spec["space"]).build(spec).to(device=dev, memory_format=fmt).train()
+        pinned = PinnedConvs(model)  # as kdnas trains: a CPU kernel's bug (distill/layout)
         opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                               nesterov=True, weight_decay=recipe.weight_decay)
         step, images = 0, 0
@@ -105,6 +107,7 @@ def run_peer(specs: list[dict], data, teacher: torch.nn.Module, recipe: TrainCon
                 loss.backward()
                 opt.step()
                 step, images = step + 1, images + len(idx)
+        pinned.close()
         model.eval()
         with torch.no_grad():
             right = sum(int((model(norm(val_x[i:i + 500])).argmax(1) == val_y[i:i + 500])
@@ -129,6 +132,7 @@ def train_steps(model: torch.nn.Module, data, dev: torch.device, *, steps: int,
     x_all, y_all, norm = _resident(data, dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device=dev, memory_format=fmt).train()
+    pinned = PinnedConvs(model) if channels_last else None  # a CPU kernel's bug
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
                           weight_decay=5e-4)
     g = torch.Generator(device=dev).manual_seed(0)
@@ -146,5 +150,7 @@ def train_steps(model: torch.nn.Module, data, dev: torch.device, *, steps: int,
         loss.backward()
         opt.step()
     _sync(dev)
+    if pinned:
+        pinned.close()
     model.to("cpu")
     return (time.perf_counter() - t0) / steps
