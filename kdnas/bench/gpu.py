@@ -2,10 +2,9 @@
 GPU, like for like.
 
 A fixed list of candidates (``per_family`` of each of resnet, mobilenet and shufflenet, drawn
-with a fixed seed in a MAC band: 5-50M), each trained with the brief recipe the GPU issue
-named (400 steps of 128 images, dkd-ls, one teacher). The search's default method is now
-FitNets (docs/evidence/rank_fresh.md); the peer implements logit losses only, so this
-benchmark keeps dkd-ls on both sides and says so rather than compare unlike steps:
+with a fixed seed in a MAC band: 5-50M), each trained 400 steps of 128 images with dkd-ls
+and one teacher (the search's default, FitNets, has a hint loss the peer lacks; so dkd-ls
+on both sides, said on the page):
 
 * the peer (:mod:`.gpu_peer`): a plain PyTorch loop training them one after another in one
   process (fp32, channels_last, data on the GPU, cudnn.benchmark);
@@ -17,8 +16,7 @@ Reported under ``gpu`` in ``benchmarks.json`` and on BENCHMARKS.md with the GPU'
 student images/s and trials/hour of each, ``throughput_vs_plain_loop`` (kdnas at its best
 worker count / the peer), the GPU's utilisation sampled while training, where a trial's time
 went, a teacher training step of kdnas (``kdnas teacher train``'s loop) against the peer's,
-and ``minutes_for_100_trials``. On a CPU the same code runs (``--workload gpu``; the tests use
-it so that it cannot rot) and its figures say they are not a GPU's.
+and ``minutes_for_100_trials``. It runs on a CPU too (tested so), its figures marked so.
 """
 
 from __future__ import annotations
@@ -195,10 +193,10 @@ def _teacher_step(load: GpuWorkload, data, dev) -> dict:
         return ResNetSpace().build(spec)
 
     assert load.teacher_train_arch in PRESETS
-    plain = train_steps(net(), data, dev, steps=load.teacher_train_steps,
-                        batch=load.probe_batch)
-    res = fit(net(), data, TrainConfig(steps=load.teacher_train_steps + 5, kd="none",
-                                       batch_size=load.probe_batch, device=str(dev)))
+    steps, batch = load.teacher_train_steps, load.probe_batch
+    plain = train_steps(net(), data, dev, steps=steps, batch=batch)
+    res = fit(net(), data, TrainConfig(steps=steps + 5, kd="none", batch_size=batch,
+                                       device=str(dev)))
     ours = (res.phases.get("student", 0) + res.phases.get("data", 0)) / res.steps
     return {"arch": load.teacher_train_arch, "kdnas_seconds": ours, "plain_seconds": plain,
             "ratio": ours / plain}
@@ -208,7 +206,7 @@ PRECISION_RUNS = {"fp32": ("fp32", True), "bf16": ("bf16", True),
                   "fp32_nchw": ("fp32", False), "bf16_nchw": ("bf16", False)}
 
 
-def _precision(cands: list[dict], data, dev, steps: int, batch: int = 128) -> dict:
+def _precision(cands: list[dict], data, dev, load: GpuWorkload) -> dict:
     """For the first candidate of each family: a training step's seconds in float32 and
     under bf16 autocast, each in channels_last and in the contiguous (NCHW) layout, in the
     plain loop (speed only: equal accuracy needs whole trials). Speed-ups are against
@@ -223,8 +221,9 @@ def _precision(cands: list[dict], data, dev, steps: int, batch: int = 128) -> di
         sec = {}
         for name, (p, cl) in PRECISION_RUNS.items():
             torch.manual_seed(0)
-            sec[name] = train_steps(get_space(fam).build(c["spec"]), data, dev, steps=steps,
-                                    batch=batch, precision=p, channels_last=cl)
+            sec[name] = train_steps(get_space(fam).build(c["spec"]), data, dev,
+                                    steps=load.teacher_train_steps, batch=load.probe_batch,
+                                    precision=p, channels_last=cl)
         out[fam] = {"id": c["id"], **sec,
                     **{f"{k}_speedup": sec["fp32"] / sec[k] for k in PRECISION_RUNS
                        if k != "fp32"}}
@@ -310,8 +309,7 @@ def run_gpu(work: Path, device: str, load: GpuWorkload, archive: Path,
             res["teacher_step"] = _teacher_step(load, data, dev)
             continue
         if part == "precision":
-            res["precision"] = _precision(cands, data, dev, load.teacher_train_steps,
-                                          load.probe_batch)
+            res["precision"] = _precision(cands, data, dev, load)
             continue
         if part == "graphs":
             res["graphs"] = _graphs(cands, data, teacher, recipe, dev,
