@@ -379,6 +379,8 @@ def cmd_demo(args) -> int:
             "--study", args.study, "--workdir", args.workdir, "--reports", args.reports]
     if args.trials:
         argv += ["--trials", str(args.trials)]
+    if args.steps:
+        argv += ["--steps", str(args.steps)]
     say("running: kdnas " + " ".join(argv))
     code = args.run(argv)
     if code != 0:

@@ -190,6 +190,9 @@ def _add_demo(sub) -> None:
                    help="study config (default: the demo config shipped with kdnas)")
     d.add_argument("--study", default="demo", help="default demo")
     d.add_argument("--trials", type=int, help="override the config's trial count")
+    d.add_argument("--steps", type=int,
+                   help="brief training steps of each candidate, for a quicker look (default: "
+                   "the config's, kdnas' ranking recipe: 270 steps on digits)")
     d.add_argument("--workdir", default="runs")
     d.add_argument("--reports", default="reports")
     d.set_defaults(func=commands.cmd_demo)
