@@ -175,6 +175,8 @@ def cpu_lines(c: dict | None, targets: dict) -> list[str]:
                            ("as planned now, beside a busy process", "auto_busy", "contended"),
                            ("one at a time, beside a busy process", "one_at_a_time_busy",
                             None)):
+        if key not in r:  # the quick form leaves the last out
+            continue
         e = c["estimate_error"].get(err) if err else None
         lines.append(f"| {name} | {plan(r[key])} | {r[key]['wall_seconds']:.1f} | "
                      + ("-" if e is None else f"{100 * e:.0f}%") + " |")
@@ -182,8 +184,10 @@ def cpu_lines(c: dict | None, targets: dict) -> list[str]:
     for key in ("trials_per_hour_vs_one_at_a_time", "contended_slowdown",
                 "estimate_error_median"):
         lines.append(_row(f"cpu.{key}", c[key], targets))
+    before = c["contended_slowdown_one_at_a_time"]
     lines += [f"| `cpu.contended_slowdown_one_at_a_time` | "
-              f"{c['contended_slowdown_one_at_a_time']:.3g} | - | the default before |", ""]
+              + ("not run" if before is None else f"{before:.3g}")
+              + " | - | the default before |", ""]
     if not _met("cpu.contended_slowdown", c["contended_slowdown"], targets):
         a, b = r["auto"], r["auto_busy"]
         per = (sum(x["train_seconds"] for x in b["runs"])
@@ -194,9 +198,10 @@ def cpu_lines(c: dict | None, targets: dict) -> list[str]:
                   f"{per:.2f}x as long (its thread shares the cores with the neighbour's "
                   f"{c['torch_default_threads']}); {a['workers'] / b['workers']:.2g} x "
                   f"{per:.2f} = {a['workers'] / b['workers'] * per:.2f}, measured "
-                  f"{c['contended_slowdown']:.2f}. One at a time with every core a thread, "
-                  f"the default before, slowed {c['contended_slowdown_one_at_a_time']:.2f}x "
-                  "beside the same process.", ""]
+                  f"{c['contended_slowdown']:.2f}."
+                  + ("" if before is None else " One at a time with every core a thread, "
+                     f"the default before, slowed {before:.2f}x beside the same process."),
+                  ""]
     return lines
 
 
