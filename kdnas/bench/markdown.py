@@ -185,7 +185,7 @@ def cpu_lines(c: dict | None, targets: dict) -> list[str]:
                 "estimate_error_median"):
         lines.append(_row(f"cpu.{key}", c[key], targets))
     before = c["contended_slowdown_one_at_a_time"]
-    lines += [f"| `cpu.contended_slowdown_one_at_a_time` | "
+    lines += ["| `cpu.contended_slowdown_one_at_a_time` | "
               + ("not run" if before is None else f"{before:.3g}")
               + " | - | the default before |", ""]
     if not _met("cpu.contended_slowdown", c["contended_slowdown"], targets):
