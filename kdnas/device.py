@@ -232,8 +232,13 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
 def plan_workers(text: str | int, device: str, trials: int | None = None) -> tuple[int, int]:
     """``--workers`` for a search: the processes and each one's threads, decided once. On a
     CPU the threads are the free cores' share (a busy core is left to its owner), set in this
-    process now; on a GPU the usable cores' share."""
-    free = free_cores() if resolve(device).type == "cpu" else None
+    process now; on a GPU the usable cores' share. ``OMP_NUM_THREADS=N`` set by the user (a
+    scheduler, a CI runner, a shell sharing the machine) caps a CPU search at N cores in all,
+    its workers' threads together: it sets one job's threads, so one more worker beside it
+    would take a core it was not given."""
+    free = None
+    if resolve(device).type == "cpu":  # OMP_NUM_THREADS, where set, caps the cores it takes
+        free = min(free_cores(), omp_threads() or usable_cores())
     workers = resolve_workers(text, device, trials=trials, free=free)
     threads = threads_per_worker(workers, free)
     torch.set_num_threads(threads)
@@ -243,10 +248,13 @@ def plan_workers(text: str | int, device: str, trials: int | None = None) -> tup
 def cpu_threads() -> int:
     """Threads for one job alone on a CPU (``kdnas distill``, ``kdnas teacher train``): the
     free usable cores (:func:`free_cores`); ``OMP_NUM_THREADS`` when the user set it."""
+    return omp_threads() or free_cores()
+
+
+def omp_threads() -> int | None:
+    """``OMP_NUM_THREADS`` where the user set it to a positive count."""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return free_cores()
+    return int(env) if env.isdigit() and int(env) > 0 else None
 
 
 def shared_gpus(device: str) -> int:

@@ -243,6 +243,28 @@ def test_one_job_on_a_cpu_takes_the_threads_the_user_set(monkeypatch):
     assert device.cpu_threads() == 1
 
 
+def test_a_search_on_a_cpu_takes_no_more_cores_than_omp_num_threads_gives(monkeypatch):
+    """--workers auto on a CPU: one one-thread worker per free core, but never more cores
+    in all than OMP_NUM_THREADS, where set (a search started by a scheduler or a CI runner
+    that gave it one core started a second worker beside it)."""
+    from kdnas import device
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(device, "free_cores", lambda: 4)
+    monkeypatch.setattr(device, "usable_cores", lambda: 4)
+    monkeypatch.setattr(device, "_available_memory", lambda: 64 << 30)
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert device.plan_workers("auto", "cpu", trials=10) == (4, 1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert device.plan_workers("auto", "cpu", trials=10) == (1, 1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert device.plan_workers("auto", "cpu", trials=10) == (2, 1)
+        assert device.plan_workers("1", "cpu", trials=10) == (1, 2)
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------- on a GPU, where there is one
 
 @needs_cuda

@@ -89,7 +89,8 @@ def test_ctrl_c_and_kill_9_mid_trial_lose_no_candidate(tmp_path, digits_teacher)
     """Ctrl-C in trial 0, then kill -9 in trial 2 of the resumed run, then the same command:
     every finished trial kept, each cut-off trial failed with its reason and its candidate
     trained again, the count reached, no spec trained twice, every weight file readable."""
-    argv = search_argv(digits_teacher, tmp_path, "--trials", "3", "--steps", "300")
+    # 100 steps (several seconds a trial): each signal lands half a second into a trial
+    argv = search_argv(digits_teacher, tmp_path, "--trials", "3", "--steps", "100")
     url = f"sqlite:///{tmp_path / 'runs' / 'k' / 'study.db'}"
 
     proc = start(argv)

@@ -151,7 +151,7 @@ def run_cpu(cfg, data, load: CpuLoad, log=print) -> dict:
     """The CPU figures: ``cfg`` a search config whose teacher cache is written here first."""
     import torch
 
-    from kdnas.device import usable_cores
+    from kdnas.device import omp_threads, usable_cores
     from kdnas.distill.candidate import init_seed, train_candidate
     from kdnas.search.costs import train_context
     from kdnas.teacher.prepare import prepare
@@ -162,7 +162,7 @@ def run_cpu(cfg, data, load: CpuLoad, log=print) -> dict:
                                eval_every=0)
     train_candidate(train_context(cfg, teacher, data), specs[0], tcfg,  # the cache, untimed
                     init=init_seed(cfg.seed, 0))
-    cores = usable_cores()
+    cores = min(usable_cores(), omp_threads() or usable_cores())  # as a search takes them
     log(f"  {len(specs)} students of {load.steps} steps: one at a time with {cores} threads")
     one = _train_all(cfg, specs, load.steps, 1, cores)
     workers, threads = _plan(cfg, len(specs))

@@ -86,28 +86,27 @@ def run_peer(specs: list[dict], data, teacher: torch.nn.Module, recipe: TrainCon
         t1 = time.perf_counter()
         torch.manual_seed(seed)
         model = get_space(spec["space"]).build(spec).to(device=dev, memory_format=fmt).train()
-        pinned = PinnedConvs(model)  # as kdnas trains: a CPU kernel's bug (distill/layout)
-        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                              nesterov=True, weight_decay=recipe.weight_decay)
-        step, images = 0, 0
-        while step < steps:  # epochs of whole batches and a short last one, as kdnas trains
-            order = torch.randperm(len(train_y), generator=g, device=dev)
-            for idx in order.split(batch):
-                if step == steps:
-                    break
-                x, y = norm(_crop_flip(train_x[idx], pad, g)), train_y[idx]
-                logits = model(x)
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                loss = (1 - a) * F.cross_entropy(logits, y) + a * kd(logits, t_logits, y,
-                                                                      step, steps)
-                for group in opt.param_groups:
-                    group["lr"] = _lr(step, steps, recipe)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step, images = step + 1, images + len(idx)
-        pinned.close()
+        with PinnedConvs(model):  # as kdnas trains: a CPU kernel's bug (distill/layout)
+            opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                  nesterov=True, weight_decay=recipe.weight_decay)
+            step, images = 0, 0
+            while step < steps:  # epochs of whole batches and a short last one, as kdnas trains
+                order = torch.randperm(len(train_y), generator=g, device=dev)
+                for idx in order.split(batch):
+                    if step == steps:
+                        break
+                    x, y = norm(_crop_flip(train_x[idx], pad, g)), train_y[idx]
+                    logits = model(x)
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                    loss = (1 - a) * F.cross_entropy(logits, y) + a * kd(logits, t_logits, y,
+                                                                          step, steps)
+                    for group in opt.param_groups:
+                        group["lr"] = _lr(step, steps, recipe)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    step, images = step + 1, images + len(idx)
         model.eval()
         with torch.no_grad():
             right = sum(int((model(norm(val_x[i:i + 500])).argmax(1) == val_y[i:i + 500])
@@ -132,25 +131,23 @@ def train_steps(model: torch.nn.Module, data, dev: torch.device, *, steps: int,
     x_all, y_all, norm = _resident(data, dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device=dev, memory_format=fmt).train()
-    pinned = PinnedConvs(model) if channels_last else None  # a CPU kernel's bug
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
-                          weight_decay=5e-4)
-    g = torch.Generator(device=dev).manual_seed(0)
-    half = precision == "bf16"
-    for step in range(steps + 5):
-        if step == 5:
-            _sync(dev)
-            t0 = time.perf_counter()
-        idx = torch.randint(0, len(y_all), (batch,), generator=g, device=dev)
-        x = norm(_crop_flip(x_all[idx], pad, g)).contiguous(memory_format=fmt)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=half):
-            out = model(x)
-        loss = F.cross_entropy(out.float(), y_all[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    _sync(dev)
-    if pinned:
-        pinned.close()
+    with PinnedConvs(model, on=channels_last):  # a CPU kernel's bug (distill/layout)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                              weight_decay=5e-4)
+        g = torch.Generator(device=dev).manual_seed(0)
+        half = precision == "bf16"
+        for step in range(steps + 5):
+            if step == 5:
+                _sync(dev)
+                t0 = time.perf_counter()
+            idx = torch.randint(0, len(y_all), (batch,), generator=g, device=dev)
+            x = norm(_crop_flip(x_all[idx], pad, g)).contiguous(memory_format=fmt)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=half):
+                out = model(x)
+            loss = F.cross_entropy(out.float(), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        _sync(dev)
     model.to("cpu")
     return (time.perf_counter() - t0) / steps

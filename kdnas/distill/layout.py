@@ -43,15 +43,24 @@ def _plain_strides(shape: torch.Size) -> tuple[int, ...]:
 
 class PinnedConvs:
     """While open, the unsafe convolutions of ``model`` compute in the contiguous layout on a
-    CPU. ``names`` lists them; ``close()`` removes the hooks (export sees the plain model)."""
+    CPU. ``names`` lists them; ``close()`` removes the hooks (export sees the plain model).
+    ``on`` False: nothing pinned (a model trained in the contiguous layout). Every training
+    loop kdnas owns opens one, as a context (``with PinnedConvs(model):``) where it can: the
+    hooks then go on any exit, an exception's too."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, on: bool = True) -> None:
         self.names: list[str] = []
         self._hooks = []
-        for name, m in model.named_modules():
+        for name, m in model.named_modules() if on else ():
             if unsafe_in_channels_last(m):
                 self.names.append(name)
                 self._hooks.append(m.register_forward_pre_hook(_contiguous))
+
+    def __enter__(self) -> PinnedConvs:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         for h in self._hooks:

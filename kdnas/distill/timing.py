@@ -3,6 +3,7 @@ per step, which MACs do not predict."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
 import time
@@ -28,12 +29,12 @@ def time_step(model: nn.Module, input_shape: tuple[int, ...], cfg: TrainConfig,
     fmt = torch.channels_last if cfg.channels_last and len(input_shape) == 3 else \
         torch.contiguous_format
     m = copy.deepcopy(model).train().to(device=dev, memory_format=fmt)
-    pinned = PinnedConvs(m) if cfg.channels_last else None  # CPU kernels' bug: see layout
     x = torch.randn((cfg.batch_size, *input_shape), generator=torch.Generator().manual_seed(0))
     x = x.to(dev).contiguous(memory_format=fmt)
     opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=cfg.momentum)
     times: list[float] = []
-    try:
+    pinned = PinnedConvs(m) if cfg.channels_last else contextlib.nullcontext()
+    with pinned:  # CPU kernels' bug: see layout
         for i in range(steps + 1):
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
@@ -49,7 +50,4 @@ def time_step(model: nn.Module, input_shape: tuple[int, ...], cfg: TrainConfig,
                 torch.cuda.synchronize(dev)
             if i:  # the first step warms up (allocations, kernel choice)
                 times.append((time.perf_counter() - t0) * 1e3)
-    finally:
-        if pinned is not None:
-            pinned.close()
     return statistics.median(times)
