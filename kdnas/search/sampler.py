@@ -281,8 +281,8 @@ def make_sampler(cfg: SearchConfig, data, *, resumed_at: int = 0, worker: int = 
         """The candidate on the budget's metric, cheaply: convolutions' and linear layers'
         MACs, or params. Under a latency budget: the measured latency where ``fits`` has
         measured it, else its MACs at the median milliseconds per MAC measured so far (a
-        coverage walk takes up to 16 steps a draw; measuring each step's latency made a
-        two-trial search take 98 s where it takes 12). ``model``: the candidate built."""
+        coverage walk takes up to 16 steps a draw; measuring each step's latency was most of
+        the latency test's 98 s, 27 s after). ``model``: the candidate built."""
         k = key(params)
         if k in sizes:
             return sizes[k]
